@@ -1,0 +1,303 @@
+//! Types and constants shared by the XDP program (`prefilter-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so both sides agree on the byte
+//! layout without mirroring structs by hand. Bump [`ABI_VERSION`] whenever a map's key, value,
+//! size or meaning changes: the agent refuses to adopt pinned maps of another ABI.
+#![no_std]
+
+/// Layout version of every map below. Written into [`config::Config::abi`] when the maps are
+/// created, and part of the program's name, so a stale pinned program or map set is detected.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the XDP program function; it carries the ABI so `bpftool prog` shows it too.
+pub const PROG_NAME: &str = "prefilter_v1";
+
+/// Verdict actions, as stored in map values and used as counter indices.
+pub mod action {
+    /// No entry: the slot is empty.
+    pub const NONE: u8 = 0;
+    /// Let the SYN through.
+    pub const PASS: u8 = 1;
+    /// XDP_DROP: the sender times out and retries later.
+    pub const DROP: u8 = 2;
+    /// XDP_TX of a TCP RST+ACK: the sender sees a refused connection at once.
+    pub const RESET: u8 = 3;
+    /// Pass; the SMTP proxy answers `421 4.7.0`.
+    pub const TEMPFAIL: u8 = 4;
+    /// Pass; the SMTP proxy answers `554 5.7.1`.
+    pub const REJECT: u8 = 5;
+    /// Pass, counted as "would have been dropped" (shadow mode).
+    pub const OBSERVE: u8 = 6;
+    /// Allowlisted: exempt from every check. Only the prefix tables hold it.
+    pub const ALLOW: u8 = 7;
+    /// Number of action slots in the counter matrix.
+    pub const COUNT: usize = 8;
+
+    /// Names used by the CLI, the config and metric labels, indexed by action.
+    pub const NAMES: [&str; COUNT] = [
+        "none", "pass", "drop", "reset", "tempfail", "reject", "observe", "allow",
+    ];
+
+    /// The action for a name as typed by an administrator.
+    pub fn from_name(name: &str) -> Option<u8> {
+        NAMES
+            .iter()
+            .position(|n| *n == name)
+            .filter(|&i| i != NONE as usize)
+            .map(|i| i as u8)
+    }
+}
+
+/// Why a packet got its verdict; the other counter dimension.
+pub mod reason {
+    /// Not a SYN without ACK to a judged port (ARP, established flows, other ports...).
+    pub const NOT_JUDGED: u8 = 0;
+    /// Truncated or inconsistent headers, or more than we parse: passed, never judged.
+    pub const MALFORMED: u8 = 1;
+    /// Source in an allow prefix.
+    pub const ALLOW: u8 = 2;
+    /// Source over the per-source SYN rate.
+    pub const RATELIMIT: u8 = 3;
+    /// A dynamic verdict (DNSBL, CLI with TTL, escalation) matched.
+    pub const DYNAMIC: u8 = 4;
+    /// A block prefix matched (local list or feed).
+    pub const BLOCK: u8 = 5;
+    /// A judged SYN that matched nothing.
+    pub const NO_MATCH: u8 = 6;
+    /// Number of reasons.
+    pub const COUNT: usize = 7;
+    /// Metric label values, indexed by reason.
+    pub const NAMES: [&str; COUNT] = [
+        "not_judged",
+        "malformed",
+        "allow",
+        "ratelimit",
+        "dynamic",
+        "block",
+        "no_match",
+    ];
+}
+
+/// A prefix-table verdict packed in 16 bits: action in the top 4, list id in the low 12.
+pub mod verdict {
+    /// Largest list id a verdict can carry.
+    pub const MAX_LIST_ID: u16 = 0x0fff;
+
+    /// Packs an action and the id of the list or feed that set it.
+    pub const fn pack(action: u8, list_id: u16) -> u16 {
+        ((action as u16) << 12) | (list_id & MAX_LIST_ID)
+    }
+
+    /// The action of a packed verdict.
+    pub const fn action(v: u16) -> u8 {
+        (v >> 12) as u8
+    }
+
+    /// The list id of a packed verdict.
+    pub const fn list_id(v: u16) -> u16 {
+        v & MAX_LIST_ID
+    }
+}
+
+/// Runtime settings the agent writes; the program reads them on every judged SYN.
+pub mod config {
+    /// Array map with one [`Config`].
+    pub const MAP: &str = "PF_CONFIG";
+
+    /// Per-source SYN rate limit is on.
+    pub const FLAG_RATELIMIT: u32 = 1 << 0;
+    /// Key IPv6 dynamic verdicts and rate buckets by /128 instead of /64.
+    pub const FLAG_V6_FULL: u32 = 1 << 1;
+    /// Emit "first SYN from an address without a verdict" events.
+    pub const FLAG_FIRST_SEEN: u32 = 1 << 2;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Config {
+        /// [`crate::ABI_VERSION`] of whoever created the maps.
+        pub abi: u32,
+        /// `FLAG_*` bits.
+        pub flags: u32,
+        /// Token-bucket cost of one SYN, in nanoseconds of credit (1e9 / rate).
+        pub rl_cost_ns: u64,
+        /// Bucket capacity in nanoseconds of credit (burst * cost).
+        pub rl_cap_ns: u64,
+        /// Emit one verdict event per this many judged SYNs on average; 0 = none.
+        pub sample_every: u32,
+        /// Number of live dynamic entries as the agent knows it; 0 lets the program skip
+        /// the hash lookup entirely.
+        pub dyn_entries: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), only integers, no implicit padding (4+4+8+8+4+4).
+    unsafe impl aya::Pod for Config {}
+}
+
+/// The judged destination ports.
+pub mod ports {
+    /// Array map of u8, indexed by destination port (host order); non-zero = judged.
+    pub const MAP: &str = "PF_PORTS";
+    /// One slot per port.
+    pub const ENTRIES: u32 = 65536;
+    /// Judged by default: submission ports carry authenticated users on dynamic addresses.
+    pub const DEFAULT: &[u16] = &[25];
+}
+
+/// IPv4 prefix table: DIR-24-8 (Gupta, Lin, McKeown 1998; DPDK's rte_lpm) with allow and
+/// block folded in by the agent. One or two array lookups per packet whatever the number of
+/// prefixes, and bulk writes through mmap instead of a syscall per prefix.
+pub mod v4 {
+    /// Array map of [`Chunk24`]: index `addr >> 16`, then `(addr >> 8) & 0xff`.
+    pub const TBL24: &str = "PF_V4_TBL24";
+    /// Array map of [`Group8`]: one group per /24 that holds prefixes longer than /24.
+    pub const TBL8: &str = "PF_V4_TBL8";
+    /// Entries of TBL24 (2^24 / 256).
+    pub const TBL24_CHUNKS: u32 = 1 << 16;
+    /// Default number of /25–/32 groups (32 MiB); the agent sizes it from its config.
+    pub const DEFAULT_GROUPS: u32 = 1 << 16;
+    /// TBL24 entry flag: the low 24 bits index a group in TBL8 instead of being a verdict.
+    pub const EXT: u32 = 1 << 31;
+    /// Group index mask of an `EXT` entry.
+    pub const GROUP_MASK: u32 = 0x00ff_ffff;
+
+    /// 256 TBL24 entries: a verdict (low 16 bits) or `EXT | group`.
+    /// Array values are padded to 8 bytes, so each map value is a whole chunk, not one u32.
+    pub type Chunk24 = [u32; 256];
+    /// 256 verdicts, one per last octet.
+    pub type Group8 = [u16; 256];
+}
+
+/// IPv6 prefix table: the kernel LPM trie, allow and block folded in by the agent.
+pub mod v6 {
+    /// LpmTrie<[u8; 16], u16 verdict>.
+    pub const LPM: &str = "PF_V6_LPM";
+    /// Default capacity.
+    pub const DEFAULT_ENTRIES: u32 = 1 << 18;
+}
+
+/// Address key of the dynamic, rate-limit and first-seen maps: IPv6, or IPv4-mapped
+/// (`::ffff:a.b.c.d`); IPv6 sources masked to /64 unless `FLAG_V6_FULL`.
+pub type AddrKey = [u8; 16];
+
+/// Builds the key for an IPv4 address (network byte order octets).
+pub const fn v4_key(a: [u8; 4]) -> AddrKey {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// Verdicts learned at run time, each with its own expiry checked in the kernel.
+pub mod dynamic {
+    /// LruHash<AddrKey, DynVerdict>.
+    pub const MAP: &str = "PF_DYNAMIC";
+    /// Default capacity.
+    pub const DEFAULT_ENTRIES: u32 = 1 << 18;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DynVerdict {
+        /// CLOCK_BOOTTIME in ns (bpf_ktime_get_boot_ns) after which it no longer applies;
+        /// 0 = never expires.
+        pub expires_ns: u64,
+        /// One of [`crate::action`].
+        pub action: u8,
+        pub _pad: u8,
+        /// Source id for counters and events.
+        pub list_id: u16,
+        pub _pad2: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), integers with explicit padding fields.
+    unsafe impl aya::Pod for DynVerdict {}
+}
+
+/// Per-source SYN token buckets.
+pub mod ratelimit {
+    /// LruHash<AddrKey, Bucket>.
+    pub const MAP: &str = "PF_RATELIMIT";
+    /// Default capacity.
+    pub const DEFAULT_ENTRIES: u32 = 1 << 17;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Bucket {
+        /// Credit in ns, at most `rl_cap_ns`.
+        pub credit_ns: u64,
+        /// Last refill, bpf_ktime_get_boot_ns.
+        pub last_ns: u64,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), two u64.
+    unsafe impl aya::Pod for Bucket {}
+}
+
+/// Per-CPU counters.
+pub mod counters {
+    /// PerCpuArray<u64>: `reason * action::COUNT + action`, then the extra slots below.
+    pub const MAP: &str = "PF_COUNTERS";
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = (super::reason::COUNT * super::action::COUNT) as u32;
+    /// Events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = EVENTS_SENT + 1;
+    /// Number of slots.
+    pub const SLOTS: u32 = EVENTS_LOST + 1;
+
+    /// Slot of a (reason, action) pair.
+    pub const fn slot(reason: u8, action: u8) -> u32 {
+        reason as u32 * super::action::COUNT as u32 + action as u32
+    }
+
+    /// PerCpuArray<u64> indexed by list id: SYNs judged by a block entry of that list.
+    pub const LIST_HITS: &str = "PF_LIST_HITS";
+    /// One slot per possible list id.
+    pub const LIST_SLOTS: u32 = super::verdict::MAX_LIST_ID as u32 + 1;
+}
+
+/// Ring buffer of verdict and first-seen events.
+pub mod events {
+    /// RingBuf of [`Event`].
+    pub const MAP: &str = "PF_EVENTS";
+    /// Ring size: 8192 events. A full ring drops events (counted), never packets.
+    pub const BYTES: u32 = 1 << 18;
+    /// LruHash<AddrKey, u64>: addresses already reported as first seen.
+    pub const SEEN: &str = "PF_SEEN";
+    /// Capacity of the first-seen dedup table.
+    pub const SEEN_ENTRIES: u32 = 1 << 16;
+
+    /// A sampled verdict on a judged SYN.
+    pub const KIND_VERDICT: u8 = 1;
+    /// First SYN from an address without any verdict yet.
+    pub const KIND_FIRST_SEEN: u8 = 2;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Event {
+        /// bpf_ktime_get_boot_ns.
+        pub ts_ns: u64,
+        /// Source address; IPv4 as `::ffff:a.b.c.d`.
+        pub addr: [u8; 16],
+        /// `KIND_*`.
+        pub kind: u8,
+        /// [`crate::action`].
+        pub action: u8,
+        /// [`crate::reason`].
+        pub reason: u8,
+        /// 4 or 6.
+        pub family: u8,
+        /// List or source id of the matching entry, 0 if none.
+        pub list_id: u16,
+        /// Destination port, host order.
+        pub dport: u16,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), 8 + 16 + 8 bytes, no implicit padding.
+    unsafe impl aya::Pod for Event {}
+}
+
+/// Log level global of aya-log-ebpf; the agent patches it before load (0 = off), and the
+/// verifier then removes every disabled log site from the per-packet path.
+pub const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";

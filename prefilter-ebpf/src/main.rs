@@ -1,0 +1,534 @@
+//! The XDP program: judges TCP SYNs to the SMTP ports from the maps the agent fills.
+//!
+//! Fail open: a frame we cannot fully parse is counted and passed, never judged.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_xdp_adjust_tail},
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use prefilter_common::{
+    AddrKey, action,
+    config::{self, Config},
+    counters,
+    dynamic::{self, DynVerdict},
+    events::{self, Event},
+    ports,
+    ratelimit::{self, Bucket},
+    reason, v4, v4_key, v6, verdict,
+};
+
+/// BPF_F_MMAPABLE: the agent writes the v4 tables through mmap, not a syscall per entry.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Required by the kernel for LPM tries.
+const BPF_F_NO_PREALLOC: u32 = 1 << 0;
+
+#[map(name = "PF_CONFIG")]
+static PF_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map(name = "PF_PORTS")]
+static PF_PORTS: Array<u8> = Array::with_max_entries(ports::ENTRIES, 0);
+#[map(name = "PF_V4_TBL24")]
+static PF_V4_TBL24: Array<v4::Chunk24> = Array::with_max_entries(v4::TBL24_CHUNKS, BPF_F_MMAPABLE);
+#[map(name = "PF_V4_TBL8")]
+static PF_V4_TBL8: Array<v4::Group8> = Array::with_max_entries(v4::DEFAULT_GROUPS, BPF_F_MMAPABLE);
+#[map(name = "PF_V6_LPM")]
+static PF_V6_LPM: LpmTrie<[u8; 16], u16> =
+    LpmTrie::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "PF_DYNAMIC")]
+static PF_DYNAMIC: LruHashMap<AddrKey, DynVerdict> =
+    LruHashMap::with_max_entries(dynamic::DEFAULT_ENTRIES, 0);
+#[map(name = "PF_RATELIMIT")]
+static PF_RATELIMIT: LruHashMap<AddrKey, Bucket> =
+    LruHashMap::with_max_entries(ratelimit::DEFAULT_ENTRIES, 0);
+#[map(name = "PF_COUNTERS")]
+static PF_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOTS, 0);
+#[map(name = "PF_LIST_HITS")]
+static PF_LIST_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LIST_SLOTS, 0);
+#[map(name = "PF_EVENTS")]
+static PF_EVENTS: RingBuf = RingBuf::with_byte_size(events::BYTES, 0);
+#[map(name = "PF_SEEN")]
+static PF_SEEN: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(events::SEEN_ENTRIES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+/// IPv6 extension headers we walk; more than this many is "could not parse" (fail open).
+const MAX_EXT_HEADERS: usize = 6;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Why a frame is not judged.
+#[derive(Clone, Copy)]
+enum Skip {
+    NotJudged,
+    Malformed(&'static str),
+}
+
+/// A SYN to a judged port, with what a reset needs.
+struct Syn {
+    v6: bool,
+    /// Offset of the L3 header (after Ethernet and VLAN tags).
+    l3: usize,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    /// Network byte order, as on the wire.
+    sport: u16,
+    dport: u16,
+    /// Host order.
+    seq: u32,
+    /// Sequence space the SYN occupies: SYN + FIN flags + payload (RFC 9293 3.10.7.1).
+    seg_len: u32,
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Skip> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return Err(Skip::Malformed("truncated"));
+    }
+    // SAFETY: bounds checked against data_end just above.
+    Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+}
+
+#[inline(always)]
+fn be16(ctx: &XdpContext, off: usize) -> Result<u16, Skip> {
+    load::<u16>(ctx, off).map(u16::from_be)
+}
+
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Syn, Skip> {
+    let mut proto = be16(ctx, 12)?;
+    let mut l3 = ETH_HLEN;
+    // Up to two tags: 802.1Q, or 802.1ad outer + 802.1Q inner (QinQ).
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = be16(ctx, l3 + 2)?;
+        l3 += 4;
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            proto = be16(ctx, l3 + 2)?;
+            l3 += 4;
+            if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+                return Err(Skip::Malformed("more than two VLAN tags"));
+            }
+        }
+    }
+    match proto {
+        ETH_P_IP => parse_v4(ctx, l3),
+        ETH_P_IPV6 => parse_v6(ctx, l3),
+        _ => Err(Skip::NotJudged),
+    }
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
+    let vihl: u8 = load(ctx, l3)?;
+    if vihl >> 4 != 4 {
+        return Err(Skip::Malformed("IPv4 version"));
+    }
+    let ihl = ((vihl & 0x0f) as usize) << 2;
+    if ihl < 20 {
+        return Err(Skip::Malformed("IPv4 header length"));
+    }
+    let total = be16(ctx, l3 + 2)? as usize;
+    if total < ihl || l3 + total > frame_len(ctx) {
+        return Err(Skip::Malformed("IPv4 total length"));
+    }
+    // Non-first fragments carry no TCP header: nothing to judge.
+    if be16(ctx, l3 + 6)? & 0x1fff != 0 {
+        return Err(Skip::NotJudged);
+    }
+    if load::<u8>(ctx, l3 + 9)? != IPPROTO_TCP {
+        return Err(Skip::NotJudged);
+    }
+    let s: [u8; 4] = load(ctx, l3 + 12)?;
+    let d: [u8; 4] = load(ctx, l3 + 16)?;
+    let mut syn = parse_tcp(ctx, l3 + ihl, l3 + total)?;
+    syn.l3 = l3;
+    syn.saddr = v4_key(s);
+    syn.daddr = v4_key(d);
+    Ok(syn)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
+    let ver: u8 = load(ctx, l3)?;
+    if ver >> 4 != 6 {
+        return Err(Skip::Malformed("IPv6 version"));
+    }
+    let end = l3 + 40 + be16(ctx, l3 + 4)? as usize;
+    if end > frame_len(ctx) {
+        return Err(Skip::Malformed("IPv6 payload length"));
+    }
+    let mut nh: u8 = load(ctx, l3 + 6)?;
+    let saddr: [u8; 16] = load(ctx, l3 + 8)?;
+    let daddr: [u8; 16] = load(ctx, l3 + 24)?;
+    let mut off = l3 + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match nh {
+            IPPROTO_TCP => {
+                let mut syn = parse_tcp(ctx, off, end)?;
+                syn.v6 = true;
+                syn.l3 = l3;
+                syn.saddr = saddr;
+                syn.daddr = daddr;
+                return Ok(syn);
+            }
+            // Hop-by-hop, routing, destination options: length in 8-octet units after the first 8.
+            0 | 43 | 60 => {
+                let hdr: [u8; 2] = load(ctx, off)?;
+                let len = (hdr[1] as usize + 1) << 3;
+                if off + len > end {
+                    return Err(Skip::Malformed("IPv6 extension header length"));
+                }
+                nh = hdr[0];
+                off += len;
+            }
+            44 => {
+                if off + 8 > end {
+                    return Err(Skip::Malformed("IPv6 fragment header length"));
+                }
+                let hdr: [u8; 4] = load(ctx, off)?;
+                if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {
+                    return Err(Skip::NotJudged);
+                }
+                nh = hdr[0];
+                off += 8;
+            }
+            _ => return Err(Skip::NotJudged),
+        }
+    }
+    Err(Skip::Malformed("too many IPv6 extension headers"))
+}
+
+#[inline(always)]
+fn parse_tcp(ctx: &XdpContext, l4: usize, end: usize) -> Result<Syn, Skip> {
+    if l4 + 20 > end {
+        return Err(Skip::Malformed("TCP header truncated"));
+    }
+    let ports_: [u16; 2] = load(ctx, l4)?;
+    let flags: u8 = load(ctx, l4 + 13)?;
+    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Err(Skip::NotJudged);
+    }
+    let dport = u16::from_be(ports_[1]);
+    match PF_PORTS.get(dport as u32) {
+        Some(&judged) if judged != 0 => {}
+        _ => return Err(Skip::NotJudged),
+    }
+    let doff = ((load::<u8>(ctx, l4 + 12)? >> 4) as usize) << 2;
+    if doff < 20 || l4 + doff > end {
+        return Err(Skip::Malformed("TCP data offset"));
+    }
+    let seq = u32::from_be(load::<u32>(ctx, l4 + 4)?);
+    let seg_len = (end - l4 - doff) as u32 + 1 + (flags & TCP_FIN) as u32;
+    Ok(Syn {
+        v6: false,
+        l3: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: ports_[0],
+        dport: ports_[1],
+        seq,
+        seg_len,
+    })
+}
+
+/// The outcome of one frame: what to count and what to do.
+struct Outcome {
+    reason: u8,
+    action: u8,
+    list_id: u16,
+}
+
+#[xdp]
+pub fn prefilter_v1(ctx: XdpContext) -> u32 {
+    let out = match parse(&ctx) {
+        Ok(syn) => judge(&ctx, &syn),
+        Err(Skip::NotJudged) => Outcome { reason: reason::NOT_JUDGED, action: action::PASS, list_id: 0 },
+        Err(Skip::Malformed(why)) => {
+            debug!(&ctx, "not judged: {}", why);
+            Outcome { reason: reason::MALFORMED, action: action::PASS, list_id: 0 }
+        }
+    };
+    // The one exit: every verdict is counted here. Per-CPU slots need no atomics because
+    // an XDP program runs to completion on one CPU without preemption by itself.
+    if let Some(c) = PF_COUNTERS.get_ptr_mut(counters::slot(out.reason, out.action)) {
+        // SAFETY: a valid per-CPU slot pointer from the kernel.
+        unsafe { *c += 1 };
+    }
+    if out.reason == reason::BLOCK
+        && let Some(c) = PF_LIST_HITS.get_ptr_mut(out.list_id as u32)
+    {
+        // SAFETY: as above.
+        unsafe { *c += 1 };
+    }
+    match out.action {
+        action::DROP => xdp_action::XDP_DROP,
+        action::RESET => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn v4_lookup(a: &[u8; 16]) -> u16 {
+    let idx = ((a[12] as u32) << 8) | a[13] as u32;
+    let Some(chunk) = PF_V4_TBL24.get(idx) else {
+        return 0;
+    };
+    let e = chunk[a[14] as usize];
+    if e & v4::EXT == 0 {
+        return e as u16;
+    }
+    match PF_V4_TBL8.get(e & v4::GROUP_MASK) {
+        Some(group) => group[a[15] as usize],
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
+    let Some(cfg) = PF_CONFIG.get(0) else {
+        return Outcome { reason: reason::NO_MATCH, action: action::PASS, list_id: 0 };
+    };
+    let table = if syn.v6 {
+        let key = Key::new(128, syn.saddr);
+        PF_V6_LPM.get(&key).copied().unwrap_or(0)
+    } else {
+        v4_lookup(&syn.saddr)
+    };
+    let mut out = if verdict::action(table) == action::ALLOW {
+        Outcome { reason: reason::ALLOW, action: action::PASS, list_id: verdict::list_id(table) }
+    } else {
+        decide(cfg, syn, table)
+    };
+    if out.reason == reason::NO_MATCH {
+        if cfg.flags & config::FLAG_FIRST_SEEN != 0 {
+            first_seen(syn);
+        }
+    } else if out.reason != reason::ALLOW && cfg.sample_every != 0 {
+        // SAFETY: helper without arguments.
+        if unsafe { bpf_get_prandom_u32() } % cfg.sample_every == 0 {
+            emit(events::KIND_VERDICT, syn, &out);
+        }
+    }
+    if out.action == action::RESET && send_reset(ctx, syn).is_err() {
+        out.action = action::DROP;
+    }
+    out
+}
+
+#[inline(always)]
+fn addr_key(cfg: &Config, syn: &Syn) -> AddrKey {
+    let mut k = syn.saddr;
+    if syn.v6 && cfg.flags & config::FLAG_V6_FULL == 0 {
+        // One /64 is one subscriber: per-address state would be trivially evaded.
+        k[8..].fill(0);
+    }
+    k
+}
+
+#[inline(always)]
+fn decide(cfg: &Config, syn: &Syn, table: u16) -> Outcome {
+    let need_key = cfg.flags & config::FLAG_RATELIMIT != 0 || cfg.dyn_entries != 0;
+    if need_key {
+        let key = addr_key(cfg, syn);
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        if cfg.flags & config::FLAG_RATELIMIT != 0 && !take_token(cfg, &key, now) {
+            return Outcome { reason: reason::RATELIMIT, action: action::DROP, list_id: 0 };
+        }
+        if cfg.dyn_entries != 0
+            && let Some(d) = PF_DYNAMIC.get_ptr(&key)
+        {
+            // SAFETY: value pointer from the kernel; a concurrent update can at worst give
+            // one packet the old or new verdict.
+            let d = unsafe { *d };
+            if d.expires_ns == 0 || now < d.expires_ns {
+                return Outcome { reason: reason::DYNAMIC, action: d.action, list_id: d.list_id };
+            }
+            // Expired: remove it here so verdicts age out even with no agent running.
+            let _ = PF_DYNAMIC.remove(&key);
+        }
+    }
+    let act = verdict::action(table);
+    if act != action::NONE {
+        return Outcome { reason: reason::BLOCK, action: act, list_id: verdict::list_id(table) };
+    }
+    Outcome { reason: reason::NO_MATCH, action: action::PASS, list_id: 0 }
+}
+
+/// Token bucket in nanoseconds of credit; races between CPUs only blur the count a little.
+#[inline(always)]
+fn take_token(cfg: &Config, key: &AddrKey, now: u64) -> bool {
+    if let Some(b) = PF_RATELIMIT.get_ptr_mut(key) {
+        // SAFETY: value pointer from the kernel.
+        let b = unsafe { &mut *b };
+        let mut credit = b.credit_ns.saturating_add(now.saturating_sub(b.last_ns));
+        if credit > cfg.rl_cap_ns {
+            credit = cfg.rl_cap_ns;
+        }
+        b.last_ns = now;
+        if credit < cfg.rl_cost_ns {
+            b.credit_ns = credit;
+            return false;
+        }
+        b.credit_ns = credit - cfg.rl_cost_ns;
+        return true;
+    }
+    let fresh = Bucket { credit_ns: cfg.rl_cap_ns.saturating_sub(cfg.rl_cost_ns), last_ns: now };
+    let _ = PF_RATELIMIT.insert(key, &fresh, 0);
+    true
+}
+
+#[inline(always)]
+fn first_seen(syn: &Syn) {
+    if PF_SEEN.get_ptr(&syn.saddr).is_some() {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let _ = PF_SEEN.insert(&syn.saddr, &now, 0);
+    let out = Outcome { reason: reason::NO_MATCH, action: action::PASS, list_id: 0 };
+    emit(events::KIND_FIRST_SEEN, syn, &out);
+}
+
+#[inline(always)]
+fn emit(kind: u8, syn: &Syn, out: &Outcome) {
+    let slot = match PF_EVENTS.reserve::<Event>(0) {
+        Some(mut e) => {
+            // SAFETY: helper without arguments.
+            let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+            e.write(Event {
+                ts_ns,
+                addr: syn.saddr,
+                kind,
+                action: out.action,
+                reason: out.reason,
+                family: if syn.v6 { 6 } else { 4 },
+                list_id: out.list_id,
+                dport: u16::from_be(syn.dport),
+            });
+            e.submit(0);
+            counters::EVENTS_SENT
+        }
+        None => counters::EVENTS_LOST,
+    };
+    if let Some(c) = PF_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a valid per-CPU slot pointer.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Sum of big-endian 16-bit words.
+#[inline(always)]
+fn sum_words(b: &[u8]) -> u64 {
+    let mut s = 0u64;
+    let mut i = 0;
+    while i + 1 < b.len() {
+        s += u16::from_be_bytes([b[i], b[i + 1]]) as u64;
+        i += 2;
+    }
+    s
+}
+
+/// Rewrites the SYN in place into a RST+ACK back to its sender (XDP_TX), keeping the
+/// Ethernet header and VLAN tags, dropping IP options, extension headers and TCP options.
+#[inline(always)]
+fn send_reset(ctx: &XdpContext, syn: &Syn) -> Result<(), ()> {
+    let l3 = syn.l3;
+    if l3 > ETH_HLEN + 8 {
+        return Err(());
+    }
+    let ip_len = if syn.v6 { 40 } else { 20 };
+    let new_len = l3 + ip_len + 20;
+    let data = ctx.data();
+    if data + new_len > ctx.data_end() {
+        return Err(());
+    }
+    let p = data as *mut u8;
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&syn.dport.to_ne_bytes());
+    tcp[2..4].copy_from_slice(&syn.sport.to_ne_bytes());
+    // seq 0, ack = SYN's sequence space end (RFC 9293: <SEQ=0><ACK=SEG.SEQ+SEG.LEN>).
+    tcp[8..12].copy_from_slice(&syn.seq.wrapping_add(syn.seg_len).to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = TCP_RST | TCP_ACK;
+    // Pseudo-header: swapped addresses sum the same; protocol and TCP length 20.
+    let mut sum = sum_words(&tcp) + IPPROTO_TCP as u64 + 20;
+    // SAFETY (all writes below): data + new_len <= data_end was checked above.
+    unsafe {
+        // Swap MAC addresses.
+        let dst: [u8; 6] = core::ptr::read_unaligned(p as *const [u8; 6]);
+        let src: [u8; 6] = core::ptr::read_unaligned(p.add(6) as *const [u8; 6]);
+        core::ptr::write_unaligned(p as *mut [u8; 6], src);
+        core::ptr::write_unaligned(p.add(6) as *mut [u8; 6], dst);
+        let ip = p.add(l3);
+        if syn.v6 {
+            sum += sum_words(&syn.saddr) + sum_words(&syn.daddr);
+            let mut h = [0u8; 8];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&20u16.to_be_bytes());
+            h[6] = IPPROTO_TCP;
+            h[7] = 64;
+            core::ptr::write_unaligned(ip as *mut [u8; 8], h);
+            core::ptr::write_unaligned(ip.add(8) as *mut [u8; 16], syn.daddr);
+            core::ptr::write_unaligned(ip.add(24) as *mut [u8; 16], syn.saddr);
+        } else {
+            let (s4, d4) = (&syn.saddr[12..16], &syn.daddr[12..16]);
+            sum += sum_words(s4) + sum_words(d4);
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&40u16.to_be_bytes());
+            h[6] = 0x40; // DF
+            h[8] = 64;
+            h[9] = IPPROTO_TCP;
+            h[12..16].copy_from_slice(d4);
+            h[16..20].copy_from_slice(s4);
+            let c = fold(sum_words(&h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            core::ptr::write_unaligned(ip as *mut [u8; 20], h);
+        }
+        let c = fold(sum);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        core::ptr::write_unaligned(ip.add(ip_len) as *mut [u8; 20], tcp);
+    }
+    let delta = new_len as i32 - frame_len(ctx) as i32;
+    // SAFETY: ctx.ctx is the program's context; shrinking keeps at least the new headers.
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(());
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
