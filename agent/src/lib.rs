@@ -3,3 +3,5 @@
 
 /// The compiled XDP object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/prefilter-xdp"));
+
+pub mod xdp;

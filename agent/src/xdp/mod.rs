@@ -1,0 +1,369 @@
+//! Loading the XDP program, its maps, and the typed handles the agent writes through.
+
+mod mmap;
+pub mod test_run;
+pub mod v4table;
+pub mod v6table;
+
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use prefilter_common::{
+    ABI_VERSION, AddrKey, LOG_LEVEL_GLOBAL, PROG_NAME, config, config::Config, counters, dynamic,
+    dynamic::DynVerdict, ports, v4, v6,
+};
+
+use self::{mmap::Mmap, v4table::V4Table, v6table::V6Table};
+
+/// Errors while loading or driving the XDP program.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The object did not load (verifier, map creation, permissions).
+    #[error("loading the XDP program failed")]
+    Load(#[source] aya::EbpfError),
+    /// A map the object must have is missing or of another type.
+    #[error("the XDP object has no usable map {name}")]
+    MissingMap {
+        /// Map name.
+        name: &'static str,
+        #[source]
+        source: Option<MapError>,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// The program could not be loaded or attached.
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    /// mmap of a table failed.
+    #[error("mapping {name} into memory: {source}")]
+    Mmap {
+        /// Map name.
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Pinned maps belong to another layout.
+    #[error("pinned maps under {dir} have ABI {found}, this agent uses {ABI_VERSION}")]
+    AbiMismatch {
+        /// Pin directory.
+        dir: PathBuf,
+        /// ABI found in the pinned config map.
+        found: u32,
+    },
+}
+
+/// Map sizes and load-time settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Groups for IPv4 prefixes longer than /24 (512 bytes each).
+    pub v4_long_groups: u32,
+    /// Capacity of the IPv6 trie.
+    pub v6_entries: u32,
+    /// Capacity of the dynamic verdict map.
+    pub dynamic_entries: u32,
+    /// aya-log level compiled into the loaded program: 0 = off (no cost), 1 error .. 5 trace.
+    pub log_level: u8,
+    /// Pin maps here (bpffs); none for a private instance (tests, bench).
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            v4_long_groups: v4::DEFAULT_GROUPS,
+            v6_entries: v6::DEFAULT_ENTRIES,
+            dynamic_entries: dynamic::DEFAULT_ENTRIES,
+            log_level: 0,
+            pin_dir: None,
+        }
+    }
+}
+
+/// Maps that live as long as the filter: everything but the tables.
+const PINNED_MAPS: &[&str] = &[
+    config::MAP,
+    ports::MAP,
+    v4::TBL24,
+    v4::TBL8,
+    v6::LPM,
+    dynamic::MAP,
+    prefilter_common::ratelimit::MAP,
+    counters::MAP,
+    counters::LIST_HITS,
+    prefilter_common::events::MAP,
+    prefilter_common::events::SEEN,
+];
+
+/// The loaded program and its maps.
+pub struct Filter {
+    ebpf: Ebpf,
+    /// The IPv4 prefix table.
+    pub v4: V4Table,
+    /// The IPv6 prefix table.
+    pub v6: V6Table,
+    config: Config,
+    dynamic: HashMap<MapData, AddrKey, DynVerdict>,
+    /// Whether the maps were adopted from pins rather than created.
+    pub adopted: bool,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FilterError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(FilterError::MissingMap { name, source: None })?;
+    T::try_from(map).map_err(|e| FilterError::MissingMap { name, source: Some(e) })
+}
+
+fn mmap_of(ebpf: &Ebpf, name: &'static str, len: usize) -> Result<Mmap, FilterError> {
+    let Some(Map::Array(data)) = ebpf.map(name) else {
+        return Err(FilterError::MissingMap { name, source: None });
+    };
+    Mmap::map(data.fd().as_fd(), len).map_err(|source| FilterError::Mmap { name, source })
+}
+
+impl Filter {
+    /// Loads the embedded object: creates (or, with `pin_dir`, adopts) the maps and loads
+    /// the program into the kernel, not attached anywhere yet.
+    pub fn load(opts: &Options) -> Result<Self, FilterError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(v4::TBL8, opts.v4_long_groups)
+            .map_max_entries(v6::LPM, opts.v6_entries)
+            .map_max_entries(dynamic::MAP, opts.dynamic_entries)
+            .override_global(LOG_LEVEL_GLOBAL, &opts.log_level, true);
+        let mut adopted = false;
+        if let Some(dir) = &opts.pin_dir {
+            adopted = check_pins(dir)?;
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(FilterError::Load)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_NAME)
+            .expect("the object defines the program")
+            .try_into()?;
+        prog.load()?;
+
+        let tbl24 = mmap_of(&ebpf, v4::TBL24, (v4::TBL24_CHUNKS as usize) << 10)?;
+        let tbl8 = mmap_of(&ebpf, v4::TBL8, (opts.v4_long_groups as usize) << 9)?;
+        let mut v4 = V4Table::new(tbl24, tbl8, opts.v4_long_groups);
+        let trie: LpmTrie<MapData, [u8; 16], u16> = take(&mut ebpf, v6::LPM)?;
+        let mut v6 = V6Table::new(trie);
+        let dynamic = take(&mut ebpf, dynamic::MAP)?;
+        if adopted {
+            // The store rewrites the tables by difference from empty: clear what we cannot
+            // account for. (The daemon avoids this window by filling fresh maps and swapping
+            // the link; see the loader in the daemon.)
+            v4.clear();
+            let _ = &mut v6;
+        }
+        let mut filter = Self {
+            ebpf,
+            v4,
+            v6,
+            config: Config::default(),
+            dynamic,
+            adopted,
+        };
+        filter.config = filter.read_config()?;
+        if filter.config.abi == 0 {
+            filter.set_config(Config {
+                abi: ABI_VERSION,
+                ..Config::default()
+            })?;
+            filter.set_ports(ports::DEFAULT)?;
+        }
+        Ok(filter)
+    }
+
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, FilterError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(FilterError::MissingMap { name, source: None })?;
+        Array::try_from(map).map_err(|e| FilterError::MissingMap { name, source: Some(e) })
+    }
+
+    fn read_config(&mut self) -> Result<Config, FilterError> {
+        self.array::<Config>(config::MAP)?
+            .get(&0, 0)
+            .map_err(|source| FilterError::Map { name: config::MAP, source })
+    }
+
+    /// The program, to attach it.
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROG_NAME)
+            .expect("loaded")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    /// File descriptor of the loaded program (for BPF_PROG_TEST_RUN).
+    pub fn program_fd(&self) -> BorrowedFd<'_> {
+        let p: &Xdp = self
+            .ebpf
+            .program(PROG_NAME)
+            .expect("loaded")
+            .try_into()
+            .expect("an XDP program");
+        p.fd().expect("loaded").as_fd()
+    }
+
+    /// Attaches to `iface` in native mode, falling back to skb (generic) mode unless
+    /// `force` names a mode. Returns the mode in use.
+    pub fn attach(&mut self, iface: &str, force: Option<XdpMode>) -> Result<XdpMode, FilterError> {
+        let prog = self.program();
+        if let Some(mode) = force {
+            prog.attach(iface, mode)?;
+            return Ok(mode);
+        }
+        match prog.attach(iface, XdpMode::Driver) {
+            Ok(_) => Ok(XdpMode::Driver),
+            Err(native) => {
+                log::warn!("{iface}: native XDP refused ({native}), using skb mode");
+                prog.attach(iface, XdpMode::Skb)?;
+                Ok(XdpMode::Skb)
+            }
+        }
+    }
+
+    /// The runtime configuration in force.
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
+    /// Replaces the runtime configuration.
+    pub fn set_config(&mut self, c: Config) -> Result<(), FilterError> {
+        let c = Config { abi: ABI_VERSION, ..c };
+        self.array::<Config>(config::MAP)?
+            .set(0, c, 0)
+            .map_err(|source| FilterError::Map { name: config::MAP, source })?;
+        self.config = c;
+        Ok(())
+    }
+
+    /// Sets the judged destination ports to exactly `list`.
+    pub fn set_ports(&mut self, list: &[u16]) -> Result<(), FilterError> {
+        let mut arr = self.array::<u8>(ports::MAP)?;
+        let err = |source| FilterError::Map { name: ports::MAP, source };
+        for p in 0..ports::ENTRIES {
+            let want = u8::from(list.contains(&(p as u16)));
+            if arr.get(&p, 0).map_err(err)? != want {
+                arr.set(p, want, 0).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a dynamic verdict.
+    pub fn set_dynamic(&mut self, key: AddrKey, v: DynVerdict) -> Result<(), FilterError> {
+        self.dynamic
+            .insert(key, v, 0)
+            .map_err(|source| FilterError::Map { name: dynamic::MAP, source })?;
+        self.sync_dyn_count()
+    }
+
+    /// Removes a dynamic verdict; returns whether it was there.
+    pub fn remove_dynamic(&mut self, key: &AddrKey) -> Result<bool, FilterError> {
+        let had = match self.dynamic.remove(key) {
+            Ok(()) => true,
+            Err(MapError::KeyNotFound) => false,
+            Err(source) => return Err(FilterError::Map { name: dynamic::MAP, source }),
+        };
+        self.sync_dyn_count()?;
+        Ok(had)
+    }
+
+    /// The dynamic verdict for a key, as the kernel holds it.
+    pub fn dynamic(&self, key: &AddrKey) -> Option<DynVerdict> {
+        self.dynamic.get(key, 0).ok()
+    }
+
+    /// Keeps the "dynamic map not empty" hint right so the program can skip the lookup.
+    fn sync_dyn_count(&mut self) -> Result<(), FilterError> {
+        let n = self.dynamic.keys().count() as u32;
+        if n != self.config.dyn_entries {
+            let c = Config { dyn_entries: n, ..self.config };
+            self.set_config(c)?;
+        }
+        Ok(())
+    }
+
+    /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
+    pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
+        let name = counters::MAP;
+        let map = self.ebpf.map(name).ok_or(FilterError::MissingMap { name, source: None })?;
+        let arr = PerCpuArray::<&MapData, u64>::try_from(map)
+            .map_err(|e| FilterError::MissingMap { name, source: Some(e) })?;
+        (0..counters::SLOTS)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(|source| FilterError::Map { name, source })
+            })
+            .collect()
+    }
+
+    /// Block hits per list id, summed over CPUs (only non-zero ones).
+    pub fn list_hits(&self) -> Result<Vec<(u16, u64)>, FilterError> {
+        let name = counters::LIST_HITS;
+        let map = self.ebpf.map(name).ok_or(FilterError::MissingMap { name, source: None })?;
+        let arr = PerCpuArray::<&MapData, u64>::try_from(map)
+            .map_err(|e| FilterError::MissingMap { name, source: Some(e) })?;
+        let mut out = Vec::new();
+        for (i, v) in arr.iter().enumerate() {
+            let n: u64 = v.map_err(|source| FilterError::Map { name, source })?.iter().sum();
+            if n != 0 {
+                out.push((i as u16, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes the event ring buffer (once) for a reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, FilterError> {
+        take(&mut self.ebpf, prefilter_common::events::MAP)
+    }
+
+    /// Runs the program on a frame (BPF_PROG_TEST_RUN).
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> std::io::Result<test_run::TestRun> {
+        test_run::run(self.program_fd(), frame, repeat)
+    }
+}
+
+/// Whether `dir` already holds our pinned maps; errors if they are of another ABI.
+fn check_pins(dir: &Path) -> Result<bool, FilterError> {
+    let path = dir.join(config::MAP);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let data = MapData::from_pin(&path).map_err(|source| FilterError::Map { name: config::MAP, source })?;
+    let info = data.info().map_err(|source| FilterError::Map { name: config::MAP, source })?;
+    let found = if info.value_size() as usize == size_of::<Config>() {
+        let arr = Array::<_, Config>::try_from(Map::Array(data))
+            .map_err(|source| FilterError::Map { name: config::MAP, source })?;
+        arr.get(&0, 0).map(|c| c.abi).unwrap_or(0)
+    } else {
+        0
+    };
+    if found != ABI_VERSION {
+        return Err(FilterError::AbiMismatch { dir: dir.to_owned(), found });
+    }
+    Ok(true)
+}
