@@ -4,4 +4,9 @@
 /// The compiled XDP object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/prefilter-xdp"));
 
+pub mod import;
+pub mod prefix;
 pub mod xdp;
+pub mod bpffs;
+pub mod http;
+pub mod store;

@@ -13,7 +13,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use prefilter_common::{
     ABI_VERSION, AddrKey, LOG_LEVEL_GLOBAL, PROG_NAME, config, config::Config, counters, dynamic,
@@ -55,6 +59,14 @@ pub enum FilterError {
         #[source]
         source: std::io::Error,
     },
+    /// A pinned XDP link could not be used or created.
+    #[error("XDP link {path}: {message}")]
+    Link {
+        /// Pin path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Pinned maps belong to another layout.
     #[error("pinned maps under {dir} have ABI {found}, this agent uses {ABI_VERSION}")]
     AbiMismatch {
@@ -92,13 +104,13 @@ impl Default for Options {
     }
 }
 
-/// Maps that live as long as the filter: everything but the tables.
+/// Maps pinned and adopted across agent restarts. The prefix tables are not among them:
+/// they are rebuilt from the store at every start into fresh maps, and the pinned XDP link
+/// is then switched to the new program atomically, so there is never a half-filled table in
+/// force and no bookkeeping to recover from kernel memory.
 const PINNED_MAPS: &[&str] = &[
     config::MAP,
     ports::MAP,
-    v4::TBL24,
-    v4::TBL8,
-    v6::LPM,
     dynamic::MAP,
     prefilter_common::ratelimit::MAP,
     counters::MAP,
@@ -161,17 +173,10 @@ impl Filter {
 
         let tbl24 = mmap_of(&ebpf, v4::TBL24, (v4::TBL24_CHUNKS as usize) << 10)?;
         let tbl8 = mmap_of(&ebpf, v4::TBL8, (opts.v4_long_groups as usize) << 9)?;
-        let mut v4 = V4Table::new(tbl24, tbl8, opts.v4_long_groups);
+        let v4 = V4Table::new(tbl24, tbl8, opts.v4_long_groups);
         let trie: LpmTrie<MapData, [u8; 16], u16> = take(&mut ebpf, v6::LPM)?;
-        let mut v6 = V6Table::new(trie);
+        let v6 = V6Table::new(trie);
         let dynamic = take(&mut ebpf, dynamic::MAP)?;
-        if adopted {
-            // The store rewrites the tables by difference from empty: clear what we cannot
-            // account for. (The daemon avoids this window by filling fresh maps and swapping
-            // the link; see the loader in the daemon.)
-            v4.clear();
-            let _ = &mut v6;
-        }
         let mut filter = Self {
             ebpf,
             v4,
@@ -228,19 +233,70 @@ impl Filter {
     /// Attaches to `iface` in native mode, falling back to skb (generic) mode unless
     /// `force` names a mode. Returns the mode in use.
     pub fn attach(&mut self, iface: &str, force: Option<XdpMode>) -> Result<XdpMode, FilterError> {
+        self.attach_id(iface, force).map(|(mode, _)| mode)
+    }
+
+    fn attach_id(
+        &mut self,
+        iface: &str,
+        force: Option<XdpMode>,
+    ) -> Result<(XdpMode, XdpLinkId), FilterError> {
         let prog = self.program();
         if let Some(mode) = force {
-            prog.attach(iface, mode)?;
-            return Ok(mode);
+            return Ok((mode, prog.attach(iface, mode)?));
         }
         match prog.attach(iface, XdpMode::Driver) {
-            Ok(_) => Ok(XdpMode::Driver),
+            Ok(id) => Ok((XdpMode::Driver, id)),
             Err(native) => {
                 log::warn!("{iface}: native XDP refused ({native}), using skb mode");
-                prog.attach(iface, XdpMode::Skb)?;
-                Ok(XdpMode::Skb)
+                Ok((XdpMode::Skb, prog.attach(iface, XdpMode::Skb)?))
             }
         }
+    }
+
+    /// Attaches to `iface` through the link pinned at `pin`: if one is pinned (a previous
+    /// agent, maybe of another version), its program is replaced atomically, so SYNs are
+    /// judged without a gap; otherwise a new link is attached and pinned. Returns the mode,
+    /// or None when an existing link was adopted (it keeps the mode it was created with).
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        force: Option<XdpMode>,
+        pin: &Path,
+    ) -> Result<Option<XdpMode>, FilterError> {
+        if pin.exists() {
+            match PinnedLink::from_pin(pin) {
+                Ok(pinned) => {
+                    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
+                        FilterError::Link {
+                            path: pin.to_owned(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                    let prog = self.program();
+                    let id = prog.attach_to_link(link)?;
+                    // Keep only the pin as owner, so unpinning is all a detach takes.
+                    drop(prog.take_link(id)?);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    // Not a link (stale file): replace it.
+                    log::warn!("{}: not a usable pinned link ({e}), attaching anew", pin.display());
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let (mode, id) = self.attach_id(iface, force)?;
+        let link = self.program().take_link(id)?;
+        let fd = FdLink::try_from(link).map_err(|e| FilterError::Link {
+            path: pin.to_owned(),
+            message: format!("{iface}: XDP attached without a BPF link ({e}); cannot pin"),
+        })?;
+        fd.pin(pin).map_err(|e| FilterError::Link {
+            path: pin.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(mode))
     }
 
     /// The runtime configuration in force.
@@ -345,6 +401,29 @@ impl Filter {
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> std::io::Result<test_run::TestRun> {
         test_run::run(self.program_fd(), frame, repeat)
     }
+}
+
+/// Removes the pinned link of `pin`; the XDP program leaves the interface once no agent
+/// holds it either. Returns whether a link was pinned there.
+pub fn detach_pinned(pin: &Path) -> std::io::Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let link = PinnedLink::from_pin(pin).map_err(std::io::Error::other)?;
+    drop(link.unpin()?);
+    Ok(true)
+}
+
+/// Removes pinned maps of another ABI. The program still attached keeps its own maps
+/// alive through its link until the link is switched to the new program.
+pub fn remove_map_pins(dir: &Path) -> std::io::Result<()> {
+    for name in PINNED_MAPS {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether `dir` already holds our pinned maps; errors if they are of another ABI.
