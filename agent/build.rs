@@ -4,7 +4,10 @@ use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../prefilter-ebpf");
-    println!("cargo:rerun-if-changed={}/../prefilter-common/src", env!("CARGO_MANIFEST_DIR"));
+    println!(
+        "cargo:rerun-if-changed={}/../prefilter-common/src",
+        env!("CARGO_MANIFEST_DIR")
+    );
     aya_build::build_ebpf(
         [Package {
             name: "prefilter-ebpf",

@@ -39,7 +39,10 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: R) -> Result<Request, HttpErr
     r.read_line(&mut line).await?;
     head += line.len();
     let mut parts = line.split_whitespace();
-    let method = parts.next().ok_or(HttpError::Bad("empty request"))?.to_owned();
+    let method = parts
+        .next()
+        .ok_or(HttpError::Bad("empty request"))?
+        .to_owned();
     let target = parts.next().ok_or(HttpError::Bad("no target"))?.to_owned();
     let mut len = 0usize;
     loop {

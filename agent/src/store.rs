@@ -97,7 +97,10 @@ pub enum StoreError {
     },
     /// A list of the other kind already has this name.
     #[error("list {name} is a {existing} list")]
-    KindMismatch { name: String, existing: &'static str },
+    KindMismatch {
+        name: String,
+        existing: &'static str,
+    },
     /// The config owns this list; edit the config file instead.
     #[error("list {name} comes from the config file; change it there and reload")]
     ConfigOwned { name: String },
@@ -371,7 +374,10 @@ impl Store {
     pub fn entries_by_origin(&self) -> Vec<(Origin, Kind, usize)> {
         let mut out: Vec<(Origin, Kind, usize)> = Vec::new();
         for l in self.lists.values() {
-            match out.iter_mut().find(|(o, k, _)| *o == l.origin && *k == l.kind) {
+            match out
+                .iter_mut()
+                .find(|(o, k, _)| *o == l.origin && *k == l.kind)
+            {
                 Some(e) => e.2 += l.entries.len(),
                 None => out.push((l.origin, l.kind, l.entries.len())),
             }
@@ -389,7 +395,11 @@ impl Store {
             if e.expires.is_some_and(|x| x <= at) {
                 continue;
             }
-            let sev = if kind == Kind::Allow { 1 } else { severity(e.action) };
+            let sev = if kind == Kind::Allow {
+                1
+            } else {
+                severity(e.action)
+            };
             let better = match best {
                 None => true,
                 Some((s, id, _)) => sev > s || (sev == s && l.id < id),
@@ -399,7 +409,11 @@ impl Store {
             }
         }
         best.map(|(_, id, a)| {
-            let a = if kind == Kind::Allow { action::ALLOW } else { a as u8 };
+            let a = if kind == Kind::Allow {
+                action::ALLOW
+            } else {
+                a as u8
+            };
             verdict::pack(a, id)
         })
     }

@@ -17,19 +17,34 @@ fn p(s: &str) -> Prefix {
 fn strongest_action_wins_across_lists_and_changes_are_diffs() {
     let mut s = Store::in_memory();
     let (c, _) = s
-        .set("a", Kind::Block, Origin::Cli, vec![(p("192.0.2.0/24"), entry(action::OBSERVE))])
+        .set(
+            "a",
+            Kind::Block,
+            Origin::Cli,
+            vec![(p("192.0.2.0/24"), entry(action::OBSERVE))],
+        )
         .unwrap();
     assert_eq!(c.len(), 1);
     let ida = s.lists()["a"].id;
     assert_eq!(c[0].verdict, Some(verdict::pack(action::OBSERVE, ida)));
     let (c, _) = s
-        .set("b", Kind::Block, Origin::Import, vec![(p("192.0.2.0/24"), entry(action::DROP))])
+        .set(
+            "b",
+            Kind::Block,
+            Origin::Import,
+            vec![(p("192.0.2.0/24"), entry(action::DROP))],
+        )
         .unwrap();
     let idb = s.lists()["b"].id;
     assert_eq!(c[0].verdict, Some(verdict::pack(action::DROP, idb)));
     // Setting the same again changes nothing in the tables.
     let (c, _) = s
-        .set("b", Kind::Block, Origin::Import, vec![(p("192.0.2.0/24"), entry(action::DROP))])
+        .set(
+            "b",
+            Kind::Block,
+            Origin::Import,
+            vec![(p("192.0.2.0/24"), entry(action::DROP))],
+        )
         .unwrap();
     assert!(c.is_empty());
     let (c, _, n) = s.remove("b", &[p("192.0.2.0/24")]).unwrap();
@@ -40,10 +55,23 @@ fn strongest_action_wins_across_lists_and_changes_are_diffs() {
 #[test]
 fn rollback_restores_previous_state() {
     let mut s = Store::in_memory();
-    s.set("a", Kind::Block, Origin::Cli, vec![(p("192.0.2.1"), entry(action::DROP))])
-        .unwrap();
+    s.set(
+        "a",
+        Kind::Block,
+        Origin::Cli,
+        vec![(p("192.0.2.1"), entry(action::DROP))],
+    )
+    .unwrap();
     let (_, undo) = s
-        .set("a", Kind::Block, Origin::Cli, vec![(p("192.0.2.1"), entry(action::RESET)), (p("192.0.2.2"), entry(action::RESET))])
+        .set(
+            "a",
+            Kind::Block,
+            Origin::Cli,
+            vec![
+                (p("192.0.2.1"), entry(action::RESET)),
+                (p("192.0.2.2"), entry(action::RESET)),
+            ],
+        )
         .unwrap();
     s.rollback(undo);
     let l = &s.lists()["a"];
@@ -57,9 +85,23 @@ fn persisted_entries_survive_reopen_with_and_without_compaction() {
     let _ = fs::remove_dir_all(&dir);
     {
         let mut s = Store::open(&dir).unwrap();
-        let e = Entry { reason: Some("spam run".into()), expires: Some(now() + 3600), ..entry(action::RESET) };
-        s.set("cli", Kind::Block, Origin::Cli, vec![(p("198.51.100.7"), e), (p("2001:db8::/48"), entry(action::DROP))]).unwrap();
-        s.commit_set("cli", &[p("198.51.100.7"), p("2001:db8::/48")]).unwrap();
+        let e = Entry {
+            reason: Some("spam run".into()),
+            expires: Some(now() + 3600),
+            ..entry(action::RESET)
+        };
+        s.set(
+            "cli",
+            Kind::Block,
+            Origin::Cli,
+            vec![
+                (p("198.51.100.7"), e),
+                (p("2001:db8::/48"), entry(action::DROP)),
+            ],
+        )
+        .unwrap();
+        s.commit_set("cli", &[p("198.51.100.7"), p("2001:db8::/48")])
+            .unwrap();
         let mut big = HashMap::new();
         big.insert(p("203.0.113.0/24"), entry(action::DROP));
         s.replace("drop", Kind::Block, Origin::Import, big).unwrap();
@@ -87,8 +129,13 @@ fn persisted_entries_survive_reopen_with_and_without_compaction() {
 fn expiry_removes_and_reports() {
     let mut s = Store::in_memory();
     let at = now() + 60;
-    let e = Entry { expires: Some(at), ..entry(action::DROP) };
-    let (c, _) = s.set("cli", Kind::Block, Origin::Cli, vec![(p("192.0.2.9"), e)]).unwrap();
+    let e = Entry {
+        expires: Some(at),
+        ..entry(action::DROP)
+    };
+    let (c, _) = s
+        .set("cli", Kind::Block, Origin::Cli, vec![(p("192.0.2.9"), e)])
+        .unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(s.next_expiry(), Some(at));
     assert!(s.expire(at - 1).unwrap().is_empty());

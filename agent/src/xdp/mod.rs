@@ -136,8 +136,13 @@ fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FilterError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(FilterError::MissingMap { name, source: None })?;
-    T::try_from(map).map_err(|e| FilterError::MissingMap { name, source: Some(e) })
+    let map = ebpf
+        .take_map(name)
+        .ok_or(FilterError::MissingMap { name, source: None })?;
+    T::try_from(map).map_err(|e| FilterError::MissingMap {
+        name,
+        source: Some(e),
+    })
 }
 
 fn mmap_of(ebpf: &Ebpf, name: &'static str, len: usize) -> Result<Mmap, FilterError> {
@@ -196,18 +201,27 @@ impl Filter {
         Ok(filter)
     }
 
-    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, FilterError> {
+    fn array<T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, T>, FilterError> {
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or(FilterError::MissingMap { name, source: None })?;
-        Array::try_from(map).map_err(|e| FilterError::MissingMap { name, source: Some(e) })
+        Array::try_from(map).map_err(|e| FilterError::MissingMap {
+            name,
+            source: Some(e),
+        })
     }
 
     fn read_config(&mut self) -> Result<Config, FilterError> {
         self.array::<Config>(config::MAP)?
             .get(&0, 0)
-            .map_err(|source| FilterError::Map { name: config::MAP, source })
+            .map_err(|source| FilterError::Map {
+                name: config::MAP,
+                source,
+            })
     }
 
     /// The program, to attach it.
@@ -267,12 +281,11 @@ impl Filter {
         if pin.exists() {
             match PinnedLink::from_pin(pin) {
                 Ok(pinned) => {
-                    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| {
-                        FilterError::Link {
+                    let link =
+                        XdpLink::try_from(FdLink::from(pinned)).map_err(|e| FilterError::Link {
                             path: pin.to_owned(),
                             message: e.to_string(),
-                        }
-                    })?;
+                        })?;
                     let prog = self.program();
                     let id = prog.attach_to_link(link)?;
                     // Keep only the pin as owner, so unpinning is all a detach takes.
@@ -281,7 +294,10 @@ impl Filter {
                 }
                 Err(e) => {
                     // Not a link (stale file): replace it.
-                    log::warn!("{}: not a usable pinned link ({e}), attaching anew", pin.display());
+                    log::warn!(
+                        "{}: not a usable pinned link ({e}), attaching anew",
+                        pin.display()
+                    );
                     let _ = std::fs::remove_file(pin);
                 }
             }
@@ -306,10 +322,16 @@ impl Filter {
 
     /// Replaces the runtime configuration.
     pub fn set_config(&mut self, c: Config) -> Result<(), FilterError> {
-        let c = Config { abi: ABI_VERSION, ..c };
+        let c = Config {
+            abi: ABI_VERSION,
+            ..c
+        };
         self.array::<Config>(config::MAP)?
             .set(0, c, 0)
-            .map_err(|source| FilterError::Map { name: config::MAP, source })?;
+            .map_err(|source| FilterError::Map {
+                name: config::MAP,
+                source,
+            })?;
         self.config = c;
         Ok(())
     }
@@ -317,7 +339,10 @@ impl Filter {
     /// Sets the judged destination ports to exactly `list`.
     pub fn set_ports(&mut self, list: &[u16]) -> Result<(), FilterError> {
         let mut arr = self.array::<u8>(ports::MAP)?;
-        let err = |source| FilterError::Map { name: ports::MAP, source };
+        let err = |source| FilterError::Map {
+            name: ports::MAP,
+            source,
+        };
         for p in 0..ports::ENTRIES {
             let want = u8::from(list.contains(&(p as u16)));
             if arr.get(&p, 0).map_err(err)? != want {
@@ -331,7 +356,10 @@ impl Filter {
     pub fn set_dynamic(&mut self, key: AddrKey, v: DynVerdict) -> Result<(), FilterError> {
         self.dynamic
             .insert(key, v, 0)
-            .map_err(|source| FilterError::Map { name: dynamic::MAP, source })?;
+            .map_err(|source| FilterError::Map {
+                name: dynamic::MAP,
+                source,
+            })?;
         self.sync_dyn_count()
     }
 
@@ -340,7 +368,12 @@ impl Filter {
         let had = match self.dynamic.remove(key) {
             Ok(()) => true,
             Err(MapError::KeyNotFound) => false,
-            Err(source) => return Err(FilterError::Map { name: dynamic::MAP, source }),
+            Err(source) => {
+                return Err(FilterError::Map {
+                    name: dynamic::MAP,
+                    source,
+                });
+            }
         };
         self.sync_dyn_count()?;
         Ok(had)
@@ -355,7 +388,10 @@ impl Filter {
     fn sync_dyn_count(&mut self) -> Result<(), FilterError> {
         let n = self.dynamic.keys().count() as u32;
         if n != self.config.dyn_entries {
-            let c = Config { dyn_entries: n, ..self.config };
+            let c = Config {
+                dyn_entries: n,
+                ..self.config
+            };
             self.set_config(c)?;
         }
         Ok(())
@@ -364,9 +400,15 @@ impl Filter {
     /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
     pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
         let name = counters::MAP;
-        let map = self.ebpf.map(name).ok_or(FilterError::MissingMap { name, source: None })?;
-        let arr = PerCpuArray::<&MapData, u64>::try_from(map)
-            .map_err(|e| FilterError::MissingMap { name, source: Some(e) })?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(FilterError::MissingMap { name, source: None })?;
+        let arr =
+            PerCpuArray::<&MapData, u64>::try_from(map).map_err(|e| FilterError::MissingMap {
+                name,
+                source: Some(e),
+            })?;
         (0..counters::SLOTS)
             .map(|i| {
                 arr.get(&i, 0)
@@ -379,12 +421,21 @@ impl Filter {
     /// Block hits per list id, summed over CPUs (only non-zero ones).
     pub fn list_hits(&self) -> Result<Vec<(u16, u64)>, FilterError> {
         let name = counters::LIST_HITS;
-        let map = self.ebpf.map(name).ok_or(FilterError::MissingMap { name, source: None })?;
-        let arr = PerCpuArray::<&MapData, u64>::try_from(map)
-            .map_err(|e| FilterError::MissingMap { name, source: Some(e) })?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(FilterError::MissingMap { name, source: None })?;
+        let arr =
+            PerCpuArray::<&MapData, u64>::try_from(map).map_err(|e| FilterError::MissingMap {
+                name,
+                source: Some(e),
+            })?;
         let mut out = Vec::new();
         for (i, v) in arr.iter().enumerate() {
-            let n: u64 = v.map_err(|source| FilterError::Map { name, source })?.iter().sum();
+            let n: u64 = v
+                .map_err(|source| FilterError::Map { name, source })?
+                .iter()
+                .sum();
             if n != 0 {
                 out.push((i as u16, n));
             }
@@ -432,17 +483,29 @@ fn check_pins(dir: &Path) -> Result<bool, FilterError> {
     if !path.exists() {
         return Ok(false);
     }
-    let data = MapData::from_pin(&path).map_err(|source| FilterError::Map { name: config::MAP, source })?;
-    let info = data.info().map_err(|source| FilterError::Map { name: config::MAP, source })?;
+    let data = MapData::from_pin(&path).map_err(|source| FilterError::Map {
+        name: config::MAP,
+        source,
+    })?;
+    let info = data.info().map_err(|source| FilterError::Map {
+        name: config::MAP,
+        source,
+    })?;
     let found = if info.value_size() as usize == size_of::<Config>() {
-        let arr = Array::<_, Config>::try_from(Map::Array(data))
-            .map_err(|source| FilterError::Map { name: config::MAP, source })?;
+        let arr =
+            Array::<_, Config>::try_from(Map::Array(data)).map_err(|source| FilterError::Map {
+                name: config::MAP,
+                source,
+            })?;
         arr.get(&0, 0).map(|c| c.abi).unwrap_or(0)
     } else {
         0
     };
     if found != ABI_VERSION {
-        return Err(FilterError::AbiMismatch { dir: dir.to_owned(), found });
+        return Err(FilterError::AbiMismatch {
+            dir: dir.to_owned(),
+            found,
+        });
     }
     Ok(true)
 }

@@ -1,7 +1,10 @@
 //! BPF_PROG_TEST_RUN: runs the loaded program on a frame without a NIC.
 //! aya 0.14 has no wrapper for it, so this is the raw syscall.
 
-use std::{io, os::fd::{AsRawFd, BorrowedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
 
 /// The `test` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]

@@ -18,7 +18,11 @@ struct Rule {
 }
 
 fn mask(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - len) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    }
 }
 
 /// User-space rules plus the kernel trie holding their effective verdicts.

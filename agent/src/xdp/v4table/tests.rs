@@ -62,7 +62,13 @@ fn nested_rules_follow_priority() {
             t.set(a.into(), l.parse().unwrap(), *k, *v).unwrap();
         }
         let a: std::net::Ipv4Addr = c.addr.parse().unwrap();
-        assert_eq!(t.lookup(a.into()), c.expected, "{:?} at {}", c.rules, c.addr);
+        assert_eq!(
+            t.lookup(a.into()),
+            c.expected,
+            "{:?} at {}",
+            c.rules,
+            c.addr
+        );
     }
 }
 
@@ -76,7 +82,11 @@ fn random_operations_match_reference() {
     for step in 0..4000 {
         let len = [8u8, 12, 16, 20, 23, 24, 25, 27, 28, 30, 31, 32][rng.next() as usize % 12];
         let addr = (base | (rng.next() as u32 & 0x0003_ffff)) & mask(len);
-        let kind = if rng.next() % 4 == 0 { Kind::Allow } else { Kind::Block };
+        let kind = if rng.next() % 4 == 0 {
+            Kind::Allow
+        } else {
+            Kind::Block
+        };
         if rng.next() % 3 == 0 {
             let had = model.remove(&(addr, len, kind)).is_some();
             assert_eq!(t.remove(addr, len, kind), had, "step {step}");

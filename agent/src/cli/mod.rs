@@ -1,0 +1,272 @@
+//! The `prefilter` command line: `run` starts the daemon, everything else talks to it over
+//! the control socket.
+
+mod client;
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use self::commands::execute;
+
+/// Default control socket, as in deploy/prefilter.service.
+pub const DEFAULT_SOCKET: &str = "/run/prefilter/control.sock";
+/// Default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/prefilter/prefilter.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "prefilter",
+    version,
+    about = "XDP SMTP connection prefilter for mail gateways"
+)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "PREFILTER_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Log format of the daemon (text on a terminal, json for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: attach the XDP filter and keep it filled.
+    Run(RunArgs),
+    /// Blocked prefixes: add, delete, list, import.
+    #[command(subcommand)]
+    Block(BlockCmd),
+    /// Allowlisted prefixes (trusted relays and partners, exempt from every check).
+    #[command(subcommand)]
+    Allow(AllowCmd),
+    /// Explain the verdict for an address.
+    Check(CheckArgs),
+    /// Interfaces, attach mode, map fill, lists and counters.
+    Status(JsonArg),
+    /// Stream verdict events from the XDP program.
+    Watch(JsonArg),
+    /// Re-read the config file (same as SIGHUP).
+    Reload,
+    /// Remove the XDP filter from an interface (all if none given).
+    Detach(DetachArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Config file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct JsonArg {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BlockCmd {
+    /// Block prefixes (IP or CIDR).
+    Add(BlockAddArgs),
+    /// Unblock prefixes (from the given list, or every CLI and imported list).
+    Del(DelArgs),
+    /// List blocked prefixes.
+    List(JsonArg),
+    /// Import a list file (plain, Spamhaus DROP, rbldnsd ip4set) into a named list.
+    Import(ImportArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AllowCmd {
+    /// Allowlist prefixes.
+    Add(AllowAddArgs),
+    /// Remove prefixes from the allowlist.
+    Del(DelArgs),
+    /// List allowlisted prefixes.
+    List(JsonArg),
+}
+
+#[derive(Args, Debug)]
+pub struct BlockAddArgs {
+    /// IPs or CIDRs.
+    #[arg(required = true)]
+    pub prefixes: Vec<String>,
+    /// What the filter does with their SYNs.
+    #[arg(long, default_value = "drop", value_parser = ["drop", "reset", "tempfail", "reject", "observe"])]
+    pub action: String,
+    /// Expire after this long (e.g. 90s, 30m, 12h, 7d).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<u64>,
+    /// Why, shown by `check` and `block list`.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// List to add to.
+    #[arg(long, default_value = "cli")]
+    pub list: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AllowAddArgs {
+    /// IPs or CIDRs.
+    #[arg(required = true)]
+    pub prefixes: Vec<String>,
+    /// Expire after this long (e.g. 30m, 12h).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<u64>,
+    /// Why (shown by `check`).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// List to add to.
+    #[arg(long, default_value = "cli")]
+    pub list: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DelArgs {
+    /// IPs or CIDRs, exactly as added.
+    #[arg(required = true)]
+    pub prefixes: Vec<String>,
+    /// Only from this list.
+    #[arg(long)]
+    pub list: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// File to read, or - for standard input.
+    pub file: String,
+    /// Format; detected from the content when not given.
+    #[arg(long, value_parser = ["plain", "spamhaus-drop", "rbldnsd"])]
+    pub format: Option<String>,
+    /// Action for every entry.
+    #[arg(long, default_value = "drop", value_parser = ["drop", "reset", "tempfail", "reject", "observe"])]
+    pub action: String,
+    /// Name of the list (default: the file name without extension, or "import" for stdin).
+    #[arg(long)]
+    pub list: Option<String>,
+    /// Replace the whole list atomically instead of adding to it.
+    #[arg(long)]
+    pub replace: bool,
+    /// Apply nothing if any line is bad.
+    #[arg(long)]
+    pub strict: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// IPv4 or IPv6 address.
+    pub ip: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    /// Interface (default: every attached interface).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Pin directory to clean up when the daemon is not running.
+    #[arg(long, default_value = "/sys/fs/bpf/prefilter")]
+    pub pin_dir: PathBuf,
+}
+
+/// Parses `90`, `90s`, `30m`, `12h`, `7d` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 90s, 30m, 12h, 7d)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use s, m, h, d or w)"
+            ));
+        }
+    };
+    if n == 0 {
+        return Err("a TTL must be more than 0".into());
+    }
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        struct Case {
+            input: &'static str,
+            expected: Result<u64, ()>,
+        }
+        let cases = [
+            Case {
+                input: "90",
+                expected: Ok(90),
+            },
+            Case {
+                input: "90s",
+                expected: Ok(90),
+            },
+            Case {
+                input: "30m",
+                expected: Ok(1800),
+            },
+            Case {
+                input: "12h",
+                expected: Ok(43200),
+            },
+            Case {
+                input: "7d",
+                expected: Ok(604800),
+            },
+            Case {
+                input: "0s",
+                expected: Err(()),
+            },
+            Case {
+                input: "1y",
+                expected: Err(()),
+            },
+            Case {
+                input: "h",
+                expected: Err(()),
+            },
+        ];
+        for c in cases {
+            assert_eq!(
+                parse_duration(c.input).map_err(|_| ()),
+                c.expected,
+                "{}",
+                c.input
+            );
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,909 @@
+//! The daemon's configuration: one TOML file, `deploy/prefilter.toml` being the annotated
+//! example.
+//!
+//! The file is read in two steps. serde turns it into the raw sections below, whose fields
+//! are wide on purpose (strings, `i64`) so that only syntax, unknown keys and plain type
+//! mismatches fail there (one error, as serde stops at the first). Everything else is
+//! checked afterwards and *every* bad value is reported in one run, each with its dotted
+//! key and line, so an administrator fixes the file in one pass.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use prefilter_common::{action, dynamic, v4, v6};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+use crate::import::{self, Format, ImportEntry};
+use crate::prefix::Prefix;
+
+/// Where the daemon looks for its config unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/prefilter/prefilter.toml";
+
+/// One problem in the file: its dotted key (`xdp.ports[1]`, `block[0].prefixes[2]`) and
+/// line, when there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line in the config file.
+    pub line: Option<usize>,
+    /// Dotted path of the key; empty for a syntax error that belongs to no key.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in one config file, in file order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    /// The file, as named to [`Config::parse`].
+    pub path: PathBuf,
+    /// At least one.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    /// One error a line: `prefilter.toml:12: xdp.ports[1]: 70000 is not a port (1-65535)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}", self.path.display())?;
+            if let Some(line) = e.line {
+                write!(f, ":{line}")?;
+            }
+            if !e.key.is_empty() {
+                write!(f, ": {}", e.key)?;
+            }
+            write!(f, ": {}", e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Config::load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read at all.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read and has errors.
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it was read from; relative list files are resolved against its directory.
+    pub path: PathBuf,
+    /// `[daemon]`.
+    pub daemon: Daemon,
+    /// `[xdp]`.
+    pub xdp: Xdp,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[metrics]`.
+    pub metrics: Metrics,
+    /// Every `[[block]]` then every `[[allow]]`, each in file order.
+    pub lists: Vec<ListDef>,
+}
+
+/// `[daemon]`: where the daemon keeps things.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Daemon {
+    /// The policy store's directory.
+    pub state_dir: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Group that may use the socket (mode 0660); `None` for root only.
+    pub socket_group: Option<String>,
+    /// bpffs mount point; pins go to [`Daemon::pin_dir`].
+    pub bpffs: PathBuf,
+}
+
+impl Daemon {
+    /// Directory of our pinned maps and link.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("prefilter")
+    }
+}
+
+/// `[xdp]`: what the program judges and how it is attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Xdp {
+    /// Interfaces to attach to; at least one, each present at parse time.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    pub mode: AttachMode,
+    /// Judged destination ports, no duplicates, in file order.
+    pub ports: Vec<u16>,
+    /// aya-log level compiled into the program.
+    pub log_level: LogLevel,
+    /// One verdict event per this many judged SYNs; 0 = none.
+    pub sample_every: u32,
+    /// Per-source SYN rate limit; `None` when disabled.
+    pub ratelimit: Option<RateLimit>,
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    /// Native (driver) mode where the NIC supports it, skb mode otherwise.
+    Auto,
+    /// Driver mode or fail.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Skb,
+}
+
+impl AttachMode {
+    const NAMES: [(AttachMode, &'static str); 3] = [
+        (AttachMode::Auto, "auto"),
+        (AttachMode::Native, "native"),
+        (AttachMode::Skb, "skb"),
+    ];
+}
+
+/// aya-log level of the XDP program; `as u8` is the value the program is loaded with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum LogLevel {
+    /// Logging compiled out: no cost per packet.
+    Off = 0,
+    /// Errors only.
+    Error = 1,
+    /// And warnings.
+    Warn = 2,
+    /// And information.
+    Info = 3,
+    /// And debugging.
+    Debug = 4,
+    /// Everything.
+    Trace = 5,
+}
+
+impl LogLevel {
+    const NAMES: [(LogLevel, &'static str); 6] = [
+        (LogLevel::Off, "off"),
+        (LogLevel::Error, "error"),
+        (LogLevel::Warn, "warn"),
+        (LogLevel::Info, "info"),
+        (LogLevel::Debug, "debug"),
+        (LogLevel::Trace, "trace"),
+    ];
+}
+
+/// `[xdp.ratelimit]` when enabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained SYNs per second and source.
+    pub syn_per_second: u32,
+    /// SYNs a source may send at once above the rate.
+    pub burst: u32,
+}
+
+/// The rate limit as the program's token bucket counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Nanoseconds of credit one SYN costs (1e9 / rate).
+    pub cost_ns: u64,
+    /// Bucket capacity in nanoseconds of credit (burst * cost).
+    pub cap_ns: u64,
+}
+
+impl RateLimit {
+    /// The bucket parameters the XDP config map takes.
+    pub fn bucket(&self) -> TokenBucket {
+        let cost_ns = 1_000_000_000 / u64::from(self.syn_per_second);
+        TokenBucket {
+            cost_ns,
+            // Cannot overflow: u32::MAX * 1e9 < u64::MAX.
+            cap_ns: u64::from(self.burst) * cost_ns,
+        }
+    }
+}
+
+/// `[limits]`: map sizes, fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// IPv4 groups for prefixes longer than /24 (512 bytes each).
+    pub v4_long_groups: u32,
+    /// IPv6 trie capacity.
+    pub v6_entries: u32,
+    /// Dynamic verdict map capacity.
+    pub dynamic_entries: u32,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// Prometheus listener; `None` when disabled.
+    pub listen: Option<SocketAddr>,
+}
+
+/// What a block list does to a matching SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// XDP_DROP: the sender times out and retries later.
+    Drop,
+    /// TCP RST from XDP: the sender sees a refused connection.
+    Reset,
+    /// The proxy answers `421 4.7.0`.
+    Tempfail,
+    /// The proxy answers `554 5.7.1`.
+    Reject,
+    /// Passed, counted as would-drop: shadow mode for a new list.
+    Observe,
+}
+
+impl Action {
+    const NAMES: [(Action, &'static str); 5] = [
+        (Action::Drop, "drop"),
+        (Action::Reset, "reset"),
+        (Action::Tempfail, "tempfail"),
+        (Action::Reject, "reject"),
+        (Action::Observe, "observe"),
+    ];
+
+    /// The `prefilter_common::action` code stored in the maps.
+    pub fn code(self) -> u8 {
+        match self {
+            Action::Drop => action::DROP,
+            Action::Reset => action::RESET,
+            Action::Tempfail => action::TEMPFAIL,
+            Action::Reject => action::REJECT,
+            Action::Observe => action::OBSERVE,
+        }
+    }
+
+    /// The name as the config and the CLI spell it.
+    pub fn name(self) -> &'static str {
+        lookup_name(&Self::NAMES, self)
+    }
+}
+
+/// Whether a list blocks or exempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// `[[block]]` with its action.
+    Block {
+        /// What a match does.
+        action: Action,
+    },
+    /// `[[allow]]`: exempt from every check.
+    Allow,
+}
+
+/// A `[[block]]` or `[[allow]]` list with its prefixes resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListDef {
+    /// Unique among all lists.
+    pub name: String,
+    /// Block (with action) or allow.
+    pub kind: ListKind,
+    /// The list file, made absolute against the config's directory.
+    pub file: Option<PathBuf>,
+    /// The file's format as configured; `None` means it was detected.
+    pub format: Option<Format>,
+    /// Inline prefixes first, then the file's, without repeats.
+    pub entries: Vec<ImportEntry>,
+}
+
+impl ListDef {
+    /// The action code for the maps: the block action, or `action::ALLOW`.
+    pub fn action_code(&self) -> u8 {
+        match self.kind {
+            ListKind::Block { action } => action.code(),
+            ListKind::Allow => action::ALLOW,
+        }
+    }
+
+    /// The prefixes alone.
+    pub fn prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
+        self.entries.iter().map(|e| e.prefix)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`. `iface_exists` answers whether a network
+    /// interface exists (the daemon passes an `if_nametoindex` check).
+    pub fn load(path: &Path, iface_exists: &dyn Fn(&str) -> bool) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::parse(&text, path, iface_exists)?)
+    }
+
+    /// Validates config `text` that was read from `path` (named in errors; relative list
+    /// files are resolved against its directory, and are read here).
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        iface_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Config, ConfigErrors> {
+        let spans = Spans::new(text);
+        let fail = |errors| ConfigErrors {
+            path: path.to_owned(),
+            errors,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| s.start);
+            let key = at
+                .and_then(|at| spans.as_ref().and_then(|s| s.key_at(at)))
+                .unwrap_or_default();
+            fail(vec![ConfigError {
+                line: at.map(|at| line_at(text, at)),
+                key: key.to_owned(),
+                message: e.message().to_owned(),
+            }])
+        })?;
+        let mut v = Validator {
+            text,
+            spans: spans.unwrap_or_default(),
+            errors: Vec::new(),
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let config = Config {
+            path: path.to_owned(),
+            daemon: v.daemon(raw.daemon),
+            xdp: v.xdp(raw.xdp, iface_exists),
+            limits: v.limits(raw.limits),
+            metrics: v.metrics(raw.metrics),
+            lists: v.lists(raw.block, raw.allow, base),
+        };
+        if v.errors.is_empty() {
+            return Ok(config);
+        }
+        // File order reads best; errors without a line go last.
+        v.errors.sort_by_key(|e| (e.line.is_none(), e.line));
+        Err(fail(v.errors))
+    }
+
+    /// Judged destination ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.xdp.ports
+    }
+
+    /// How to attach.
+    pub fn attach_mode(&self) -> AttachMode {
+        self.xdp.mode
+    }
+
+    /// aya-log level for the program: off=0, error=1, warn=2, info=3, debug=4, trace=5.
+    pub fn log_level(&self) -> u8 {
+        self.xdp.log_level as u8
+    }
+
+    /// Token bucket of the SYN rate limit, `None` when disabled.
+    pub fn ratelimit(&self) -> Option<TokenBucket> {
+        self.xdp.ratelimit.map(|r| r.bucket())
+    }
+
+    /// Every list, blocks first.
+    pub fn lists(&self) -> &[ListDef] {
+        &self.lists
+    }
+
+    /// The `[[block]]` lists.
+    pub fn block_lists(&self) -> impl Iterator<Item = &ListDef> {
+        self.lists.iter().filter(|l| l.kind != ListKind::Allow)
+    }
+
+    /// The `[[allow]]` lists.
+    pub fn allow_lists(&self) -> impl Iterator<Item = &ListDef> {
+        self.lists.iter().filter(|l| l.kind == ListKind::Allow)
+    }
+}
+
+// ---- The file as serde reads it ------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFile {
+    daemon: RawDaemon,
+    xdp: RawXdp,
+    limits: RawLimits,
+    metrics: RawMetrics,
+    block: Vec<RawBlock>,
+    allow: Vec<RawAllow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDaemon {
+    state_dir: PathBuf,
+    socket: PathBuf,
+    socket_group: String,
+    bpffs: PathBuf,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        Self {
+            // Matches StateDirectory=prefilter in the systemd unit.
+            state_dir: "/var/lib/prefilter".into(),
+            // Matches RuntimeDirectory=prefilter; also the CLI's default.
+            socket: "/run/prefilter/control.sock".into(),
+            // Created by the package; if missing, the daemon warns and only root gets in.
+            socket_group: "prefilter".into(),
+            bpffs: "/sys/fs/bpf".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawXdp {
+    interfaces: Vec<String>,
+    mode: String,
+    ports: Vec<i64>,
+    log_level: String,
+    sample_every: i64,
+    ratelimit: RawRateLimit,
+}
+
+impl Default for RawXdp {
+    fn default() -> Self {
+        Self {
+            // No sensible default: the MX-facing NIC differs per host, so it is required.
+            interfaces: Vec::new(),
+            // Native where the driver has it: same behaviour, far cheaper per packet.
+            mode: "auto".into(),
+            // Port 25 only: submission ports carry authenticated users on dynamic addresses.
+            ports: prefilter_common::ports::DEFAULT
+                .iter()
+                .map(|&p| p.into())
+                .collect(),
+            // Any level but off costs cycles on every packet.
+            log_level: "off".into(),
+            // Enough for `prefilter watch` to show a live picture without flooding it.
+            sample_every: 64,
+            ratelimit: RawRateLimit::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRateLimit {
+    enabled: bool,
+    syn_per_second: i64,
+    burst: i64,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            // Off: a busy legitimate relay behind one address must not be throttled by
+            // surprise; sites turn it on knowingly.
+            enabled: false,
+            // A real MTA opens a few connections per second at most, retries far slower.
+            syn_per_second: 5,
+            // Room for a burst of parallel deliveries from one relay.
+            burst: 20,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    v4_long_groups: i64,
+    v6_entries: i64,
+    dynamic_entries: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            // 32 MiB of /25../32 groups: 65536 distinct /24s holding longer prefixes.
+            v4_long_groups: v4::DEFAULT_GROUPS.into(),
+            v6_entries: v6::DEFAULT_ENTRIES.into(),
+            dynamic_entries: dynamic::DEFAULT_ENTRIES.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            // Loopback: the exporter has no authentication; a local Prometheus or a proxy
+            // in front of it decides who sees it.
+            listen: "127.0.0.1:9750".into(),
+        }
+    }
+}
+
+/// `[[block]]`: no `default` at the struct level, `name` is required.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlock {
+    name: String,
+    /// A block list blocks unless told otherwise.
+    #[serde(default = "default_action")]
+    action: String,
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+fn default_action() -> String {
+    "drop".into()
+}
+
+/// `[[allow]]`: like a block list without an action.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    name: String,
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+// ---- Locating keys in the text ----------------------------------------------------------
+
+/// Where each key and array element of the document starts, by dotted path, so errors
+/// found after deserialization still name a line.
+#[derive(Default)]
+struct Spans {
+    /// (path, span of the key or array element, span of the value)
+    entries: Vec<(String, Range<usize>, Range<usize>)>,
+    /// path -> byte offset to report
+    at: HashMap<String, usize>,
+}
+
+impl Spans {
+    /// `None` for text that is not TOML (serde reports that).
+    fn new(text: &str) -> Option<Spans> {
+        let doc = DeTable::parse(text).ok()?;
+        let mut s = Spans::default();
+        s.walk(doc.get_ref(), "");
+        s.at = s
+            .entries
+            .iter()
+            .map(|(p, k, _)| (p.clone(), k.start))
+            .collect();
+        Some(s)
+    }
+
+    fn walk(&mut self, table: &DeTable<'_>, prefix: &str) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            self.entries.push((path.clone(), k.span(), v.span()));
+            self.value(v.get_ref(), &path);
+        }
+    }
+
+    fn value(&mut self, v: &DeValue<'_>, path: &str) {
+        match v {
+            DeValue::Table(t) => self.walk(t, path),
+            DeValue::Array(a) => {
+                for (i, e) in a.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    self.entries.push((p.clone(), e.span(), e.span()));
+                    self.value(e.get_ref(), &p);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The deepest key whose key or value covers byte `at` (a serde error's position).
+    fn key_at(&self, at: usize) -> Option<&str> {
+        self.entries
+            .iter()
+            .filter(|(_, k, v)| k.contains(&at) || v.contains(&at) || k.start == at)
+            .map(|(p, _, _)| p.as_str())
+            .max_by_key(|p| p.len())
+    }
+
+    /// Offset of `path`, or of its nearest written ancestor when it was left at its default.
+    fn offset(&self, mut path: &str) -> Option<usize> {
+        loop {
+            if let Some(&at) = self.at.get(path) {
+                return Some(at);
+            }
+            path = &path[..path.rfind(['.', '['])?];
+        }
+    }
+}
+
+fn line_at(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+// ---- Validation -------------------------------------------------------------------------
+
+struct Validator<'a> {
+    text: &'a str,
+    spans: Spans,
+    errors: Vec<ConfigError>,
+}
+
+fn lookup_name<T: Copy + PartialEq>(names: &[(T, &'static str)], v: T) -> &'static str {
+    names.iter().find(|(x, _)| *x == v).map_or("?", |(_, n)| n)
+}
+
+fn names<T>(names: &[(T, &'static str)]) -> String {
+    names.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+}
+
+impl Validator<'_> {
+    fn err(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            line: self.spans.offset(key).map(|at| line_at(self.text, at)),
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// `v` within `lo..=hi`, else an error and `lo` (the config is refused anyway).
+    fn int(&mut self, key: &str, v: i64, lo: u32, hi: u32) -> u32 {
+        match u32::try_from(v) {
+            Ok(x) if (lo..=hi).contains(&x) => x,
+            _ => {
+                self.err(key, format!("{v} is out of range ({lo}-{hi})"));
+                lo
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        text: &str,
+        what: &str,
+        all: &[(T, &'static str)],
+    ) -> T {
+        match all.iter().find(|(_, n)| *n == text) {
+            Some((v, _)) => *v,
+            None => {
+                self.err(key, format!("{text:?} is not {what} ({})", names(all)));
+                all[0].0
+            }
+        }
+    }
+
+    fn absolute(&mut self, key: &str, p: PathBuf) -> PathBuf {
+        // The daemon's working directory is nobody's business: relative paths would move.
+        if !p.is_absolute() {
+            self.err(
+                key,
+                format!("{:?} is not an absolute path", p.display().to_string()),
+            );
+        }
+        p
+    }
+
+    fn daemon(&mut self, r: RawDaemon) -> Daemon {
+        Daemon {
+            state_dir: self.absolute("daemon.state_dir", r.state_dir),
+            socket: self.absolute("daemon.socket", r.socket),
+            socket_group: Some(r.socket_group).filter(|g| !g.is_empty()),
+            bpffs: self.absolute("daemon.bpffs", r.bpffs),
+        }
+    }
+
+    fn xdp(&mut self, r: RawXdp, iface_exists: &dyn Fn(&str) -> bool) -> Xdp {
+        if r.interfaces.is_empty() {
+            self.err("xdp.interfaces", "at least one interface is required");
+        }
+        let mut seen = HashSet::new();
+        for (i, name) in r.interfaces.iter().enumerate() {
+            let key = format!("xdp.interfaces[{i}]");
+            if !seen.insert(name.as_str()) {
+                self.err(&key, format!("interface {name:?} is listed twice"));
+            } else if !iface_exists(name) {
+                self.err(&key, format!("no interface {name:?} on this host"));
+            }
+        }
+        if r.ports.is_empty() {
+            self.err("xdp.ports", "at least one port is required");
+        }
+        let mut ports = Vec::with_capacity(r.ports.len());
+        for (i, &p) in r.ports.iter().enumerate() {
+            let key = format!("xdp.ports[{i}]");
+            match u16::try_from(p) {
+                Ok(0) | Err(_) => self.err(&key, format!("{p} is not a port (1-65535)")),
+                Ok(p) if ports.contains(&p) => self.err(&key, format!("port {p} is listed twice")),
+                Ok(p) => ports.push(p),
+            }
+        }
+        let ratelimit = r.ratelimit.enabled.then(|| RateLimit {
+            // Above 1e9/s a SYN would cost less than a nanosecond of credit.
+            syn_per_second: self.int(
+                "xdp.ratelimit.syn_per_second",
+                r.ratelimit.syn_per_second,
+                1,
+                1_000_000_000,
+            ),
+            burst: self.int("xdp.ratelimit.burst", r.ratelimit.burst, 1, u32::MAX),
+        });
+        Xdp {
+            interfaces: r.interfaces,
+            mode: self.choice("xdp.mode", &r.mode, "an attach mode", &AttachMode::NAMES),
+            ports,
+            log_level: self.choice(
+                "xdp.log_level",
+                &r.log_level,
+                "a log level",
+                &LogLevel::NAMES,
+            ),
+            sample_every: self.int("xdp.sample_every", r.sample_every, 0, u32::MAX),
+            ratelimit,
+        }
+    }
+
+    fn limits(&mut self, r: RawLimits) -> Limits {
+        Limits {
+            // A group index must fit the 24 bits beside the EXT flag of a TBL24 entry.
+            v4_long_groups: self.int("limits.v4_long_groups", r.v4_long_groups, 1, v4::GROUP_MASK),
+            v6_entries: self.int("limits.v6_entries", r.v6_entries, 1, u32::MAX),
+            dynamic_entries: self.int("limits.dynamic_entries", r.dynamic_entries, 1, u32::MAX),
+        }
+    }
+
+    fn metrics(&mut self, r: RawMetrics) -> Metrics {
+        let listen = if r.listen.is_empty() {
+            None
+        } else {
+            match r.listen.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.err(
+                        "metrics.listen",
+                        format!(
+                            "{:?} is not an address:port such as \"127.0.0.1:9750\" (\"\" disables)",
+                            r.listen
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        Metrics { listen }
+    }
+
+    fn lists(&mut self, block: Vec<RawBlock>, allow: Vec<RawAllow>, base: &Path) -> Vec<ListDef> {
+        let mut names: HashMap<String, String> = HashMap::new();
+        let blocks = block.into_iter().enumerate().map(|(i, b)| {
+            let key = format!("block[{i}]");
+            (key, b.name, Some(b.action), b.prefixes, b.file, b.format)
+        });
+        let allows = allow.into_iter().enumerate().map(|(i, a)| {
+            let key = format!("allow[{i}]");
+            (key, a.name, None, a.prefixes, a.file, a.format)
+        });
+        let mut out = Vec::new();
+        for (key, name, action, prefixes, file, format) in blocks.chain(allows).collect::<Vec<_>>()
+        {
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+            if !name_ok {
+                self.err(
+                    &format!("{key}.name"),
+                    format!("{name:?} is not a list name (1 to 64 of a-z 0-9 _ . -)"),
+                );
+            } else if let Some(first) = names.get(&name) {
+                self.err(
+                    &format!("{key}.name"),
+                    format!("list name {name:?} is already used by {first}"),
+                );
+            } else {
+                names.insert(name.clone(), key.clone());
+            }
+            let kind = match action {
+                Some(a) => ListKind::Block {
+                    action: self.choice(&format!("{key}.action"), &a, "an action", &Action::NAMES),
+                },
+                None => ListKind::Allow,
+            };
+            let mut entries = Vec::new();
+            for (i, p) in prefixes.iter().enumerate() {
+                match p.parse::<Prefix>() {
+                    Ok(prefix) => entries.push(ImportEntry {
+                        prefix,
+                        reason: None,
+                    }),
+                    Err(e) => self.err(&format!("{key}.prefixes[{i}]"), e.to_string()),
+                }
+            }
+            let format = format.and_then(|f| match f.parse::<Format>() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    self.err(&format!("{key}.format"), e.to_string());
+                    None
+                }
+            });
+            let file = file.map(|f| base.join(f));
+            match &file {
+                Some(f) => entries.extend(self.list_file(&format!("{key}.file"), f, format)),
+                None if format.is_some() => {
+                    self.err(
+                        &format!("{key}.format"),
+                        "format is set but there is no file",
+                    );
+                }
+                None => {}
+            }
+            let mut seen = HashSet::new();
+            entries.retain(|e| seen.insert(e.prefix));
+            out.push(ListDef {
+                name,
+                kind,
+                file,
+                format,
+                entries,
+            });
+        }
+        out
+    }
+
+    /// A list file's entries; any unreadable or bad line refuses the config, since loading
+    /// half a list would silently let through what the other half blocks.
+    fn list_file(&mut self, key: &str, path: &Path, format: Option<Format>) -> Vec<ImportEntry> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.err(key, format!("cannot read {}: {e}", path.display()));
+                return Vec::new();
+            }
+        };
+        // Lossy: a stray Latin-1 byte in a comment must not make the whole list unreadable;
+        // a bad byte in an address still fails that line.
+        let text = String::from_utf8_lossy(&bytes);
+        let format = format.unwrap_or_else(|| Format::detect(&text));
+        let parsed = import::parse(&text, format);
+        if let Some(first) = parsed.errors.first() {
+            let more = match parsed.errors.len() - 1 {
+                0 => String::new(),
+                1 => " (and 1 more bad line)".to_owned(),
+                n => format!(" (and {n} more bad lines)"),
+            };
+            self.err(
+                key,
+                format!("{}:{}: {}{more}", path.display(), first.line, first.message),
+            );
+        }
+        parsed.entries
+    }
+}
+
+#[cfg(test)]
+mod tests;

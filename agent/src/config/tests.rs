@@ -1,0 +1,451 @@
+use super::*;
+
+fn iface(name: &str) -> bool {
+    matches!(name, "eth0" | "eth1")
+}
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, Path::new("prefilter.toml"), &iface)
+}
+
+/// A directory of list files, removed when dropped (also when a test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("prefilter-config-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn full_config() {
+    let text = r#"
+[daemon]
+state_dir = "/srv/prefilter/state"
+socket = "/run/pf.sock"
+socket_group = ""
+bpffs = "/mnt/bpf"
+
+[xdp]
+interfaces = ["eth0", "eth1"]
+mode = "skb"
+ports = [25, 2525]
+log_level = "debug"
+sample_every = 0
+
+[xdp.ratelimit]
+enabled = true
+syn_per_second = 4
+burst = 10
+
+[limits]
+v4_long_groups = 1024
+v6_entries = 1000
+dynamic_entries = 5000
+
+[metrics]
+listen = "[::1]:9999"
+
+[[block]]
+name = "local"
+action = "reset"
+prefixes = ["203.0.113.0/24", "192.0.2.77/24", "2001:db8:bad::/48", "203.0.113.0/24"]
+
+[[block]]
+name = "shadow.v2"
+action = "observe"
+
+[[allow]]
+name = "partners"
+prefixes = ["198.51.100.0/24"]
+"#;
+    let c = parse(text).unwrap();
+    assert_eq!(
+        c.daemon,
+        Daemon {
+            state_dir: "/srv/prefilter/state".into(),
+            socket: "/run/pf.sock".into(),
+            socket_group: None,
+            bpffs: "/mnt/bpf".into(),
+        }
+    );
+    assert_eq!(c.daemon.pin_dir(), Path::new("/mnt/bpf/prefilter"));
+    assert_eq!(c.xdp.interfaces, ["eth0", "eth1"]);
+    assert_eq!(c.attach_mode(), AttachMode::Skb);
+    assert_eq!(c.ports(), [25, 2525]);
+    assert_eq!(c.log_level(), 4);
+    assert_eq!(c.xdp.sample_every, 0);
+    assert_eq!(
+        c.ratelimit(),
+        Some(TokenBucket {
+            cost_ns: 250_000_000,
+            cap_ns: 2_500_000_000
+        })
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            v4_long_groups: 1024,
+            v6_entries: 1000,
+            dynamic_entries: 5000
+        }
+    );
+    assert_eq!(c.metrics.listen, Some("[::1]:9999".parse().unwrap()));
+
+    let names: Vec<(&str, u8)> = c
+        .lists()
+        .iter()
+        .map(|l| (l.name.as_str(), l.action_code()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("local", action::RESET),
+            ("shadow.v2", action::OBSERVE),
+            ("partners", action::ALLOW)
+        ]
+    );
+    // Host bits masked, repeats dropped.
+    let local: Vec<String> = c.lists[0].prefixes().map(|p| p.to_string()).collect();
+    assert_eq!(
+        local,
+        ["203.0.113.0/24", "192.0.2.0/24", "2001:db8:bad::/48"]
+    );
+    assert_eq!(c.block_lists().count(), 2);
+    assert_eq!(
+        c.allow_lists().map(|l| &l.name).collect::<Vec<_>>(),
+        ["partners"]
+    );
+}
+
+#[test]
+fn defaults() {
+    let c = parse("[xdp]\ninterfaces = [\"eth0\"]\n").unwrap();
+    assert_eq!(
+        c.daemon,
+        Daemon {
+            state_dir: "/var/lib/prefilter".into(),
+            socket: "/run/prefilter/control.sock".into(),
+            socket_group: Some("prefilter".into()),
+            bpffs: "/sys/fs/bpf".into(),
+        }
+    );
+    assert_eq!(c.attach_mode(), AttachMode::Auto);
+    assert_eq!(c.ports(), [25]);
+    assert_eq!(c.log_level(), 0);
+    assert_eq!(c.xdp.sample_every, 64);
+    assert_eq!(c.ratelimit(), None);
+    assert_eq!(
+        c.limits,
+        Limits {
+            v4_long_groups: 65536,
+            v6_entries: 262144,
+            dynamic_entries: 262144
+        }
+    );
+    assert_eq!(c.metrics.listen, Some("127.0.0.1:9750".parse().unwrap()));
+    assert!(c.lists().is_empty());
+
+    // The documented defaults of the rate limit, once enabled.
+    let c = parse("[xdp]\ninterfaces = [\"eth0\"]\nratelimit = { enabled = true }\n").unwrap();
+    assert_eq!(
+        c.ratelimit(),
+        Some(TokenBucket {
+            cost_ns: 200_000_000,
+            cap_ns: 4_000_000_000
+        })
+    );
+    let c = parse("[xdp]\ninterfaces = [\"eth0\"]\n[metrics]\nlisten = \"\"\n").unwrap();
+    assert_eq!(c.metrics.listen, None);
+}
+
+#[test]
+fn refusals() {
+    struct Case {
+        name: &'static str,
+        toml: &'static str,
+        /// (line, key, message)
+        expected: &'static [(Option<usize>, &'static str, &'static str)],
+    }
+    #[rustfmt::skip]
+    let cases = [
+        Case {
+            name: "unknown key",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\nport = [25]\n",
+            expected: &[(Some(3), "xdp.port", "unknown field `port`, expected one of `interfaces`, `mode`, `ports`, `log_level`, `sample_every`, `ratelimit`")],
+        },
+        Case {
+            name: "unknown section",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n\n[metric]\nlisten = \"\"\n",
+            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `block`, `allow`")],
+        },
+        Case {
+            name: "unknown key in a list",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[allow]]\nname = \"a\"\naction = \"drop\"\n",
+            expected: &[(Some(5), "allow[0].action", "unknown field `action`, expected one of `name`, `prefixes`, `file`, `format`")],
+        },
+        Case {
+            name: "wrong type",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\nports = \"25\"\n",
+            expected: &[(Some(3), "xdp.ports", "invalid type: string \"25\", expected a sequence")],
+        },
+        Case {
+            name: "wrong element type",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\nports = [25, \"587\"]\n",
+            expected: &[(Some(3), "xdp.ports[1]", "invalid type: string \"587\", expected i64")],
+        },
+        Case {
+            name: "syntax error",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\nmode = skb\n",
+            expected: &[(Some(3), "", "string values must be quoted, expected literal string")],
+        },
+        Case {
+            name: "list without a name",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nprefixes = []\n",
+            expected: &[(Some(3), "block[0]", "missing field `name`")],
+        },
+        Case {
+            name: "bad CIDR",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"local\"\nprefixes = [\n  \"192.0.2.0/24\",\n  \"300.1.2.3/8\",\n  \"2001:db8::/129\",\n]\n",
+            expected: &[
+                (Some(7), "block[0].prefixes[1]", r#"invalid prefix "300.1.2.3/8": not an IP address"#),
+                (Some(8), "block[0].prefixes[2]", r#"invalid prefix "2001:db8::/129": /129 is longer than the 128-bit address"#),
+            ],
+        },
+        Case {
+            name: "unknown and repeated interface",
+            toml: "[xdp]\ninterfaces = [\"eth0\", \"eth9\", \"eth0\"]\n",
+            expected: &[
+                (Some(2), "xdp.interfaces[1]", r#"no interface "eth9" on this host"#),
+                (Some(2), "xdp.interfaces[2]", r#"interface "eth0" is listed twice"#),
+            ],
+        },
+        Case {
+            name: "no interface, section written",
+            toml: "[xdp]\nports = [25]\n",
+            expected: &[(Some(1), "xdp.interfaces", "at least one interface is required")],
+        },
+        Case {
+            name: "no interface, no section",
+            toml: "",
+            expected: &[(None, "xdp.interfaces", "at least one interface is required")],
+        },
+        Case {
+            name: "ports 0, 70000, -1, duplicate, and none",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\nports = [\n  0,\n  70000,\n  25,\n  -1,\n  25,\n]\n",
+            expected: &[
+                (Some(4), "xdp.ports[0]", "0 is not a port (1-65535)"),
+                (Some(5), "xdp.ports[1]", "70000 is not a port (1-65535)"),
+                (Some(7), "xdp.ports[3]", "-1 is not a port (1-65535)"),
+                (Some(8), "xdp.ports[4]", "port 25 is listed twice"),
+            ],
+        },
+        Case {
+            name: "empty port list",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\nports = []\n",
+            expected: &[(Some(3), "xdp.ports", "at least one port is required")],
+        },
+        Case {
+            name: "bad names of modes and levels",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\nmode = \"driver\"\nlog_level = \"verbose\"\nsample_every = -1\n",
+            expected: &[
+                (Some(3), "xdp.mode", r#""driver" is not an attach mode (auto, native, skb)"#),
+                (Some(4), "xdp.log_level", r#""verbose" is not a log level (off, error, warn, info, debug, trace)"#),
+                (Some(5), "xdp.sample_every", "-1 is out of range (0-4294967295)"),
+            ],
+        },
+        Case {
+            name: "impossible rate limit",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[xdp.ratelimit]\nenabled = true\nsyn_per_second = 0\nburst = 0\n",
+            expected: &[
+                (Some(5), "xdp.ratelimit.syn_per_second", "0 is out of range (1-1000000000)"),
+                (Some(6), "xdp.ratelimit.burst", "0 is out of range (1-4294967295)"),
+            ],
+        },
+        Case {
+            name: "impossible limits",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[limits]\nv4_long_groups = 16777216\nv6_entries = 0\ndynamic_entries = 4294967296\n",
+            expected: &[
+                (Some(4), "limits.v4_long_groups", "16777216 is out of range (1-16777215)"),
+                (Some(5), "limits.v6_entries", "0 is out of range (1-4294967295)"),
+                (Some(6), "limits.dynamic_entries", "4294967296 is out of range (1-4294967295)"),
+            ],
+        },
+        Case {
+            name: "bad metrics address and relative paths",
+            toml: "[daemon]\nstate_dir = \"state\"\n[xdp]\ninterfaces = [\"eth0\"]\n[metrics]\nlisten = \"localhost:9750\"\n",
+            expected: &[
+                (Some(2), "daemon.state_dir", r#""state" is not an absolute path"#),
+                (Some(6), "metrics.listen", r#""localhost:9750" is not an address:port such as "127.0.0.1:9750" ("" disables)"#),
+            ],
+        },
+        Case {
+            name: "duplicate list name across block and allow, bad name",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"local\"\n[[block]]\nname = \"Local List\"\n[[allow]]\nname = \"local\"\n",
+            expected: &[
+                (Some(6), "block[1].name", r#""Local List" is not a list name (1 to 64 of a-z 0-9 _ . -)"#),
+                (Some(8), "allow[0].name", r#"list name "local" is already used by block[0]"#),
+            ],
+        },
+        Case {
+            name: "unknown action",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"local\"\naction = \"block\"\n",
+            expected: &[(Some(5), "block[0].action", r#""block" is not an action (drop, reset, tempfail, reject, observe)"#)],
+        },
+        Case {
+            name: "unknown format, format without file",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"a\"\nformat = \"csv\"\n[[allow]]\nname = \"b\"\nformat = \"plain\"\n",
+            expected: &[
+                (Some(5), "block[0].format", r#"unknown list format "csv" (expected plain, spamhaus-drop or rbldnsd)"#),
+                (Some(8), "allow[0].format", "format is set but there is no file"),
+            ],
+        },
+        Case {
+            name: "unreadable list file",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"a\"\nfile = \"/nonexistent/prefilter/a.list\"\n",
+            expected: &[(Some(5), "block[0].file", "cannot read /nonexistent/prefilter/a.list: No such file or directory (os error 2)")],
+        },
+    ];
+    for c in cases {
+        let got = match parse(c.toml) {
+            Ok(_) => panic!("{}: accepted", c.name),
+            Err(e) => e,
+        };
+        let got: Vec<(Option<usize>, &str, &str)> = got
+            .errors
+            .iter()
+            .map(|e| (e.line, e.key.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(got, c.expected, "{}", c.name);
+    }
+}
+
+#[test]
+fn display_names_file_line_and_key() {
+    let e = parse("[xdp]\ninterfaces = [\"eth0\"]\nports = [25, 70000]\n\n[[block]]\nname = \"x\"\naction = \"nope\"\n")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "prefilter.toml:3: xdp.ports[1]: 70000 is not a port (1-65535)\n\
+         prefilter.toml:7: block[0].action: \"nope\" is not an action (drop, reset, tempfail, reject, observe)"
+    );
+    let e = parse("").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "prefilter.toml: xdp.interfaces: at least one interface is required"
+    );
+}
+
+#[test]
+fn list_files_are_read_merged_and_checked() {
+    let dir = TempDir::new("lists");
+    dir.file("plain.list", "# ours\n192.0.2.0/24\n203.0.113.0/24\n");
+    dir.file("drop.txt", "; Spamhaus DROP List\n198.51.100.0/24 ; SBL1\n");
+    dir.file("rbl.data", ":127.0.0.2:listed\n10.1.2\n");
+    dir.file("bad.list", "192.0.2.0/24\nnot-an-ip\n10.0.0.0/33\nx\n");
+    dir.file("bad1.list", "x\n");
+    let config = dir.file("prefilter.toml", "");
+    let text = r#"[xdp]
+interfaces = ["eth0"]
+[[block]]
+name = "plain"
+prefixes = ["192.0.2.0/24", "2001:db8::/32"]
+file = "plain.list"
+[[block]]
+name = "drop"
+file = "drop.txt"
+[[block]]
+name = "rbl"
+file = "rbl.data"
+format = "rbldnsd"
+"#;
+    let c = Config::parse(text, &config, &iface).unwrap();
+    let entries = |i: usize| -> Vec<String> {
+        c.lists[i]
+            .entries
+            .iter()
+            .map(|e| format!("{} {}", e.prefix, e.reason.as_deref().unwrap_or("-")))
+            .collect()
+    };
+    // Inline first, then the file; the repeat of 192.0.2.0/24 is dropped.
+    assert_eq!(
+        entries(0),
+        ["192.0.2.0/24 -", "2001:db8::/32 -", "203.0.113.0/24 -"]
+    );
+    assert_eq!(
+        c.lists[0].file.as_deref(),
+        Some(dir.0.join("plain.list").as_path())
+    );
+    assert_eq!(c.lists[0].format, None);
+    // Detected as Spamhaus DROP.
+    assert_eq!(entries(1), ["198.51.100.0/24 SBL1"]);
+    assert_eq!(entries(2), ["10.1.2.0/24 -"]);
+    assert_eq!(c.lists[2].format, Some(Format::Rbldnsd));
+
+    let text = "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"a\"\nfile = \"bad.list\"\n[[allow]]\nname = \"b\"\nfile = \"bad1.list\"\n";
+    let e = Config::parse(text, &config, &iface).unwrap_err();
+    let got: Vec<(Option<usize>, &str, String)> = e
+        .errors
+        .iter()
+        .map(|e| (e.line, e.key.as_str(), e.message.clone()))
+        .collect();
+    let bad = dir.0.join("bad.list");
+    let bad1 = dir.0.join("bad1.list");
+    assert_eq!(
+        got,
+        [
+            (
+                Some(5),
+                "block[0].file",
+                format!(
+                    "{}:2: invalid prefix \"not-an-ip\": not an IP address (and 2 more bad lines)",
+                    bad.display()
+                )
+            ),
+            (
+                Some(8),
+                "allow[0].file",
+                format!(
+                    "{}:1: invalid prefix \"x\": not an IP address",
+                    bad1.display()
+                )
+            ),
+        ]
+    );
+}
+
+#[test]
+fn load_names_an_unreadable_file() {
+    let e = Config::load(Path::new("/nonexistent/prefilter.toml"), &iface).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot read config /nonexistent/prefilter.toml: No such file or directory (os error 2)"
+    );
+    let dir = TempDir::new("load");
+    let p = dir.file("prefilter.toml", "[xdp]\ninterfaces = [\"eth1\"]\n");
+    assert_eq!(Config::load(&p, &iface).unwrap().xdp.interfaces, ["eth1"]);
+}
+
+#[test]
+fn deploy_example_is_accepted() {
+    let text = include_str!("../../../deploy/prefilter.toml");
+    let c = Config::parse(text, Path::new("deploy/prefilter.toml"), &|_| true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.xdp.interfaces.is_empty());
+    assert_eq!(c.ports(), [25]);
+}

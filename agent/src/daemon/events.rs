@@ -1,0 +1,129 @@
+//! Reads the XDP ring buffer and fans events out to `prefilter watch` clients.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aya::maps::{MapData, RingBuf};
+use prefilter_common::{action, events, events::Event, reason};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt, unix::AsyncFd},
+    sync::{broadcast, watch},
+};
+use tracing::{debug, warn};
+
+use super::Daemon;
+
+/// An event as `watch` prints it (one JSON object per line).
+#[derive(Clone, Debug, Serialize)]
+pub struct EventJson {
+    /// Unix time in seconds with fraction.
+    pub time: f64,
+    pub kind: &'static str,
+    pub source: String,
+    pub action: &'static str,
+    pub reason: &'static str,
+    pub list: Option<String>,
+    pub port: u16,
+}
+
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn decode(d: &Daemon, raw: &[u8]) -> Option<EventJson> {
+    if raw.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: length checked; Event is plain old data.
+    let e: Event = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let age = boottime_ns().saturating_sub(e.ts_ns) as f64 / 1e9;
+    let ip = std::net::Ipv6Addr::from(e.addr);
+    let source = match ip.to_ipv4_mapped() {
+        Some(v4) if e.family == 4 => v4.to_string(),
+        _ => ip.to_string(),
+    };
+    let list = if e.list_id != 0 && e.reason == reason::BLOCK {
+        d.lock().store.list_name(e.list_id).map(str::to_owned)
+    } else {
+        None
+    };
+    Some(EventJson {
+        time: wall - age,
+        kind: if e.kind == events::KIND_FIRST_SEEN {
+            "first_seen"
+        } else {
+            "verdict"
+        },
+        source,
+        action: action::NAMES.get(e.action as usize).copied().unwrap_or("?"),
+        reason: reason::NAMES.get(e.reason as usize).copied().unwrap_or("?"),
+        list,
+        port: e.dport,
+    })
+}
+
+/// Drains the ring buffer whenever the kernel signals data.
+pub async fn read(d: Daemon, ring: RingBuf<MapData>, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("event ring buffer: {e}; watch will show nothing");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            g = fd.readable_mut() => {
+                let Ok(mut g) = g else { return };
+                let ring = g.get_inner_mut();
+                let mut batch = Vec::new();
+                while let Some(item) = ring.next() {
+                    batch.push(item.to_vec());
+                }
+                g.clear_ready();
+                for raw in batch {
+                    if let Some(ev) = decode(&d, &raw) {
+                        debug!(source = %ev.source, action = ev.action, reason = ev.reason, kind = ev.kind, "xdp event");
+                        let _ = d.events.send(ev);
+                    }
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Streams events as JSON lines to one `watch` client until it goes away.
+pub async fn stream<W: AsyncWrite + Unpin>(d: Daemon, w: &mut W) {
+    let mut rx = d.events.subscribe();
+    if crate::http::respond_stream_head(w, "application/x-ndjson")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let line = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Ok(ev)) => serde_json::to_string(&ev).unwrap_or_default(),
+            // A slow watcher skips events rather than slowing anyone down.
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => format!("{{\"lagged\":{n}}}"),
+            Ok(Err(broadcast::error::RecvError::Closed)) => return,
+            // Keep-alive, so a vanished client is noticed.
+            Err(_) => String::new(),
+        };
+        if w.write_all(format!("{line}\n").as_bytes()).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+    }
+}
