@@ -259,10 +259,18 @@ struct Outcome {
 pub fn prefilter_v1(ctx: XdpContext) -> u32 {
     let out = match parse(&ctx) {
         Ok(syn) => judge(&ctx, &syn),
-        Err(Skip::NotJudged) => Outcome { reason: reason::NOT_JUDGED, action: action::PASS, list_id: 0 },
+        Err(Skip::NotJudged) => Outcome {
+            reason: reason::NOT_JUDGED,
+            action: action::PASS,
+            list_id: 0,
+        },
         Err(Skip::Malformed(why)) => {
             debug!(&ctx, "not judged: {}", why);
-            Outcome { reason: reason::MALFORMED, action: action::PASS, list_id: 0 }
+            Outcome {
+                reason: reason::MALFORMED,
+                action: action::PASS,
+                list_id: 0,
+            }
         }
     };
     // The one exit: every verdict is counted here. Per-CPU slots need no atomics because
@@ -303,7 +311,11 @@ fn v4_lookup(a: &[u8; 16]) -> u16 {
 #[inline(always)]
 fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
     let Some(cfg) = PF_CONFIG.get(0) else {
-        return Outcome { reason: reason::NO_MATCH, action: action::PASS, list_id: 0 };
+        return Outcome {
+            reason: reason::NO_MATCH,
+            action: action::PASS,
+            list_id: 0,
+        };
     };
     let table = if syn.v6 {
         let key = Key::new(128, syn.saddr);
@@ -312,7 +324,11 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
         v4_lookup(&syn.saddr)
     };
     let mut out = if verdict::action(table) == action::ALLOW {
-        Outcome { reason: reason::ALLOW, action: action::PASS, list_id: verdict::list_id(table) }
+        Outcome {
+            reason: reason::ALLOW,
+            action: action::PASS,
+            list_id: verdict::list_id(table),
+        }
     } else {
         decide(cfg, syn, table)
     };
@@ -350,26 +366,42 @@ fn decide(cfg: &Config, syn: &Syn, table: u16) -> Outcome {
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_boot_ns() };
         if cfg.flags & config::FLAG_RATELIMIT != 0 && !take_token(cfg, &key, now) {
-            return Outcome { reason: reason::RATELIMIT, action: action::DROP, list_id: 0 };
+            return Outcome {
+                reason: reason::RATELIMIT,
+                action: action::DROP,
+                list_id: 0,
+            };
         }
         if cfg.dyn_entries != 0
-            && let Some(d) = PF_DYNAMIC.get_ptr(&key)
+            && let Some(d) = PF_DYNAMIC.get_ptr(key)
         {
             // SAFETY: value pointer from the kernel; a concurrent update can at worst give
             // one packet the old or new verdict.
             let d = unsafe { *d };
             if d.expires_ns == 0 || now < d.expires_ns {
-                return Outcome { reason: reason::DYNAMIC, action: d.action, list_id: d.list_id };
+                return Outcome {
+                    reason: reason::DYNAMIC,
+                    action: d.action,
+                    list_id: d.list_id,
+                };
             }
             // Expired: remove it here so verdicts age out even with no agent running.
-            let _ = PF_DYNAMIC.remove(&key);
+            let _ = PF_DYNAMIC.remove(key);
         }
     }
     let act = verdict::action(table);
     if act != action::NONE {
-        return Outcome { reason: reason::BLOCK, action: act, list_id: verdict::list_id(table) };
+        return Outcome {
+            reason: reason::BLOCK,
+            action: act,
+            list_id: verdict::list_id(table),
+        };
     }
-    Outcome { reason: reason::NO_MATCH, action: action::PASS, list_id: 0 }
+    Outcome {
+        reason: reason::NO_MATCH,
+        action: action::PASS,
+        list_id: 0,
+    }
 }
 
 /// Token bucket in nanoseconds of credit; races between CPUs only blur the count a little.
@@ -390,20 +422,27 @@ fn take_token(cfg: &Config, key: &AddrKey, now: u64) -> bool {
         b.credit_ns = credit - cfg.rl_cost_ns;
         return true;
     }
-    let fresh = Bucket { credit_ns: cfg.rl_cap_ns.saturating_sub(cfg.rl_cost_ns), last_ns: now };
-    let _ = PF_RATELIMIT.insert(key, &fresh, 0);
+    let fresh = Bucket {
+        credit_ns: cfg.rl_cap_ns.saturating_sub(cfg.rl_cost_ns),
+        last_ns: now,
+    };
+    let _ = PF_RATELIMIT.insert(key, fresh, 0);
     true
 }
 
 #[inline(always)]
 fn first_seen(syn: &Syn) {
-    if PF_SEEN.get_ptr(&syn.saddr).is_some() {
+    if PF_SEEN.get_ptr(syn.saddr).is_some() {
         return;
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let _ = PF_SEEN.insert(&syn.saddr, &now, 0);
-    let out = Outcome { reason: reason::NO_MATCH, action: action::PASS, list_id: 0 };
+    let _ = PF_SEEN.insert(syn.saddr, now, 0);
+    let out = Outcome {
+        reason: reason::NO_MATCH,
+        action: action::PASS,
+        list_id: 0,
+    };
     emit(events::KIND_FIRST_SEEN, syn, &out);
 }
 
@@ -479,7 +518,7 @@ fn send_reset(ctx: &XdpContext, syn: &Syn) -> Result<(), ()> {
     tcp[13] = TCP_RST | TCP_ACK;
     // Pseudo-header: swapped addresses sum the same; protocol and TCP length 20.
     let mut sum = sum_words(&tcp) + IPPROTO_TCP as u64 + 20;
-    // SAFETY (all writes below): data + new_len <= data_end was checked above.
+    // SAFETY: every access below is within data + new_len <= data_end, checked above.
     unsafe {
         // Swap MAC addresses.
         let dst: [u8; 6] = core::ptr::read_unaligned(p as *const [u8; 6]);
