@@ -134,6 +134,8 @@ pub struct Parsed {
 
 /// Parses a whole list in `format`.
 pub fn parse(text: &str, format: Format) -> Parsed {
+    // Files saved by Windows editors start with a byte order mark; it is not part of line 1.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Parsed::default();
     for (i, line) in text.lines().enumerate() {
         let res = match format {

@@ -334,12 +334,12 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
     };
     if out.reason == reason::NO_MATCH {
         if cfg.flags & config::FLAG_FIRST_SEEN != 0 {
-            first_seen(syn);
+            first_seen(ctx, syn);
         }
     } else if out.reason != reason::ALLOW && cfg.sample_every != 0 {
         // SAFETY: helper without arguments.
         if unsafe { bpf_get_prandom_u32() } % cfg.sample_every == 0 {
-            emit(events::KIND_VERDICT, syn, &out);
+            emit(ctx, events::KIND_VERDICT, syn, &out);
         }
     }
     if out.action == action::RESET && send_reset(ctx, syn).is_err() {
@@ -431,23 +431,25 @@ fn take_token(cfg: &Config, key: &AddrKey, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn first_seen(syn: &Syn) {
+fn first_seen(ctx: &XdpContext, syn: &Syn) {
     if PF_SEEN.get_ptr(syn.saddr).is_some() {
         return;
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let _ = PF_SEEN.insert(syn.saddr, now, 0);
+    if let Err(e) = PF_SEEN.insert(syn.saddr, now, 0) {
+        debug!(ctx, "first-seen table insert failed: {}", e);
+    }
     let out = Outcome {
         reason: reason::NO_MATCH,
         action: action::PASS,
         list_id: 0,
     };
-    emit(events::KIND_FIRST_SEEN, syn, &out);
+    emit(ctx, events::KIND_FIRST_SEEN, syn, &out);
 }
 
 #[inline(always)]
-fn emit(kind: u8, syn: &Syn, out: &Outcome) {
+fn emit(ctx: &XdpContext, kind: u8, syn: &Syn, out: &Outcome) {
     let slot = match PF_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
             // SAFETY: helper without arguments.
@@ -465,7 +467,10 @@ fn emit(kind: u8, syn: &Syn, out: &Outcome) {
             e.submit(0);
             counters::EVENTS_SENT
         }
-        None => counters::EVENTS_LOST,
+        None => {
+            debug!(ctx, "event ring buffer full: event dropped");
+            counters::EVENTS_LOST
+        }
     };
     if let Some(c) = PF_COUNTERS.get_ptr_mut(slot) {
         // SAFETY: a valid per-CPU slot pointer.

@@ -216,16 +216,17 @@ fn route(d: &Daemon, req: Request) -> Result<Value, OpError> {
                         Kind::Allow => action::ALLOW,
                     };
                     let list = b.list.as_deref().unwrap_or(CLI_LIST);
-                    let changed = d.add(
+                    let n = prefixes.len();
+                    let req = super::AddRequest {
                         kind,
-                        list,
-                        prefixes.clone(),
-                        act,
-                        b.ttl_secs,
-                        b.reason,
-                        "cli",
-                    )?;
-                    Ok(json!({ "added": prefixes.len(), "table_changes": changed, "list": list }))
+                        list: list.to_owned(),
+                        prefixes,
+                        action: act,
+                        ttl: b.ttl_secs,
+                        reason: b.reason,
+                    };
+                    let changed = d.add(req, "cli")?;
+                    Ok(json!({ "added": n, "table_changes": changed, "list": list }))
                 }
                 ("POST", "/delete") => {
                     let b: DelBody = json_body(&req)?;

@@ -71,6 +71,18 @@ impl From<store::StoreError> for OpError {
     }
 }
 
+/// Entries to add to one list.
+pub struct AddRequest {
+    pub kind: Kind,
+    pub list: String,
+    pub prefixes: Vec<Prefix>,
+    /// One of the block actions, or `action::ALLOW`.
+    pub action: u8,
+    /// Seconds until the entries expire.
+    pub ttl: Option<u64>,
+    pub reason: Option<String>,
+}
+
 /// One attached interface.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attachment {
@@ -235,17 +247,17 @@ impl Daemon {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds or updates entries; returns how many tables entries changed.
-    pub fn add(
-        &self,
-        kind: Kind,
-        list: &str,
-        prefixes: Vec<Prefix>,
-        act: u8,
-        ttl: Option<u64>,
-        reason: Option<String>,
-        by: &str,
-    ) -> Result<usize, OpError> {
+    /// Adds or updates entries; returns how many table entries changed.
+    pub fn add(&self, req: AddRequest, by: &str) -> Result<usize, OpError> {
+        let AddRequest {
+            kind,
+            list,
+            prefixes,
+            action: act,
+            ttl,
+            reason,
+        } = req;
+        let list = list.as_str();
         if prefixes.is_empty() {
             return Err(OpError::bad("no prefix given"));
         }
@@ -479,21 +491,23 @@ impl Daemon {
 
     /// Explains what happens to a SYN from `ip`.
     pub fn check(&self, ip: IpAddr) -> serde_json::Value {
+        // ::ffff:a.b.c.d is the IPv4 address, as the program sees it.
+        let ip = match ip {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         let st = self.lock();
         let matches = st.store.explain(ip);
-        let table = match ip {
-            IpAddr::V4(a) => st.filter.v4.lookup(a.into()),
-            IpAddr::V6(a) => {
-                let a = a.to_ipv4_mapped().map_or(u128::from(a), |_| u128::from(a));
-                st.filter.v6.lookup(a)
-            }
-        };
-        let key = match ip {
-            IpAddr::V4(a) => prefilter_common::v4_key(a.octets()),
+        let (table, key) = match ip {
+            IpAddr::V4(a) => (
+                st.filter.v4.lookup(a.into()),
+                prefilter_common::v4_key(a.octets()),
+            ),
             IpAddr::V6(a) => {
                 let mut k = a.octets();
+                // Dynamic verdicts are keyed by /64 (see FLAG_V6_FULL).
                 k[8..].fill(0);
-                k
+                (st.filter.v6.lookup(a.into()), k)
             }
         };
         let dynamic = st.filter.dynamic(&key);

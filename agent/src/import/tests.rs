@@ -69,6 +69,7 @@ fn plain() {
             errors: &[(1, r#"invalid prefix "192.0.2.1 192.0.2.2": not an IP address"#)],
         },
         Case { name: "empty file", input: "", entries: &[], errors: &[] },
+        Case { name: "byte order mark", input: "\u{feff}192.0.2.1\n", entries: &["192.0.2.1/32"], errors: &[] },
     ];
     run(Format::Plain, &cases);
 }

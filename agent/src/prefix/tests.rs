@@ -183,7 +183,7 @@ fn worst_case_range_stays_small() {
 
 #[test]
 fn order_puts_parents_first_and_v4_before_v6() {
-    let mut v = vec![
+    let mut v = [
         p("2001:db8::/32"),
         p("10.1.0.0/16"),
         p("10.0.0.0/8"),

@@ -82,12 +82,12 @@ fn random_operations_match_reference() {
     for step in 0..4000 {
         let len = [8u8, 12, 16, 20, 23, 24, 25, 27, 28, 30, 31, 32][rng.next() as usize % 12];
         let addr = (base | (rng.next() as u32 & 0x0003_ffff)) & mask(len);
-        let kind = if rng.next() % 4 == 0 {
+        let kind = if rng.next().is_multiple_of(4) {
             Kind::Allow
         } else {
             Kind::Block
         };
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             let had = model.remove(&(addr, len, kind)).is_some();
             assert_eq!(t.remove(addr, len, kind), had, "step {step}");
         } else {
