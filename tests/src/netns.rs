@@ -1,8 +1,9 @@
 //! Network namespaces and veth pairs that a test creates and always removes, by exact name.
 
 use std::{
+    collections::HashMap,
     fs::File,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -14,7 +15,10 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 pub fn unique(tag: &str) -> String {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let name = format!("{tag}{}x{n}", std::process::id() % 100_000);
-    assert!(name.len() <= 12, "name {name} too long for derived interface names");
+    assert!(
+        name.len() <= 12,
+        "name {name} too long for derived interface names"
+    );
     name
 }
 
@@ -69,13 +73,27 @@ impl Netns {
         c
     }
 
+    /// The namespace's SNMP and extended TCP/IP counters (`/proc/net/snmp` and
+    /// `/proc/net/netstat` as seen inside it), keyed `Group.Name`: `Tcp.ActiveOpens`,
+    /// `TcpExt.TCPSynRetrans`...
+    pub fn netstat(&self) -> HashMap<String, u64> {
+        let out = self.exec("cat", &["/proc/net/snmp", "/proc/net/netstat"]);
+        parse_netstat(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// Moves the calling thread into the namespace until the guard drops.
     pub fn enter(&self) -> NsGuard {
         let old = File::open("/proc/thread-self/ns/net").expect("open current netns");
         let new = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
         // SAFETY: setns on valid namespace fds; affects only this thread.
         let rc = unsafe { libc::setns(new.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {}: {}", self.name, std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setns {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
         NsGuard { old }
     }
 }
@@ -83,7 +101,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace removes the veth ends inside it too.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -122,4 +142,119 @@ pub fn veth(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) -> (String
         ns.ip(&["link", "set", ifc, "up"]);
     }
     (ia, ib)
+}
+
+/// Parses the `Group: name name...` / `Group: value value...` line pairs of `/proc/net/snmp`
+/// and `/proc/net/netstat` into `Group.name` -> value.
+pub fn parse_netstat(text: &str) -> HashMap<String, u64> {
+    let mut map = HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((group, names)), Some((vgroup, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        if group != vgroup {
+            continue;
+        }
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            // Tcp.MaxConn is -1: not a counter, leave it out.
+            if let Ok(v) = v.parse() {
+                map.insert(format!("{group}.{n}"), v);
+            }
+        }
+    }
+    map
+}
+
+/// `bpf(2)` commands and constants used below (include/uapi/linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+    // SAFETY: attr is a valid, zero-padded bpf_attr prefix of the size passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor the kernel returned to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Loads the smallest XDP program there is, `return XDP_PASS`, with the raw `bpf(2)` call:
+/// the floor for benchmarks, and a harmless program for a veth peer that must run XDP.
+pub fn xdp_pass_program() -> std::io::Result<OwnedFd> {
+    // r0 = 2 (XDP_PASS); exit.
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+    let mut name = [0u8; 16];
+    name[..8].copy_from_slice(b"xdp_pass");
+    let mut attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        expected_attach_type: BPF_XDP,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_LOAD, &mut attr)
+}
+
+impl Netns {
+    /// Attaches [`xdp_pass_program`] in native mode to `ifname` inside the namespace
+    /// (BPF_LINK_CREATE). The program stays attached while the returned link lives.
+    ///
+    /// A veth needs this to receive what its peer sends with XDP_TX: the peer queues the
+    /// frames on this side's ring but only kicks this side's NAPI when it runs XDP itself.
+    pub fn attach_xdp_pass(&self, ifname: &str) -> OwnedFd {
+        let prog = xdp_pass_program().expect("load the XDP_PASS program");
+        let _inside = self.enter();
+        let c = std::ffi::CString::new(ifname).expect("interface name");
+        // SAFETY: a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert_ne!(ifindex, 0, "no interface {ifname} in {}", self.name);
+        #[repr(C)]
+        #[derive(Default)]
+        struct LinkCreate {
+            prog_fd: u32,
+            target_ifindex: u32,
+            attach_type: u32,
+            flags: u32,
+            _rest: [u64; 4],
+        }
+        let mut attr = LinkCreate {
+            prog_fd: prog.as_raw_fd() as u32,
+            target_ifindex: ifindex,
+            attach_type: BPF_XDP,
+            flags: XDP_FLAGS_DRV_MODE,
+            ..Default::default()
+        };
+        bpf(BPF_LINK_CREATE, &mut attr)
+            .unwrap_or_else(|e| panic!("attach XDP_PASS to {ifname} in {}: {e}", self.name))
+    }
 }

@@ -184,3 +184,85 @@ pub fn tcp_checksum(src: &[u8], dst: &[u8], tcp: &[u8]) -> u16 {
     let len = tcp.len() as u64;
     fold(sum(src) + sum(dst) + 6 + len + sum(tcp))
 }
+
+impl Ext {
+    /// Hop-by-hop (0), routing (43) or destination options (60) header of `units` extra
+    /// 8-byte units (filled with PadN).
+    pub fn options(kind: u8, units: u8) -> Self {
+        Self {
+            kind,
+            frag_offset: 0,
+            more_fragments: false,
+            units,
+        }
+    }
+
+    /// A fragment header (44) with the offset in 8-byte units and the M flag.
+    pub fn fragment(frag_offset: u16, more_fragments: bool) -> Self {
+        Self {
+            kind: 44,
+            frag_offset,
+            more_fragments,
+            units: 0,
+        }
+    }
+
+    /// Bytes this header occupies in the frame.
+    pub fn wire_len(&self) -> usize {
+        if self.kind == 44 {
+            8
+        } else {
+            (self.units as usize + 1) * 8
+        }
+    }
+}
+
+/// Where each header starts in the bytes [`Frame::build`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Offset of each VLAN tag (its TPID), outermost first.
+    pub vlans: Vec<usize>,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of each IPv6 extension header, in order.
+    pub ext: Vec<usize>,
+    /// Offset of the TCP header.
+    pub l4: usize,
+    /// Offset of the TCP payload (after the options).
+    pub payload: usize,
+    /// Length of the frame.
+    pub end: usize,
+}
+
+impl Frame {
+    /// Offsets of the headers in [`Self::build`]'s output.
+    pub fn layout(&self) -> Layout {
+        let vlans: Vec<usize> = (0..self.vlans.len()).map(|i| 14 + 4 * i).collect();
+        let l3 = 14 + 4 * self.vlans.len();
+        let mut ext = Vec::new();
+        let l4 = if self.src.is_ipv4() {
+            l3 + 20 + self.ip_options.len().div_ceil(4) * 4
+        } else {
+            let mut off = l3 + 40;
+            for e in &self.ext {
+                ext.push(off);
+                off += e.wire_len();
+            }
+            off
+        };
+        let payload = l4 + 20 + self.tcp_options.len().div_ceil(4) * 4;
+        Layout {
+            vlans,
+            l3,
+            ext,
+            l4,
+            payload,
+            end: payload + self.payload.len(),
+        }
+    }
+}
+
+/// Lower-case hex of `bytes`, for failure messages (`xxd -r -p` reads it back).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

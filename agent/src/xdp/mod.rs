@@ -354,13 +354,17 @@ impl Filter {
 
     /// Adds or replaces a dynamic verdict.
     pub fn set_dynamic(&mut self, key: AddrKey, v: DynVerdict) -> Result<(), FilterError> {
+        let new = self.dynamic(&key).is_none();
         self.dynamic
             .insert(key, v, 0)
             .map_err(|source| FilterError::Map {
                 name: dynamic::MAP,
                 source,
             })?;
-        self.sync_dyn_count()
+        if new {
+            self.set_dyn_count(self.config.dyn_entries.saturating_add(1))?;
+        }
+        Ok(())
     }
 
     /// Removes a dynamic verdict; returns whether it was there.
@@ -375,7 +379,9 @@ impl Filter {
                 });
             }
         };
-        self.sync_dyn_count()?;
+        if had {
+            self.set_dyn_count(self.config.dyn_entries.saturating_sub(1))?;
+        }
         Ok(had)
     }
 
@@ -384,17 +390,15 @@ impl Filter {
         self.dynamic.get(key, 0).ok()
     }
 
-    /// Keeps the "dynamic map not empty" hint right so the program can skip the lookup.
-    fn sync_dyn_count(&mut self) -> Result<(), FilterError> {
-        let n = self.dynamic.keys().count() as u32;
-        if n != self.config.dyn_entries {
-            let c = Config {
-                dyn_entries: n,
-                ..self.config
-            };
-            self.set_config(c)?;
-        }
-        Ok(())
+    /// Keeps the "dynamic map not empty" hint for the program, which skips the lookup at 0.
+    /// Entries the kernel expires or evicts leave it too high, which only costs a lookup;
+    /// it is never too low, since only the agent inserts.
+    fn set_dyn_count(&mut self, n: u32) -> Result<(), FilterError> {
+        let c = Config {
+            dyn_entries: n,
+            ..self.config
+        };
+        self.set_config(c)
     }
 
     /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
