@@ -17,7 +17,7 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Block(c) => block(&cli.socket, c),
         Command::Allow(c) => allow(&cli.socket, c),
         Command::Check(a) => check(&cli.socket, &a.ip, a.json),
-        Command::Status(a) => status(&cli.socket, a.json),
+        Command::Status(a) => status(&cli.socket, a.json, a.verify),
         Command::Watch(a) => watch(&cli.socket, a.json),
         Command::Reload => client::json(&cli.socket, "POST", "/v1/reload", &json!({})).map(|v| {
             println!("config reloaded ({} table changes)", v["table_changes"]);
@@ -323,11 +323,32 @@ fn check(socket: &Path, ip: &str, json_out: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn status(socket: &Path, json_out: bool) -> Result<(), CliError> {
-    let v = client::request(socket, "GET", "/v1/status", "application/json", b"")?;
+fn status(socket: &Path, json_out: bool, verify: bool) -> Result<(), CliError> {
+    let mut v = client::request(socket, "GET", "/v1/status", "application/json", b"")?;
+    let verified = if verify {
+        Some(client::request(
+            socket,
+            "GET",
+            "/v1/verify",
+            "application/json",
+            b"",
+        )?)
+    } else {
+        None
+    };
+    let bad = verified
+        .as_ref()
+        .is_some_and(|x| x["ok"] != Value::Bool(true));
     if json_out {
+        if let Some(x) = verified {
+            v["verify"] = x;
+        }
         print_json(&v);
-        return Ok(());
+        return if bad {
+            Err(CliError::new("the tables differ from the store"))
+        } else {
+            Ok(())
+        };
     }
     println!(
         "prefilter {} (map ABI {}), up {}s, config {}",

@@ -51,7 +51,7 @@ pub enum Command {
     /// Explain the verdict for an address.
     Check(CheckArgs),
     /// Interfaces, attach mode, map fill, lists and counters.
-    Status(JsonArg),
+    Status(StatusArgs),
     /// Stream verdict events from the XDP program.
     Watch(JsonArg),
     /// Re-read the config file (same as SIGHUP).
@@ -72,6 +72,16 @@ pub struct JsonArg {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Also prove the kernel tables hold exactly the store's entries (reads every entry).
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Subcommand, Debug)]

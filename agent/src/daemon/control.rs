@@ -183,6 +183,7 @@ fn route(d: &Daemon, req: Request) -> Result<Value, OpError> {
     let m = req.method.as_str();
     match (m, req.path.as_str()) {
         ("GET", "/v1/status") => Ok(super::metrics::status_json(d)),
+        ("GET", "/v1/verify") => Ok(d.verify()),
         ("GET", "/v1/check") => {
             let ip = req.query.get("ip").map(String::as_str).unwrap_or("");
             let ip: IpAddr = ip

@@ -5,6 +5,7 @@ mod control;
 mod events;
 mod metrics;
 mod settings;
+mod verify;
 
 use std::{
     collections::HashMap,
