@@ -5,7 +5,7 @@ use std::{
     ffi::OsStr,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -61,6 +61,12 @@ pub fn probe(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .output()
         .with_context(|| spawn_error(cmd))
+}
+
+/// Starts `cmd` in the background, echoed like the others; the caller waits for or kills it.
+pub fn spawn(cmd: &mut Command) -> Result<Child> {
+    echo(cmd);
+    cmd.spawn().with_context(|| spawn_error(cmd))
 }
 
 /// Runs `cmd` with `input` on its stdin; fails unless it exits 0.

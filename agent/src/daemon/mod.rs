@@ -358,42 +358,27 @@ impl Daemon {
         let n = entries.len();
         let mut st = self.lock();
         let started = Instant::now();
+        let entries: Vec<(Prefix, Entry)> = entries
+            .into_iter()
+            .map(|(p, r)| {
+                let e = Entry {
+                    action: act,
+                    reason: r.map(Into::into),
+                    created: at,
+                    expires: None,
+                };
+                (p, e)
+            })
+            .collect();
         let changes = if replace {
-            let map = entries
-                .into_iter()
-                .map(|(p, r)| {
-                    (
-                        p,
-                        Entry {
-                            action: act,
-                            reason: r.map(Into::into),
-                            created: at,
-                            expires: None,
-                        },
-                    )
-                })
-                .collect();
+            let map = entries.into_iter().collect();
             st.mutate(
                 |s| s.replace(list, Kind::Block, Origin::Import, map),
                 |s| s.commit_list(list),
             )?
         } else {
-            let v = entries
-                .into_iter()
-                .map(|(p, r)| {
-                    (
-                        p,
-                        Entry {
-                            action: act,
-                            reason: r.map(Into::into),
-                            created: at,
-                            expires: None,
-                        },
-                    )
-                })
-                .collect();
             st.mutate(
-                |s| s.set(list, Kind::Block, Origin::Import, v),
+                |s| s.set(list, Kind::Block, Origin::Import, entries),
                 |s| s.commit_list(list),
             )?
         };

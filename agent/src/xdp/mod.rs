@@ -401,9 +401,8 @@ impl Filter {
         self.set_config(c)
     }
 
-    /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
-    pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
-        let name = counters::MAP;
+    /// Every slot of a per-CPU u64 array, summed over CPUs.
+    fn summed(&self, name: &'static str) -> Result<Vec<u64>, FilterError> {
         let map = self
             .ebpf
             .map(name)
@@ -413,38 +412,28 @@ impl Filter {
                 name,
                 source: Some(e),
             })?;
-        (0..counters::SLOTS)
-            .map(|i| {
-                arr.get(&i, 0)
-                    .map(|v| v.iter().sum())
+        arr.iter()
+            .map(|v| {
+                v.map(|v| v.iter().sum())
                     .map_err(|source| FilterError::Map { name, source })
             })
             .collect()
     }
 
+    /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
+    pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
+        self.summed(counters::MAP)
+    }
+
     /// Block hits per list id, summed over CPUs (only non-zero ones).
     pub fn list_hits(&self) -> Result<Vec<(u16, u64)>, FilterError> {
-        let name = counters::LIST_HITS;
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(FilterError::MissingMap { name, source: None })?;
-        let arr =
-            PerCpuArray::<&MapData, u64>::try_from(map).map_err(|e| FilterError::MissingMap {
-                name,
-                source: Some(e),
-            })?;
-        let mut out = Vec::new();
-        for (i, v) in arr.iter().enumerate() {
-            let n: u64 = v
-                .map_err(|source| FilterError::Map { name, source })?
-                .iter()
-                .sum();
-            if n != 0 {
-                out.push((i as u16, n));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .summed(counters::LIST_HITS)?
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, n)| n != 0)
+            .map(|(i, n)| (i as u16, n))
+            .collect())
     }
 
     /// Takes the event ring buffer (once) for a reader.
