@@ -26,7 +26,7 @@ enum Task {
     /// Setup, lint, build, then `cargo test --release --workspace` as root.
     Test(test::TestArgs),
     /// Build a two-namespace lab, show it carries traffic, and tear it down.
-    Lab,
+    Lab(lab::LabArgs),
     /// Build, then run the `bench` binary of prefilter-tests with the arguments after `--`.
     Bench(bench::BenchArgs),
 }
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build => build::build().map(|_| ()),
         Task::Run(args) => build::run(&args),
         Task::Test(args) => test::test(&args),
-        Task::Lab => lab::lab(),
+        Task::Lab(args) => lab::run(&args),
         Task::Bench(args) => bench::bench(&args),
     }
 }
