@@ -131,7 +131,7 @@ fn block(socket: &Path, c: BlockCmd) -> Result<(), CliError> {
             );
             Ok(())
         }
-        BlockCmd::Del(a) => del(socket, "/v1/block/delete", a.prefixes, a.list),
+        BlockCmd::Del(a) => del(socket, "block", a.prefixes, a.list),
         BlockCmd::List(a) => {
             let v = client::request(socket, "GET", "/v1/block", "application/json", b"")?;
             print_entries(&v, a.json);
@@ -213,21 +213,21 @@ fn block(socket: &Path, c: BlockCmd) -> Result<(), CliError> {
 
 fn del(
     socket: &Path,
-    target: &str,
+    kind: &str,
     prefixes: Vec<String>,
     list: Option<String>,
 ) -> Result<(), CliError> {
     let v = client::json(
         socket,
         "POST",
-        target,
+        &format!("/v1/{kind}/delete"),
         &json!({"prefixes": prefixes, "list": list}),
     )?;
     let removed = v["removed"].as_u64().unwrap_or(0);
     if removed == 0 {
-        return Err(CliError::new(
-            "no such entry: nothing removed (see `prefilter block list`)",
-        ));
+        return Err(CliError::new(format!(
+            "no such entry: nothing removed (see `prefilter {kind} list`)"
+        )));
     }
     for l in v["lists"].as_array().into_iter().flatten() {
         if l["removed"].as_u64().unwrap_or(0) > 0 {
@@ -257,7 +257,7 @@ fn allow(socket: &Path, c: AllowCmd) -> Result<(), CliError> {
             );
             Ok(())
         }
-        AllowCmd::Del(a) => del(socket, "/v1/allow/delete", a.prefixes, a.list),
+        AllowCmd::Del(a) => del(socket, "allow", a.prefixes, a.list),
         AllowCmd::List(a) => {
             let v = client::request(socket, "GET", "/v1/allow", "application/json", b"")?;
             print_entries(&v, a.json);

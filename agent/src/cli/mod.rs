@@ -137,7 +137,7 @@ pub struct AllowAddArgs {
     #[arg(long)]
     pub reason: Option<String>,
     /// List to add to.
-    #[arg(long, default_value = "cli")]
+    #[arg(long, default_value = "cli-allow")]
     pub list: String,
 }
 

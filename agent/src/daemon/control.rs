@@ -18,7 +18,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use super::{CLI_LIST, Daemon, OpError};
+use super::{CLI_ALLOW_LIST, CLI_LIST, Daemon, OpError};
 use crate::{
     http::{self, Request},
     import::{self, Format},
@@ -216,7 +216,11 @@ fn route(d: &Daemon, req: Request) -> Result<Value, OpError> {
                         Kind::Block => block_action(b.action.as_deref())?,
                         Kind::Allow => action::ALLOW,
                     };
-                    let list = b.list.as_deref().unwrap_or(CLI_LIST);
+                    let default = match kind {
+                        Kind::Block => CLI_LIST,
+                        Kind::Allow => CLI_ALLOW_LIST,
+                    };
+                    let list = b.list.as_deref().unwrap_or(default);
                     let n = prefixes.len();
                     let req = super::AddRequest {
                         kind,
@@ -277,7 +281,7 @@ fn import(d: &Daemon, req: &Request) -> Result<Value, OpError> {
             "invalid list name {list:?}: use 1-64 of a-z 0-9 _ . -"
         )));
     }
-    if list == CLI_LIST {
+    if list == CLI_LIST || list == CLI_ALLOW_LIST {
         return Err(OpError::bad(
             "the cli list takes block add; import into a named list",
         ));

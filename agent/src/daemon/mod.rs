@@ -29,8 +29,10 @@ use crate::{
     xdp::{Filter, FilterError, Options, v4table::Kind},
 };
 
-/// Name of the list that `block add`/`allow add` write to when none is given.
+/// Name of the list that `block add` writes to when none is given.
 pub const CLI_LIST: &str = "cli";
+/// Name of the list that `allow add` writes to when none is given (a list holds one kind).
+pub const CLI_ALLOW_LIST: &str = "cli-allow";
 
 /// An error answered to a control client, with the HTTP status that fits it.
 #[derive(Debug, thiserror::Error)]
@@ -279,11 +281,9 @@ impl Daemon {
             })
             .collect();
         let mut st = self.lock();
-        let origin = if list == CLI_LIST {
-            Origin::Cli
-        } else {
-            Origin::Import
-        };
+        // A list created by `add` is a CLI list whatever its name; an existing one keeps
+        // its origin.
+        let origin = Origin::Cli;
         let changes = st.mutate(
             |s| s.set(list, kind, origin, entries),
             |s| s.commit_set(list, &prefixes),

@@ -1,0 +1,789 @@
+//! A real `prefilter` daemon for end-to-end tests: its own directory under /tmp, its own
+//! bpffs, a config, the daemon process in an MX namespace, and the CLI pointed at its socket.
+//!
+//! The bpffs is mounted in the host mount namespace and the daemon is started with
+//! `nsenter --net=...` (network namespace only, not `ip netns exec`, which would give it a
+//! mount namespace of its own), so a restarted daemon finds the maps and the XDP link the
+//! previous one pinned. Everything is removed by exact name or pid on drop, also when the
+//! test panics: the daemon is killed by its pid, its pinned links removed, the bpffs
+//! unmounted and the directory deleted.
+//!
+//! [`Lab`] is the network around it: an MX namespace (192.0.2.1, 2001:db8::1, a listener on
+//! port 25) and a client namespace whose source addresses the tests block and unblock.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::PermissionsExt,
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::Value;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::netns::{Netns, unique, veth};
+
+/// The MX's addresses; the listener runs on port 25 of both.
+pub const MX4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const MX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// A source no test ever blocks.
+pub const CLEAN4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const CLEAN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// Sources the tests block: with `block add` (drop)...
+pub const BLOCKED4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// ... from a config list with action reset (203.0.113.0/24) ...
+pub const RESET4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+/// ... with a short TTL ...
+pub const TTL4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 50);
+/// ... and the one known member of the big imported list.
+pub const BIG4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
+
+/// How long a connect waits; a dropped SYN must make it expire.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A refused connect comes back within one round trip on a veth; this is generous.
+pub const REFUSED_WITHIN: Duration = Duration::from_secs(1);
+/// Bound on the daemon getting ready (socket answering `status`).
+pub const READY_WITHIN: Duration = Duration::from_secs(10);
+/// Bound on any CLI command (a 1M-line import included).
+pub const CLI_WITHIN: Duration = Duration::from_secs(120);
+
+/// The `prefilter` binary built by `cargo build [--release] -p prefilter`: the newer of
+/// `target/release/prefilter` and `target/debug/prefilter` of this workspace (or of
+/// `$CARGO_TARGET_DIR`). The tests crate does not depend on the binary target, so cargo does
+/// not build it for us.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let mut roots = Vec::new();
+        if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+            roots.push(PathBuf::from(t));
+        }
+        roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let mut best: Option<(SystemTime, PathBuf)> = None;
+        for root in &roots {
+            for profile in ["release", "debug"] {
+                let p = root.join(profile).join("prefilter");
+                let Ok(m) = fs::metadata(&p).and_then(|m| m.modified()) else {
+                    continue;
+                };
+                if best.as_ref().is_none_or(|(t, _)| m > *t) {
+                    best = Some((m, p));
+                }
+            }
+        }
+        let Some((_, p)) = best else {
+            panic!(
+                "no prefilter binary in {}/{{release,debug}}: run cargo build -p prefilter first \
+                 (cargo build --release -p prefilter for a release test run)",
+                roots[roots.len() - 1].display()
+            );
+        };
+        let p = p.canonicalize().unwrap_or(p);
+        eprintln!("using the daemon binary {}", p.display());
+        p
+    })
+}
+
+/// Runs `f` on a thread inside the network namespace `/run/netns/{name}`.
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|s| {
+        s.spawn(|| {
+            let ns = File::open(format!("/run/netns/{name}"))
+                .unwrap_or_else(|e| panic!("open netns {name}: {e}"));
+            // SAFETY: setns on a valid namespace fd; affects only this (scoped) thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {name}: {}", io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in the namespace panicked")
+    })
+}
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct CmdOutput {
+    /// Exit status; -signal when killed by a signal.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Wall time.
+    pub took: Duration,
+}
+
+impl CmdOutput {
+    /// Both streams, for assertion messages.
+    pub fn both(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn code_of(s: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| -s.signal().unwrap_or(0))
+}
+
+/// Runs `cmd` to completion, bounded by `within` (killed by pid and a panic past that),
+/// reading both pipes while it runs so large outputs cannot stall it.
+pub fn run_bounded(cmd: Command, within: Duration) -> CmdOutput {
+    let shown = format!("{cmd:?}");
+    try_run_bounded(cmd, within)
+        .unwrap_or_else(|| panic!("{shown} did not finish within {within:?}"))
+}
+
+/// [`run_bounded`], but None (the command killed by its pid) when it takes longer.
+pub fn try_run_bounded(mut cmd: Command, within: Duration) -> Option<CmdOutput> {
+    let shown = format!("{cmd:?}");
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let mut out = child.stdout.take().expect("stdout pipe");
+    let mut err = child.stderr.take().expect("stderr pipe");
+    let t_out = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+    Some(CmdOutput {
+        code: code_of(status),
+        stdout,
+        stderr,
+        took: start.elapsed(),
+    })
+}
+
+/// The `[xdp]` lines after `interfaces` that [`Daemon::config_text`] uses unless told
+/// otherwise.
+pub const DEFAULT_XDP: &str = "mode = \"auto\"\nports = [25]";
+
+/// A daemon of our own, in the network namespace `netns`, attached to `iface`.
+pub struct Daemon {
+    /// Private directory: config, state, socket, log, bpffs mount point.
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    /// Metrics listener, inside `netns`.
+    pub metrics: SocketAddr,
+    pub netns: String,
+    pub iface: String,
+    child: Option<Child>,
+    starts: u32,
+    mounted: bool,
+}
+
+impl Daemon {
+    /// A private directory with a bpffs mounted in it, and nothing running yet.
+    pub fn prepare(netns: &Netns, iface: &str) -> Self {
+        let dir = PathBuf::from(format!("/tmp/prefilter-test-{}", unique("pfd")));
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        // Traversable by anyone, so a socket's own mode is what a non-root CLI runs into.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        let metrics_port = in_netns(&netns.name, || {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .expect("a free port in the MX namespace")
+                .port()
+        });
+        let mut d = Self {
+            bpffs: dir.join("bpf"),
+            socket: dir.join("control.sock"),
+            config: dir.join("prefilter.toml"),
+            state_dir: dir.join("state"),
+            dir,
+            metrics: (Ipv4Addr::LOCALHOST, metrics_port).into(),
+            netns: netns.name.clone(),
+            iface: iface.to_owned(),
+            child: None,
+            starts: 0,
+            mounted: false,
+        };
+        fs::create_dir(&d.bpffs).expect("create the bpffs mount point");
+        let out = run_bounded(
+            {
+                let mut c = Command::new("mount");
+                c.args(["-t", "bpf", "bpf"]).arg(&d.bpffs);
+                c
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.code, 0, "mount bpffs: {}", out.both());
+        d.mounted = true;
+        d
+    }
+
+    /// [`Daemon::prepare`], a config of [`DEFAULT_XDP`] plus `tail` (appended after the
+    /// `[metrics]` section: `[[block]]`, `[[allow]]`, `[limits]`...), and the daemon started.
+    pub fn start_new(netns: &Netns, iface: &str, tail: &str) -> Self {
+        let mut d = Self::prepare(netns, iface);
+        d.write_config(&d.config_text(DEFAULT_XDP, tail));
+        d.start();
+        d
+    }
+
+    /// A complete config: this daemon's paths, `xdp` as the `[xdp]` lines after
+    /// `interfaces`, metrics on its port, then `tail`.
+    pub fn config_text(&self, xdp: &str, tail: &str) -> String {
+        format!(
+            "[daemon]\n\
+             state_dir = \"{}\"\n\
+             socket = \"{}\"\n\
+             socket_group = \"\"\n\
+             bpffs = \"{}\"\n\
+             \n\
+             [xdp]\n\
+             interfaces = [\"{}\"]\n\
+             {xdp}\n\
+             \n\
+             [metrics]\n\
+             listen = \"{}\"\n\
+             \n\
+             {tail}\n",
+            self.state_dir.display(),
+            self.socket.display(),
+            self.bpffs.display(),
+            self.iface,
+            self.metrics,
+        )
+    }
+
+    /// Replaces the config file atomically (as an editor or config management would).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.join("prefilter.toml.new");
+        fs::write(&tmp, text).expect("write config");
+        fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    /// The daemon's log (stdout and stderr of every start).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn command_run(&self, config: &Path) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(binary())
+            .arg("run")
+            .arg("--config")
+            .arg(config);
+        c
+    }
+
+    /// Starts the daemon and waits (bounded) until its socket answers `status`.
+    pub fn start(&mut self) -> Duration {
+        self.spawn();
+        self.wait_ready()
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the daemon is already running");
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .expect("daemon log");
+        let _ = writeln!(log, "----- start {} -----", self.starts);
+        let child = self
+            .command_run(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nsenter prefilter run");
+        self.child = Some(child);
+    }
+
+    /// Waits until `status` answers; panics with the daemon's log if it exits or takes
+    /// longer than [`READY_WITHIN`]. Returns how long it took.
+    pub fn wait_ready(&mut self) -> Duration {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("daemon started");
+            if let Some(st) = child.try_wait().expect("wait daemon") {
+                self.child = None;
+                panic!("the daemon exited ({st}) during start:\n{}", self.log());
+            }
+            if self.socket.exists() && self.cli(&["status", "--json"]).code == 0 {
+                return start.elapsed();
+            }
+            if start.elapsed() > READY_WITHIN {
+                panic!(
+                    "the daemon did not answer `status` within {READY_WITHIN:?}:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon's pid (nsenter execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => c.try_wait().expect("wait").is_none(),
+        }
+    }
+
+    /// Sends `sig` to the daemon's pid and waits (bounded) until it exits.
+    pub fn signal_and_wait(&mut self, sig: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait daemon") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon ignored signal {sig} for 10 s:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `kill -9`: no chance to clean up anything.
+    pub fn kill9(&mut self) {
+        self.signal_and_wait(libc::SIGKILL);
+    }
+
+    /// SIGTERM; the daemon must exit 0.
+    pub fn terminate(&mut self) {
+        let st = self.signal_and_wait(libc::SIGTERM);
+        assert!(st.success(), "daemon exit on SIGTERM: {st}\n{}", self.log());
+    }
+
+    /// Stops the daemon with `sig` (SIGTERM must end it cleanly; SIGKILL is a crash) and
+    /// starts it again; returns how long the new one took to answer.
+    pub fn restart(&mut self, sig: i32) -> Duration {
+        if sig == libc::SIGTERM {
+            self.terminate();
+        } else {
+            self.signal_and_wait(sig);
+        }
+        self.start()
+    }
+
+    /// Sends a signal (SIGHUP...) to the running daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own running child.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill {sig}: {}", io::Error::last_os_error());
+    }
+
+    /// `prefilter run --config FILE` in the MX namespace, expected to exit by itself
+    /// (a refused config); killed after 10 s. Returns its output.
+    pub fn run_once(&self, config: &Path) -> CmdOutput {
+        let cmd = self.command_run(config);
+        let shown = format!("{cmd:?}");
+        try_run_bounded(cmd, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{shown} kept running for 10 s: the config was accepted"))
+    }
+
+    /// The CLI with `--socket` of this daemon.
+    pub fn cli(&self, args: &[&str]) -> CmdOutput {
+        self.cli_at(&self.socket, args)
+    }
+
+    /// The CLI with another socket path.
+    pub fn cli_at(&self, socket: &Path, args: &[&str]) -> CmdOutput {
+        let mut c = Command::new(binary());
+        c.arg("--socket").arg(socket).args(args);
+        c.env_remove("PREFILTER_SOCKET");
+        run_bounded(c, CLI_WITHIN)
+    }
+
+    /// The CLI, which must succeed; returns its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(
+            out.code,
+            0,
+            "prefilter {}: {}\ndaemon log:\n{}",
+            args.join(" "),
+            out.both(),
+            self.log()
+        );
+        out.stdout
+    }
+
+    /// The CLI with `--json` output, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let text = self.cli_ok(args);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("prefilter {}: not JSON ({e}):\n{text}", args.join(" ")))
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["status", "--json"])
+    }
+
+    pub fn block_list(&self) -> Value {
+        self.json(&["block", "list", "--json"])
+    }
+
+    pub fn check(&self, ip: &str) -> Value {
+        self.json(&["check", ip, "--json"])
+    }
+
+    /// GET /metrics from inside the MX namespace (retried briefly: the listener opens a
+    /// moment after the control socket).
+    pub fn metrics_text(&self) -> String {
+        let addr = self.metrics;
+        in_netns(&self.netns, || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut s = loop {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() > deadline => panic!("metrics {addr}: {e}"),
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: prefilter\r\nConnection: close\r\n\r\n")
+                .expect("send metrics request");
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).expect("read metrics");
+            let text = String::from_utf8(buf).expect("metrics are UTF-8");
+            let (head, body) = text
+                .split_once("\r\n\r\n")
+                .unwrap_or_else(|| panic!("not an HTTP answer:\n{text}"));
+            assert!(
+                head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+                "metrics answer: {head}"
+            );
+            body.to_owned()
+        })
+    }
+
+    /// VmRSS of the daemon in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+/// The XDP counter (reason, action) of a `status --json` document; 0 when absent.
+pub fn counter(status: &Value, reason: &str, action: &str) -> u64 {
+    status["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["reason"] == reason && c["action"] == action)
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The entry count of list `name` in a `status --json` document.
+pub fn list_entries(status: &Value, name: &str) -> Option<u64> {
+    status["lists"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)?["entries"]
+        .as_u64()
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the pid of our own child, not reaped yet.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        if self.mounted {
+            // Remove the pinned links (the daemon is gone: the CLI does it from the pins),
+            // then the bpffs with everything pinned in it.
+            let mut c = Command::new(binary());
+            c.arg("--socket")
+                .arg(self.dir.join("no-daemon.sock"))
+                .arg("detach")
+                .arg("--pin-dir")
+                .arg(self.bpffs.join("prefilter"));
+            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let ok = Command::new("umount")
+                .arg(&self.bpffs)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Two namespaces joined by a veth: `mx` (192.0.2.1/24, 2001:db8::1/64) where the daemon
+/// runs, and `client` with every source address the tests use. Both are deleted on drop,
+/// which removes the veth too.
+pub struct Lab {
+    pub mx: Netns,
+    pub client: Netns,
+    /// The MX end of the veth: the daemon attaches here.
+    pub mx_if: String,
+    pub client_if: String,
+    /// The XDP_PASS program on the client's veth, attached while this lives.
+    _client_xdp: OwnedFd,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let mx = Netns::new("pdm");
+        let client = Netns::new("pdc");
+        let (mx_if, client_if) = veth(
+            &mx,
+            &["192.0.2.1/24", "2001:db8::1/64"],
+            &client,
+            &[
+                "192.0.2.2/24",
+                "192.0.2.50/32",
+                "198.51.100.7/32",
+                "198.51.100.77/32",
+                "203.0.113.9/32",
+                "2001:db8::2/64",
+            ],
+        );
+        // The MX answers the extra sources over the veth.
+        for net in ["198.51.100.7/32", "198.51.100.77/32", "203.0.113.9/32"] {
+            mx.ip(&["route", "add", net, "dev", &mx_if]);
+        }
+        // A `reset` verdict is XDP_TX on the MX veth, which reaches the client only when the
+        // client's veth runs an XDP program too (see tests/tests/netns_xdp.rs).
+        let client_xdp = client.attach_xdp_pass(&client_if);
+        Self {
+            mx,
+            client,
+            mx_if,
+            client_if,
+            _client_xdp: client_xdp,
+        }
+    }
+
+    /// The MX's port 25 in the family of `src`.
+    pub fn smtp_of(src: IpAddr) -> SocketAddr {
+        match src {
+            IpAddr::V4(_) => (MX4, 25).into(),
+            IpAddr::V6(_) => (MX6, 25).into(),
+        }
+    }
+
+    /// A TCP connect from `src` to the MX's port 25, from inside the client namespace.
+    /// Returns the client's local address or the error, and how long the connect took.
+    pub fn connect(&self, src: IpAddr, timeout: Duration) -> (io::Result<SocketAddr>, Duration) {
+        let dst = Self::smtp_of(src);
+        in_netns(&self.client.name, || {
+            let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
+                .expect("socket");
+            sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+            let start = Instant::now();
+            let r = sock.connect_timeout(&dst.into(), timeout).and_then(|()| {
+                sock.local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("local address is not IP"))
+            });
+            (r, start.elapsed())
+        })
+    }
+
+    /// A connect from `src` that must time out after `timeout` (its SYNs dropped) without
+    /// the listener seeing it.
+    pub fn assert_dropped(&self, listener: &Listener, src: IpAddr, timeout: Duration, why: &str) {
+        let seen = listener.count(src);
+        let (r, took) = self.connect(src, timeout);
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("{why}: connect from {src}: {e} after {took:?}, expected a timeout"),
+            Ok(local) => panic!("{why}: connect from {src} completed ({local}), expected a drop"),
+        }
+        assert!(
+            took >= timeout - Duration::from_millis(20),
+            "{why}: {src} gave up after {took:?}"
+        );
+        assert_eq!(listener.count(src), seen, "{why}: the listener saw {src}");
+    }
+
+    /// A connect from `src` that must complete, seen by the listener with its real address.
+    pub fn assert_connects(&self, listener: &Listener, src: IpAddr, why: &str) {
+        let (r, took) = self.connect(src, CONNECT_TIMEOUT);
+        let local = r.unwrap_or_else(|e| panic!("{why}: connect from {src}: {e} after {took:?}"));
+        assert_eq!(local.ip(), src, "{why}");
+        assert!(
+            listener.wait_for(local, Duration::from_secs(2)),
+            "{why}: the listener did not see {local}"
+        );
+    }
+
+    /// A connect from `src` that must be refused at once (a TCP reset from XDP).
+    pub fn assert_refused(&self, listener: &Listener, src: IpAddr, why: &str) {
+        let seen = listener.count(src);
+        let (r, took) = self.connect(src, CONNECT_TIMEOUT);
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => panic!("{why}: connect from {src}: {e} after {took:?}, expected refused"),
+            Ok(local) => panic!("{why}: connect from {src} completed ({local}), expected refused"),
+        }
+        assert!(
+            took < REFUSED_WITHIN,
+            "{why}: {src} refused only after {took:?}"
+        );
+        assert_eq!(listener.count(src), seen, "{why}: the listener saw {src}");
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A TCP listener on port 25 of the MX (v4 and v6) that accepts everything and records
+/// each peer's address.
+pub struct Listener {
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(mx: &Netns) -> Self {
+        let (l4, l6) = in_netns(&mx.name, || {
+            (
+                TcpListener::bind((MX4, 25)).expect("bind 192.0.2.1:25"),
+                TcpListener::bind((MX6, 25)).expect("bind [2001:db8::1]:25"),
+            )
+        });
+        for l in [&l4, &l6] {
+            l.set_nonblocking(true).expect("nonblocking listener");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (flag, seen) = (stop.clone(), peers.clone());
+        let thread = thread::spawn(move || {
+            // Bounded: the test stops it long before.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let mut idle = true;
+                for l in [&l4, &l6] {
+                    match l.accept() {
+                        Ok((_stream, peer)) => {
+                            idle = false;
+                            seen.lock().unwrap().push(peer);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => eprintln!("listener accept: {e}"),
+                    }
+                }
+                if idle {
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        Self {
+            peers,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every peer accepted so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+
+    /// How many connections from `ip` were accepted.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        self.peers().iter().filter(|p| p.ip() == ip).count()
+    }
+
+    /// Whether any connection from `ip` was accepted.
+    pub fn saw(&self, ip: IpAddr) -> bool {
+        self.peers().iter().any(|p| p.ip() == ip)
+    }
+
+    /// Waits (bounded) until `peer` was accepted.
+    pub fn wait_for(&self, peer: SocketAddr, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.peers().contains(&peer) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it returns Some, for at most `within`.
+pub fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}

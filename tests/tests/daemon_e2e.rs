@@ -1,0 +1,668 @@
+//! The `prefilter` daemon and CLI end to end: a real daemon attached to the MX end of a veth,
+//! driven by the CLI, judged by real TCP connects from a client namespace.
+//!
+//! What an administrator relies on: `block add` stops a sender's SYNs and `block del` lets it
+//! back in; the filter keeps filtering while the daemon is dead (kill -9) and across a
+//! restart (not one SYN slips through the restart), which adopts the pinned link and loses no
+//! entry; TTLs expire; the metrics agree with `status`; a list of a million prefixes imports
+//! through the CLI in seconds.
+//!
+//! Needs root and a built daemon: `cargo build --release -p prefilter`, then
+//! `cargo test --release -p prefilter-tests --test daemon_e2e -- --test-threads=1`.
+
+use std::{
+    collections::{BTreeSet, HashSet, VecDeque},
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use prefilter_tests::{
+    daemon::{
+        BIG4, BLOCKED4, CLEAN4, CLEAN6, CONNECT_TIMEOUT, Daemon, Lab, Listener, RESET4, TTL4,
+        counter, in_netns, list_entries, poll, run_bounded,
+    },
+    is_root,
+};
+use serde_json::Value;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// A config list that resets every SYN from 203.0.113.0/24.
+const RESET_LIST: &str =
+    "[[block]]\nname = \"rst\"\naction = \"reset\"\nprefixes = [\"203.0.113.0/24\"]\n";
+
+/// Long enough for a SYN to be dropped, shorter than the 1 s initial retransmission
+/// timeout: one SYN, no retransmission.
+const SHORT_TIMEOUT: Duration = Duration::from_millis(700);
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces, XDP, bpffs)");
+        return true;
+    }
+    false
+}
+
+/// `ip link` of the MX veth shows an XDP program.
+fn xdp_attached(lab: &Lab) -> bool {
+    let out = lab.mx.ip(&["link", "show", "dev", &lab.mx_if]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .any(|w| w.starts_with("xdp"))
+}
+
+/// `block list --json` as a set of whole entries: every field compared, except the creation
+/// time of a config entry, which the daemon sets when it reads the config.
+fn entry_set(list: &Value) -> BTreeSet<String> {
+    list.as_array()
+        .expect("block list is an array")
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if e["origin"] == "config" {
+                e["created"] = Value::Null;
+            }
+            e.to_string()
+        })
+        .collect()
+}
+
+fn interfaces(status: &Value) -> Vec<(String, String)> {
+    status["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["interface"].as_str().unwrap_or("").to_owned(),
+                i["mode"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn block_del_kill_restart_and_adopt() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, RESET_LIST);
+    assert_eq!(
+        interfaces(&d.status()),
+        vec![(lab.mx_if.clone(), "native".to_owned())],
+        "first start attaches natively to the veth"
+    );
+    assert!(xdp_attached(&lab));
+
+    // The config's reset list: refused at once. A clean source connects.
+    lab.assert_refused(&listener, RESET4.into(), "config list rst (reset)");
+    lab.assert_connects(&listener, CLEAN4.into(), "clean source");
+    lab.assert_connects(&listener, CLEAN6.into(), "clean v6 source");
+    lab.assert_connects(&listener, BLOCKED4.into(), "not blocked yet");
+
+    // block add: the sender times out, the clean source still connects.
+    d.cli_ok(&["block", "add", "198.51.100.7"]);
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        CONNECT_TIMEOUT,
+        "after block add",
+    );
+    lab.assert_connects(&listener, CLEAN4.into(), "clean source after block add");
+
+    // block del: it connects again.
+    let out = d.cli_ok(&["block", "del", "198.51.100.7"]);
+    assert!(
+        out.contains("removed"),
+        "block del says what it removed: {out}"
+    );
+    let before_del = listener.peers().len();
+    lab.assert_connects(&listener, BLOCKED4.into(), "after block del");
+    assert_eq!(listener.peers().len(), before_del + 1);
+
+    // Blocked again, with entries of every shape: a reason, a TTL, another action, IPv6.
+    d.cli_ok(&["block", "add", "198.51.100.7", "--reason", "spam run #42"]);
+    d.cli_ok(&[
+        "block",
+        "add",
+        "198.51.100.128/25",
+        "--ttl",
+        "1h",
+        "--action",
+        "reset",
+    ]);
+    d.cli_ok(&[
+        "block",
+        "add",
+        "2001:db8:bad::/48",
+        "--ttl",
+        "2h",
+        "--reason",
+        "v6 botnet",
+    ]);
+    let before = d.block_list();
+    let ttl_entry = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["prefix"] == "198.51.100.128/25")
+        .expect("the TTL entry is listed");
+    assert_eq!(
+        ttl_entry["expires"].as_u64().unwrap() - ttl_entry["created"].as_u64().unwrap(),
+        3600,
+        "--ttl 1h: {ttl_entry}"
+    );
+    assert_eq!(before.as_array().unwrap().len(), 4, "{before:#}");
+
+    // kill -9: the filter stays attached and keeps dropping, nothing else changes.
+    d.kill9();
+    assert!(xdp_attached(&lab), "the XDP program left with the daemon");
+    let down = d.cli(&["status"]);
+    assert_ne!(down.code, 0);
+    assert!(
+        down.stderr.contains("daemon is not running"),
+        "CLI while the daemon is down: {}",
+        down.both()
+    );
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        CONNECT_TIMEOUT,
+        "while the daemon is dead",
+    );
+    lab.assert_connects(&listener, CLEAN4.into(), "clean, daemon dead");
+    lab.assert_refused(&listener, RESET4.into(), "config reset list, daemon dead");
+
+    // Restart: every entry back, exactly; the pinned link adopted.
+    let took = d.start();
+    eprintln!("restart after kill -9: ready in {took:?}");
+    let after = d.block_list();
+    assert_eq!(
+        entry_set(&after),
+        entry_set(&before),
+        "block list before kill -9 / after restart"
+    );
+    let c = d.check("198.51.100.7");
+    assert_eq!(c["verdict"], "drop", "{c:#}");
+    assert_eq!(c["list"], "cli", "{c:#}");
+    assert_eq!(c["xdp_action"], "XDP_DROP", "{c:#}");
+    assert!(
+        c["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["reason"] == "spam run #42"),
+        "check shows the reason: {c:#}"
+    );
+    let st = d.status();
+    assert_eq!(
+        interfaces(&st),
+        vec![(lab.mx_if.clone(), "adopted".to_owned())],
+        "{st:#}"
+    );
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        SHORT_TIMEOUT,
+        "after the restart",
+    );
+    lab.assert_connects(&listener, CLEAN4.into(), "clean, after the restart");
+    lab.assert_refused(&listener, RESET4.into(), "config reset list, after restart");
+}
+
+/// What the SYN sender saw.
+struct Burst {
+    /// connect() calls, one SYN each.
+    connects: u64,
+    /// Connections that completed: SYNs that got through.
+    completed: u64,
+    /// When each connect was made.
+    times: Vec<Instant>,
+}
+
+/// Sends one SYN from `src` every 5 ms (a nonblocking connect, closed 300 ms later: before
+/// the 1 s retransmission, long after a SYN-ACK would have come) until `stop`, or 400 SYNs,
+/// or 10 s.
+fn syn_sender(lab: &Lab, src: IpAddr, stop: &AtomicBool, sent: &AtomicU64) -> Burst {
+    let dst = Lab::smtp_of(src);
+    in_netns(&lab.client.name, || {
+        let start = Instant::now();
+        let mut open: VecDeque<(Instant, Socket)> = VecDeque::new();
+        let mut b = Burst {
+            connects: 0,
+            completed: 0,
+            times: Vec::new(),
+        };
+        let retire = |open: &mut VecDeque<(Instant, Socket)>, all: bool, b: &mut Burst| {
+            while let Some((t, _)) = open.front() {
+                if !all && t.elapsed() < Duration::from_millis(300) {
+                    break;
+                }
+                if all {
+                    let wait = Duration::from_millis(300).saturating_sub(t.elapsed());
+                    thread::sleep(wait);
+                }
+                let (_, s) = open.pop_front().unwrap();
+                if s.peer_addr().is_ok() {
+                    b.completed += 1;
+                }
+            }
+        };
+        while !stop.load(Ordering::Relaxed)
+            && b.connects < 400
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
+                .expect("socket");
+            s.set_nonblocking(true).unwrap();
+            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+            match s.connect(&dst.into()) {
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Ok(()) => b.completed += 1,
+                Err(e) => panic!("connect from {src}: {e}"),
+            }
+            let now = Instant::now();
+            b.times.push(now);
+            b.connects += 1;
+            sent.store(b.connects, Ordering::Relaxed);
+            open.push_back((now, s));
+            retire(&mut open, false, &mut b);
+            thread::sleep(Duration::from_millis(5));
+        }
+        retire(&mut open, true, &mut b);
+        b
+    })
+}
+
+/// SYNs the client's kernel sent: active opens plus SYN retransmissions.
+fn syns_sent(lab: &Lab) -> u64 {
+    let s = lab.client.netstat();
+    s["Tcp.ActiveOpens"] + s["TcpExt.TCPSynRetrans"]
+}
+
+#[test]
+fn restart_leaves_no_gap() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    d.cli_ok(&["block", "add", "198.51.100.7"]);
+    let dropped0 = counter(&d.status(), "block", "drop");
+    let syns0 = syns_sent(&lab);
+
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let (burst, t_term, t_ready, ready_in) = thread::scope(|s| {
+        let sender = s.spawn(|| syn_sender(&lab, BLOCKED4.into(), &stop, &sent));
+        let wait_sent = |n: u64| {
+            poll(Duration::from_secs(5), || {
+                (sent.load(Ordering::Relaxed) >= n).then_some(())
+            })
+            .expect("the sender is sending");
+        };
+        wait_sent(20);
+        let t_term = Instant::now();
+        d.terminate();
+        assert!(xdp_attached(&lab), "SIGTERM must leave the filter attached");
+        let ready_in = d.start();
+        let t_ready = Instant::now();
+        wait_sent(sent.load(Ordering::Relaxed) + 20);
+        stop.store(true, Ordering::Relaxed);
+        (sender.join().expect("sender"), t_term, t_ready, ready_in)
+    });
+    let in_window = burst
+        .times
+        .iter()
+        .filter(|&&t| t >= t_term && t <= t_ready)
+        .count();
+    assert!(
+        burst.times.first().is_some_and(|&t| t < t_term)
+            && burst.times.last().is_some_and(|&t| t > t_ready),
+        "the SYNs did not cover the whole restart (sender stopped at its bounds): {} SYNs",
+        burst.connects
+    );
+    let syns = syns_sent(&lab) - syns0;
+    assert!(
+        syns >= burst.connects,
+        "the client's kernel sent {syns} SYNs for {} connects",
+        burst.connects
+    );
+    let dropped = poll(Duration::from_secs(2), || {
+        let n = counter(&d.status(), "block", "drop") - dropped0;
+        (n >= syns).then_some(n)
+    })
+    .unwrap_or_else(|| counter(&d.status(), "block", "drop") - dropped0);
+    eprintln!(
+        "restart gap: sent {syns} SYNs during restart, {dropped} dropped \
+         ({in_window} of them between SIGTERM and the new daemon answering, {:?}, \
+         of which start to ready {ready_in:?}; {} connects completed)",
+        t_ready - t_term,
+        burst.completed
+    );
+    assert_eq!(
+        burst.completed, 0,
+        "connects from the blocked source completed"
+    );
+    assert!(
+        !listener.saw(BLOCKED4.into()),
+        "the blocked source reached the listener: {:?}",
+        listener.peers()
+    );
+    assert_eq!(dropped, syns, "SYNs dropped (block) vs sent during restart");
+    assert_eq!(
+        interfaces(&d.status()),
+        vec![(lab.mx_if.clone(), "adopted".to_owned())]
+    );
+    lab.assert_connects(&listener, CLEAN4.into(), "clean source after the restart");
+}
+
+#[test]
+fn ttl_entry_expires() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    lab.assert_connects(&listener, TTL4.into(), "before block add");
+    d.cli_ok(&["block", "add", "192.0.2.50", "--ttl", "2s"]);
+    let added = Instant::now();
+    let listed = d.block_list();
+    let e = &listed.as_array().unwrap()[0];
+    assert_eq!(e["prefix"], "192.0.2.50/32", "{listed:#}");
+    assert_eq!(
+        e["expires"].as_u64().unwrap() - e["created"].as_u64().unwrap(),
+        2,
+        "{e}"
+    );
+    assert_eq!(d.check("192.0.2.50")["verdict"], "drop");
+    // The entry lives at least one second more: one SYN, dropped.
+    lab.assert_dropped(&listener, TTL4.into(), SHORT_TIMEOUT, "TTL entry in force");
+    let gone = poll(Duration::from_secs(6), || {
+        d.block_list()
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then(|| added.elapsed())
+    })
+    .unwrap_or_else(|| panic!("the 2 s entry is still listed after 6 s:\n{}", d.log()));
+    eprintln!("--ttl 2s entry gone from block list after {gone:?}");
+    assert!(
+        gone >= Duration::from_secs(1),
+        "expired early: {gone:?} after add"
+    );
+    assert!(
+        gone <= Duration::from_millis(4500),
+        "expired late: {gone:?} after add"
+    );
+    let c = d.check("192.0.2.50");
+    assert_eq!(c["verdict"], "pass", "{c:#}");
+    lab.assert_connects(&listener, TTL4.into(), "after the TTL expired");
+}
+
+/// The value of the sample `name{labels}` in a text exposition.
+fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("{series}: {v}")) as u64
+        })
+}
+
+#[test]
+fn metrics_agree_with_status() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, RESET_LIST);
+    d.cli_ok(&["block", "add", "198.51.100.7"]);
+    lab.assert_dropped(&listener, BLOCKED4.into(), SHORT_TIMEOUT, "blocked");
+    lab.assert_refused(&listener, RESET4.into(), "reset list");
+    lab.assert_connects(&listener, CLEAN4.into(), "clean");
+
+    let s1 = d.status();
+    let text = d.metrics_text();
+    let s2 = d.status();
+    assert_eq!(
+        s1["counters"], s2["counters"],
+        "no traffic: the counters stand still"
+    );
+    let drops = counter(&s1, "block", "drop");
+    assert!(drops >= 1, "{s1:#}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"prefilter_xdp_packets_total{action="drop",reason="block"}"#
+        ),
+        Some(drops),
+        "metrics vs status, block/drop:\n{text}"
+    );
+    for c in s1["counters"].as_array().unwrap() {
+        let (r, a) = (c["reason"].as_str().unwrap(), c["action"].as_str().unwrap());
+        let series = format!(r#"prefilter_xdp_packets_total{{action="{a}",reason="{r}"}}"#);
+        assert_eq!(
+            sample(&text, &series),
+            c["packets"].as_u64(),
+            "{series}: metrics vs status\n{text}"
+        );
+    }
+    let attached = format!(
+        r#"prefilter_xdp_attached{{interface="{}",mode="native"}}"#,
+        lab.mx_if
+    );
+    assert_eq!(sample(&text, &attached), Some(1), "{text}");
+
+    let promtool = std::process::Command::new("promtool")
+        .arg("--version")
+        .output();
+    if promtool.is_err() {
+        eprintln!("promtool not installed: skipped `promtool check metrics`");
+        return;
+    }
+    let file = d.dir.join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("promtool check metrics < \"$1\"")
+        .arg("sh")
+        .arg(&file);
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert_eq!(
+        out.code,
+        0,
+        "promtool check metrics: {}\n{text}",
+        out.both()
+    );
+}
+
+/// splitmix64: a seeded, dependency-free generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+/// Whether `addr/len` overlaps one of the /24 networks the lab's hosts live in.
+fn touches_lab(addr: u32, len: u8) -> bool {
+    const LAB: [Ipv4Addr; 3] = [
+        Ipv4Addr::new(192, 0, 2, 0),
+        Ipv4Addr::new(198, 51, 100, 0),
+        Ipv4Addr::new(203, 0, 113, 0),
+    ];
+    LAB.iter()
+        .any(|n| (addr ^ u32::from(*n)) & mask(len.min(24)) == 0)
+}
+
+/// `n` distinct IPv4 prefixes, text and set: half /32s, a tenth /25–/31 (both from 60,000
+/// random /24 networks, as botnet lists cluster; the default 65,536 long-prefix groups hold
+/// them), the rest /16–/24 anywhere. None touches the lab's networks.
+fn big_list(n: usize, seed: u64) -> (String, HashSet<(u32, u8)>) {
+    let mut rng = Rng(seed);
+    let mut pool = Vec::with_capacity(60_000);
+    while pool.len() < 60_000 {
+        let net = (rng.next() as u32) & mask(24);
+        if !touches_lab(net, 24) {
+            pool.push(net);
+        }
+    }
+    let mut set = HashSet::with_capacity(n);
+    let mut text = String::with_capacity(n * 16);
+    text.push_str("# prefilter test list\n");
+    while set.len() < n {
+        let r = rng.next();
+        let (addr, len) = match r % 100 {
+            0..50 => (
+                pool[(r >> 8) as usize % pool.len()] | ((r >> 40) as u32 & 0xff),
+                32,
+            ),
+            50..60 => {
+                let len = 25 + ((r >> 8) % 7) as u8;
+                (
+                    pool[(r >> 16) as usize % pool.len()] | ((r >> 40) as u32 & 0xff),
+                    len,
+                )
+            }
+            _ => (r as u32 ^ (r >> 32) as u32, 16 + ((r >> 8) % 9) as u8),
+        };
+        let addr = addr & mask(len);
+        if touches_lab(addr, len) || !set.insert((addr, len)) {
+            continue;
+        }
+        if len == 32 {
+            let _ = writeln!(text, "{}", Ipv4Addr::from(addr));
+        } else {
+            let _ = writeln!(text, "{}/{len}", Ipv4Addr::from(addr));
+        }
+    }
+    (text, set)
+}
+
+#[test]
+fn import_one_million_prefixes() {
+    if skip() {
+        return;
+    }
+    const N: usize = 1_000_000;
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    let rss0 = d.rss_kib();
+
+    let t = Instant::now();
+    let (mut text, mut set) = big_list(N - 1, 0x5eed_1234);
+    assert!(set.insert((u32::from(BIG4), 32)));
+    text.push_str("198.51.100.77\n");
+    let file = d.dir.join("big.txt");
+    std::fs::write(&file, &text).unwrap();
+    eprintln!(
+        "generated {} prefixes ({} MB) in {:?}",
+        set.len(),
+        text.len() >> 20,
+        t.elapsed()
+    );
+    drop(text);
+
+    let file_s = file.to_str().unwrap();
+    let out = d.cli(&["block", "import", file_s, "--list", "big"]);
+    assert_eq!(out.code, 0, "import: {}\n{}", out.both(), d.log());
+    let rss = d.rss_kib();
+    eprintln!(
+        "imported {N} prefixes through the CLI in {:?}; daemon VmRSS {} MiB after import \
+         ({} MiB before)",
+        out.took,
+        rss >> 10,
+        rss0 >> 10
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("imported {N} entries into list big")),
+        "{}",
+        out.both()
+    );
+
+    let st = d.status();
+    assert_eq!(
+        list_entries(&st, "big"),
+        Some(N as u64),
+        "status lists big with every unique prefix: {:#}",
+        st["lists"]
+    );
+    eprintln!("tables after import: {}", st["maps"]);
+    let c = d.check("198.51.100.77");
+    assert_eq!(c["verdict"], "drop", "{c:#}");
+    assert_eq!(c["list"], "big", "{c:#}");
+    assert!(
+        c["explanation"].as_str().unwrap().contains("list big"),
+        "{c:#}"
+    );
+    let human = d.cli_ok(&["check", "198.51.100.77"]);
+    assert!(human.contains("list big"), "{human}");
+    lab.assert_connects(&listener, CLEAN4.into(), "clean source, 1M list loaded");
+    lab.assert_dropped(&listener, BIG4.into(), SHORT_TIMEOUT, "member of list big");
+
+    // --replace with ten lines: exactly those remain.
+    let small: Vec<String> = [
+        "192.0.2.128/25",
+        "198.51.100.0/30",
+        "203.0.113.64/26",
+        "100.64.0.0/10",
+        "10.20.0.0/16",
+        "172.16.5.0/24",
+        "93.184.216.34/32",
+        "45.33.32.0/19",
+        "185.220.101.1/32",
+        "2001:db8:dead::/48",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let small_file = d.dir.join("small.txt");
+    std::fs::write(&small_file, small.join("\n") + "\n").unwrap();
+    let out = d.cli(&[
+        "block",
+        "import",
+        small_file.to_str().unwrap(),
+        "--list",
+        "big",
+        "--replace",
+    ]);
+    assert_eq!(out.code, 0, "import --replace: {}", out.both());
+    eprintln!("replaced the 1M list with 10 entries in {:?}", out.took);
+    let st = d.status();
+    assert_eq!(list_entries(&st, "big"), Some(10), "{:#}", st["lists"]);
+    let listed: BTreeSet<String> = d
+        .block_list()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["list"] == "big")
+        .map(|e| e["prefix"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, small.iter().cloned().collect::<BTreeSet<_>>());
+    let c = d.check("198.51.100.77");
+    assert_eq!(c["verdict"], "pass", "{c:#}");
+    let c = d.check("192.0.2.200");
+    assert_eq!(c["list"], "big", "{c:#}");
+    lab.assert_connects(&listener, BIG4.into(), "no longer listed");
+}
