@@ -85,7 +85,7 @@ impl Frame {
         tcp.extend_from_slice(&self.seq.to_be_bytes());
         tcp.extend_from_slice(&self.ack.to_be_bytes());
         let mut opts = self.tcp_options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         tcp.push(((20 + opts.len()) / 4) as u8 * 16);
@@ -107,7 +107,7 @@ impl Frame {
                 let csum = tcp_checksum(&s.octets(), &d.octets(), &tcp);
                 tcp[16..18].copy_from_slice(&csum.to_be_bytes());
                 let mut opts = self.ip_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let mut ip = vec![0x40 | ((20 + opts.len()) / 4) as u8, 0];
