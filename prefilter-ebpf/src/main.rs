@@ -67,11 +67,55 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
+/// What was wrong with a malformed frame, for the debug log. A code, not a `&str`, inside
+/// `Skip`: LLVM stores a string pointer inside the packed result byte-wise (shifts), which
+/// the verifier refuses as pointer arithmetic.
+#[derive(Clone, Copy)]
+enum Why {
+    Truncated,
+    VlanTags,
+    V4Version,
+    V4HeaderLength,
+    V4TotalLength,
+    V6Version,
+    V6PayloadLength,
+    V6ExtLength,
+    V6FragLength,
+    TcpTruncated,
+    TcpDataOffset,
+}
+
+impl Why {
+    #[inline(always)]
+    fn text(self) -> &'static str {
+        match self {
+            Why::Truncated => "truncated",
+            Why::VlanTags => "more than two VLAN tags",
+            Why::V4Version => "IPv4 version",
+            Why::V4HeaderLength => "IPv4 header length",
+            Why::V4TotalLength => "IPv4 total length",
+            Why::V6Version => "IPv6 version",
+            Why::V6PayloadLength => "IPv6 payload length",
+            Why::V6ExtLength => "IPv6 extension header length",
+            Why::V6FragLength => "IPv6 fragment header length",
+            Why::TcpTruncated => "TCP header truncated",
+            Why::TcpDataOffset => "TCP data offset",
+        }
+    }
+}
+
 /// Why a frame is not judged.
 #[derive(Clone, Copy)]
 enum Skip {
     NotJudged,
-    Malformed(&'static str),
+    Malformed(Why),
+    /// Cannot be parsed to the TCP flags, yet the kernel would accept it: a tiny first
+    /// fragment (RFC 1858) or an IPv6 header chain longer than we walk. Judged by source
+    /// alone, so a blocked sender cannot slip a SYN through this way.
+    SourceOnly {
+        v6: bool,
+        saddr: [u8; 16],
+    },
 }
 
 /// A SYN to a judged port, with what a reset needs.
@@ -94,7 +138,7 @@ struct Syn {
 fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Skip> {
     let start = ctx.data();
     if start + off + size_of::<T>() > ctx.data_end() {
-        return Err(Skip::Malformed("truncated"));
+        return Err(Skip::Malformed(Why::Truncated));
     }
     // SAFETY: bounds checked against data_end just above.
     Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
@@ -117,7 +161,7 @@ fn parse(ctx: &XdpContext) -> Result<Syn, Skip> {
             proto = be16(ctx, l3 + 2)?;
             l3 += 4;
             if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-                return Err(Skip::Malformed("more than two VLAN tags"));
+                return Err(Skip::Malformed(Why::VlanTags));
             }
         }
     }
@@ -141,23 +185,31 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
     // LLVM in ways the verifier cannot follow.
     let h: [u8; 20] = load(ctx, l3)?;
     if h[0] >> 4 != 4 {
-        return Err(Skip::Malformed("IPv4 version"));
+        return Err(Skip::Malformed(Why::V4Version));
     }
     let ihl = ((h[0] & 0x0f) as usize) << 2;
     if ihl < 20 {
-        return Err(Skip::Malformed("IPv4 header length"));
+        return Err(Skip::Malformed(Why::V4HeaderLength));
     }
     let total = u16::from_be_bytes([h[2], h[3]]) as usize;
     if total < ihl || l3 + total > frame_len(ctx) {
-        return Err(Skip::Malformed("IPv4 total length"));
+        return Err(Skip::Malformed(Why::V4TotalLength));
     }
     // Non-first fragments carry no TCP header: nothing to judge.
-    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 || h[9] != IPPROTO_TCP {
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    if frag & 0x1fff != 0 || h[9] != IPPROTO_TCP {
         return Err(Skip::NotJudged);
     }
-    let mut syn = parse_tcp(ctx, l3 + ihl, l3 + total)?;
+    let saddr = v4_key([h[12], h[13], h[14], h[15]]);
+    let mut syn = match parse_tcp(ctx, l3 + ihl, l3 + total) {
+        // More fragments follow: the kernel would reassemble what we could not read.
+        Err(Skip::Malformed(_)) if frag & 0x2000 != 0 => {
+            return Err(Skip::SourceOnly { v6: false, saddr });
+        }
+        r => r?,
+    };
     syn.l3 = l3;
-    syn.saddr = v4_key([h[12], h[13], h[14], h[15]]);
+    syn.saddr = saddr;
     syn.daddr = v4_key([h[16], h[17], h[18], h[19]]);
     Ok(syn)
 }
@@ -166,11 +218,11 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
 fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
     let h: [u8; 40] = load(ctx, l3)?;
     if h[0] >> 4 != 6 {
-        return Err(Skip::Malformed("IPv6 version"));
+        return Err(Skip::Malformed(Why::V6Version));
     }
     let end = l3 + 40 + u16::from_be_bytes([h[4], h[5]]) as usize;
     if end > frame_len(ctx) {
-        return Err(Skip::Malformed("IPv6 payload length"));
+        return Err(Skip::Malformed(Why::V6PayloadLength));
     }
     let mut nh = h[6];
     let mut saddr = [0u8; 16];
@@ -193,14 +245,14 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
                 let hdr: [u8; 2] = load(ctx, off)?;
                 let len = (hdr[1] as usize + 1) << 3;
                 if off + len > end {
-                    return Err(Skip::Malformed("IPv6 extension header length"));
+                    return Err(Skip::Malformed(Why::V6ExtLength));
                 }
                 nh = hdr[0];
                 off += len;
             }
             44 => {
                 if off + 8 > end {
-                    return Err(Skip::Malformed("IPv6 fragment header length"));
+                    return Err(Skip::Malformed(Why::V6FragLength));
                 }
                 let hdr: [u8; 4] = load(ctx, off)?;
                 if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {
@@ -212,17 +264,19 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
             _ => return Err(Skip::NotJudged),
         }
     }
-    Err(Skip::Malformed("too many IPv6 extension headers"))
+    // Too many extension headers to walk.
+    Err(Skip::SourceOnly { v6: true, saddr })
 }
 
 #[inline(always)]
 fn parse_tcp(ctx: &XdpContext, l4: usize, end: usize) -> Result<Syn, Skip> {
     if l4 + 20 > end {
-        return Err(Skip::Malformed("TCP header truncated"));
+        return Err(Skip::Malformed(Why::TcpTruncated));
     }
     let h: [u8; 20] = load(ctx, l4)?;
     let flags = h[13];
-    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    // SYN|FIN and SYN|RST are invalid; a listener drops them (and a RST is never answered).
+    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN {
         return Err(Skip::NotJudged);
     }
     let dport = u16::from_be_bytes([h[2], h[3]]);
@@ -232,7 +286,7 @@ fn parse_tcp(ctx: &XdpContext, l4: usize, end: usize) -> Result<Syn, Skip> {
     }
     let doff = ((h[12] >> 4) as usize) << 2;
     if doff < 20 || l4 + doff > end {
-        return Err(Skip::Malformed("TCP data offset"));
+        return Err(Skip::Malformed(Why::TcpDataOffset));
     }
     let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     let seg_len = (end - l4 - doff) as u32 + 1 + (flags & TCP_FIN) as u32;
@@ -265,12 +319,19 @@ pub fn prefilter_v1(ctx: XdpContext) -> u32 {
             list_id: 0,
         },
         Err(Skip::Malformed(why)) => {
-            debug!(&ctx, "not judged: {}", why);
+            debug!(&ctx, "not judged: {}", why.text());
             Outcome {
                 reason: reason::MALFORMED,
                 action: action::PASS,
                 list_id: 0,
             }
+        }
+        Err(Skip::SourceOnly { v6, saddr }) => {
+            debug!(
+                &ctx,
+                "tiny fragment or long IPv6 header chain: judged by source only"
+            );
+            judge_source(v6, &saddr)
         }
     };
     // The one exit: every verdict is counted here. Per-CPU slots need no atomics because
@@ -317,12 +378,7 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
             list_id: 0,
         };
     };
-    let table = if syn.v6 {
-        let key = Key::new(128, syn.saddr);
-        PF_V6_LPM.get(&key).copied().unwrap_or(0)
-    } else {
-        v4_lookup(&syn.saddr)
-    };
+    let table = table_lookup(syn.v6, &syn.saddr);
     let mut out = if verdict::action(table) == action::ALLOW {
         Outcome {
             reason: reason::ALLOW,
@@ -330,7 +386,7 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
             list_id: verdict::list_id(table),
         }
     } else {
-        decide(cfg, syn, table)
+        decide(cfg, syn.v6, &syn.saddr, table, true)
     };
     if out.reason == reason::NO_MATCH {
         if cfg.flags & config::FLAG_FIRST_SEEN != 0 {
@@ -349,9 +405,45 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
 }
 
 #[inline(always)]
-fn addr_key(cfg: &Config, syn: &Syn) -> AddrKey {
-    let mut k = syn.saddr;
-    if syn.v6 && cfg.flags & config::FLAG_V6_FULL == 0 {
+fn table_lookup(v6: bool, saddr: &[u8; 16]) -> u16 {
+    if v6 {
+        let key = Key::new(128, *saddr);
+        PF_V6_LPM.get(&key).copied().unwrap_or(0)
+    } else {
+        v4_lookup(saddr)
+    }
+}
+
+/// The verdict for a frame we could not read to the TCP flags: what its source would get,
+/// except that a refusal is always a drop (no ports for a reset) and nothing is rate-limited.
+#[inline(always)]
+fn judge_source(v6: bool, saddr: &[u8; 16]) -> Outcome {
+    let table = table_lookup(v6, saddr);
+    let mut out = match PF_CONFIG.get(0) {
+        Some(cfg) if verdict::action(table) != action::ALLOW => {
+            decide(cfg, v6, saddr, table, false)
+        }
+        _ => Outcome {
+            reason: reason::MALFORMED,
+            action: action::PASS,
+            list_id: 0,
+        },
+    };
+    match out.action {
+        action::DROP | action::RESET => out.action = action::DROP,
+        _ => {
+            out.reason = reason::MALFORMED;
+            out.action = action::PASS;
+            out.list_id = 0;
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn addr_key(cfg: &Config, v6: bool, saddr: &[u8; 16]) -> AddrKey {
+    let mut k = *saddr;
+    if v6 && cfg.flags & config::FLAG_V6_FULL == 0 {
         // One /64 is one subscriber: per-address state would be trivially evaded.
         k[8..].fill(0);
     }
@@ -359,13 +451,13 @@ fn addr_key(cfg: &Config, syn: &Syn) -> AddrKey {
 }
 
 #[inline(always)]
-fn decide(cfg: &Config, syn: &Syn, table: u16) -> Outcome {
-    let need_key = cfg.flags & config::FLAG_RATELIMIT != 0 || cfg.dyn_entries != 0;
-    if need_key {
-        let key = addr_key(cfg, syn);
+fn decide(cfg: &Config, v6: bool, saddr: &[u8; 16], table: u16, rate_limit: bool) -> Outcome {
+    let rate_limit = rate_limit && cfg.flags & config::FLAG_RATELIMIT != 0;
+    if rate_limit || cfg.dyn_entries != 0 {
+        let key = addr_key(cfg, v6, saddr);
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_boot_ns() };
-        if cfg.flags & config::FLAG_RATELIMIT != 0 && !take_token(cfg, &key, now) {
+        if rate_limit && !take_token(cfg, &key, now) {
             return Outcome {
                 reason: reason::RATELIMIT,
                 action: action::DROP,

@@ -106,6 +106,11 @@ pub enum Parsed {
         why: &'static str,
         or_not_judged: bool,
     },
+    /// Cannot be read to the TCP flags, yet the kernel would take it: an IPv4 first fragment
+    /// whose TCP header is cut (RFC 1858 tiny fragment), or an IPv6 header chain longer than
+    /// parsed. Judged by its source alone: a block or dynamic refusal drops it, anything else
+    /// passes (counted malformed).
+    SourceOnly { src: IpAddr, why: &'static str },
     /// A SYN to judge.
     Syn(Syn),
 }
@@ -183,7 +188,33 @@ fn parse_ipv4(frame: &[u8], l3: usize, judged: &dyn Fn(u16) -> bool) -> Parsed {
     }
     let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
-    parse_tcp(frame, l3, l3 + ihl, l3 + total, src, dst, judged)
+    let more_fragments = be16(ip, 6) & 0x2000 != 0;
+    match parse_tcp(frame, l3, l3 + ihl, l3 + total, src, dst, judged) {
+        // Reassembly would complete what we could not read.
+        Parsed::Malformed { why, .. } if more_fragments => {
+            first_fragment(frame, l3 + ihl, l3 + total, src, why, judged)
+        }
+        p => p,
+    }
+}
+
+/// A first fragment whose TCP header is cut or inconsistent: if the 20 fixed bytes are there
+/// and show it is not a SYN to a judged port, it is simply not judged; else by source only.
+fn first_fragment(
+    frame: &[u8],
+    l4: usize,
+    end: usize,
+    src: IpAddr,
+    why: &'static str,
+    judged: &dyn Fn(u16) -> bool,
+) -> Parsed {
+    if l4 + 20 <= end {
+        let t = &frame[l4..end];
+        if !syn_only(t[13]) || !judged(be16(t, 2)) {
+            return Parsed::NotJudged("first fragment, not a SYN to a judged port");
+        }
+    }
+    Parsed::SourceOnly { src, why }
 }
 
 fn parse_ipv6(frame: &[u8], l3: usize, judged: &dyn Fn(u16) -> bool) -> Parsed {
@@ -212,15 +243,6 @@ fn parse_ipv6(frame: &[u8], l3: usize, judged: &dyn Fn(u16) -> bool) -> Parsed {
             6 => return parse_tcp(frame, l3, off, end, src, dst, judged),
             0 | 43 | 60 | 44 => {
                 count += 1;
-                if count > MAX_V6_EXT_HEADERS {
-                    // One header too many; if it is a whole non-first fragment header,
-                    // "not judged" is as right as "more than parsed".
-                    let non_first = next == 44 && off + 8 <= end && be16(frame, off + 2) >> 3 != 0;
-                    return Parsed::Malformed {
-                        why: "more IPv6 extension headers than parsed",
-                        or_not_judged: non_first,
-                    };
-                }
                 // Both the 8-byte fragment header and the options headers are at least
                 // 8 bytes, their length byte among them.
                 if off + 8 > end {
@@ -239,10 +261,23 @@ fn parse_ipv6(frame: &[u8], l3: usize, judged: &dyn Fn(u16) -> bool) -> Parsed {
                 }
                 next = frame[off];
                 off += len;
+                if count == MAX_V6_EXT_HEADERS + 1 {
+                    // The kernel walks longer chains than we do.
+                    return Parsed::SourceOnly {
+                        src,
+                        why: "more IPv6 extension headers than parsed",
+                    };
+                }
             }
             _ => return Parsed::NotJudged("IPv6 not TCP"),
         }
     }
+}
+
+/// SYN alone among SYN, ACK, RST and FIN: SYN|FIN and SYN|RST are invalid and a listener
+/// drops them, so they are not judged (and never answered with a reset).
+fn syn_only(tcp_flags: u8) -> bool {
+    tcp_flags & (flags::SYN | flags::ACK | flags::RST | flags::FIN) == flags::SYN
 }
 
 fn parse_tcp(
@@ -260,7 +295,7 @@ fn parse_tcp(
     let t = &frame[l4..end];
     let tcp_flags = t[13];
     let dport = be16(t, 2);
-    let syn_only = tcp_flags & (flags::SYN | flags::ACK) == flags::SYN;
+    let syn_only = syn_only(tcp_flags);
     let not_for_us = !syn_only || !judged(dport);
     let doff = usize::from(t[12] >> 4) * 4;
     if doff < 20 || doff > t.len() {
@@ -510,6 +545,7 @@ impl Model {
                     why,
                 };
             }
+            Parsed::SourceOnly { src, why } => return self.by_source(src, now_ns, why),
             Parsed::Syn(s) => s,
         };
         let (table, addr) = match syn.src {
@@ -539,6 +575,54 @@ impl Model {
             return Decision::judged(reason::BLOCK, act, id, syn, "block prefix");
         }
         Decision::judged(reason::NO_MATCH, action::PASS, 0, syn, "no match")
+    }
+}
+
+impl Model {
+    /// The decision for a frame judged by its source alone: no rate limit, a refusal is a
+    /// drop, anything else passes as malformed.
+    fn by_source(&self, src: IpAddr, now_ns: u64, why: &'static str) -> Decision {
+        let (table, addr) = match src {
+            IpAddr::V4(a) => (&self.v4, u128::from(u32::from(a))),
+            IpAddr::V6(a) => (&self.v6, u128::from(a)),
+        };
+        let pass = Decision {
+            reason: reason::MALFORMED,
+            alt_reason: None,
+            action: action::PASS,
+            list_id: 0,
+            syn: None,
+            why,
+        };
+        if table.longest(addr, Kind::Allow).is_some() {
+            return pass;
+        }
+        let refused = |a: u8| a == action::DROP || a == action::RESET;
+        let key = self.key(src);
+        let (reason, act, id) = if let Some(d) = self.dynamic.get(&key)
+            && (d.expires_ns == 0 || now_ns < d.expires_ns)
+        {
+            (reason::DYNAMIC, d.action, d.list_id)
+        } else if let Some(r) = table.longest(addr, Kind::Block) {
+            (
+                reason::BLOCK,
+                verdict::action(r.verdict),
+                verdict::list_id(r.verdict),
+            )
+        } else {
+            return pass;
+        };
+        if !refused(act) {
+            return pass;
+        }
+        Decision {
+            reason,
+            alt_reason: None,
+            action: action::DROP,
+            list_id: id,
+            syn: None,
+            why,
+        }
     }
 }
 

@@ -392,12 +392,17 @@ fn encapsulations_flags_ports_fragments() {
             f.build(),
             BLOCK_RESET,
         ));
-        let f = with_flags(syn(reset, 25), flags::SYN | flags::FIN);
-        cases.push(case(
-            format!("{fam} SYN|FIN from a reset source: ack covers the FIN"),
-            f.build(),
-            BLOCK_RESET,
-        ));
+        // Invalid flag mixes: a listener drops them, and a RST is never answered.
+        for (name, fl) in [
+            ("SYN|FIN", flags::SYN | flags::FIN),
+            ("SYN|RST", flags::SYN | flags::RST),
+        ] {
+            cases.push(case(
+                format!("{fam} {name} from a reset source: not judged, no reset"),
+                with_flags(syn(reset, 25), fl).build(),
+                NOT_JUDGED,
+            ));
+        }
         let mut f = syn(reset, 25);
         f.seq = u32::MAX;
         cases.push(case(
@@ -459,18 +464,21 @@ fn encapsulations_flags_ports_fragments() {
         f.build(),
         BLOCK_RESET,
     ));
-    // A first fragment that ends inside the TCP header cannot be judged.
-    let mut f = syn(DROP4, 25);
-    f.frag = 0x2000;
-    let mut b = f.build();
-    b.truncate(14 + 20 + 12);
-    b[16..18].copy_from_slice(&32u16.to_be_bytes());
-    fix_v4_checksum(&mut b, 14);
-    cases.push(case(
-        "IPv4 first fragment ending inside the TCP header",
-        b,
-        MALFORMED,
-    ));
+    // A first fragment that ends inside the TCP header (RFC 1858 tiny fragment): the kernel
+    // would reassemble it into a SYN, so its source decides alone.
+    for (src, expected, who) in [(DROP4, BLOCK_DROP, "blocked"), (CLEAN4, MALFORMED, "clean")] {
+        let mut f = syn(src, 25);
+        f.frag = 0x2000;
+        let mut b = f.build();
+        b.truncate(14 + 20 + 12);
+        b[16..18].copy_from_slice(&32u16.to_be_bytes());
+        fix_v4_checksum(&mut b, 14);
+        cases.push(case(
+            format!("IPv4 first fragment ending inside the TCP header, {who} source"),
+            b,
+            expected,
+        ));
+    }
 
     // IPv6 fragments.
     for (ext, expected, name) in [
@@ -566,18 +574,21 @@ fn encapsulations_flags_ports_fragments() {
             MALFORMED,
         ));
     }
-    let mut f = syn(DROP6, 25);
-    f.ext = (0..=MAX_V6_EXT_HEADERS)
-        .map(|_| Ext::options(60, 0))
-        .collect();
-    cases.push(case(
-        format!(
-            "{} IPv6 extension headers (one more than parsed)",
-            MAX_V6_EXT_HEADERS + 1
-        ),
-        f.build(),
-        MALFORMED,
-    ));
+    // A longer IPv6 chain than parsed still reaches the kernel's TCP: judged by source.
+    for (src, expected, who) in [(DROP6, BLOCK_DROP, "blocked"), (CLEAN6, MALFORMED, "clean")] {
+        let mut f = syn(src, 25);
+        f.ext = (0..=MAX_V6_EXT_HEADERS)
+            .map(|_| Ext::options(60, 0))
+            .collect();
+        cases.push(case(
+            format!(
+                "{} IPv6 extension headers (one more than parsed), {who} source",
+                MAX_V6_EXT_HEADERS + 1
+            ),
+            f.build(),
+            expected,
+        ));
+    }
     run_table("encapsulations_flags_ports_fragments", &mut rig, &cases);
 }
 
