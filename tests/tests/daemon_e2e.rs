@@ -763,3 +763,65 @@ fn upgrade_with_another_abi_keeps_filtering() {
     );
     lab.assert_connects(&listener, CLEAN4.into(), "clean source after the upgrade");
 }
+
+/// `prefilter watch` streams each verdict as it happens: who, what, why.
+#[test]
+fn watch_streams_verdict_events() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let mut d = Daemon::prepare(&lab.mx, &lab.mx_if);
+    d.write_config(&d.config_text("sample_every = 1", ""));
+    d.start();
+    d.cli_ok(&["block", "add", "198.51.100.7", "--reason", "watch me"]);
+    let mut watch = std::process::Command::new(prefilter_tests::daemon::binary())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Give the stream a moment to subscribe, then make a verdict happen.
+    thread::sleep(Duration::from_millis(300));
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        SHORT_TIMEOUT,
+        "blocked, watched",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["source"] == "198.51.100.7" {
+            seen = Some(v);
+            break;
+        }
+    }
+    // Stop the watcher by its pid.
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+    let v = seen.expect("watch printed the blocked SYN within 5 s");
+    assert_eq!(v["kind"], "verdict", "{v}");
+    assert_eq!(v["action"], "drop", "{v}");
+    assert_eq!(v["reason"], "block", "{v}");
+    assert_eq!(v["list"], "cli", "{v}");
+    assert_eq!(v["port"], 25, "{v}");
+}
