@@ -163,7 +163,9 @@ impl State {
         op: impl FnOnce(&mut Store) -> Result<(Vec<Change>, Undo), store::StoreError>,
         persist: impl FnOnce(&mut Store) -> Result<(), store::StoreError>,
     ) -> Result<Vec<Change>, OpError> {
-        let (changes, undo) = op(&mut self.store)?;
+        let (mut changes, undo) = op(&mut self.store)?;
+        // Shortest prefixes first: the v4 table then writes each address range once.
+        changes.sort_unstable_by_key(|c| c.prefix.prefix_len());
         if let Err(e) = apply(&mut self.filter, &changes) {
             self.store.rollback(undo);
             return Err(e);
@@ -620,7 +622,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     st.runtime_config()?;
     // Fill the fresh tables completely before any link points at this program.
     let at = store::now();
-    let compiled = st.store.compiled(at);
+    let mut compiled = st.store.compiled(at);
+    compiled.sort_unstable_by_key(|c| c.prefix.prefix_len());
     apply(&mut st.filter, &compiled).map_err(|e| anyhow::anyhow!("filling the tables: {e}"))?;
     let n = st.load_config_lists().map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(

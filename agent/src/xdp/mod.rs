@@ -128,6 +128,8 @@ pub struct Filter {
     pub v6: V6Table,
     config: Config,
     dynamic: HashMap<MapData, AddrKey, DynVerdict>,
+    /// The judged ports as last written; None while unknown (maps adopted from pins).
+    ports: Option<Vec<u16>>,
     /// Whether the maps were adopted from pins rather than created.
     pub adopted: bool,
 }
@@ -188,6 +190,8 @@ impl Filter {
             v6,
             config: Config::default(),
             dynamic,
+            // Fresh maps are zeroed: no port judged yet.
+            ports: (!adopted).then(Vec::new),
             adopted,
         };
         filter.config = filter.read_config()?;
@@ -338,17 +342,24 @@ impl Filter {
 
     /// Sets the judged destination ports to exactly `list`.
     pub fn set_ports(&mut self, list: &[u16]) -> Result<(), FilterError> {
+        let known = self.ports.take();
         let mut arr = self.array::<u8>(ports::MAP)?;
         let err = |source| FilterError::Map {
             name: ports::MAP,
             source,
         };
-        for p in 0..ports::ENTRIES {
-            let want = u8::from(list.contains(&(p as u16)));
-            if arr.get(&p, 0).map_err(err)? != want {
-                arr.set(p, want, 0).map_err(err)?;
+        // Only the difference when we know what is there; every slot after adopting maps.
+        let touch: Vec<u16> = match &known {
+            Some(old) => old.iter().chain(list).copied().collect(),
+            None => (0..=u16::MAX).collect(),
+        };
+        for p in touch {
+            let want = u8::from(list.contains(&p));
+            if arr.get(&u32::from(p), 0).map_err(err)? != want {
+                arr.set(u32::from(p), want, 0).map_err(err)?;
             }
         }
+        self.ports = Some(list.to_vec());
         Ok(())
     }
 

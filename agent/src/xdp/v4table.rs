@@ -159,20 +159,37 @@ impl V4Table {
         } else {
             v
         };
-        let existed = self
-            .rules
-            .get(&(addr, len))
-            .is_some_and(|r| r.get(kind).is_some());
-        if !existed && len > 24 {
+        // A long prefix needs its /24's group; getting it first keeps a full table from
+        // leaving a rule half-recorded.
+        if len > 24 {
             self.ensure_group(addr >> 8)?;
-            let g = self.t24()[(addr >> 8) as usize].load(Ordering::Relaxed) & v4::GROUP_MASK;
-            self.long_rules[g as usize] += 1;
         }
-        *self.rules.entry((addr, len)).or_default().slot(kind) = Some(v);
-        if !existed {
+        let prev = self
+            .rules
+            .entry((addr, len))
+            .or_default()
+            .slot(kind)
+            .replace(v);
+        if prev.is_none() {
             self.counts[kind as usize] += 1;
+            if len > 24 {
+                let g = self.t24()[(addr >> 8) as usize].load(Ordering::Relaxed) & v4::GROUP_MASK;
+                self.long_rules[g as usize] += 1;
+            }
         }
         self.write(addr, len, prio(len, kind), v, |old, p| old <= p);
+        Ok(())
+    }
+
+    /// Sets many rules, shortest prefixes first: a short prefix written before the groups
+    /// inside it exist is written once per /24 instead of once per address, and each group
+    /// then starts from the right leaf. Same result as setting them one by one, in any order.
+    /// Stops at the first error; the rules before it stay set.
+    pub fn set_batch(&mut self, mut rules: Vec<(u32, u8, Kind, u16)>) -> Result<(), V4Error> {
+        rules.sort_unstable_by_key(|&(_, len, ..)| len);
+        for (a, l, k, v) in rules {
+            self.set(a, l, k, v)?;
+        }
         Ok(())
     }
 

@@ -225,9 +225,8 @@ fn bench_size(n: usize, floor1: f64) -> Sized {
     let filter_load = t.elapsed();
 
     let t = Instant::now();
-    for &(a, l) in &v4 {
-        f.v4.set(a, l, Kind::Block, drop).expect("v4 prefix");
-    }
+    f.v4.set_batch(v4.iter().map(|&(a, l)| (a, l, Kind::Block, drop)).collect())
+        .expect("v4 prefixes");
     f.v4.set(u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop)
         .unwrap();
     f.v4.set(u32::from(LONG4) & mask4(26), 26, Kind::Block, drop)
