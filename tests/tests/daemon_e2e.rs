@@ -825,3 +825,56 @@ fn watch_streams_verdict_events() {
     assert_eq!(v["list"], "cli", "{v}");
     assert_eq!(v["port"], 25, "{v}");
 }
+
+/// SIGTERM leaves the filter in force and `status` says so; `detach` through the running
+/// daemon removes it from the interface.
+#[test]
+fn stop_leaves_filter_and_detach_removes_it() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    d.cli_ok(&["block", "add", "198.51.100.7"]);
+    let pin_dir = d.bpffs.join("prefilter");
+    let pin_arg = pin_dir.to_str().unwrap().to_owned();
+
+    d.terminate();
+    let down = d.cli(&["status", "--pin-dir", &pin_arg]);
+    assert_ne!(down.code, 0);
+    assert!(
+        down.stderr.contains("daemon is not running")
+            && down
+                .stderr
+                .contains(&format!("still attached to {}", lab.mx_if)),
+        "status with the daemon stopped: {}",
+        down.both()
+    );
+    lab.assert_dropped(&listener, BLOCKED4.into(), SHORT_TIMEOUT, "daemon stopped");
+
+    d.start();
+    let bad = d.cli(&["detach", "--iface", "nosuch0"]);
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.stderr.contains("not attached to nosuch0"),
+        "{}",
+        bad.both()
+    );
+    assert!(xdp_attached(&lab), "a refused detach changed nothing");
+
+    let out = d.cli_ok(&["detach"]);
+    assert!(out.contains(&lab.mx_if), "{out}");
+    assert!(
+        !xdp_attached(&lab),
+        "detach left the program on the interface"
+    );
+    assert!(
+        !pin_dir.join(format!("link_{}", lab.mx_if)).exists(),
+        "detach left the pinned link"
+    );
+    assert_eq!(interfaces(&d.status()), Vec::<(String, String)>::new());
+    lab.assert_connects(&listener, BLOCKED4.into(), "filter detached");
+    // The entries are still in the store for the next attach.
+    assert_eq!(d.block_list().as_array().unwrap().len(), 1);
+}

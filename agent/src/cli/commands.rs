@@ -17,7 +17,8 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Block(c) => block(&cli.socket, c),
         Command::Allow(c) => allow(&cli.socket, c),
         Command::Check(a) => check(&cli.socket, &a.ip, a.json),
-        Command::Status(a) => status(&cli.socket, a.json, a.verify),
+        Command::Status(a) => status(&cli.socket, a.json, a.verify)
+            .map_err(|e| still_attached(e, &a.pin_dir)),
         Command::Watch(a) => watch(&cli.socket, a.json),
         Command::Reload => client::json(&cli.socket, "POST", "/v1/reload", &json!({})).map(|v| {
             println!("config reloaded ({} table changes)", v["table_changes"]);
@@ -430,6 +431,44 @@ fn watch(socket: &Path, json_out: bool) -> Result<(), CliError> {
     })
 }
 
+/// Interfaces with a pinned filter link in `pin_dir`.
+fn pinned_links(pin_dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("link_").map(|i| (i.to_owned(), e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// With the daemon down, says whether its filter is still in force (SIGTERM leaves it).
+fn still_attached(e: CliError, pin_dir: &Path) -> CliError {
+    if e.code != 3 {
+        return e;
+    }
+    let links = pinned_links(pin_dir);
+    if links.is_empty() {
+        return e;
+    }
+    let ifs: Vec<&str> = links.iter().map(|(i, _)| i.as_str()).collect();
+    CliError {
+        message: format!(
+            "{}
+the XDP filter is still attached to {} (pinned in {}): SYNs are judged with the tables as the daemon left them; `prefilter detach` removes it",
+            e.message,
+            ifs.join(", "),
+            pin_dir.display()
+        ),
+        code: e.code,
+    }
+}
+
 fn detach(socket: &Path, iface: Option<&str>, pin_dir: &Path) -> Result<(), CliError> {
     let target = match iface {
         Some(i) => format!("/v1/detach?iface={}", encode(i)),
@@ -456,25 +495,14 @@ fn detach(socket: &Path, iface: Option<&str>, pin_dir: &Path) -> Result<(), CliE
         // Without a daemon the pinned links are still there: remove them directly.
         Err(e) if e.code == 3 => {
             let mut done = Vec::new();
-            let entries = std::fs::read_dir(pin_dir).map_err(|err| {
-                CliError::new(format!(
-                    "{}; and no pinned filter at {}: {err}",
-                    e.message,
-                    pin_dir.display()
-                ))
-            })?;
-            for ent in entries.flatten() {
-                let name = ent.file_name().to_string_lossy().into_owned();
-                let Some(ifname) = name.strip_prefix("link_") else {
-                    continue;
-                };
+            for (ifname, path) in pinned_links(pin_dir) {
                 if iface.is_some_and(|i| i != ifname) {
                     continue;
                 }
-                crate::xdp::detach_pinned(&ent.path()).map_err(|err| {
-                    CliError::new(format!("removing {}: {err}", ent.path().display()))
+                crate::xdp::detach_pinned(&path).map_err(|err| {
+                    CliError::new(format!("removing {}: {err}", path.display()))
                 })?;
-                done.push(ifname.to_owned());
+                done.push(ifname);
             }
             if done.is_empty() {
                 return Err(CliError::new(format!(

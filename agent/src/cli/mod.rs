@@ -12,6 +12,8 @@ pub use self::commands::execute;
 
 /// Default control socket, as in deploy/prefilter.service.
 pub const DEFAULT_SOCKET: &str = "/run/prefilter/control.sock";
+/// Where the daemon pins maps and links with the default `bpffs`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/prefilter";
 /// Default config file.
 pub const DEFAULT_CONFIG: &str = "/etc/prefilter/prefilter.toml";
 
@@ -82,6 +84,9 @@ pub struct StatusArgs {
     /// Also prove the kernel tables hold exactly the store's entries (reads every entry).
     #[arg(long)]
     pub verify: bool,
+    /// Pin directory to look at when the daemon is not running.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,7 +195,7 @@ pub struct DetachArgs {
     #[arg(long)]
     pub iface: Option<String>,
     /// Pin directory to clean up when the daemon is not running.
-    #[arg(long, default_value = "/sys/fs/bpf/prefilter")]
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 }
 
