@@ -17,8 +17,9 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Block(c) => block(&cli.socket, c),
         Command::Allow(c) => allow(&cli.socket, c),
         Command::Check(a) => check(&cli.socket, &a.ip, a.json),
-        Command::Status(a) => status(&cli.socket, a.json, a.verify)
-            .map_err(|e| still_attached(e, &a.pin_dir)),
+        Command::Status(a) => {
+            status(&cli.socket, a.json, a.verify).map_err(|e| still_attached(e, &a.pin_dir))
+        }
         Command::Watch(a) => watch(&cli.socket, a.json),
         Command::Reload => client::json(&cli.socket, "POST", "/v1/reload", &json!({})).map(|v| {
             println!("config reloaded ({} table changes)", v["table_changes"]);
@@ -499,9 +500,8 @@ fn detach(socket: &Path, iface: Option<&str>, pin_dir: &Path) -> Result<(), CliE
                 if iface.is_some_and(|i| i != ifname) {
                     continue;
                 }
-                crate::xdp::detach_pinned(&path).map_err(|err| {
-                    CliError::new(format!("removing {}: {err}", path.display()))
-                })?;
+                crate::xdp::detach_pinned(&path)
+                    .map_err(|err| CliError::new(format!("removing {}: {err}", path.display())))?;
                 done.push(ifname);
             }
             if done.is_empty() {
