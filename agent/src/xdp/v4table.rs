@@ -131,23 +131,6 @@ impl V4Table {
         (self.next_group - self.free.len() as u32, self.groups)
     }
 
-    /// Empties the kernel table and the bookkeeping (used when adopting maps of unknown content).
-    pub fn clear(&mut self) {
-        for e in self.t24() {
-            e.store(0, Ordering::Relaxed);
-        }
-        for e in self.t8() {
-            e.store(0, Ordering::Relaxed);
-        }
-        self.prio24.fill(0);
-        self.prio8.fill(0);
-        self.long_rules.fill(0);
-        self.free.clear();
-        self.next_group = 0;
-        self.rules.clear();
-        self.counts = [0; 2];
-    }
-
     /// Sets (adds or changes) the rule `addr/len` of `kind` with the packed verdict `v`.
     pub fn set(&mut self, addr: u32, len: u8, kind: Kind, v: u16) -> Result<(), V4Error> {
         if len > 32 {
