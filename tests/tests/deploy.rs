@@ -71,3 +71,30 @@ fn example_config_is_accepted_by_the_daemon() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Every metric the dashboard and the alert rules query is one the daemon exports.
+#[test]
+fn dashboard_and_rules_use_exported_metrics() {
+    let exported = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/src/daemon/metrics.rs"),
+    )
+    .unwrap();
+    let dash = std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dash).expect("the dashboard is JSON");
+    let rules = std::fs::read_to_string(deploy("prometheus-rules.yml")).unwrap();
+    let mut used = 0;
+    for text in [&dash, &rules] {
+        for (i, _) in text.match_indices("prefilter_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used += 1;
+            assert!(
+                exported.contains(&format!("\"{name}")) || exported.contains(&format!("{name}{{")),
+                "{name} is queried but not exported"
+            );
+        }
+    }
+    assert!(used > 5, "found only {used} metric references");
+}
