@@ -878,3 +878,81 @@ fn stop_leaves_filter_and_detach_removes_it() {
     // The entries are still in the store for the next attach.
     assert_eq!(d.block_list().as_array().unwrap().len(), 1);
 }
+
+/// With `log_level = "debug"` the program's aya-log diagnostics reach the daemon's log:
+/// a frame it could not parse is passed and the reason is logged.
+#[test]
+fn xdp_diagnostics_reach_the_daemon_log() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let mut d = Daemon::prepare(&lab.mx, &lab.mx_if);
+    d.write_config(&d.config_text("log_level = \"debug\"", ""));
+    d.start();
+    let mac = |ns: &prefilter_tests::netns::Netns, ifc: &str| -> [u8; 6] {
+        let out = ns.exec("cat", &[&format!("/sys/class/net/{ifc}/address")]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut m = [0u8; 6];
+        for (i, b) in text.trim().split(':').enumerate() {
+            m[i] = u8::from_str_radix(b, 16).unwrap();
+        }
+        m
+    };
+    let (dst, src) = (mac(&lab.mx, &lab.mx_if), mac(&lab.client, &lab.client_if));
+    // A SYN whose IPv4 total length claims more than the frame holds.
+    let mut frame = prefilter_tests::packet::Frame::syn(
+        "192.0.2.2".parse().unwrap(),
+        "192.0.2.1".parse().unwrap(),
+        25,
+    );
+    frame.dst_mac = dst;
+    frame.src_mac = src;
+    let mut bytes = frame.build();
+    bytes[16..18].copy_from_slice(&1400u16.to_be_bytes());
+    let ifc = lab.client_if.clone();
+    prefilter_tests::daemon::in_netns(&lab.client.name, move || {
+        // SAFETY: plain socket calls on a descriptor we own; sockaddr_ll is zeroed and filled.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let name = std::ffi::CString::new(ifc).unwrap();
+            let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+            sa.sll_family = libc::AF_PACKET as u16;
+            sa.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            sa.sll_halen = 6;
+            sa.sll_addr[..6].copy_from_slice(&dst);
+            let n = libc::sendto(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            libc::close(fd);
+            assert_eq!(
+                n as usize,
+                bytes.len(),
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    });
+    let logged = poll(Duration::from_secs(5), || {
+        d.log()
+            .contains("not judged: IPv4 total length")
+            .then_some(())
+    });
+    assert!(
+        logged.is_some(),
+        "counters {}\ndaemon log:\n{}",
+        d.status()["counters"],
+        d.log()
+    );
+    assert!(counter(&d.status(), "malformed", "pass") >= 1);
+}

@@ -36,8 +36,16 @@ pub fn execute(cli: Cli) -> i32 {
 }
 
 fn run_daemon(config: &Path, fmt: LogFormat) -> i32 {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The XDP program's records (target prefilter_xdp) are already filtered by
+    // `[xdp] log_level`: let them through unless RUST_LOG says otherwise about them.
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("prefilter_xdp") {
+        spec
+    } else {
+        format!("{spec},prefilter_xdp=trace")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,prefilter_xdp=trace"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

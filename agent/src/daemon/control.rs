@@ -28,7 +28,12 @@ use crate::{
 };
 
 /// Binds the socket: a stale socket file from a crashed daemon is removed first.
-pub async fn serve(d: Daemon, path: PathBuf, group: String, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    d: Daemon,
+    path: PathBuf,
+    group: Option<String>,
+    mut stop: watch::Receiver<bool>,
+) {
     if let Some(dir) = path.parent()
         && let Err(e) = std::fs::create_dir_all(dir)
     {
@@ -43,7 +48,7 @@ pub async fn serve(d: Daemon, path: PathBuf, group: String, mut stop: watch::Rec
             return;
         }
     };
-    secure(&path, &group);
+    secure(&path, group.as_deref());
     info!(path = %path.display(), "control socket listening");
     loop {
         tokio::select! {
@@ -60,8 +65,11 @@ pub async fn serve(d: Daemon, path: PathBuf, group: String, mut stop: watch::Rec
 }
 
 /// chmod 0660 and chgrp to `group`; without the group only root can use the socket.
-fn secure(path: &std::path::Path, group: &str) {
+fn secure(path: &std::path::Path, group: Option<&str>) {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
+    let Some(group) = group else {
+        return;
+    };
     let Ok(g) = CString::new(group) else { return };
     // SAFETY: getgrnam with a valid C string; the result is read at once.
     let gr = unsafe { libc::getgrnam(g.as_ptr()) };

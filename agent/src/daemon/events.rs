@@ -104,6 +104,31 @@ pub async fn read(d: Daemon, ring: RingBuf<MapData>, mut stop: watch::Receiver<b
     }
 }
 
+/// Forwards the XDP program's aya-log records to the daemon's log as they arrive.
+pub async fn forward_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd owns it.
+    let mut fd = match unsafe { AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("XDP program log reader: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            g = fd.readable_mut() => {
+                let Ok(mut g) = g else { return };
+                g.get_inner_mut().flush();
+                g.clear_ready();
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Streams events as JSON lines to one `watch` client until it goes away.
 pub async fn stream<W: AsyncWrite + Unpin>(d: Daemon, w: &mut W) {
     let mut rx = d.events.subscribe();

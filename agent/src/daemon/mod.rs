@@ -635,6 +635,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         attach_one(&mut st, &iface)?;
     }
     let events_ring = st.filter.take_events()?;
+    let xdp_logger = if st.settings.log_level > 0 {
+        st.filter.logger()
+    } else {
+        None
+    };
     let socket = st.settings.socket.clone();
     let group = st.settings.socket_group.clone();
     let metrics_addr = st.settings.metrics;
@@ -668,6 +673,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         events_ring,
         stop_rx.clone(),
     )));
+    if let Some(l) = xdp_logger {
+        tasks.push(tokio::spawn(events::forward_logs(l, stop_rx.clone())));
+    }
     tasks.push(tokio::spawn(expiry_loop(d.clone(), stop_rx.clone())));
 
     use tokio::signal::unix::{SignalKind, signal};

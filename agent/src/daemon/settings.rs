@@ -28,7 +28,8 @@ pub struct ListSpec {
 pub struct Settings {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    pub socket_group: String,
+    /// Group allowed on the control socket; None = root only.
+    pub socket_group: Option<String>,
     /// bpffs mount point; pins go to `{bpffs}/prefilter`.
     pub bpffs: PathBuf,
     pub interfaces: Vec<String>,
@@ -82,7 +83,7 @@ impl From<Config> for Settings {
         Self {
             state_dir: c.daemon.state_dir,
             socket: c.daemon.socket,
-            socket_group: c.daemon.socket_group.unwrap_or_else(|| "prefilter".into()),
+            socket_group: c.daemon.socket_group,
             bpffs: c.daemon.bpffs,
             interfaces: c.xdp.interfaces.clone(),
             mode: match c.xdp.mode {

@@ -167,6 +167,7 @@ impl Filter {
         let mut adopted = false;
         if let Some(dir) = &opts.pin_dir {
             adopted = check_pins(dir)?;
+            resize_dynamic(dir, opts.dynamic_entries);
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -447,6 +448,18 @@ impl Filter {
             .collect())
     }
 
+    /// A reader of the program's aya-log records (forwarded to the `log` facade), when the
+    /// program was loaded with logging on; without a reader its log ring fills and stops.
+    pub fn logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("XDP program logs unavailable: {e}");
+                None
+            }
+        }
+    }
+
     /// Takes the event ring buffer (once) for a reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, FilterError> {
         take(&mut self.ebpf, prefilter_common::events::MAP)
@@ -479,6 +492,24 @@ pub fn remove_map_pins(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A pinned map keeps the size it was created with; when `[limits] dynamic_entries` changed,
+/// the pinned dynamic map is let go so the new size applies. Its verdicts are learned again.
+fn resize_dynamic(dir: &Path, wanted: u32) {
+    let path = dir.join(dynamic::MAP);
+    let Ok(data) = MapData::from_pin(&path) else {
+        return;
+    };
+    if let Ok(info) = data.info()
+        && info.max_entries() != wanted
+    {
+        log::warn!(
+            "dynamic verdict map holds {} entries, the config asks for {wanted}: replacing it",
+            info.max_entries()
+        );
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// Whether `dir` already holds our pinned maps; errors if they are of another ABI.
