@@ -111,6 +111,30 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// A TCP connect from `src` (bound first) to the MX's port 25 (192.0.2.1 or 2001:db8::1),
+/// made from inside namespace `netns`. Returns the local address or the error, and how
+/// long the connect took.
+pub fn connect_from(
+    netns: &str,
+    src: IpAddr,
+    timeout: Duration,
+) -> (io::Result<SocketAddr>, Duration) {
+    let dst = Lab::smtp_of(src);
+    in_netns(netns, || {
+        let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
+            .expect("socket");
+        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+            .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+        let start = Instant::now();
+        let r = sock.connect_timeout(&dst.into(), timeout).and_then(|()| {
+            sock.local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("local address is not IP"))
+        });
+        (r, start.elapsed())
+    })
+}
+
 /// What a finished command left behind.
 #[derive(Debug)]
 pub struct CmdOutput {
@@ -619,20 +643,7 @@ impl Lab {
     /// A TCP connect from `src` to the MX's port 25, from inside the client namespace.
     /// Returns the client's local address or the error, and how long the connect took.
     pub fn connect(&self, src: IpAddr, timeout: Duration) -> (io::Result<SocketAddr>, Duration) {
-        let dst = Self::smtp_of(src);
-        in_netns(&self.client.name, || {
-            let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
-                .expect("socket");
-            sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-                .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-            let start = Instant::now();
-            let r = sock.connect_timeout(&dst.into(), timeout).and_then(|()| {
-                sock.local_addr()?
-                    .as_socket()
-                    .ok_or_else(|| io::Error::other("local address is not IP"))
-            });
-            (r, start.elapsed())
-        })
+        connect_from(&self.client.name, src, timeout)
     }
 
     /// A connect from `src` that must time out after `timeout` (its SYNs dropped) without

@@ -10,14 +10,9 @@
 use std::{
     collections::HashMap,
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::OwnedFd,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc::{self, Receiver},
-    },
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -25,13 +20,11 @@ use aya::programs::XdpMode;
 use prefilter::xdp::{Filter, Options, v4table::Kind};
 use prefilter_common::{action, counters, reason, verdict};
 use prefilter_tests::{
+    daemon::{Listener, connect_from},
     is_root,
     netns::{Netns, veth},
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-const MX4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const MX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// Clean sources.
 const CLEAN4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const CLEAN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
@@ -116,98 +109,6 @@ impl Lab {
     }
 }
 
-/// A plain TCP listener on port 25 of the MX, v4 and v6, reporting each accepted peer.
-struct Server {
-    stop: Arc<AtomicBool>,
-    peers: Receiver<SocketAddr>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(mx: &Netns) -> Self {
-        let (l4, l6) = {
-            let _in_mx = mx.enter();
-            (
-                TcpListener::bind((MX4, 25)).expect("bind 192.0.2.1:25"),
-                TcpListener::bind((MX6, 25)).expect("bind [2001:db8::1]:25"),
-            )
-        };
-        for l in [&l4, &l6] {
-            l.set_nonblocking(true).expect("nonblocking listener");
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, peers) = mpsc::channel();
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            // Bounded: the test stops it long before, and it gives up on its own after 2 min.
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let mut idle = true;
-                for l in [&l4, &l6] {
-                    match l.accept() {
-                        Ok((_stream, peer)) => {
-                            idle = false;
-                            let _ = tx.send(peer);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => panic!("accept: {e}"),
-                    }
-                }
-                if idle {
-                    thread::sleep(Duration::from_millis(5));
-                }
-            }
-        });
-        Self {
-            stop,
-            peers,
-            thread: Some(thread),
-        }
-    }
-
-    /// The next accepted peer, if one comes within `wait`.
-    fn accepted(&self, wait: Duration) -> Option<SocketAddr> {
-        self.peers.recv_timeout(wait).ok()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A connect from `src` (bound before connecting) to the MX's port 25, made by a thread
-/// inside the client namespace. Returns the client's local address or the error, and how
-/// long the connect took.
-fn connect(client: &Netns, src: IpAddr, timeout: Duration) -> (io::Result<SocketAddr>, Duration) {
-    let dst: SocketAddr = match src {
-        IpAddr::V4(_) => (MX4, 25).into(),
-        IpAddr::V6(_) => (MX6, 25).into(),
-    };
-    thread::scope(|s| {
-        s.spawn(|| {
-            let _in_client = client.enter();
-            let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
-                .expect("socket");
-            sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-                .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-            let start = Instant::now();
-            let r = sock.connect_timeout(&dst.into(), timeout).and_then(|()| {
-                sock.local_addr()?
-                    .as_socket()
-                    .ok_or_else(|| io::Error::other("local address is not IP"))
-            });
-            (r, start.elapsed())
-        })
-        .join()
-        .expect("client thread")
-    })
-}
-
 /// SYNs the client's kernel sent: active opens (one first SYN each) plus SYN retransmissions.
 fn syns_sent(stats: &HashMap<String, u64>) -> u64 {
     stats["Tcp.ActiveOpens"] + stats["TcpExt.TCPSynRetrans"]
@@ -288,13 +189,13 @@ fn load_and_attach(lab: &Lab) -> Filter {
 
 /// A dropped SYN: the connect times out, and every SYN the client sent (the first and its
 /// retransmissions) is counted as (block, drop) and on the rule's list.
-fn expect_dropped(f: &Filter, lab: &Lab, server: &Server, src: IpAddr, list: u16) {
+fn expect_dropped(f: &Filter, lab: &Lab, listener: &Listener, src: IpAddr, list: u16) {
     let (c0, n0, h0) = (
         f.counters().unwrap(),
         lab.client.netstat(),
         list_hits(f, list),
     );
-    let (r, took) = connect(&lab.client, src, CONNECT_TIMEOUT);
+    let (r, took) = connect_from(&lab.client.name, src, CONNECT_TIMEOUT);
     let err = r.expect_err(&format!("connect from {src} must not complete"));
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{src}: {err}");
     // (poll() rounds the timeout to milliseconds: it may wake a hair early.)
@@ -311,21 +212,17 @@ fn expect_dropped(f: &Filter, lab: &Lab, server: &Server, src: IpAddr, list: u16
         "{src}: SYNs counted as (block, drop) vs SYNs sent"
     );
     assert_eq!(list_hits(f, list) - h0, sent, "{src}: hits of list {list}");
-    assert_eq!(
-        server.accepted(Duration::ZERO),
-        None,
-        "{src} reached the server"
-    );
+    assert!(!listener.saw(src), "{src} reached the server");
 }
 
 /// A reset SYN: the connect is refused at once, one SYN counted as (block, reset).
-fn expect_refused(f: &Filter, lab: &Lab, server: &Server, src: IpAddr, list: u16) {
+fn expect_refused(f: &Filter, lab: &Lab, listener: &Listener, src: IpAddr, list: u16) {
     let (c0, n0, h0) = (
         f.counters().unwrap(),
         lab.client.netstat(),
         list_hits(f, list),
     );
-    let (r, took) = connect(&lab.client, src, CONNECT_TIMEOUT);
+    let (r, took) = connect_from(&lab.client.name, src, CONNECT_TIMEOUT);
     let err = r.expect_err(&format!("connect from {src} must be refused"));
     assert_eq!(
         err.kind(),
@@ -347,23 +244,22 @@ fn expect_refused(f: &Filter, lab: &Lab, server: &Server, src: IpAddr, list: u16
         "{src}: (block, reset)"
     );
     assert_eq!(list_hits(f, list) - h0, 1, "{src}: hits of list {list}");
-    assert_eq!(
-        server.accepted(Duration::ZERO),
-        None,
-        "{src} reached the server"
-    );
+    assert!(!listener.saw(src), "{src} reached the server");
 }
 
 /// A clean SYN: the connect completes, the server sees the client's own address and port,
 /// and the SYN is counted as (no match, pass).
-fn expect_clean(f: Option<&Filter>, lab: &Lab, server: &Server, src: IpAddr) {
+fn expect_clean(f: Option<&Filter>, lab: &Lab, listener: &Listener, src: IpAddr) {
     let c0 = f.map(|f| f.counters().unwrap());
     let n0 = lab.client.netstat();
-    let (r, took) = connect(&lab.client, src, CONNECT_TIMEOUT);
+    let (r, took) = connect_from(&lab.client.name, src, CONNECT_TIMEOUT);
     let local = r.unwrap_or_else(|e| panic!("connect from {src}: {e} after {took:?}"));
     assert_eq!(local.ip(), src);
-    let peer = server.accepted(Duration::from_secs(2));
-    assert_eq!(peer, Some(local), "the server must see the real client");
+    assert!(
+        listener.wait_for(local, Duration::from_secs(2)),
+        "the server must see the real client {local}: {:?}",
+        listener.peers()
+    );
     if let (Some(f), Some(c0)) = (f, c0) {
         let sent = syns_sent(&lab.client.netstat()) - syns_sent(&n0);
         assert!(sent >= 1);
@@ -386,18 +282,18 @@ fn native_xdp_on_veth_drops_resets_and_passes_real_connects() {
     // with this thread inside the MX namespace.
     let _in_mx = lab.mx.enter();
     let f = load_and_attach(&lab);
-    let server = Server::start(&lab.mx);
+    let listener = Listener::start(&lab.mx);
     let start = f.counters().unwrap();
 
-    expect_clean(Some(&f), &lab, &server, CLEAN4.into());
-    expect_dropped(&f, &lab, &server, DROP4.into(), LIST_DROP4);
-    expect_refused(&f, &lab, &server, RESET4.into(), LIST_RESET4);
-    expect_clean(Some(&f), &lab, &server, CLEAN6.into());
-    expect_dropped(&f, &lab, &server, DROP6.into(), LIST_DROP6);
-    expect_refused(&f, &lab, &server, RESET6.into(), LIST_RESET6);
+    expect_clean(Some(&f), &lab, &listener, CLEAN4.into());
+    expect_dropped(&f, &lab, &listener, DROP4.into(), LIST_DROP4);
+    expect_refused(&f, &lab, &listener, RESET4.into(), LIST_RESET4);
+    expect_clean(Some(&f), &lab, &listener, CLEAN6.into());
+    expect_dropped(&f, &lab, &listener, DROP6.into(), LIST_DROP6);
+    expect_refused(&f, &lab, &listener, RESET6.into(), LIST_RESET6);
     // A blocked source stays blocked, and a clean one clean, after the other verdicts.
-    expect_refused(&f, &lab, &server, RESET4.into(), LIST_RESET4);
-    expect_clean(Some(&f), &lab, &server, CLEAN4.into());
+    expect_refused(&f, &lab, &listener, RESET4.into(), LIST_RESET4);
+    expect_clean(Some(&f), &lab, &listener, CLEAN4.into());
 
     let end = f.counters().unwrap();
     let delta = |r, a| count(&end, r, a) - count(&start, r, a);
@@ -416,9 +312,10 @@ fn native_xdp_on_veth_drops_resets_and_passes_real_connects() {
     );
     assert_eq!(delta(reason::BLOCK, action::RESET), 3);
     assert_eq!(
-        server.accepted(Duration::ZERO),
-        None,
-        "no connection left unaccounted"
+        listener.peers().len(),
+        3,
+        "only the three clean connects reached the server: {:?}",
+        listener.peers()
     );
 }
 
@@ -431,9 +328,9 @@ fn detaching_restores_connectivity_from_a_blocked_source() {
     let lab = Lab::new();
     let _in_mx = lab.mx.enter();
     let f = load_and_attach(&lab);
-    let server = Server::start(&lab.mx);
-    expect_dropped(&f, &lab, &server, DROP4.into(), LIST_DROP4);
-    expect_refused(&f, &lab, &server, RESET6.into(), LIST_RESET6);
+    let listener = Listener::start(&lab.mx);
+    expect_dropped(&f, &lab, &listener, DROP4.into(), LIST_DROP4);
+    expect_refused(&f, &lab, &listener, RESET6.into(), LIST_RESET6);
 
     drop(f);
     assert_eq!(
@@ -442,6 +339,6 @@ fn detaching_restores_connectivity_from_a_blocked_source() {
         "dropping the filter must detach the program"
     );
     for src in [DROP4.into(), RESET4.into(), DROP6.into(), RESET6.into()] {
-        expect_clean(None, &lab, &server, src);
+        expect_clean(None, &lab, &listener, src);
     }
 }
