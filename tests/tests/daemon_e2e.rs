@@ -225,6 +225,26 @@ fn assert_tables_match_store(d: &Daemon) {
     assert!(x["addresses_checked"].as_u64().unwrap() > 0, "{x:#}");
 }
 
+/// Runs `during` while a sender fires SYNs from `src`: 20 before, 20 after, bounded.
+fn syns_around<T>(lab: &Lab, src: IpAddr, during: impl FnOnce() -> T) -> (Burst, T) {
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    thread::scope(|s| {
+        let sender = s.spawn(|| syn_sender(lab, src, &stop, &sent));
+        let wait_sent = |n: u64| {
+            poll(Duration::from_secs(5), || {
+                (sent.load(Ordering::Relaxed) >= n).then_some(())
+            })
+            .expect("the sender is sending");
+        };
+        wait_sent(20);
+        let r = during();
+        wait_sent(sent.load(Ordering::Relaxed) + 20);
+        stop.store(true, Ordering::Relaxed);
+        (sender.join().expect("sender"), r)
+    })
+}
+
 /// What the SYN sender saw.
 struct Burst {
     /// connect() calls, one SYN each.
@@ -308,25 +328,12 @@ fn restart_leaves_no_gap() {
     let dropped0 = counter(&d.status(), "block", "drop");
     let syns0 = syns_sent(&lab);
 
-    let stop = AtomicBool::new(false);
-    let sent = AtomicU64::new(0);
-    let (burst, t_term, t_ready, ready_in) = thread::scope(|s| {
-        let sender = s.spawn(|| syn_sender(&lab, BLOCKED4.into(), &stop, &sent));
-        let wait_sent = |n: u64| {
-            poll(Duration::from_secs(5), || {
-                (sent.load(Ordering::Relaxed) >= n).then_some(())
-            })
-            .expect("the sender is sending");
-        };
-        wait_sent(20);
+    let (burst, (t_term, t_ready, ready_in)) = syns_around(&lab, BLOCKED4.into(), || {
         let t_term = Instant::now();
         d.terminate();
         assert!(xdp_attached(&lab), "SIGTERM must leave the filter attached");
         let ready_in = d.start();
-        let t_ready = Instant::now();
-        wait_sent(sent.load(Ordering::Relaxed) + 20);
-        stop.store(true, Ordering::Relaxed);
-        (sender.join().expect("sender"), t_term, t_ready, ready_in)
+        (t_term, Instant::now(), ready_in)
     });
     let in_window = burst
         .times
@@ -702,17 +709,7 @@ fn upgrade_with_another_abi_keeps_filtering() {
     let listener = Listener::start(&lab.mx);
     let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
     d.cli_ok(&["block", "add", "198.51.100.7"]);
-    let stop = AtomicBool::new(false);
-    let sent = AtomicU64::new(0);
-    let burst = thread::scope(|s| {
-        let sender = s.spawn(|| syn_sender(&lab, BLOCKED4.into(), &stop, &sent));
-        let wait_sent = |n: u64| {
-            poll(Duration::from_secs(5), || {
-                (sent.load(Ordering::Relaxed) >= n).then_some(())
-            })
-            .expect("the sender is sending");
-        };
-        wait_sent(20);
+    let (burst, ()) = syns_around(&lab, BLOCKED4.into(), || {
         d.terminate();
         // Pretend an older agent of another map layout left its maps pinned.
         let pin = d
@@ -728,9 +725,6 @@ fn upgrade_with_another_abi_keeps_filtering() {
         cfg.set(0, c, 0).unwrap();
         drop(cfg);
         d.start();
-        wait_sent(sent.load(Ordering::Relaxed) + 20);
-        stop.store(true, Ordering::Relaxed);
-        sender.join().expect("sender")
     });
     assert!(
         d.log().contains("another version"),
