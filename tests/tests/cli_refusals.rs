@@ -517,3 +517,118 @@ fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
     lab.assert_dropped(&listener, RESET4.into(), SHORT_TIMEOUT, "list local back");
     lab.assert_connects(&listener, CLEAN4.into(), "clean source throughout");
 }
+
+/// One raw HTTP exchange on the control socket: (status code, body).
+fn raw_request(socket: &Path, head: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{head} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// Bad API bodies (what curl or a script might send) get a 4xx naming the problem; nothing
+/// changes and the daemon keeps serving.
+#[test]
+fn bad_api_requests_change_nothing() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    d.cli_ok(&["block", "add", "198.51.100.7"]);
+    let before = d.block_list();
+    struct Case {
+        head: &'static str,
+        body: &'static str,
+        status: u16,
+        says: &'static str,
+    }
+    let cases = [
+        Case {
+            head: "POST /v1/block",
+            body: "not json",
+            status: 400,
+            says: "bad request body",
+        },
+        Case {
+            head: "POST /v1/block",
+            body: r#"{"prefixes":["192.0.2.9"],"bogus":1}"#,
+            status: 400,
+            says: "bogus",
+        },
+        Case {
+            head: "POST /v1/block",
+            body: r#"{"prefixes":["192.0.2.9"],"action":"explode"}"#,
+            status: 400,
+            says: "explode",
+        },
+        Case {
+            head: "POST /v1/block",
+            body: r#"{"prefixes":["192.0.2.9","300.1.1.1"]}"#,
+            status: 400,
+            says: "300.1.1.1",
+        },
+        Case {
+            head: "POST /v1/block",
+            body: r#"{"prefixes":[]}"#,
+            status: 400,
+            says: "no prefix",
+        },
+        Case {
+            head: "POST /v1/block/delete",
+            body: r#"{"prefixes":"198.51.100.7"}"#,
+            status: 400,
+            says: "bad request body",
+        },
+        Case {
+            head: "GET /v1/check?ip=nonsense",
+            body: "",
+            status: 400,
+            says: "nonsense",
+        },
+        Case {
+            head: "POST /v1/block/import?list=../../etc",
+            body: "192.0.2.9\n",
+            status: 400,
+            says: "invalid list name",
+        },
+        Case {
+            head: "GET /v1/nothing",
+            body: "",
+            status: 404,
+            says: "no such endpoint",
+        },
+        Case {
+            head: "DELETE /v1/block",
+            body: "",
+            status: 405,
+            says: "not supported",
+        },
+    ];
+    for c in cases {
+        let (status, body) = raw_request(&d.socket, c.head, c.body.as_bytes());
+        assert_eq!(status, c.status, "{} {}: {body}", c.head, c.body);
+        assert!(body.contains(c.says), "{} {}: {body}", c.head, c.body);
+        let v: Value = serde_json::from_str(&body).expect("errors are JSON");
+        assert!(v["error"].is_string(), "{body}");
+    }
+    // A garbage request line is answered too.
+    let (status, _) = raw_request(&d.socket, "GARBAGE", b"");
+    assert!(status == 400 || status == 405 || status == 404, "{status}");
+    assert_eq!(d.block_list(), before, "nothing changed");
+    assert_eq!(d.status()["interfaces"].as_array().unwrap().len(), 1);
+}
