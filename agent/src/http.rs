@@ -31,8 +31,17 @@ pub enum HttpError {
     TooLarge,
 }
 
-/// Reads one request from `r`.
+/// How long a client may take to send its whole request; a stalled one is let go.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads one request from `r`, within [`READ_TIMEOUT`].
 pub async fn read_request<R: AsyncRead + Unpin>(r: R) -> Result<Request, HttpError> {
+    tokio::time::timeout(READ_TIMEOUT, read_request_inner(r))
+        .await
+        .unwrap_or(Err(HttpError::Bad("request not received in time")))
+}
+
+async fn read_request_inner<R: AsyncRead + Unpin>(r: R) -> Result<Request, HttpError> {
     let mut r = BufReader::new(r);
     let mut line = String::new();
     let mut head = 0usize;
