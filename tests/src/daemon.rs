@@ -231,6 +231,8 @@ pub struct Daemon {
     child: Option<Child>,
     starts: u32,
     mounted: bool,
+    /// Extra arguments for `prefilter run` (e.g. `--log-format json`).
+    pub run_args: Vec<String>,
 }
 
 impl Daemon {
@@ -258,6 +260,7 @@ impl Daemon {
             child: None,
             starts: 0,
             mounted: false,
+            run_args: Vec::new(),
         };
         fs::create_dir(&d.bpffs).expect("create the bpffs mount point");
         let out = run_bounded(
@@ -327,7 +330,8 @@ impl Daemon {
             .arg(binary())
             .arg("run")
             .arg("--config")
-            .arg(config);
+            .arg(config)
+            .args(&self.run_args);
         c
     }
 

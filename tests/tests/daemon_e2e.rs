@@ -21,8 +21,8 @@ use std::{
 
 use prefilter_tests::{
     daemon::{
-        BIG4, BLOCKED4, CLEAN4, CLEAN6, CONNECT_TIMEOUT, Daemon, Lab, Listener, RESET4, TTL4,
-        counter, in_netns, list_entries, poll, run_bounded,
+        BIG4, BLOCKED4, CLEAN4, CLEAN6, CONNECT_TIMEOUT, DEFAULT_XDP, Daemon, Lab, Listener,
+        RESET4, TTL4, counter, in_netns, list_entries, poll, run_bounded,
     },
     is_root,
 };
@@ -1058,4 +1058,50 @@ fn random_operations_keep_tables_equal_to_the_store() {
         assert_tables_match_store(&d);
         eprintln!("round {round}: {} entries, tables verified", model.len());
     }
+}
+
+/// `--log-format json`: every log line is a JSON object, and a verdict change is logged
+/// once with what, who and why.
+#[test]
+fn json_logs_name_who_and_why() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new();
+    let mut d = Daemon::prepare(&lab.mx, &lab.mx_if);
+    d.run_args = vec!["--log-format".into(), "json".into()];
+    d.write_config(&d.config_text(DEFAULT_XDP, ""));
+    d.start();
+    d.cli_ok(&[
+        "block",
+        "add",
+        "198.51.100.7",
+        "--reason",
+        "dictionary attack",
+    ]);
+    d.cli_ok(&["block", "del", "198.51.100.7"]);
+    let log = d.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let set: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["fields"]["message"] == "entry set")
+        .collect();
+    assert_eq!(set.len(), 1, "one line per change: {log}");
+    let f = &set[0]["fields"];
+    assert_eq!(f["prefix"], "198.51.100.7/32", "{f}");
+    assert_eq!(f["action"], "drop", "{f}");
+    assert_eq!(f["by"], "cli", "{f}");
+    assert_eq!(f["reason"], "dictionary attack", "{f}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|v| v["fields"]["message"] == "entry deleted")
+            .count(),
+        1,
+        "{log}"
+    );
 }

@@ -13,7 +13,7 @@ use crate::http::encode;
 /// Runs the parsed command line; returns the process exit status.
 pub fn execute(cli: Cli) -> i32 {
     let r = match cli.command {
-        Command::Run(args) => return run_daemon(&args.config, cli.log_format),
+        Command::Run(args) => return run_daemon(&args.config, args.log_format),
         Command::Block(c) => block(&cli.socket, c),
         Command::Allow(c) => allow(&cli.socket, c),
         Command::Check(a) => check(&cli.socket, &a.ip, a.json),

@@ -27,9 +27,6 @@ pub struct Cli {
     /// Control socket of the daemon.
     #[arg(long, global = true, env = "PREFILTER_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Log format of the daemon (text on a terminal, json for log collectors).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -67,6 +64,9 @@ pub struct RunArgs {
     /// Config file.
     #[arg(long, short, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// Log format: human-readable text, or JSON lines for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug)]
