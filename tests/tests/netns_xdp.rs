@@ -342,3 +342,34 @@ fn detaching_restores_connectivity_from_a_blocked_source() {
         expect_clean(None, &lab, &listener, src);
     }
 }
+
+/// Where the driver has no native XDP (loopback), attach falls back to skb mode, and a
+/// forced mode is used as given.
+#[test]
+fn attach_falls_back_to_skb_mode() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces, XDP)");
+        return;
+    }
+    let ns = Netns::new("pxs");
+    let _in = ns.enter();
+    let mode_shown = || {
+        let out = ns.ip(&["link", "show", "dev", "lo"]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.starts_with("xdp"))
+            .map(str::to_owned)
+    };
+    {
+        let mut f = Filter::load(&Options::default()).expect("load");
+        assert_eq!(f.attach("lo", None).expect("attach"), XdpMode::Skb);
+        assert_eq!(mode_shown().as_deref(), Some("xdpgeneric"));
+    }
+    assert_eq!(mode_shown(), None, "dropping the filter detaches it");
+    let mut f = Filter::load(&Options::default()).expect("load");
+    assert!(
+        f.attach("lo", Some(XdpMode::Driver)).is_err(),
+        "forced native mode on a device without it must fail, not fall back"
+    );
+    assert_eq!(mode_shown(), None);
+}
