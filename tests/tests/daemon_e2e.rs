@@ -698,6 +698,18 @@ fn import_one_million_prefixes() {
     lab.assert_connects(&listener, BIG4.into(), "no longer listed");
 }
 
+/// The pinned config map of daemon `d`.
+fn pinned_config(
+    d: &Daemon,
+) -> aya::maps::Array<aya::maps::MapData, prefilter_common::config::Config> {
+    let pin = d
+        .bpffs
+        .join("prefilter")
+        .join(prefilter_common::config::MAP);
+    let data = aya::maps::MapData::from_pin(&pin).expect("pinned config map");
+    aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap()
+}
+
 /// An upgrade: the pinned maps carry another ABI. The new agent must not reuse them, yet
 /// the filter must never lapse: fresh maps are filled, then the pinned link is switched.
 #[test]
@@ -712,13 +724,7 @@ fn upgrade_with_another_abi_keeps_filtering() {
     let (burst, ()) = syns_around(&lab, BLOCKED4.into(), || {
         d.terminate();
         // Pretend an older agent of another map layout left its maps pinned.
-        let pin = d
-            .bpffs
-            .join("prefilter")
-            .join(prefilter_common::config::MAP);
-        let data = aya::maps::MapData::from_pin(&pin).expect("pinned config map");
-        let mut cfg: aya::maps::Array<_, prefilter_common::config::Config> =
-            aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+        let mut cfg = pinned_config(&d);
         let mut c = cfg.get(&0, 0).unwrap();
         assert_eq!(c.abi, prefilter_common::ABI_VERSION);
         c.abi = 999;
@@ -736,14 +742,11 @@ fn upgrade_with_another_abi_keeps_filtering() {
         "connects from the blocked source completed"
     );
     assert!(!listener.saw(BLOCKED4.into()), "{:?}", listener.peers());
-    let pin = d
-        .bpffs
-        .join("prefilter")
-        .join(prefilter_common::config::MAP);
-    let data = aya::maps::MapData::from_pin(&pin).expect("new pinned config map");
-    let cfg: aya::maps::Array<_, prefilter_common::config::Config> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
-    assert_eq!(cfg.get(&0, 0).unwrap().abi, prefilter_common::ABI_VERSION);
+    assert_eq!(
+        pinned_config(&d).get(&0, 0).unwrap().abi,
+        prefilter_common::ABI_VERSION,
+        "the new maps are pinned in place of the old"
+    );
     assert_eq!(
         interfaces(&d.status()),
         vec![(lab.mx_if.clone(), "adopted".to_owned())]
