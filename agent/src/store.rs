@@ -163,6 +163,14 @@ enum Record {
     },
 }
 
+impl Record {
+    fn list(&self) -> &str {
+        match self {
+            Record::Set { list, .. } | Record::Del { list, .. } => list,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum KindName {
@@ -214,6 +222,8 @@ pub struct Store {
     lists: BTreeMap<String, List>,
     journal: Option<File>,
     journal_records: usize,
+    /// Lists with journal records not yet folded into their file.
+    dirty: std::collections::BTreeSet<String>,
 }
 
 impl Store {
@@ -224,6 +234,7 @@ impl Store {
             lists: BTreeMap::new(),
             journal: None,
             journal_records: 0,
+            dirty: std::collections::BTreeSet::new(),
         }
     }
 
@@ -247,7 +258,10 @@ impl Store {
             for (i, line) in BufReader::new(f).lines().enumerate() {
                 let line = line.map_err(io_err(&jpath))?;
                 match serde_json::from_str::<Record>(&line) {
-                    Ok(r) => store.replay(r),
+                    Ok(r) => {
+                        store.dirty.insert(r.list().to_owned());
+                        store.replay(r);
+                    }
                     // A torn last record from a crash mid-append was never acknowledged.
                     Err(e) if e.is_eof() => break,
                     Err(e) => {
@@ -261,8 +275,10 @@ impl Store {
                 store.journal_records += 1;
             }
         }
-        // Fold the journal into list files so it starts empty.
-        store.compact()?;
+        // Fold the journal into the list files it touched, so it starts empty.
+        if store.journal_records > 0 {
+            store.compact()?;
+        }
         Ok(store)
     }
 
@@ -753,7 +769,15 @@ impl Store {
             return Ok(());
         };
         match self.lists.get(name) {
-            Some(l) if l.origin != Origin::Config => write_list(&dir, name, l),
+            Some(l) if l.origin != Origin::Config => {
+                write_list(&dir, name, l)?;
+                // Older journal records of this list would replay over the new file after a
+                // crash: fold the journal into the other lists and empty it now.
+                if self.dirty.remove(name) {
+                    self.compact()?;
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -771,6 +795,7 @@ impl Store {
                 .map_err(io_err(&path))?;
             self.journal = Some(f);
         }
+        self.dirty.insert(r.list().to_owned());
         let mut line = serde_json::to_string(r).expect("records serialize");
         line.push('\n');
         let j = self.journal.as_mut().expect("opened");
@@ -789,14 +814,16 @@ impl Store {
         Ok(())
     }
 
-    /// Writes every persisted list to its file and empties the journal.
+    /// Writes the lists the journal changed to their files and empties the journal.
     pub fn compact(&mut self) -> Result<(), StoreError> {
         let Some(dir) = self.dir.clone() else {
             return Ok(());
         };
         let lists_dir = dir.join("lists");
-        for (name, l) in &self.lists {
-            if l.origin != Origin::Config {
+        for name in &self.dirty {
+            if let Some(l) = self.lists.get(name)
+                && l.origin != Origin::Config
+            {
                 write_list(&dir, name, l)?;
             }
         }
@@ -817,6 +844,7 @@ impl Store {
                 .map_err(io_err(&jpath))?;
         }
         self.journal_records = 0;
+        self.dirty.clear();
         Ok(())
     }
 

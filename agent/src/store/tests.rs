@@ -144,3 +144,40 @@ fn expiry_removes_and_reports() {
     assert_eq!(c[0].verdict, None);
     assert!(s.lists()["cli"].entries.is_empty());
 }
+
+#[test]
+fn a_replaced_list_does_not_come_back_from_the_journal() {
+    let dir = std::env::temp_dir().join(format!("pf-store-replace-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    {
+        let mut s = Store::open(&dir).unwrap();
+        // Journaled first, then the whole list replaced without it.
+        s.set(
+            "l",
+            Kind::Block,
+            Origin::Import,
+            vec![(p("192.0.2.7"), entry(action::DROP))],
+        )
+        .unwrap();
+        s.commit_set("l", &[p("192.0.2.7")]).unwrap();
+        let mut only = HashMap::new();
+        only.insert(p("192.0.2.8"), entry(action::DROP));
+        s.replace("l", Kind::Block, Origin::Import, only).unwrap();
+        s.commit_list("l").unwrap();
+        // A CLI entry journaled in another list must survive the fold.
+        s.set(
+            "cli",
+            Kind::Block,
+            Origin::Cli,
+            vec![(p("192.0.2.9"), entry(action::RESET))],
+        )
+        .unwrap();
+        s.commit_set("cli", &[p("192.0.2.9")]).unwrap();
+        // Dropped as by kill -9: nothing else written.
+    }
+    let s = Store::open(&dir).unwrap();
+    let l: Vec<_> = s.lists()["l"].entries.keys().copied().collect();
+    assert_eq!(l, vec![p("192.0.2.8")]);
+    assert!(s.lists()["cli"].entries.contains_key(&p("192.0.2.9")));
+    fs::remove_dir_all(&dir).unwrap();
+}
