@@ -222,6 +222,9 @@ pub struct Limits {
     pub v6_entries: u32,
     /// Dynamic verdict map capacity.
     pub dynamic_entries: u32,
+    /// Largest share (percent) of a list that one `import --replace` (later: a feed update)
+    /// may remove without `--force`: a truncated download must not empty a list.
+    pub max_shrink_percent: u32,
 }
 
 /// `[metrics]`.
@@ -502,6 +505,7 @@ struct RawLimits {
     v4_long_groups: i64,
     v6_entries: i64,
     dynamic_entries: i64,
+    max_shrink_percent: i64,
 }
 
 impl Default for RawLimits {
@@ -511,6 +515,7 @@ impl Default for RawLimits {
             v4_long_groups: v4::DEFAULT_GROUPS.into(),
             v6_entries: v6::DEFAULT_ENTRIES.into(),
             dynamic_entries: dynamic::DEFAULT_ENTRIES.into(),
+            max_shrink_percent: 50,
         }
     }
 }
@@ -773,6 +778,7 @@ impl Validator<'_> {
             v4_long_groups: self.int("limits.v4_long_groups", r.v4_long_groups, 1, v4::GROUP_MASK),
             v6_entries: self.int("limits.v6_entries", r.v6_entries, 1, u32::MAX),
             dynamic_entries: self.int("limits.dynamic_entries", r.dynamic_entries, 1, u32::MAX),
+            max_shrink_percent: self.int("limits.max_shrink_percent", r.max_shrink_percent, 0, 100),
         }
     }
 

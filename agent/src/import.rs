@@ -1,12 +1,12 @@
 //! Blocklist files in the formats sites already have: plain IP/CIDR lists, Spamhaus
-//! DROP/EDROP (text and JSON lines) and rbldnsd ip4set/ip4trie/ip6trie data.
+//! DROP/EDROP (text and JSON lines) and rbldnsd ip4set/ip4trie/ip6trie/ip6tset data.
 //!
 //! A bad line never aborts a parse: it is collected with its number and the good lines are
 //! kept, so the caller decides whether a list with errors is still worth loading (the config
 //! refuses it; a feed may keep its last good copy).
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::Deserialize;
@@ -20,7 +20,7 @@ pub enum Format {
     Plain,
     /// Spamhaus DROP/EDROP: `CIDR ; SBLnnn` lines, or the JSON-lines `drop_v4.json` form.
     SpamhausDrop,
-    /// rbldnsd ip4set, ip4trie and ip6trie data files.
+    /// rbldnsd ip4set, ip4trie, ip6trie and ip6tset data files, exclusions (`!`) applied.
     Rbldnsd,
 }
 
@@ -126,22 +126,47 @@ pub const MAX_LINE_SHOWN: usize = 200;
 /// What a parse found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Parsed {
-    /// Usable entries, in file order (a range contributes several).
+    /// Usable entries: in file order for plain and Spamhaus lists (a range contributes
+    /// several); for rbldnsd, what the zone lists after exclusions, merged and in address
+    /// order.
     pub entries: Vec<ImportEntry>,
     /// Unusable lines, in file order.
     pub errors: Vec<LineError>,
+    /// Good lines deliberately not imported (rbldnsd entries whose value is a DNSBL error
+    /// code), in file order.
+    pub skipped: Vec<SkippedLine>,
+}
+
+/// A line that was understood but lists nothing on purpose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// The line as written, cut to [`MAX_LINE_SHOWN`] characters.
+    pub text: String,
+    /// Why it was skipped.
+    pub message: String,
+}
+
+impl fmt::Display for SkippedLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
 }
 
 /// Parses a whole list in `format`.
 pub fn parse(text: &str, format: Format) -> Parsed {
     // Files saved by Windows editors start with a byte order mark; it is not part of line 1.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if format == Format::Rbldnsd {
+        return rbldnsd(text);
+    }
     let mut out = Parsed::default();
     for (i, line) in text.lines().enumerate() {
         let res = match format {
             Format::Plain => plain_line(line, &mut out.entries),
             Format::SpamhausDrop => spamhaus_line(line, &mut out.entries),
-            Format::Rbldnsd => rbldnsd_line(line, &mut out.entries),
+            Format::Rbldnsd => unreachable!("handled above"),
         };
         if let Err(message) = res {
             out.errors.push(LineError {
@@ -231,53 +256,357 @@ fn spamhaus_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
     Ok(())
 }
 
-fn rbldnsd_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
-    let t = line.trim();
-    // `:` sets the default A/TXT, `$` (also `#$`, `;$`, `:$`) are specials like $SOA,
-    // $TTL or $DATASET: none of them lists anything.
-    if t.is_empty() || t.starts_with(['#', ';', ':', '$']) {
-        return Ok(());
-    }
-    // An exclusion carves a hole into a wider entry, which a list of prefixes cannot
-    // express; dropping it silently would block what the list means to exempt.
-    if t.starts_with('!') {
-        return Err("exclusions (!) are not supported".to_owned());
-    }
-    let (key, value) = match t.split_once(char::is_whitespace) {
-        Some((k, v)) => (k, v.trim_start()),
-        None => (t, ""),
-    };
-    let reason = rbldnsd_txt(value);
-    let push = |out: &mut Vec<ImportEntry>, prefix| {
-        out.push(ImportEntry {
-            prefix,
-            reason: reason.map(str::to_owned),
-        })
-    };
-    if key.contains(':') {
-        // ip6trie: ordinary IPv6 text with an optional length. One that starts with "::"
-        // was taken for a default-value line above, as rbldnsd does: write "0::" there.
-        push(out, key.parse::<Prefix>().map_err(|e| e.to_string())?);
-    } else {
-        for p in ip4set_entry(key).map_err(|why| format!("invalid ip4set entry {key:?}: {why}"))? {
-            push(out, p);
-        }
-    }
-    Ok(())
+/// rbldnsd's A value for entries that neither the entry nor a `:` line gives one.
+const DEFAULT_A: u32 = 0x7f00_0002;
+
+/// 127.255.255.0/24: the answers DNSBLs use for errors (Spamhaus: query refused, ...).
+fn is_error_code(a: u32) -> bool {
+    a >> 8 == 0x007f_ffff
 }
 
-/// The TXT part of an rbldnsd value: `:A:TXT` (both parts optional), a bare `TXT`, or a
-/// comment after the entry (`127/8 ; loopback`), which means no value.
-fn rbldnsd_txt(value: &str) -> Option<&str> {
-    let txt = if value.starts_with(['#', ';']) {
-        ""
-    } else if let Some(rest) = value.strip_prefix(':') {
-        rest.split_once(':').map_or("", |(_a, txt)| txt)
-    } else {
-        value
+/// One entry of an rbldnsd zone. All are kept until the whole file is read, because a
+/// later, more specific entry can cut into an earlier one.
+struct Rule {
+    prefix: Prefix,
+    /// False for exclusions and for entries whose value is an error code.
+    listed: bool,
+    reason: Option<String>,
+}
+
+/// What one data line says.
+struct RbldnsdEntry<'a> {
+    prefixes: Vec<Prefix>,
+    exclude: bool,
+    a: u32,
+    txt: Option<&'a str>,
+}
+
+fn rbldnsd(text: &str) -> Parsed {
+    let mut out = Parsed::default();
+    let mut rules = Vec::new();
+    let mut default_a = DEFAULT_A;
+    for (i, line) in text.lines().enumerate() {
+        let e = match rbldnsd_line(line, &mut default_a) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(message) => {
+                out.errors.push(LineError {
+                    line: i + 1,
+                    text: cut(line),
+                    message,
+                });
+                continue;
+            }
+        };
+        let listed = !e.exclude && !is_error_code(e.a);
+        if !e.exclude && !listed {
+            out.skipped.push(SkippedLine {
+                line: i + 1,
+                text: cut(line),
+                message: format!(
+                    "value {} is a DNSBL error code, not a listing",
+                    Ipv4Addr::from(e.a)
+                ),
+            });
+        }
+        // An error-code entry still takes part as a non-listing: the zone answers it,
+        // not the wider listing around it, for its addresses.
+        let reason = e.txt.filter(|_| listed);
+        rules.extend(e.prefixes.into_iter().map(|prefix| Rule {
+            prefix,
+            listed,
+            reason: reason.map(str::to_owned),
+        }));
+    }
+    out.entries = resolve(rules);
+    out
+}
+
+/// One line of an rbldnsd data file; `None` for lines that list nothing.
+fn rbldnsd_line<'a>(
+    line: &'a str,
+    default_a: &mut u32,
+) -> Result<Option<RbldnsdEntry<'a>>, String> {
+    let t = line.trim();
+    // `$` lines (also `#$`, `:$`) are specials such as $SOA, $TTL or $DATASET.
+    if t.is_empty() || t.starts_with(['#', ';', '$']) || t.starts_with(":$") {
+        return Ok(None);
+    }
+    // A `:` line sets the default value; "::" starts an IPv6 address, as in ip6trie.
+    if t.starts_with(':') && !t.starts_with("::") {
+        let (a, _txt) = rbldnsd_value(t, *default_a)
+            .map_err(|why| format!("invalid default value {:?}: {why}", shown(t)))?;
+        *default_a = a;
+        return Ok(None);
+    }
+    let (exclude, rest) = match t.strip_prefix('!') {
+        Some(r) => (true, r.trim_start()),
+        None => (false, t),
     };
-    let txt = txt.trim();
-    (!txt.is_empty()).then_some(txt)
+    let (key, value) = split_key(rest);
+    if key.is_empty() {
+        return Err("an exclusion (!) needs an address".to_owned());
+    }
+    let prefixes = if key.contains(':') {
+        vec![ip6_key(key)?]
+    } else {
+        ip4set_entry(key).map_err(|why| format!("invalid ip4set entry {:?}: {why}", shown(key)))?
+    };
+    // rbldnsd ignores what follows an exclusion.
+    let (a, txt) = if exclude {
+        (0, None)
+    } else {
+        rbldnsd_value(value, *default_a)
+            .map_err(|why| format!("invalid value {:?}: {why}", shown(value)))?
+    };
+    Ok(Some(RbldnsdEntry {
+        prefixes,
+        exclude,
+        a,
+        txt,
+    }))
+}
+
+/// The key ends at white space or a comment; an IPv4 key also at a value written straight
+/// after it (`192.0.2.1:2:text`), which rbldnsd allows.
+fn split_key(rest: &str) -> (&str, &str) {
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '#' || c == ';')
+        .unwrap_or(rest.len());
+    let mut key = &rest[..end];
+    if let Some(colon) = key.find(':')
+        && key[..colon].contains('.')
+    {
+        key = &key[..colon];
+    }
+    (key, rest[key.len()..].trim_start())
+}
+
+/// An rbldnsd value, `:A:TXT` (TXT optional), a bare `TXT` (with the default A), or a
+/// comment after the entry (`127/8 ; loopback`), which means the default value.
+fn rbldnsd_value(value: &str, default_a: u32) -> Result<(u32, Option<&str>), String> {
+    if value.is_empty() || value.starts_with(['#', ';']) {
+        return Ok((default_a, None));
+    }
+    let Some(rest) = value.strip_prefix(':') else {
+        return Ok((default_a, txt(value)));
+    };
+    let end = rest
+        .find(|c: char| c == ':' || c == '#' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    let a = a_value(&rest[..end])?;
+    let rest = rest[end..].trim_start();
+    match rest.strip_prefix(':') {
+        Some(t) => Ok((a, txt(t))),
+        None if rest.is_empty() || rest.starts_with('#') => Ok((a, None)),
+        None => Err("text after the A value needs a \":\" before it".to_owned()),
+    }
+}
+
+/// A TXT value; one that starts with `#` is a comment, as in rbldnsd.
+fn txt(t: &str) -> Option<&str> {
+    let t = t.trim();
+    (!t.is_empty() && !t.starts_with('#')).then_some(t)
+}
+
+/// An A value as rbldnsd reads it: like inet_aton the last number written is the last
+/// octet (`127.2` is 127.0.0.2), and a lone number is in 127.0.0.0/24 (`2` is 127.0.0.2).
+fn a_value(text: &str) -> Result<u32, String> {
+    if text.is_empty() {
+        return Err("the A value is missing".to_owned());
+    }
+    let (addr, n) = octets(text).map_err(|why| format!("bad A value: {why}"))?;
+    let last = (addr >> (32 - 8 * n)) & 0xff;
+    let a = match n {
+        1 => 0x7f00_0000 | last,
+        _ => (addr & (u32::MAX << (32 - 8 * (n - 1)))) | last,
+    };
+    if last == 0 && n == 1 || a == 0 {
+        return Err(format!("A value {:?} is not an address", shown(text)));
+    }
+    Ok(a)
+}
+
+/// An IPv6 key: ordinary IPv6 text with an optional length, or rbldnsd's own form of 2 to
+/// 7 whole groups without "::" (`2001:db8:1:2` is 2001:db8:1:2::/64, as ip6tset files
+/// write their /64s).
+fn ip6_key(key: &str) -> Result<Prefix, String> {
+    key.parse::<Prefix>()
+        .or_else(|e| ip6_groups(key).ok_or_else(|| e.to_string()))
+}
+
+fn ip6_groups(key: &str) -> Option<Prefix> {
+    let (a, len) = match key.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (key, None),
+    };
+    let mut addr = 0u128;
+    let mut n = 0u32;
+    for part in a.split(':') {
+        if n == 7 || part.is_empty() || part.len() > 4 {
+            return None;
+        }
+        addr |= u128::from(u16::from_str_radix(part, 16).ok()?) << (112 - 16 * n);
+        n += 1;
+    }
+    let len = match len {
+        None => (16 * n) as u8,
+        Some(l) if !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) => {
+            l.parse().ok()?
+        }
+        Some(_) => return None,
+    };
+    if n < 2 {
+        return None;
+    }
+    Prefix::new(Ipv6Addr::from(addr).into(), len).ok()
+}
+
+/// What the zone lists: for every address the most specific entry covering it decides, as
+/// in rbldnsd's longest-prefix lookups. Of entries for the same prefix an exclusion wins
+/// (rbldnsd ip4set answers "not listed" then), then the first listing in the file (ip6trie
+/// ignores later duplicates), whose TXT is kept.
+///
+/// Prefixes are either nested or disjoint, so one sweep in address order with a stack of
+/// the entries around the current one finds every span's deciding entry.
+fn resolve(mut rules: Vec<Rule>) -> Vec<ImportEntry> {
+    // Stable: equal keys stay in file order. Prefix orders IPv4 first, then by address,
+    // then the wider before the narrower.
+    rules.sort_by(|a, b| a.prefix.cmp(&b.prefix).then(a.listed.cmp(&b.listed)));
+    let mut out = Runs::default();
+    // The entries containing the current one: (last address, rule).
+    let mut stack: Vec<(u128, usize)> = Vec::new();
+    // The first address not yet decided; `None` once past the end of the family.
+    let mut cursor = Some(0u128);
+    let mut family_v6 = false;
+    for (i, r) in rules.iter().enumerate() {
+        if i > 0 && rules[i - 1].prefix == r.prefix {
+            continue;
+        }
+        let v6 = !r.prefix.is_v4();
+        if v6 != family_v6 {
+            close(&mut stack, &mut cursor, None, &rules, &mut out);
+            out.flush();
+            (family_v6, cursor) = (v6, Some(0));
+        }
+        let lo = ip_bits(r.prefix.first());
+        close(&mut stack, &mut cursor, Some(lo), &rules, &mut out);
+        // What is left of the enclosing entry before this one is that entry's.
+        if let (Some(&(_, outer)), Some(c)) = (stack.last(), cursor)
+            && c < lo
+        {
+            out.add(c, lo - 1, &rules[outer], v6);
+        }
+        cursor = Some(lo);
+        stack.push((ip_bits(r.prefix.last()), i));
+    }
+    close(&mut stack, &mut cursor, None, &rules, &mut out);
+    out.flush();
+    out.entries
+}
+
+/// Ends the stacked entries that end before `until` (all for `None`), each deciding what
+/// is left of its span.
+fn close(
+    stack: &mut Vec<(u128, usize)>,
+    cursor: &mut Option<u128>,
+    until: Option<u128>,
+    rules: &[Rule],
+    out: &mut Runs,
+) {
+    while let Some(&(hi, r)) = stack.last()
+        && until.is_none_or(|lo| hi < lo)
+    {
+        if let Some(c) = *cursor
+            && c <= hi
+        {
+            out.add(c, hi, &rules[r], !rules[r].prefix.is_v4());
+        }
+        *cursor = hi.checked_add(1);
+        stack.pop();
+    }
+}
+
+fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a).into(),
+        IpAddr::V6(a) => a.into(),
+    }
+}
+
+/// Listed spans as they come in address order, adjacent ones with the same TXT merged
+/// before they become prefixes.
+#[derive(Default)]
+struct Runs {
+    run: Option<(u128, u128, Option<String>, bool)>,
+    entries: Vec<ImportEntry>,
+}
+
+impl Runs {
+    fn add(&mut self, lo: u128, hi: u128, rule: &Rule, v6: bool) {
+        if !rule.listed {
+            return;
+        }
+        if let Some((_, end, reason, _)) = &mut self.run
+            && end.checked_add(1) == Some(lo)
+            && *reason == rule.reason
+        {
+            *end = hi;
+            return;
+        }
+        self.flush();
+        self.run = Some((lo, hi, rule.reason.clone(), v6));
+    }
+
+    fn flush(&mut self) {
+        if let Some(run) = self.run.take() {
+            push_cover(run, &mut self.entries);
+        }
+    }
+}
+
+fn push_cover(
+    (lo, hi, reason, v6): (u128, u128, Option<String>, bool),
+    out: &mut Vec<ImportEntry>,
+) {
+    let ip = |a: u128| -> IpAddr {
+        if v6 {
+            Ipv6Addr::from(a).into()
+        } else {
+            Ipv4Addr::from(a as u32).into()
+        }
+    };
+    // Prefix makes IPv4-mapped IPv6 addresses IPv4. In an IPv6 span, pieces inside the
+    // mapped block would only match IPv6 packets with a mapped source, which do not occur,
+    // while as IPv4 they would block real IPv4: they are left out. A span with one end in
+    // the block has ends of two families, so it is covered around the block.
+    const MAPPED: (u128, u128) = (0xffff_0000_0000, 0xffff_ffff_ffff);
+    let pieces = match Prefix::cover_range(ip(lo), ip(hi)) {
+        Some(p) => p,
+        None => [(lo, hi.min(MAPPED.0 - 1)), (lo.max(MAPPED.1 + 1), hi)]
+            .into_iter()
+            .filter(|(a, b)| a <= b)
+            .flat_map(|(a, b)| Prefix::cover_range(ip(a), ip(b)).unwrap_or_default())
+            .collect(),
+    };
+    out.extend(
+        pieces
+            .into_iter()
+            .filter(|p| p.is_v4() != v6)
+            .map(|prefix| ImportEntry {
+                prefix,
+                reason: reason.clone(),
+            }),
+    );
+}
+
+/// At most 100 characters of `text` for a message: a garbage line of megabytes must not
+/// be copied into every error.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// An ip4set key: `a.b.c.d`, an octet prefix (`10.1.2` is 10.1.2.0/24, `10` is 10/8),
@@ -302,7 +631,7 @@ fn ip4set_entry(key: &str) -> Result<Vec<Prefix>, String> {
                 .then(|| l.parse::<u8>().ok())
                 .flatten()
                 .filter(|&l| l <= 32)
-                .ok_or_else(|| format!("bad prefix length {l:?}"))?;
+                .ok_or_else(|| format!("bad prefix length {:?}", shown(l)))?;
             (a, Some(len))
         }
         None => (key, None),
@@ -331,7 +660,7 @@ fn octets(text: &str) -> Result<(u32, u32), String> {
             .then(|| part.parse::<u32>().ok())
             .flatten()
             .filter(|&v| v <= 255)
-            .ok_or_else(|| format!("bad octet {part:?}"))?;
+            .ok_or_else(|| format!("bad octet {:?}", shown(part)))?;
         addr |= v << (24 - 8 * n);
         n += 1;
     }

@@ -5,10 +5,12 @@
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/prefilter-xdp"));
 
+pub mod api;
 pub mod bpffs;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod guard;
 pub mod http;
 pub mod import;
 pub mod prefix;

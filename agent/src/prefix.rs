@@ -144,6 +144,15 @@ impl Prefix {
         Ok(p)
     }
 
+    /// Shorter than /8 (IPv4) or /16 (IPv6): a rule this wide blocks a large share of all
+    /// mail, so the CLI and API take it only with `--force`.
+    pub fn too_broad(&self) -> bool {
+        match *self {
+            Self::V4 { len, .. } => len < 8,
+            Self::V6 { len, .. } => len < 16,
+        }
+    }
+
     /// Prefix length in bits.
     pub fn prefix_len(&self) -> u8 {
         match *self {

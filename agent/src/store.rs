@@ -9,10 +9,14 @@
 //! compacted, and every single add/delete is appended to `journal` and fsynced before the
 //! change is acknowledged. Start-up loads the list files and replays the journal over them,
 //! so a `kill -9` at any instant loses nothing that was acknowledged.
+//!
+//! Journal records are checksummed lines (see [`journal`]); a commit that fails to write
+//! is cut off again, and start-up drops a torn last record and skips (and keeps a copy of)
+//! damaged ones, so a full or failing disk never stops the next start.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, BufRead, BufReader, BufWriter, Write},
     path::{Path, PathBuf},
     sync::Arc,
@@ -23,6 +27,10 @@ use prefilter_common::{action, verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::{prefix::Prefix, xdp::v4table::Kind};
+
+mod journal;
+
+use journal::Journal;
 
 /// Compact the journal into list files after this many records.
 const COMPACT_AFTER: usize = 10_000;
@@ -220,7 +228,7 @@ pub struct Match {
 pub struct Store {
     dir: Option<PathBuf>,
     lists: BTreeMap<String, List>,
-    journal: Option<File>,
+    journal: Journal,
     journal_records: usize,
     /// Lists with journal records not yet folded into their file.
     dirty: std::collections::BTreeSet<String>,
@@ -232,13 +240,16 @@ impl Store {
         Self {
             dir: None,
             lists: BTreeMap::new(),
-            journal: None,
+            journal: Journal::default(),
             journal_records: 0,
             dirty: std::collections::BTreeSet::new(),
         }
     }
 
     /// Opens (creating) the state directory, loads the lists and replays the journal.
+    ///
+    /// Damage does not stop the start: a torn last journal record (never acknowledged) is
+    /// dropped, damaged records and list files are logged, kept aside and skipped.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let lists_dir = dir.join("lists");
         fs::create_dir_all(&lists_dir).map_err(io_err(&lists_dir))?;
@@ -248,36 +259,85 @@ impl Store {
         };
         for e in fs::read_dir(&lists_dir).map_err(io_err(&lists_dir))? {
             let path = e.map_err(io_err(&lists_dir))?.path();
-            if path.extension().is_some_and(|x| x == "list") {
-                store.load_list(&path)?;
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') && name.ends_with(".list.tmp") {
+                // Left by a write cut short by a crash: it only takes space.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "list") {
+                continue;
+            }
+            if let Err(e) = store.load_list(&path) {
+                // A damaged list file must not stop the gateway: start without its entries
+                // (journal records may still bring some back) and keep it for inspection.
+                // Moved aside, as compaction would otherwise delete a file of no known list.
+                let kept = set_aside(&path).map_err(io_err(&path))?;
+                tracing::error!(
+                    path = %path.display(),
+                    error = %e,
+                    kept = %kept.display(),
+                    "damaged list file moved aside: starting without it"
+                );
             }
         }
-        let jpath = dir.join("journal");
-        if jpath.exists() {
-            let f = File::open(&jpath).map_err(io_err(&jpath))?;
-            for (i, line) in BufReader::new(f).lines().enumerate() {
-                let line = line.map_err(io_err(&jpath))?;
-                match serde_json::from_str::<Record>(&line) {
-                    Ok(r) => {
-                        store.dirty.insert(r.list().to_owned());
-                        store.replay(r);
-                    }
-                    // A torn last record from a crash mid-append was never acknowledged.
-                    Err(e) if e.is_eof() => break,
-                    Err(e) => {
-                        return Err(StoreError::Corrupt {
-                            path: jpath,
-                            line: i + 1,
-                            message: e.to_string(),
-                        });
-                    }
-                }
-                store.journal_records += 1;
+        let jpath = dir.join(journal::NAME);
+        let scan = journal::scan(&jpath, |r| {
+            store.dirty.insert(r.list().to_owned());
+            store.replay(r);
+            store.journal_records += 1;
+        });
+        let scan = match scan {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(store),
+            Err(e) => return Err(io_err(&jpath)(e)),
+        };
+        for (line, why) in &scan.torn {
+            tracing::warn!(
+                path = %jpath.display(),
+                line,
+                error = %why,
+                "dropped an incomplete record at the end of the journal (never acknowledged)"
+            );
+        }
+        let mut compact = scan.len > 0;
+        if !scan.damaged.is_empty() {
+            let kept = keep_damaged(dir, &jpath);
+            for (line, why) in &scan.damaged {
+                tracing::error!(
+                    path = %jpath.display(),
+                    line,
+                    error = %why,
+                    kept = %kept.as_ref().map_or("nowhere".into(), |p| p.display().to_string()),
+                    "damaged journal record skipped"
+                );
+            }
+            if let Err(e) = &kept {
+                // Compaction would destroy the only copy of the damaged bytes.
+                tracing::error!(
+                    path = %jpath.display(),
+                    error = %e,
+                    "cannot keep a copy of the damaged journal: not compacting it"
+                );
+                compact = false;
             }
         }
         // Fold the journal into the list files it touched, so it starts empty.
-        if store.journal_records > 0 {
-            store.compact()?;
+        if compact && let Err(e) = store.compact() {
+            // Start anyway: the journal still holds every good record and replays again.
+            tracing::error!(error = %e, "compacting the journal at start-up");
+            compact = false;
+        }
+        if !compact && scan.good_len < scan.len {
+            // The torn tail must go before anything is appended after it.
+            store.journal.set_len(scan.good_len);
+            if let Err(e) = store.journal.repair(dir) {
+                tracing::error!(
+                    path = %jpath.display(),
+                    error = %e,
+                    "cannot cut the torn end off the journal: changes are refused until it can be"
+                );
+            }
         }
         Ok(store)
     }
@@ -716,6 +776,9 @@ impl Store {
             Undo::Dropped { list, prev } => {
                 self.lists.insert(list, prev);
             }
+            Undo::Created { list } => {
+                self.lists.remove(&list);
+            }
         }
     }
 
@@ -769,47 +832,40 @@ impl Store {
             return Ok(());
         };
         match self.lists.get(name) {
-            Some(l) if l.origin != Origin::Config => {
-                write_list(&dir, name, l)?;
-                // Older journal records of this list would replay over the new file after a
-                // crash: fold the journal into the other lists and empty it now.
-                if self.dirty.remove(name) {
-                    self.compact()?;
-                }
-                Ok(())
-            }
+            // Older journal records of this list would replay over the new file after a
+            // crash: fold the journal into every list file, this one included, and empty it.
+            // The list stays dirty until that succeeds, so a failed attempt is redone from
+            // what the store holds then (after the caller's rollback).
+            Some(l) if l.origin != Origin::Config && self.dirty.contains(name) => self.compact(),
+            Some(l) if l.origin != Origin::Config => write_list(&dir, name, l),
             _ => Ok(()),
         }
     }
 
+    /// Adds a record to the commit being built; [`Self::sync_journal`] writes it.
     fn append(&mut self, r: &Record) -> Result<(), StoreError> {
-        let Some(dir) = &self.dir else {
+        if self.dir.is_none() {
             return Ok(());
-        };
-        let path = dir.join("journal");
-        if self.journal.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            self.journal = Some(f);
         }
         self.dirty.insert(r.list().to_owned());
-        let mut line = serde_json::to_string(r).expect("records serialize");
-        line.push('\n');
-        let j = self.journal.as_mut().expect("opened");
-        j.write_all(line.as_bytes()).map_err(io_err(&path))?;
-        self.journal_records += 1;
+        self.journal.push(r);
         Ok(())
     }
 
+    /// Writes and fsyncs the records appended since the last call, all or none.
     fn sync_journal(&mut self) -> Result<(), StoreError> {
-        if let (Some(dir), Some(j)) = (&self.dir, &self.journal) {
-            j.sync_data().map_err(io_err(&dir.join("journal")))?;
-        }
-        if self.journal_records >= COMPACT_AFTER {
-            self.compact()?;
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        self.journal_records += self
+            .journal
+            .commit(dir)
+            .map_err(io_err(&dir.join(journal::NAME)))?;
+        if self.journal_records >= COMPACT_AFTER
+            && let Err(e) = self.compact()
+        {
+            // The records are durable: failing to fold them is no reason to refuse them.
+            tracing::warn!(error = %e, "compacting the journal (retried after the next change)");
         }
         Ok(())
     }
@@ -828,50 +884,61 @@ impl Store {
             }
         }
         // Lists that no longer exist (emptied CLI lists stay; dropped ones go).
+        let mut removed = false;
         for e in fs::read_dir(&lists_dir).map_err(io_err(&lists_dir))? {
             let path = e.map_err(io_err(&lists_dir))?.path();
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             if path.extension().is_some_and(|x| x == "list") && !self.lists.contains_key(stem) {
                 fs::remove_file(&path).map_err(io_err(&path))?;
+                removed = true;
             }
         }
-        // Only now that every list file is durable may the journal go.
-        let jpath = dir.join("journal");
-        self.journal = None;
-        if jpath.exists() {
-            File::create(&jpath)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&jpath))?;
+        if removed {
+            sync_dir(&lists_dir)?;
         }
+        // Only now that every list file is durable may the journal go. Removed, not
+        // truncated: that needs no free space, and a kept damaged copy may share its inode.
+        let jpath = dir.join(journal::NAME);
+        match fs::remove_file(&jpath) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&jpath)(e)),
+        }
+        self.journal.close();
         self.journal_records = 0;
         self.dirty.clear();
-        Ok(())
+        sync_dir(&dir)
     }
 
-    /// Everything in the store that covers `ip`, most specific first.
+    /// Everything in the store that covers `ip`, most specific first. One hash lookup per
+    /// prefix length and list, so a check costs the same with a million entries as with ten.
     pub fn explain(&self, ip: std::net::IpAddr) -> Vec<Match> {
+        let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
         let mut out: Vec<Match> = Vec::new();
-        for (name, l) in &self.lists {
-            for (p, e) in &l.entries {
-                if p.contains(ip) {
-                    out.push(Match {
-                        list: name.clone(),
-                        kind: kind_name(l.kind),
-                        origin: l.origin,
-                        prefix: *p,
-                        action: if l.kind == Kind::Allow {
-                            "allow"
-                        } else {
-                            action::NAMES[e.action as usize]
-                        },
-                        reason: e.reason.as_deref().map(str::to_owned),
-                        created: e.created,
-                        expires: e.expires,
-                    });
-                }
+        for len in (0..=max).rev() {
+            let Ok(p) = Prefix::new(ip, len) else {
+                continue;
+            };
+            for (name, l) in &self.lists {
+                let Some(e) = l.entries.get(&p) else {
+                    continue;
+                };
+                out.push(Match {
+                    list: name.clone(),
+                    kind: kind_name(l.kind),
+                    origin: l.origin,
+                    prefix: p,
+                    action: if l.kind == Kind::Allow {
+                        "allow"
+                    } else {
+                        action::NAMES[e.action as usize]
+                    },
+                    reason: e.reason.as_deref().map(str::to_owned),
+                    created: e.created,
+                    expires: e.expires,
+                });
             }
         }
-        out.sort_by_key(|m| std::cmp::Reverse(m.prefix.prefix_len()));
         out
     }
 
@@ -881,6 +948,170 @@ impl Store {
             .iter()
             .find(|(_, l)| l.id == id)
             .map(|(n, _)| n.as_str())
+    }
+
+    // ---- Replacing a whole list in two phases -------------------------------------------
+    //
+    // A million-entry import must not stop readers (`check`, listing, later the proxy) for
+    // the seconds its diff and its list file take: the daemon plans under a read lock,
+    // applies the tables and writes the list file holding no store lock, and only swaps the
+    // list in under the write lock.
+
+    /// Plans replacing the content of list `name` by `entries` (created if needed): the
+    /// table changes it makes, computed without changing anything.
+    pub fn plan_replace(
+        &self,
+        name: &str,
+        kind: Kind,
+        origin: Origin,
+        entries: HashMap<Prefix, Entry>,
+    ) -> Result<Planned, StoreError> {
+        if !valid_name(name) {
+            return Err(StoreError::BadName(name.to_owned()));
+        }
+        let id = match self.lists.get(name) {
+            Some(l) if l.kind != kind => {
+                return Err(StoreError::KindMismatch {
+                    name: name.to_owned(),
+                    existing: kind_name(l.kind),
+                });
+            }
+            Some(l) if l.origin == Origin::Config && origin != Origin::Config => {
+                return Err(StoreError::ConfigOwned {
+                    name: name.to_owned(),
+                });
+            }
+            Some(l) => l.id,
+            None => self.free_id()?,
+        };
+        let at = now();
+        let empty = HashMap::new();
+        let old = self.lists.get(name).map_or(&empty, |l| &l.entries);
+        let mut changes = Vec::new();
+        let touched = old
+            .keys()
+            .chain(entries.keys().filter(|p| !old.contains_key(p)));
+        for p in touched {
+            let before = self.effective(p, kind, at);
+            let after = self.effective_with(p, kind, at, name, id, entries.get(p));
+            if before != after {
+                changes.push(Change {
+                    prefix: *p,
+                    kind,
+                    old: before,
+                    verdict: after,
+                });
+            }
+        }
+        Ok(Planned {
+            name: name.to_owned(),
+            list: List {
+                id,
+                kind,
+                origin,
+                entries,
+            },
+            changes,
+        })
+    }
+
+    /// [`Self::effective`] as if list `name` (id `id`) held `entry` for `prefix`.
+    fn effective_with(
+        &self,
+        prefix: &Prefix,
+        kind: Kind,
+        at: u64,
+        name: &str,
+        id: u16,
+        entry: Option<&Entry>,
+    ) -> Option<u16> {
+        let others = self
+            .lists
+            .iter()
+            .filter(|(n, l)| l.kind == kind && n.as_str() != name)
+            .filter_map(|(_, l)| l.entries.get(prefix).map(|e| (l.id, e)));
+        let mut best: Option<(u8, u16, u8)> = None; // (severity, list id, action)
+        for (lid, e) in others.chain(entry.map(|e| (id, e))) {
+            if e.expires.is_some_and(|x| x <= at) {
+                continue;
+            }
+            let sev = if kind == Kind::Allow {
+                1
+            } else {
+                severity(e.action)
+            };
+            let better = match best {
+                None => true,
+                Some((s, bid, _)) => sev > s || (sev == s && lid < bid),
+            };
+            if better {
+                best = Some((sev, lid, e.action));
+            }
+        }
+        best.map(|(_, id, a)| {
+            let a = if kind == Kind::Allow {
+                action::ALLOW
+            } else {
+                a
+            };
+            verdict::pack(a, id)
+        })
+    }
+
+    /// Writes the list file of a planned replacement (before it is installed). Touches no
+    /// in-memory state, so the daemon calls it holding no store lock.
+    pub fn write_planned(&self, planned: &Planned) -> Result<(), StoreError> {
+        match &self.dir {
+            Some(dir) if planned.list.origin != Origin::Config => {
+                write_list(dir, &planned.name, &planned.list)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Installs a planned replacement whose file is written: an O(1) swap. Returns the
+    /// undo and the old entries' owner, which the caller should drop outside the lock.
+    pub fn install(&mut self, planned: Planned) -> Result<Undo, StoreError> {
+        let Planned { name, list, .. } = planned;
+        let undo = match self.lists.get_mut(&name) {
+            Some(l) => Undo::List {
+                list: name.clone(),
+                prev: std::mem::replace(&mut l.entries, list.entries),
+            },
+            None => {
+                self.lists.insert(name.clone(), list);
+                Undo::Created { list: name.clone() }
+            }
+        };
+        // Older journal records of this list would replay over the new file after a crash:
+        // fold the journal now, or take the swap back.
+        if self.dirty.contains(&name)
+            && let Err(e) = self.commit_list(&name)
+        {
+            self.rollback(undo);
+            return Err(e);
+        }
+        Ok(undo)
+    }
+}
+
+/// A whole-list replacement planned by [`Store::plan_replace`].
+pub struct Planned {
+    name: String,
+    list: List,
+    /// The table changes, to apply before installing.
+    pub changes: Vec<Change>,
+}
+
+impl Planned {
+    /// Entries in the new list.
+    pub fn len(&self) -> usize {
+        self.list.entries.len()
+    }
+
+    /// Whether the new list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.list.entries.is_empty()
     }
 }
 
@@ -898,6 +1129,10 @@ pub enum Undo {
     Dropped {
         list: String,
         prev: List,
+    },
+    /// The list did not exist before.
+    Created {
+        list: String,
     },
 }
 
@@ -933,7 +1168,57 @@ fn write_list(dir: &Path, name: &str, l: &List) -> Result<(), StoreError> {
         fs::rename(&tmp, &path)?;
         File::open(&lists_dir)?.sync_all()
     };
-    write().map_err(io_err(&path))
+    write().map_err(|e| {
+        // A half-written copy only fills a disk that is likely full already.
+        let _ = fs::remove_file(&tmp);
+        io_err(&path)(e)
+    })
+}
+
+/// Fsyncs a directory, so the entries created, renamed or removed in it last.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// `PATH.damaged.<unix-time>` (with a counter if taken), for a damaged state file.
+fn damaged_name(path: &Path) -> PathBuf {
+    let base = format!("{}.damaged.{}", path.display(), now());
+    let mut p = PathBuf::from(&base);
+    let mut n = 1;
+    while p.symlink_metadata().is_ok() {
+        p = PathBuf::from(format!("{base}.{n}"));
+        n += 1;
+    }
+    p
+}
+
+/// Renames a damaged state file out of the way; returns its new path.
+fn set_aside(path: &Path) -> io::Result<PathBuf> {
+    let to = damaged_name(path);
+    fs::rename(path, &to)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(to)
+}
+
+/// Keeps the journal as found (with its damaged records) before compaction replaces it.
+fn keep_damaged(dir: &Path, jpath: &Path) -> io::Result<PathBuf> {
+    let to = damaged_name(jpath);
+    let copy = || -> io::Result<()> {
+        fs::copy(jpath, &to)?;
+        File::open(&to)?.sync_all()
+    };
+    if let Err(e) = copy() {
+        let _ = fs::remove_file(&to);
+        // A full disk has no room for a copy, but a link needs none: compaction removes
+        // the journal's name rather than truncating it, so the linked bytes stay intact.
+        fs::hard_link(jpath, &to).map_err(|_| e)?;
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(to)
 }
 
 #[cfg(test)]

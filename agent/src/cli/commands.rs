@@ -1,37 +1,115 @@
-//! What each subcommand does and prints.
+//! What each subcommand does and prints. Output goes through [`Out`]: a reader that goes
+//! away (`prefilter block list | head`) ends the CLI quietly instead of a panic.
 
-use std::{io::Read, path::Path};
+use std::{
+    fmt::Display,
+    io::{IsTerminal as _, Read, Write},
+    path::Path,
+};
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{
     AllowCmd, BlockCmd, Cli, Command, LogFormat,
-    client::{self, CliError},
+    client::{CliError, Client, Lines},
 };
-use crate::http::encode;
+use crate::{api, http::encode};
 
 /// Runs the parsed command line; returns the process exit status.
 pub fn execute(cli: Cli) -> i32 {
     let r = match cli.command {
         Command::Run(args) => return run_daemon(&args.config, args.log_format),
-        Command::Block(c) => block(&cli.socket, c),
-        Command::Allow(c) => allow(&cli.socket, c),
-        Command::Check(a) => check(&cli.socket, &a.ip, a.json),
-        Command::Status(a) => {
-            status(&cli.socket, a.json, a.verify).map_err(|e| still_attached(e, &a.pin_dir))
-        }
-        Command::Watch(a) => watch(&cli.socket, a.json),
-        Command::Reload => client::json(&cli.socket, "POST", "/v1/reload", &json!({})).map(|v| {
-            println!("config reloaded ({} table changes)", v["table_changes"]);
+        Command::Block(c) => with_client(&cli.socket, |cl, out| block(cl, out, c)),
+        Command::Allow(c) => with_client(&cli.socket, |cl, out| allow(cl, out, c)),
+        Command::Check(a) => with_client(&cli.socket, |cl, out| check(cl, out, &a.ip, a.json)),
+        Command::Status(a) => with_client(&cli.socket, |cl, out| status(cl, out, a.json, a.verify))
+            .map_err(|e| still_attached(e, &a.pin_dir)),
+        Command::Watch(a) => with_client(&cli.socket, |cl, out| watch(cl, out, a.json)),
+        Command::Reload => with_client(&cli.socket, |cl, out| {
+            let r: api::ReloadResult = cl.post("/v1/reload", &serde_json::json!({}))?;
+            out.line(format_args!(
+                "config reloaded ({} table changes)",
+                r.table_changes
+            ))
         }),
-        Command::Detach(a) => detach(&cli.socket, a.iface.as_deref(), &a.pin_dir),
+        Command::Detach(a) => with_client(&cli.socket, |cl, out| {
+            detach(cl, out, a.iface.as_deref(), &a.pin_dir)
+        }),
     };
     match r {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("prefilter: {}", e.message);
+            // Nothing to say when our reader left; and a closed stderr is no reason to panic.
+            if !e.message.is_empty() {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "prefilter: {}", e.message);
+                for d in &e.details {
+                    let _ = writeln!(err, "{d}");
+                }
+            }
             e.code
         }
+    }
+}
+
+/// Runs `f` with a client and standard output, and flushes what it printed.
+fn with_client(
+    socket: &Path,
+    f: impl FnOnce(&Client, &mut Out) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let client = Client::new(socket)?;
+    let mut out = Out::new();
+    let r = f(&client, &mut out);
+    // Print what came before a failure too; a broken pipe wins over the failure.
+    match (r, out.flush()) {
+        (_, Err(e)) if e.code == super::client::EXIT_BROKEN_PIPE => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(()), flushed) => flushed,
+    }
+}
+
+/// Buffered standard output whose write errors are CLI errors: EPIPE becomes a quiet exit.
+pub struct Out {
+    w: std::io::BufWriter<std::io::Stdout>,
+}
+
+fn write_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::broken_pipe()
+    } else {
+        CliError::new(format!("writing the output: {e}"))
+    }
+}
+
+impl Out {
+    pub fn new() -> Self {
+        Self {
+            w: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    pub fn line(&mut self, s: impl Display) -> Result<(), CliError> {
+        writeln!(self.w, "{s}").map_err(write_error)
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> Result<(), CliError> {
+        self.w.write_all(b).map_err(write_error)
+    }
+
+    pub fn flush(&mut self) -> Result<(), CliError> {
+        self.w.flush().map_err(write_error)
+    }
+
+    fn json<T: Serialize>(&mut self, v: &T) -> Result<(), CliError> {
+        let text = serde_json::to_string_pretty(v)
+            .map_err(|e| CliError::new(format!("encoding the output: {e}")))?;
+        self.line(text)
+    }
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -46,8 +124,10 @@ fn run_daemon(config: &Path, fmt: LogFormat) -> i32 {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,prefilter_xdp=trace"));
+    // Colour only for a person at a terminal: journald and log files get plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match fmt {
         LogFormat::Json => b.json().init(),
@@ -77,12 +157,8 @@ fn run_daemon(config: &Path, fmt: LogFormat) -> i32 {
     }
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
-fn fmt_time(t: &Value) -> String {
-    match t.as_u64() {
+fn fmt_time(t: Option<u64>) -> String {
+    match t {
         None => "-".into(),
         Some(secs) => {
             let now = crate::store::now();
@@ -101,52 +177,74 @@ fn fmt_time(t: &Value) -> String {
     }
 }
 
-fn print_entries(v: &Value, json_out: bool) {
+/// Streams `GET /v1/block|allow` to standard output: the JSON array as it arrives, or a
+/// table row per entry; never the whole list in memory.
+fn print_entries(
+    client: &Client,
+    out: &mut Out,
+    target: &str,
+    json_out: bool,
+) -> Result<(), CliError> {
+    let cut = || CliError::new("the daemon's list was cut short; run the command again");
     if json_out {
-        print_json(v);
-        return;
+        let mut last = 0u8;
+        client.stream(target, |chunk| {
+            if let Some(&b) = chunk.iter().rev().find(|b| !b.is_ascii_whitespace()) {
+                last = b;
+            }
+            out.bytes(chunk)
+        })?;
+        return if last == b']' { Ok(()) } else { Err(cut()) };
     }
-    let empty = Vec::new();
-    let rows = v.as_array().unwrap_or(&empty);
-    println!(
+    out.line(format_args!(
         "{:<44} {:<9} {:<16} {:<10} REASON",
         "PREFIX", "ACTION", "LIST", "EXPIRES"
-    );
-    for e in rows {
-        println!(
-            "{:<44} {:<9} {:<16} {:<10} {}",
-            e["prefix"].as_str().unwrap_or(""),
-            e["action"].as_str().unwrap_or(""),
-            e["list"].as_str().unwrap_or(""),
-            fmt_time(&e["expires"]),
-            e["reason"].as_str().unwrap_or("")
-        );
-    }
+    ))?;
+    let mut lines = Lines::default();
+    let mut closed = false;
+    client.stream(target, |chunk| {
+        lines.feed(chunk, |line| {
+            let t = line.trim();
+            if t == "]" || t == "[]" {
+                closed = true;
+            }
+            let Some(e) = api::list_line(line)
+                .map_err(|err| CliError::new(format!("the daemon's list does not fit: {err}")))?
+            else {
+                return Ok(());
+            };
+            out.line(format_args!(
+                "{:<44} {:<9} {:<16} {:<10} {}",
+                e.prefix.to_string(),
+                e.action,
+                e.list,
+                fmt_time(e.expires),
+                e.reason.as_deref().unwrap_or("")
+            ))
+        })
+    })?;
+    if closed { Ok(()) } else { Err(cut()) }
 }
 
-fn block(socket: &Path, c: BlockCmd) -> Result<(), CliError> {
+fn block(client: &Client, out: &mut Out, c: BlockCmd) -> Result<(), CliError> {
     match c {
         BlockCmd::Add(a) => {
-            let v = client::json(
-                socket,
-                "POST",
-                "/v1/block",
-                &json!({"prefixes": a.prefixes, "action": a.action, "ttl_secs": a.ttl, "reason": a.reason, "list": a.list}),
-            )?;
-            println!(
+            let body = api::AddBody {
+                prefixes: a.prefixes,
+                list: Some(a.list),
+                action: Some(a.action.clone()),
+                ttl_secs: a.ttl,
+                reason: a.reason,
+                force: a.force,
+            };
+            let r: api::AddResult = client.post("/v1/block", &body)?;
+            out.line(format_args!(
                 "blocked {} prefix(es) in list {} ({})",
-                v["added"],
-                v["list"].as_str().unwrap_or(""),
-                a.action
-            );
-            Ok(())
+                r.added, r.list, a.action
+            ))
         }
-        BlockCmd::Del(a) => del(socket, "block", a.prefixes, a.list),
-        BlockCmd::List(a) => {
-            let v = client::request(socket, "GET", "/v1/block", "application/json", b"")?;
-            print_entries(&v, a.json);
-            Ok(())
-        }
+        BlockCmd::Del(a) => del(client, out, "block", a.prefixes, a.list),
+        BlockCmd::List(a) => print_entries(client, out, "/v1/block", a.json),
         BlockCmd::Import(a) => {
             let (body, default_list) = if a.file == "-" {
                 let mut b = Vec::new();
@@ -169,51 +267,41 @@ fn block(socket: &Path, c: BlockCmd) -> Result<(), CliError> {
                     );
                 (b, stem)
             };
-            let list = a.list.unwrap_or(default_list);
-            let mut target = format!(
-                "/v1/block/import?list={}&action={}",
-                encode(&list),
-                encode(&a.action)
-            );
-            if let Some(f) = &a.format {
-                target.push_str(&format!("&format={}", encode(f)));
-            }
-            if a.replace {
-                target.push_str("&replace=1");
-            }
-            if a.strict {
-                target.push_str("&strict=1");
-            }
-            let v = client::request(socket, "POST", &target, "text/plain", &body)?;
+            let params = api::ImportParams {
+                list: Some(a.list.unwrap_or(default_list)),
+                action: Some(a.action),
+                format: a.format,
+                replace: a.replace,
+                strict: a.strict,
+                force: a.force,
+            };
+            let r: api::ImportResult = client.post_text(&params.target(), body)?;
             if a.json {
-                print_json(&v);
-                return Ok(());
+                return out.json(&r);
             }
-            let errors = v["errors"].as_array().cloned().unwrap_or_default();
-            println!(
+            out.line(format_args!(
                 "imported {} entries into list {} (format {}, {}{})",
-                v["applied"],
-                v["list"].as_str().unwrap_or(""),
-                v["format"].as_str().unwrap_or(""),
-                if a.replace { "replaced" } else { "added" },
-                if errors.is_empty() {
+                r.applied,
+                r.list,
+                r.format,
+                if r.replaced { "replaced" } else { "added" },
+                if r.errors.is_empty() {
                     String::new()
                 } else {
-                    format!(", {} bad lines skipped", errors.len())
+                    format!(", {} bad lines skipped", r.errors.len())
                 }
-            );
-            for e in errors.iter().take(50) {
-                eprintln!(
-                    "line {}: {}: {}",
-                    e["line"],
-                    e["message"].as_str().unwrap_or(""),
-                    e["text"].as_str().unwrap_or("")
-                );
+            ))?;
+            // The summary first, then the bad lines on stderr, in order.
+            out.flush()?;
+            let mut err = std::io::stderr().lock();
+            for e in r.errors.iter().take(SHOWN_BAD_LINES) {
+                let _ = writeln!(err, "line {}: {}: {}", e.line, e.message, e.text);
             }
-            if errors.len() > 50 {
-                eprintln!(
+            if r.errors.len() > SHOWN_BAD_LINES {
+                let _ = writeln!(
+                    err,
                     "... and {} more bad lines (--json lists them all)",
-                    errors.len() - 50
+                    r.errors.len() - SHOWN_BAD_LINES
                 );
             }
             Ok(())
@@ -221,222 +309,229 @@ fn block(socket: &Path, c: BlockCmd) -> Result<(), CliError> {
     }
 }
 
+/// Bad lines printed after a (non-strict) import; `--json` has them all.
+const SHOWN_BAD_LINES: usize = 50;
+
 fn del(
-    socket: &Path,
+    client: &Client,
+    out: &mut Out,
     kind: &str,
     prefixes: Vec<String>,
     list: Option<String>,
 ) -> Result<(), CliError> {
-    let v = client::json(
-        socket,
-        "POST",
+    let r: api::DeleteResult = client.post(
         &format!("/v1/{kind}/delete"),
-        &json!({"prefixes": prefixes, "list": list}),
+        &api::DeleteBody { prefixes, list },
     )?;
-    let removed = v["removed"].as_u64().unwrap_or(0);
-    if removed == 0 {
+    if r.removed == 0 {
         return Err(CliError::new(format!(
             "no such entry: nothing removed (see `prefilter {kind} list`)"
         )));
     }
-    for l in v["lists"].as_array().into_iter().flatten() {
-        if l["removed"].as_u64().unwrap_or(0) > 0 {
-            println!(
-                "removed {} from list {}",
-                l["removed"],
-                l["list"].as_str().unwrap_or("")
-            );
-        }
+    for l in r.lists.iter().filter(|l| l.removed > 0) {
+        out.line(format_args!("removed {} from list {}", l.removed, l.list))?;
     }
     Ok(())
 }
 
-fn allow(socket: &Path, c: AllowCmd) -> Result<(), CliError> {
+fn allow(client: &Client, out: &mut Out, c: AllowCmd) -> Result<(), CliError> {
     match c {
         AllowCmd::Add(a) => {
-            let v = client::json(
-                socket,
-                "POST",
-                "/v1/allow",
-                &json!({"prefixes": a.prefixes, "ttl_secs": a.ttl, "reason": a.reason, "list": a.list}),
-            )?;
-            println!(
+            let body = api::AddBody {
+                prefixes: a.prefixes,
+                list: Some(a.list),
+                ttl_secs: a.ttl,
+                reason: a.reason,
+                ..Default::default()
+            };
+            let r: api::AddResult = client.post("/v1/allow", &body)?;
+            out.line(format_args!(
                 "allowlisted {} prefix(es) in list {}",
-                v["added"],
-                v["list"].as_str().unwrap_or("")
-            );
-            Ok(())
+                r.added, r.list
+            ))
         }
-        AllowCmd::Del(a) => del(socket, "allow", a.prefixes, a.list),
-        AllowCmd::List(a) => {
-            let v = client::request(socket, "GET", "/v1/allow", "application/json", b"")?;
-            print_entries(&v, a.json);
-            Ok(())
-        }
+        AllowCmd::Del(a) => del(client, out, "allow", a.prefixes, a.list),
+        AllowCmd::List(a) => print_entries(client, out, "/v1/allow", a.json),
     }
 }
 
-fn check(socket: &Path, ip: &str, json_out: bool) -> Result<(), CliError> {
+fn check(client: &Client, out: &mut Out, ip: &str, json_out: bool) -> Result<(), CliError> {
     if ip.parse::<std::net::IpAddr>().is_err() {
-        return Err(CliError {
-            message: format!("not an IP address: {ip:?}"),
-            code: 2,
-        });
+        return Err(CliError::with_code(format!("not an IP address: {ip:?}"), 2));
     }
-    let v = client::request(
-        socket,
-        "GET",
-        &format!("/v1/check?ip={}", encode(ip)),
-        "application/json",
-        b"",
-    )?;
+    let v: api::Check = client.get(&format!("/v1/check?ip={}", encode(ip)))?;
     if json_out {
-        print_json(&v);
-        return Ok(());
+        return out.json(&v);
     }
-    println!(
-        "{}: {} ({})",
-        ip,
-        v["verdict"].as_str().unwrap_or("?"),
-        v["explanation"].as_str().unwrap_or("")
-    );
-    println!(
+    out.line(format_args!("{}: {} ({})", ip, v.verdict, v.explanation))?;
+    let ports: Vec<String> = v.judged_ports.iter().map(u16::to_string).collect();
+    out.line(format_args!(
         "  XDP action for a SYN to ports {}: {}",
-        v["judged_ports"],
-        v["xdp_action"].as_str().unwrap_or("")
-    );
-    for m in v["matches"].as_array().into_iter().flatten() {
-        println!(
+        ports.join(","),
+        v.xdp_action
+    ))?;
+    for m in &v.matches {
+        let origin = serde_json::to_value(m.origin)
+            .ok()
+            .and_then(|o| o.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let kind = match m.kind {
+            api::ListKind::Block => "block",
+            api::ListKind::Allow => "allow",
+        };
+        out.line(format_args!(
             "  {} {} in {} list {} ({}){}{}",
-            m["prefix"].as_str().unwrap_or(""),
-            m["action"].as_str().unwrap_or(""),
-            m["origin"].as_str().unwrap_or(""),
-            m["list"].as_str().unwrap_or(""),
-            m["kind"].as_str().unwrap_or(""),
-            m["reason"]
-                .as_str()
+            m.prefix,
+            m.action,
+            origin,
+            m.list,
+            kind,
+            m.reason
+                .as_deref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default(),
-            if m["expires"].is_null() {
-                String::new()
-            } else {
-                format!(", expires {}", fmt_time(&m["expires"]))
-            },
-        );
-    }
-    if !v["dynamic"].is_null() {
-        println!(
-            "  dynamic verdict: {}",
-            v["dynamic"]["action"].as_str().unwrap_or("")
-        );
-    }
-    Ok(())
-}
-
-fn status(socket: &Path, json_out: bool, verify: bool) -> Result<(), CliError> {
-    let mut v = client::request(socket, "GET", "/v1/status", "application/json", b"")?;
-    let verified = if verify {
-        Some(client::request(
-            socket,
-            "GET",
-            "/v1/verify",
-            "application/json",
-            b"",
-        )?)
-    } else {
-        None
-    };
-    let bad = verified
-        .as_ref()
-        .is_some_and(|x| x["ok"] != Value::Bool(true));
-    if json_out {
-        if let Some(x) = verified {
-            v["verify"] = x;
-        }
-        print_json(&v);
-        return if bad {
-            Err(CliError::new("the tables differ from the store"))
-        } else {
-            Ok(())
-        };
-    }
-    println!(
-        "prefilter {} (map ABI {}), up {}s, config {}",
-        v["version"].as_str().unwrap_or(""),
-        v["abi"],
-        v["uptime_secs"],
-        v["config"].as_str().unwrap_or("")
-    );
-    for i in v["interfaces"].as_array().into_iter().flatten() {
-        println!(
-            "  attached to {} ({} mode)",
-            i["interface"].as_str().unwrap_or(""),
-            i["mode"].as_str().unwrap_or("")
-        );
-    }
-    if v["interfaces"].as_array().is_none_or(|a| a.is_empty()) {
-        println!("  not attached to any interface");
-    }
-    println!("  judged ports: {}", v["ports"]);
-    let m = &v["maps"];
-    println!(
-        "  tables: v4 {} block / {} allow ({} of {} long-prefix groups), v6 {} block / {} allow (capacity {})",
-        m["v4_block"],
-        m["v4_allow"],
-        m["v4_long_groups"]["used"],
-        m["v4_long_groups"]["capacity"],
-        m["v6_block"],
-        m["v6_allow"],
-        m["v6_capacity"]
-    );
-    for l in v["lists"].as_array().into_iter().flatten() {
-        println!(
-            "  list {} ({} {}, id {}): {} entries",
-            l["name"].as_str().unwrap_or(""),
-            l["origin"].as_str().unwrap_or(""),
-            l["kind"].as_str().unwrap_or(""),
-            l["id"],
-            l["entries"]
-        );
-    }
-    for c in v["counters"].as_array().into_iter().flatten() {
-        println!(
-            "  {:>12} packets  {} / {}",
-            c["packets"],
-            c["action"].as_str().unwrap_or(""),
-            c["reason"].as_str().unwrap_or("")
-        );
-    }
-    Ok(())
-}
-
-fn watch(socket: &Path, json_out: bool) -> Result<(), CliError> {
-    client::stream(socket, "/v1/watch", |line| {
-        if json_out {
-            println!("{line}");
-            return true;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            return true;
-        };
-        if let Some(n) = v["lagged"].as_u64() {
-            println!("... {n} events skipped (too slow)");
-            return true;
-        }
-        println!(
-            "{:.3} {:<10} {:<40} {:<8} {}{} port {}",
-            v["time"].as_f64().unwrap_or(0.0),
-            v["kind"].as_str().unwrap_or(""),
-            v["source"].as_str().unwrap_or(""),
-            v["action"].as_str().unwrap_or(""),
-            v["reason"].as_str().unwrap_or(""),
-            v["list"]
-                .as_str()
-                .map(|l| format!(" list={l}"))
+            m.expires
+                .map(|t| format!(", expires {}", fmt_time(Some(t))))
                 .unwrap_or_default(),
-            v["port"]
-        );
-        true
+        ))?;
+    }
+    if let Some(d) = &v.dynamic {
+        out.line(format_args!("  dynamic verdict: {}", d.action))?;
+    }
+    Ok(())
+}
+
+fn status(client: &Client, out: &mut Out, json_out: bool, verify: bool) -> Result<(), CliError> {
+    let mut v: api::Status = client.get("/v1/status")?;
+    if verify {
+        v.verify = Some(client.get("/v1/verify")?);
+    }
+    let bad = v.verify.as_ref().is_some_and(|x| !x.ok);
+    let differ = || CliError::new("the tables differ from the store");
+    if json_out {
+        out.json(&v)?;
+        return if bad { Err(differ()) } else { Ok(()) };
+    }
+    out.line(format_args!(
+        "prefilter {} (map ABI {}), up {}s, config {}",
+        v.version,
+        v.abi,
+        v.uptime_secs,
+        v.config.display()
+    ))?;
+    for i in &v.interfaces {
+        out.line(format_args!(
+            "  attached to {} ({} mode)",
+            i.interface, i.mode
+        ))?;
+    }
+    if v.interfaces.is_empty() {
+        out.line("  not attached to any interface")?;
+    }
+    let ports: Vec<String> = v.ports.iter().map(u16::to_string).collect();
+    out.line(format_args!("  judged ports: {}", ports.join(",")))?;
+    let m = &v.maps;
+    out.line(format_args!(
+        "  tables: v4 {} block / {} allow ({} of {} long-prefix groups), v6 {} block / {} allow (capacity {})",
+        m.v4_block,
+        m.v4_allow,
+        m.v4_long_groups.used,
+        m.v4_long_groups.capacity,
+        m.v6_block,
+        m.v6_allow,
+        m.v6_capacity
+    ))?;
+    for l in &v.lists {
+        let origin = serde_json::to_value(l.origin)
+            .ok()
+            .and_then(|o| o.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let kind = match l.kind {
+            api::ListKind::Block => "block",
+            api::ListKind::Allow => "allow",
+        };
+        out.line(format_args!(
+            "  list {} ({} {}, id {}): {} entries",
+            l.name, origin, kind, l.id, l.entries
+        ))?;
+    }
+    for c in &v.counters {
+        out.line(format_args!(
+            "  {:>12} packets  {} / {}",
+            c.packets, c.action, c.reason
+        ))?;
+    }
+    if let Some(x) = &v.verify {
+        out.line(format_args!(
+            "  verify: {} ({} store prefixes, {} table prefixes, {} addresses checked)",
+            if x.ok { "ok" } else { "MISMATCH" },
+            x.store_prefixes,
+            x.table_prefixes,
+            x.addresses_checked
+        ))?;
+        for m in &x.mismatches {
+            match m {
+                api::Mismatch::Rule {
+                    prefix,
+                    kind,
+                    problem,
+                } => out.line(format_args!(
+                    "    {} ({}): {problem}",
+                    prefix,
+                    match kind {
+                        api::ListKind::Block => "block",
+                        api::ListKind::Allow => "allow",
+                    }
+                ))?,
+                api::Mismatch::Address {
+                    address,
+                    kernel,
+                    expected,
+                } => out.line(format_args!(
+                    "    {address}: the kernel says {kernel}, the store {expected}"
+                ))?,
+            }
+        }
+        if bad && x.mismatches.is_empty() {
+            out.line("    the rule sets differ")?;
+        }
+    }
+    if bad { Err(differ()) } else { Ok(()) }
+}
+
+fn watch(client: &Client, out: &mut Out, json_out: bool) -> Result<(), CliError> {
+    let mut lines = Lines::default();
+    client.stream("/v1/watch", |chunk| {
+        lines.feed(chunk, |line| {
+            if line.trim().is_empty() {
+                return Ok(());
+            }
+            if json_out {
+                out.line(line)?;
+            } else {
+                match serde_json::from_str::<api::WatchLine>(line) {
+                    Ok(api::WatchLine::Lagged { lagged }) => {
+                        out.line(format_args!("... {lagged} events skipped (too slow)"))?
+                    }
+                    Ok(api::WatchLine::Event(v)) => out.line(format_args!(
+                        "{:.3} {:<10} {:<40} {:<8} {}{} port {}",
+                        v.time,
+                        v.kind,
+                        v.source,
+                        v.action,
+                        v.reason,
+                        v.list
+                            .as_deref()
+                            .map(|l| format!(" list={l}"))
+                            .unwrap_or_default(),
+                        v.port
+                    ))?,
+                    Err(_) => return Ok(()),
+                }
+            }
+            // Live output: each event as it comes.
+            out.flush()
+        })
     })
 }
 
@@ -458,7 +553,7 @@ fn pinned_links(pin_dir: &Path) -> Vec<(String, std::path::PathBuf)> {
 
 /// With the daemon down, says whether its filter is still in force (SIGTERM leaves it).
 fn still_attached(e: CliError, pin_dir: &Path) -> CliError {
-    if e.code != 3 {
+    if !e.unreachable() {
         return e;
     }
     let links = pinned_links(pin_dir);
@@ -467,6 +562,7 @@ fn still_attached(e: CliError, pin_dir: &Path) -> CliError {
     }
     let ifs: Vec<&str> = links.iter().map(|(i, _)| i.as_str()).collect();
     CliError {
+        details: e.details,
         message: format!(
             "{}
 the XDP filter is still attached to {} (pinned in {}): SYNs are judged with the tables as the daemon left them; `prefilter detach` removes it",
@@ -478,31 +574,27 @@ the XDP filter is still attached to {} (pinned in {}): SYNs are judged with the 
     }
 }
 
-fn detach(socket: &Path, iface: Option<&str>, pin_dir: &Path) -> Result<(), CliError> {
+fn detach(
+    client: &Client,
+    out: &mut Out,
+    iface: Option<&str>,
+    pin_dir: &Path,
+) -> Result<(), CliError> {
     let target = match iface {
         Some(i) => format!("/v1/detach?iface={}", encode(i)),
         None => "/v1/detach".to_owned(),
     };
-    match client::json(socket, "POST", &target, &json!({})) {
-        Ok(v) => {
-            let ifs: Vec<&str> = v["detached"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            println!(
-                "detached from {}",
-                if ifs.is_empty() {
-                    "nothing".into()
-                } else {
-                    ifs.join(", ")
-                }
-            );
-            Ok(())
-        }
+    match client.post::<_, api::DetachResult>(&target, &serde_json::json!({})) {
+        Ok(r) => out.line(format_args!(
+            "detached from {}",
+            if r.detached.is_empty() {
+                "nothing".into()
+            } else {
+                r.detached.join(", ")
+            }
+        )),
         // Without a daemon the pinned links are still there: remove them directly.
-        Err(e) if e.code == 3 => {
+        Err(e) if e.unreachable() => {
             let mut done = Vec::new();
             for (ifname, path) in pinned_links(pin_dir) {
                 if iface.is_some_and(|i| i != ifname) {
@@ -518,11 +610,10 @@ fn detach(socket: &Path, iface: Option<&str>, pin_dir: &Path) -> Result<(), CliE
                     pin_dir.display()
                 )));
             }
-            println!(
+            out.line(format_args!(
                 "daemon not running; removed the pinned filter from {}",
                 done.join(", ")
-            );
-            Ok(())
+            ))
         }
         Err(e) => Err(e),
     }

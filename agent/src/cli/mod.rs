@@ -128,6 +128,9 @@ pub struct BlockAddArgs {
     /// List to add to.
     #[arg(long, default_value = "cli")]
     pub list: String,
+    /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6), which block much of the internet.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -172,9 +175,12 @@ pub struct ImportArgs {
     /// Replace the whole list atomically instead of adding to it.
     #[arg(long)]
     pub replace: bool,
-    /// Apply nothing if any line is bad.
+    /// Apply nothing if any line is bad (every bad line is listed).
     #[arg(long)]
     pub strict: bool,
+    /// With --replace: allow emptying the list or shrinking it past the configured share.
+    #[arg(long, requires = "replace")]
+    pub force: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -199,13 +205,11 @@ pub struct DetachArgs {
     pub pin_dir: PathBuf,
 }
 
-/// Parses `90`, `90s`, `30m`, `12h`, `7d` into seconds.
+/// Parses `90`, `90s`, `30m`, `12h`, `7d`, `2w` into seconds, at most ten years (the
+/// daemon's limit: longer is a typo, and the expiry must not overflow).
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 90s, 30m, 12h, 7d)"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -218,11 +222,20 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             ));
         }
     };
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a duration (e.g. 90s, 30m, 12h, 7d)"));
+    }
+    let max = crate::daemon::MAX_TTL_SECS;
+    let too_long = || format!("a TTL of {s:?} is too long: at most ten years ({max}s)");
+    // Only digits are left: a parse failure is an overflow.
+    let n: u64 = num.parse().map_err(|_| too_long())?;
     if n == 0 {
         return Err("a TTL must be more than 0".into());
     }
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= max => Ok(secs),
+        _ => Err(too_long()),
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +281,22 @@ mod tests {
                 input: "h",
                 expected: Err(()),
             },
+            Case {
+                input: "520w",
+                expected: Ok(520 * 7 * 86400),
+            },
+            Case {
+                input: "3651d",
+                expected: Err(()),
+            },
+            Case {
+                input: "99999999999999999999999s",
+                expected: Err(()),
+            },
+            Case {
+                input: "30500000000000000d",
+                expected: Err(()),
+            },
         ];
         for c in cases {
             assert_eq!(
@@ -276,6 +305,14 @@ mod tests {
                 "{}",
                 c.input
             );
+        }
+    }
+
+    #[test]
+    fn overlong_ttl_says_why() {
+        for s in ["3651d", "99999999999999999999999s"] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains("ten years"), "{s}: {e}");
         }
     }
 

@@ -102,7 +102,8 @@ prefixes = ["198.51.100.0/24"]
         Limits {
             v4_long_groups: 1024,
             v6_entries: 1000,
-            dynamic_entries: 5000
+            dynamic_entries: 5000,
+            max_shrink_percent: 50,
         }
     );
     assert_eq!(c.metrics.listen, Some("[::1]:9999".parse().unwrap()));
@@ -155,7 +156,8 @@ fn defaults() {
         Limits {
             v4_long_groups: 65536,
             v6_entries: 262144,
-            dynamic_entries: 262144
+            dynamic_entries: 262144,
+            max_shrink_percent: 50,
         }
     );
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9750".parse().unwrap()));

@@ -1,31 +1,33 @@
 //! The control socket: HTTP with JSON over a Unix socket, mode 0660, root and the
-//! configured group. Every CLI subcommand but `run` is a client of it.
+//! configured group. Every CLI subcommand but `run` is a client of it; the bodies are the
+//! types of [`crate::api`].
 
 use std::{
+    collections::HashMap,
     ffi::CString,
     net::IpAddr,
     os::unix::{ffi::OsStrExt, fs::PermissionsExt},
     path::PathBuf,
 };
 
+use bytes::Bytes;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use prefilter_common::action;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use tokio::{
-    io::AsyncWriteExt,
-    net::{UnixListener, UnixStream},
-    sync::watch,
-};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::{net::UnixListener, sync::watch};
 use tracing::{debug, error, info, warn};
 
 use super::{CLI_ALLOW_LIST, CLI_LIST, Daemon, OpError};
 use crate::{
-    http::{self, Request},
+    api,
+    http::{self, Body, Server},
     import::{self, Format},
     prefix::Prefix,
-    store::{self, Origin},
+    store::{self, Entry, Origin},
     xdp::v4table::Kind,
 };
+
+const JSON: &str = "application/json";
 
 /// Binds the socket: a stale socket file from a crashed daemon is removed first.
 pub async fn serve(
@@ -50,14 +52,29 @@ pub async fn serve(
     };
     secure(&path, group.as_deref());
     info!(path = %path.display(), "control socket listening");
+    serve_on(d, listener, Server::new(http::CONTROL), &mut stop).await;
+}
+
+/// The accept loop, apart from binding so tests can drive it on any socket.
+async fn serve_on(
+    d: Daemon,
+    listener: UnixListener,
+    server: Server,
+    stop: &mut watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => {
                     let d = d.clone();
-                    tokio::spawn(async move { handle(d, s).await });
+                    let limits = *server.limits();
+                    server.spawn(s, move |req| handle(d.clone(), limits, req));
                 }
-                Err(e) => warn!("control accept: {e}"),
+                Err(e) => {
+                    warn!("control accept: {e}");
+                    // Out of descriptors: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
             },
             _ = stop.changed() => return,
         }
@@ -95,65 +112,211 @@ fn secure(path: &std::path::Path, group: Option<&str>) {
     }
 }
 
-async fn handle(d: Daemon, mut s: UnixStream) {
-    let (r, mut w) = s.split();
-    let req = match http::read_request(r).await {
-        Ok(req) => req,
-        Err(e) => {
-            let body = json!({ "error": e.to_string() }).to_string();
-            let _ = http::respond(&mut w, 400, "application/json", body.as_bytes()).await;
-            return;
-        }
-    };
-    debug!(method = %req.method, path = %req.path, "control request");
-    if req.method == "GET" && req.path == "/v1/watch" {
-        d.count_request("/v1/watch", 200);
-        super::events::stream(d, &mut w).await;
-        return;
+/// The endpoints, as metric labels: a fixed set whatever path a client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Status,
+    Verify,
+    Check,
+    Reload,
+    Detach,
+    Watch,
+    BlockList,
+    BlockAdd,
+    BlockDelete,
+    BlockImport,
+    AllowList,
+    AllowAdd,
+    AllowDelete,
+    /// A path that exists, with a method it does not take.
+    WrongMethod,
+    /// No such path.
+    Other,
+}
+
+impl Route {
+    pub fn of(method: &Method, path: &str) -> Self {
+        let get = method == Method::GET;
+        let post = method == Method::POST;
+        let r = match path {
+            "/v1/status" => get.then_some(Self::Status),
+            "/v1/verify" => get.then_some(Self::Verify),
+            "/v1/check" => get.then_some(Self::Check),
+            "/v1/watch" => get.then_some(Self::Watch),
+            "/v1/reload" => post.then_some(Self::Reload),
+            "/v1/detach" => post.then_some(Self::Detach),
+            "/v1/block" if get => Some(Self::BlockList),
+            "/v1/block" => post.then_some(Self::BlockAdd),
+            "/v1/block/delete" => post.then_some(Self::BlockDelete),
+            "/v1/block/import" => post.then_some(Self::BlockImport),
+            "/v1/allow" if get => Some(Self::AllowList),
+            "/v1/allow" => post.then_some(Self::AllowAdd),
+            "/v1/allow/delete" => post.then_some(Self::AllowDelete),
+            _ => return Self::Other,
+        };
+        r.unwrap_or(Self::WrongMethod)
     }
-    let endpoint = req.path.clone();
-    let d2 = d.clone();
-    // Imports of a million lines take a second or two: keep them off the async workers.
-    let result = tokio::task::spawn_blocking(move || route(&d2, req))
-        .await
-        .unwrap_or_else(|e| Err(OpError::internal(format!("request handler failed: {e}"))));
-    let (status, body) = match result {
-        Ok(v) => (200, v),
-        Err(e) => (e.status, json!({ "error": e.message })),
+
+    /// The `endpoint` label of `prefilter_control_requests_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Verify => "verify",
+            Self::Check => "check",
+            Self::Reload => "reload",
+            Self::Detach => "detach",
+            Self::Watch => "watch",
+            Self::BlockList => "block_list",
+            Self::BlockAdd => "block_add",
+            Self::BlockDelete => "block_delete",
+            Self::BlockImport => "block_import",
+            Self::AllowList => "allow_list",
+            Self::AllowAdd => "allow_add",
+            Self::AllowDelete => "allow_delete",
+            Self::WrongMethod => "wrong_method",
+            Self::Other => "other",
+        }
+    }
+}
+
+fn error_response(e: OpError) -> Response<Body> {
+    error_body(
+        e.status,
+        api::ErrorBody {
+            error: e.message,
+            errors: Vec::new(),
+        },
+    )
+}
+
+fn error_body(status: u16, body: api::ErrorBody) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    http::response(status, JSON, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Handles one request and counts it under its route.
+async fn handle(d: Daemon, limits: http::Limits, req: Request<Incoming>) -> Response<Body> {
+    let route = Route::of(req.method(), req.uri().path());
+    debug!(method = %req.method(), path = req.uri().path(), route = route.name(), "control request");
+    let resp = dispatch(d, limits, route, req).await;
+    super::metrics::count_request(route.name(), resp.status().as_u16());
+    resp
+}
+
+/// What a blocking handler answers: a JSON document, or a refusal (with bad lines).
+type Answer = Result<Vec<u8>, Refusal>;
+
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    body: api::ErrorBody,
+}
+
+impl From<OpError> for Refusal {
+    fn from(e: OpError) -> Self {
+        Self {
+            status: e.status,
+            body: api::ErrorBody {
+                error: e.message,
+                errors: Vec::new(),
+            },
+        }
+    }
+}
+
+fn ok<T: Serialize>(v: &T) -> Answer {
+    serde_json::to_vec(v).map_err(|e| OpError::internal(format!("encoding the answer: {e}")).into())
+}
+
+async fn dispatch(
+    d: Daemon,
+    limits: http::Limits,
+    route: Route,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    match route {
+        Route::Other => {
+            return error_response(OpError {
+                status: 404,
+                message: format!("no such endpoint {path}"),
+            });
+        }
+        Route::WrongMethod => {
+            return error_response(OpError {
+                status: 405,
+                message: format!("{} {path} is not supported", parts.method),
+            });
+        }
+        Route::Watch => return super::events::stream(d),
+        Route::BlockList => return list(d, Kind::Block),
+        Route::AllowList => return list(d, Kind::Allow),
+        _ => {}
+    }
+    let query = http::parse_query(parts.uri.query().unwrap_or(""));
+    let body = if parts.method == Method::POST {
+        match http::read_body(body, &limits).await {
+            Ok(b) => b,
+            Err(e) => {
+                return error_response(OpError {
+                    status: e.status().as_u16(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    } else {
+        Bytes::new()
     };
-    d.count_request(&endpoint, status);
-    let body = body.to_string();
-    let _ = http::respond(&mut w, status, "application/json", body.as_bytes()).await;
-    let _ = w.shutdown().await;
+    // Imports of a million lines take a second or two: keep them off the async workers.
+    let answer = tokio::task::spawn_blocking(move || route_blocking(&d, route, &query, &body))
+        .await
+        .unwrap_or_else(|e| Err(OpError::internal(format!("request handler failed: {e}")).into()));
+    match answer {
+        Ok(b) => http::response(StatusCode::OK, JSON, b),
+        Err(r) => error_body(r.status, r.body),
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddBody {
-    prefixes: Vec<String>,
-    #[serde(default)]
-    list: Option<String>,
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    ttl_secs: Option<u64>,
-    #[serde(default)]
-    reason: Option<String>,
+fn route_blocking(d: &Daemon, route: Route, q: &HashMap<String, String>, body: &[u8]) -> Answer {
+    match route {
+        Route::Status => ok(&super::metrics::status(d)),
+        Route::Verify => ok(&d.verify()),
+        Route::Check => {
+            let ip = q.get("ip").map(String::as_str).unwrap_or("");
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| OpError::bad(format!("not an IP address: {ip:?}")))?;
+            ok(&d.check(ip))
+        }
+        Route::Reload => ok(&api::ReloadResult {
+            reloaded: true,
+            table_changes: d.reload()?,
+        }),
+        Route::Detach => ok(&api::DetachResult {
+            detached: d.detach(q.get("iface").map(String::as_str))?,
+        }),
+        Route::BlockAdd => add(d, Kind::Block, body),
+        Route::AllowAdd => add(d, Kind::Allow, body),
+        Route::BlockDelete => delete(d, Kind::Block, body),
+        Route::AllowDelete => delete(d, Kind::Allow, body),
+        Route::BlockImport => import(d, &api::ImportParams::from_query(q), body),
+        Route::Watch | Route::BlockList | Route::AllowList | Route::WrongMethod | Route::Other => {
+            Err(OpError::internal("not a blocking route").into())
+        }
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DelBody {
-    prefixes: Vec<String>,
-    #[serde(default)]
-    list: Option<String>,
+fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, OpError> {
+    serde_json::from_slice(body).map_err(|e| OpError::bad(format!("bad request body: {e}")))
 }
 
+/// Every prefix parsed strictly (no host bits), or all the bad ones named.
 fn parse_prefixes(v: &[String]) -> Result<Vec<Prefix>, OpError> {
     let mut bad = Vec::new();
     let mut out = Vec::with_capacity(v.len());
     for s in v {
-        match s.parse::<Prefix>() {
+        match Prefix::parse_strict(s.trim()) {
             Ok(p) => out.push(p),
             Err(e) => bad.push(e.to_string()),
         }
@@ -174,179 +337,313 @@ fn block_action(name: Option<&str>) -> Result<u8, OpError> {
     }
 }
 
-fn kind_of(path: &str) -> Option<(Kind, &str)> {
-    if let Some(rest) = path.strip_prefix("/v1/block") {
-        Some((Kind::Block, rest))
+/// A list name from a client: refused as a bad request before the store sees it.
+fn list_name(name: &str) -> Result<&str, OpError> {
+    if store::valid_name(name) {
+        Ok(name)
     } else {
-        path.strip_prefix("/v1/allow")
-            .map(|rest| (Kind::Allow, rest))
+        Err(OpError::bad(format!(
+            "invalid list name {name:?}: use 1-64 of a-z 0-9 _ . -"
+        )))
     }
 }
 
-fn json_body<T: for<'a> Deserialize<'a>>(req: &Request) -> Result<T, OpError> {
-    serde_json::from_slice(&req.body).map_err(|e| OpError::bad(format!("bad request body: {e}")))
+fn add(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
+    let b: api::AddBody = json_body(body)?;
+    let prefixes = parse_prefixes(&b.prefixes)?;
+    let act = match kind {
+        Kind::Block => block_action(b.action.as_deref())?,
+        Kind::Allow => action::ALLOW,
+    };
+    let default = match kind {
+        Kind::Block => CLI_LIST,
+        Kind::Allow => CLI_ALLOW_LIST,
+    };
+    let list = list_name(b.list.as_deref().unwrap_or(default))?.to_owned();
+    let added = prefixes.len();
+    let req = super::AddRequest {
+        kind,
+        list: list.clone(),
+        prefixes,
+        action: act,
+        ttl: b.ttl_secs,
+        reason: b.reason,
+        force: b.force,
+    };
+    let table_changes = d.add(req, "cli")?;
+    ok(&api::AddResult {
+        added,
+        table_changes,
+        list,
+    })
 }
 
-fn route(d: &Daemon, req: Request) -> Result<Value, OpError> {
-    let m = req.method.as_str();
-    match (m, req.path.as_str()) {
-        ("GET", "/v1/status") => Ok(super::metrics::status_json(d)),
-        ("GET", "/v1/verify") => Ok(d.verify()),
-        ("GET", "/v1/check") => {
-            let ip = req.query.get("ip").map(String::as_str).unwrap_or("");
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| OpError::bad(format!("not an IP address: {ip:?}")))?;
-            Ok(d.check(ip))
-        }
-        ("POST", "/v1/reload") => {
-            let n = d.reload()?;
-            Ok(json!({ "reloaded": true, "table_changes": n }))
-        }
-        ("POST", "/v1/detach") => {
-            let ifs = d.detach(req.query.get("iface").map(String::as_str))?;
-            Ok(json!({ "detached": ifs }))
-        }
-        ("POST", "/v1/block/import") => import(d, &req),
-        (_, path) => {
-            let Some((kind, rest)) = kind_of(path) else {
-                return Err(OpError {
-                    status: 404,
-                    message: format!("no such endpoint {path}"),
-                });
-            };
-            match (m, rest) {
-                ("GET", "") => Ok(list(d, kind)),
-                ("POST", "") => {
-                    let b: AddBody = json_body(&req)?;
-                    let prefixes = parse_prefixes(&b.prefixes)?;
-                    let act = match kind {
-                        Kind::Block => block_action(b.action.as_deref())?,
-                        Kind::Allow => action::ALLOW,
-                    };
-                    let default = match kind {
-                        Kind::Block => CLI_LIST,
-                        Kind::Allow => CLI_ALLOW_LIST,
-                    };
-                    let list = b.list.as_deref().unwrap_or(default);
-                    let n = prefixes.len();
-                    let req = super::AddRequest {
-                        kind,
-                        list: list.to_owned(),
-                        prefixes,
-                        action: act,
-                        ttl: b.ttl_secs,
-                        reason: b.reason,
-                    };
-                    let changed = d.add(req, "cli")?;
-                    Ok(json!({ "added": n, "table_changes": changed, "list": list }))
-                }
-                ("POST", "/delete") => {
-                    let b: DelBody = json_body(&req)?;
-                    let prefixes = parse_prefixes(&b.prefixes)?;
-                    let removed = d.delete(kind, b.list.as_deref(), prefixes, "cli")?;
-                    let total: usize = removed.iter().map(|(_, n)| n).sum();
-                    Ok(json!({
-                        "removed": total,
-                        "lists": removed.iter().map(|(l, n)| json!({"list": l, "removed": n})).collect::<Vec<_>>(),
-                    }))
-                }
-                _ => Err(OpError {
-                    status: 405,
-                    message: format!("{m} {path} is not supported"),
-                }),
-            }
-        }
-    }
+fn delete(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
+    let b: api::DeleteBody = json_body(body)?;
+    let prefixes = parse_prefixes(&b.prefixes)?;
+    let list = b.list.as_deref().map(list_name).transpose()?;
+    let removed = d.delete(kind, list, prefixes, "cli")?;
+    ok(&api::DeleteResult {
+        removed: removed.iter().map(|(_, n)| n).sum(),
+        lists: removed
+            .into_iter()
+            .map(|(list, removed)| api::ListRemoved { list, removed })
+            .collect(),
+    })
 }
 
-fn list(d: &Daemon, kind: Kind) -> Value {
-    let st = d.lock();
-    let mut out = Vec::new();
-    for (name, l) in st.store.lists().iter().filter(|(_, l)| l.kind == kind) {
-        let mut entries: Vec<_> = l.entries.iter().collect();
-        entries.sort_by_key(|(p, _)| **p);
-        for (p, e) in entries {
-            out.push(json!({
-                "prefix": p.to_string(),
-                "list": name,
-                "origin": l.origin,
-                "action": if kind == Kind::Allow { "allow" } else { action::NAMES[e.action as usize] },
-                "reason": e.reason.as_deref(),
-                "created": e.created,
-                "expires": e.expires,
-            }));
-        }
-    }
-    Value::Array(out)
+/// Origin of list `name`, if it exists.
+fn list_origin(d: &Daemon, name: &str) -> Option<Origin> {
+    d.view()
+        .lists
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| l.origin)
 }
 
-fn import(d: &Daemon, req: &Request) -> Result<Value, OpError> {
-    let q = &req.query;
-    let list = q.get("list").map(String::as_str).unwrap_or("import");
-    if !store::valid_name(list) {
-        return Err(OpError::bad(format!(
-            "invalid list name {list:?}: use 1-64 of a-z 0-9 _ . -"
-        )));
-    }
+fn import(d: &Daemon, p: &api::ImportParams, body: &[u8]) -> Answer {
+    let list = list_name(p.list.as_deref().unwrap_or("import"))?;
     if list == CLI_LIST || list == CLI_ALLOW_LIST {
-        return Err(OpError::bad(
-            "the cli list takes block add; import into a named list",
-        ));
+        return Err(OpError::bad("the cli list takes block add; import into a named list").into());
     }
-    let act = block_action(q.get("action").map(String::as_str))?;
-    let text = std::str::from_utf8(&req.body)
+    let act = block_action(p.action.as_deref())?;
+    let text = std::str::from_utf8(body)
         .map_err(|e| OpError::bad(format!("the list is not UTF-8 text: {e}")))?;
-    let format = match q.get("format").map(String::as_str) {
-        None | Some("") | Some("auto") => Format::detect(text),
+    let format = match p.format.as_deref() {
+        None | Some("auto") => Format::detect(text),
         Some(f) => f.parse::<Format>().map_err(|_| {
             OpError::bad(format!(
                 "unknown format {f:?}: use plain, spamhaus-drop or rbldnsd"
             ))
         })?,
     };
-    let strict = q.get("strict").is_some_and(|v| v == "1" || v == "true");
-    let replace = q.get("replace").is_some_and(|v| v == "1" || v == "true");
-    let parsed = import::parse(text, format);
-    let errors: Vec<Value> = parsed
-        .errors
-        .iter()
-        .map(|e| json!({ "line": e.line, "text": e.text, "message": e.message }))
-        .collect();
-    if strict && !errors.is_empty() {
-        return Err(OpError {
+    let mut parsed = import::parse(text, format);
+    let errors: Vec<api::BadLine> = parsed.errors.iter().map(api::BadLine::from).collect();
+    if p.strict && !errors.is_empty() {
+        let first = &parsed.errors[0];
+        return Err(Refusal {
             status: 422,
-            message: format!(
-                "--strict: {} bad line(s), nothing applied; first: line {}: {}",
-                errors.len(),
-                parsed.errors[0].line,
-                parsed.errors[0].message
-            ),
+            body: api::ErrorBody {
+                error: format!(
+                    "--strict: {} bad line(s), nothing applied; first: line {}: {}",
+                    errors.len(),
+                    first.line,
+                    first.message
+                ),
+                errors,
+            },
         });
     }
-    {
-        let st = d.lock();
-        if let Some(l) = st.store.lists().get(list)
-            && l.origin == Origin::Config
-        {
-            return Err(OpError::conflict(format!(
-                "list {list} comes from the config file; import into another name"
-            )));
-        }
+    if list_origin(d, list) == Some(Origin::Config) {
+        return Err(OpError::conflict(format!(
+            "list {list} comes from the config file; import into another name"
+        ))
+        .into());
     }
-    let n = parsed.entries.len();
+    let applied = parsed.entries.len();
     let entries = parsed
         .entries
-        .into_iter()
+        .drain(..)
         .map(|e| (e.prefix, e.reason))
         .collect();
-    let changed = d.import(list, act, entries, replace)?;
-    Ok(json!({
-        "list": list,
-        "format": format.name(),
-        "applied": n,
-        "table_changes": changed,
-        "replaced": replace,
-        "errors": errors,
-    }))
+    let table_changes = d.import(list, act, entries, p.replace, p.force)?;
+    ok(&api::ImportResult {
+        list: list.to_owned(),
+        format: format.name().to_owned(),
+        applied,
+        table_changes,
+        replaced: p.replace,
+        errors,
+        skipped: parsed.skipped.iter().map(api::BadLine::from).collect(),
+    })
+}
+
+/// Entries serialized per chunk of a streamed list: small enough to keep the daemon's
+/// memory flat, large enough that a million entries take few wake-ups.
+const LIST_BATCH: usize = 4096;
+
+/// Lists of `kind`, by name. (Store read, one short read lock.)
+fn lists_of(d: &Daemon, kind: Kind) -> Vec<(String, Origin)> {
+    d.store()
+        .lists()
+        .iter()
+        .filter(|(_, l)| l.kind == kind)
+        .map(|(n, l)| (n.clone(), l.origin))
+        .collect()
+}
+
+/// The entries of list `name`, unsorted: copied under one short read lock (a million take
+/// tens of milliseconds), so the slow part, writing them out, holds no lock.
+fn entries_of(d: &Daemon, name: &str) -> Vec<(Prefix, Entry)> {
+    d.store()
+        .lists()
+        .get(name)
+        .map(|l| l.entries.iter().map(|(p, e)| (*p, e.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// A list entry as written, borrowing from the copy: no allocation per entry.
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    prefix: Prefix,
+    list: &'a str,
+    origin: Origin,
+    action: &'a str,
+    reason: Option<&'a str>,
+    created: u64,
+    expires: Option<u64>,
+}
+
+/// `GET /v1/block|allow`: a JSON array of [`api::ListEntry`], one per line, streamed in
+/// batches, so a million entries never become one document in the daemon's memory.
+fn list(d: Daemon, kind: Kind) -> Response<Body> {
+    let (tx, body) = Body::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let send = |s: String| tx.blocking_send(Bytes::from(s)).is_ok();
+        let mut first = true;
+        for (name, origin) in lists_of(&d, kind) {
+            let mut entries = entries_of(&d, &name);
+            entries.sort_unstable_by_key(|(p, _)| *p);
+            for page in entries.chunks(LIST_BATCH) {
+                let mut out = Vec::with_capacity(page.len() * 160);
+                for (p, e) in page {
+                    out.extend_from_slice(if first { api::LIST_OPEN } else { ",\n" }.as_bytes());
+                    first = false;
+                    let row = EntryOut {
+                        prefix: *p,
+                        list: &name,
+                        origin,
+                        action: if kind == Kind::Allow {
+                            "allow"
+                        } else {
+                            action::NAMES[e.action as usize]
+                        },
+                        reason: e.reason.as_deref(),
+                        created: e.created,
+                        expires: e.expires,
+                    };
+                    // Writing plain data into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut out, &row);
+                }
+                // The client went away: stop.
+                if !send(String::from_utf8(out).unwrap_or_default()) {
+                    return;
+                }
+            }
+        }
+        send(
+            if first {
+                api::LIST_EMPTY
+            } else {
+                api::LIST_CLOSE
+            }
+            .to_owned(),
+        );
+        drop(tx);
+        super::trim_heap();
+    });
+    http::streamed(JSON, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_have_fixed_labels() {
+        struct Case {
+            method: Method,
+            path: &'static str,
+            label: &'static str,
+        }
+        let cases = [
+            Case {
+                method: Method::GET,
+                path: "/v1/status",
+                label: "status",
+            },
+            Case {
+                method: Method::GET,
+                path: "/v1/block",
+                label: "block_list",
+            },
+            Case {
+                method: Method::POST,
+                path: "/v1/block",
+                label: "block_add",
+            },
+            Case {
+                method: Method::POST,
+                path: "/v1/allow/delete",
+                label: "allow_delete",
+            },
+            Case {
+                method: Method::POST,
+                path: "/v1/block/import",
+                label: "block_import",
+            },
+            Case {
+                method: Method::DELETE,
+                path: "/v1/block",
+                label: "wrong_method",
+            },
+            Case {
+                method: Method::GET,
+                path: "/v1/reload",
+                label: "wrong_method",
+            },
+            Case {
+                method: Method::GET,
+                path: "/v1/status/../../etc",
+                label: "other",
+            },
+            Case {
+                method: Method::GET,
+                path: "/\u{1b}[31mred",
+                label: "other",
+            },
+        ];
+        for c in cases {
+            assert_eq!(
+                Route::of(&c.method, c.path).name(),
+                c.label,
+                "{} {}",
+                c.method,
+                c.path
+            );
+        }
+    }
+
+    #[test]
+    fn add_refuses_host_bits_and_names_the_network() {
+        let e = parse_prefixes(&["198.51.100.7/24".into()]).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("198.51.100.0/24"), "{}", e.message);
+        assert!(parse_prefixes(&["198.51.100.0/24".into(), "2001:db8::/32".into()]).is_ok());
+    }
+
+    #[test]
+    fn streamed_rows_are_list_entries() {
+        let row = EntryOut {
+            prefix: "192.0.2.0/24".parse().unwrap(),
+            list: "cli",
+            origin: Origin::Cli,
+            action: "drop",
+            reason: Some("spam \"run\""),
+            created: 1,
+            expires: Some(2),
+        };
+        let line = serde_json::to_string(&row).unwrap();
+        let e = api::list_line(&format!("{line},")).unwrap().unwrap();
+        assert_eq!(e.reason.as_deref(), Some("spam \"run\""));
+        assert_eq!(e.expires, Some(2));
+    }
+
+    #[test]
+    fn bad_list_names_are_bad_requests() {
+        for n in ["", "../../etc", "UPPER", ".hidden"] {
+            assert_eq!(list_name(n).unwrap_err().status, 400, "{n:?}");
+        }
+        assert!(list_name("sbl-drop").is_ok());
+    }
 }

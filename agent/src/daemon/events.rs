@@ -6,7 +6,7 @@ use aya::maps::{MapData, RingBuf};
 use prefilter_common::{action, events, events::Event, reason};
 use serde::Serialize;
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt, unix::AsyncFd},
+    io::unix::AsyncFd,
     sync::{broadcast, watch},
 };
 use tracing::{debug, warn};
@@ -53,7 +53,7 @@ fn decode(d: &Daemon, raw: &[u8]) -> Option<EventJson> {
         _ => ip.to_string(),
     };
     let list = if e.list_id != 0 && e.reason == reason::BLOCK {
-        d.lock().store.list_name(e.list_id).map(str::to_owned)
+        d.view().list_name(e.list_id).map(str::to_owned)
     } else {
         None
     };
@@ -129,26 +129,27 @@ pub async fn forward_logs(
     }
 }
 
-/// Streams events as JSON lines to one `watch` client until it goes away.
-pub async fn stream<W: AsyncWrite + Unpin>(d: Daemon, w: &mut W) {
+/// `GET /v1/watch`: events as JSON lines until the client goes away. A task forwards them
+/// into the response body; a client that stops reading loses events (`{"lagged":n}`), never
+/// slows the reader of the ring.
+pub fn stream(d: Daemon) -> hyper::Response<crate::http::Body> {
     let mut rx = d.events.subscribe();
-    if crate::http::respond_stream_head(w, "application/x-ndjson")
-        .await
-        .is_err()
-    {
-        return;
-    }
-    loop {
-        let line = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-            Ok(Ok(ev)) => serde_json::to_string(&ev).unwrap_or_default(),
-            // A slow watcher skips events rather than slowing anyone down.
-            Ok(Err(broadcast::error::RecvError::Lagged(n))) => format!("{{\"lagged\":{n}}}"),
-            Ok(Err(broadcast::error::RecvError::Closed)) => return,
-            // Keep-alive, so a vanished client is noticed.
-            Err(_) => String::new(),
-        };
-        if w.write_all(format!("{line}\n").as_bytes()).await.is_err() || w.flush().await.is_err() {
-            return;
+    drop(d);
+    let (tx, body) = crate::http::Body::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let line = match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                Ok(Ok(ev)) => serde_json::to_string(&ev).unwrap_or_default(),
+                // A slow watcher skips events rather than slowing anyone down.
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => format!("{{\"lagged\":{n}}}"),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+                // Keep-alive, so a vanished client is noticed.
+                Err(_) => String::new(),
+            };
+            if tx.send(bytes::Bytes::from(line + "\n")).await.is_err() {
+                return;
+            }
         }
-    }
+    });
+    crate::http::streamed("application/x-ndjson", body)
 }

@@ -8,12 +8,13 @@ mod settings;
 mod verify;
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{Duration, Instant},
 };
+
+use arc_swap::ArcSwap;
 
 use anyhow::Context as _;
 use aya::programs::XdpMode;
@@ -26,7 +27,7 @@ pub use self::settings::{ListSpec, Settings};
 use crate::{
     prefix::Prefix,
     store::{self, Change, Entry, Origin, Store, Undo},
-    xdp::{Filter, FilterError, Options, v4table::Kind},
+    xdp::{Filter, FilterError, KernelView, Options, v4table::Kind},
 };
 
 /// Name of the list that `block add` writes to when none is given.
@@ -84,7 +85,12 @@ pub struct AddRequest {
     /// Seconds until the entries expire.
     pub ttl: Option<u64>,
     pub reason: Option<String>,
+    /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6): one typo there blocks all mail.
+    pub force: bool,
 }
+
+/// The longest TTL accepted: ten years. Longer is a typo, and the expiry must not overflow.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// One attached interface.
 #[derive(Clone, Debug, Serialize)]
@@ -94,24 +100,78 @@ pub struct Attachment {
     pub mode: &'static str,
 }
 
-/// Everything the daemon owns, behind one lock: operations are short, and a single writer
-/// keeps store, tables and journal in the same order.
+/// What the single writer owns: the kernel tables and the settings. Only mutations (CLI
+/// changes, imports, reloads, expiry; later feeds and DNSBL results) take it, one at a time,
+/// so store, tables and journal always change in the same order.
 pub struct State {
     pub settings: Settings,
     pub config_path: PathBuf,
     pub filter: Filter,
-    pub store: Store,
     pub attached: Vec<Attachment>,
     pub pin_dir: PathBuf,
     pub started: Instant,
-    /// Control requests by (endpoint, status).
-    pub requests: HashMap<(String, u16), u64>,
+}
+
+/// A list as readers see it, without its entries.
+#[derive(Clone, Debug)]
+pub struct ListInfo {
+    pub name: String,
+    pub id: u16,
+    /// "block" or "allow".
+    pub kind: &'static str,
+    pub origin: Origin,
+    pub entries: usize,
+}
+
+/// Fill of the XDP tables.
+#[derive(Clone, Debug, Default)]
+pub struct TableFill {
+    pub v4_block: usize,
+    pub v4_allow: usize,
+    pub v4_groups_used: u32,
+    pub v4_groups_capacity: u32,
+    pub v6_block: usize,
+    pub v6_allow: usize,
+    pub v6_capacity: u32,
+    pub adopted: bool,
+}
+
+/// What the writer publishes after every change: `status`, metrics and events read it
+/// without waiting on an import.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub config_path: PathBuf,
+    pub started: Instant,
+    pub attached: Vec<Attachment>,
+    pub ports: Vec<u16>,
+    pub lists: Vec<ListInfo>,
+    pub tables: TableFill,
+    /// Store entries by (origin, kind).
+    pub store_entries: Vec<(Origin, Kind, usize)>,
+}
+
+impl View {
+    /// The name of the list with `id`.
+    pub fn list_name(&self, id: u16) -> Option<&str> {
+        self.lists
+            .iter()
+            .find(|l| l.id == id)
+            .map(|l| l.name.as_str())
+    }
 }
 
 /// Shared handle.
+///
+/// One writer, many readers: mutations serialise on `writer`; the store sits behind a
+/// read-write lock that the writer takes for writing only to swap in-memory state (never
+/// while it writes files or tables of a large import); `view` and `kernel` are read with no
+/// lock the writer ever holds, so a metrics scrape or the proxy never waits on an import.
 #[derive(Clone)]
 pub struct Daemon {
-    state: Arc<Mutex<State>>,
+    writer: Arc<Mutex<State>>,
+    store: Arc<RwLock<Store>>,
+    view: Arc<ArcSwap<View>>,
+    kernel: Arc<KernelView>,
     events: broadcast::Sender<events::EventJson>,
     expiry_wake: Arc<tokio::sync::Notify>,
 }
@@ -160,17 +220,19 @@ impl State {
     /// it all: the store and the tables never disagree.
     fn mutate(
         &mut self,
+        store: &RwLock<Store>,
         op: impl FnOnce(&mut Store) -> Result<(Vec<Change>, Undo), store::StoreError>,
         persist: impl FnOnce(&mut Store) -> Result<(), store::StoreError>,
     ) -> Result<Vec<Change>, OpError> {
-        let (mut changes, undo) = op(&mut self.store)?;
+        let (mut changes, undo) = op(&mut write(store))?;
         // Shortest prefixes first: the v4 table then writes each address range once.
         changes.sort_unstable_by_key(|c| c.prefix.prefix_len());
         if let Err(e) = apply(&mut self.filter, &changes) {
-            self.store.rollback(undo);
+            write(store).rollback(undo);
             return Err(e);
         }
-        if let Err(e) = persist(&mut self.store) {
+        let persisted = persist(&mut write(store));
+        if let Err(e) = persisted {
             let reverse: Vec<Change> = changes
                 .iter()
                 .rev()
@@ -181,12 +243,45 @@ impl State {
                 })
                 .collect();
             let _ = apply(&mut self.filter, &reverse);
-            self.store.rollback(undo);
+            write(store).rollback(undo);
             return Err(OpError::internal(format!(
                 "not saved, nothing applied: {e}"
             )));
         }
         Ok(changes)
+    }
+
+    /// The summary readers see, from the writer's state and the store.
+    fn view(&self, store: &Store) -> View {
+        let (g_used, g_cap) = self.filter.v4.groups_used();
+        View {
+            config_path: self.config_path.clone(),
+            started: self.started,
+            attached: self.attached.clone(),
+            ports: self.settings.ports.clone(),
+            lists: store
+                .lists()
+                .iter()
+                .map(|(n, l)| ListInfo {
+                    name: n.clone(),
+                    id: l.id,
+                    kind: store::kind_name(l.kind),
+                    origin: l.origin,
+                    entries: l.entries.len(),
+                })
+                .collect(),
+            store_entries: store.entries_by_origin(),
+            tables: TableFill {
+                v4_block: self.filter.v4.len(Kind::Block),
+                v4_allow: self.filter.v4.len(Kind::Allow),
+                v4_groups_used: g_used,
+                v4_groups_capacity: g_cap,
+                v6_block: self.filter.v6.len(Kind::Block),
+                v6_allow: self.filter.v6.len(Kind::Allow),
+                v6_capacity: self.settings.limits.1,
+                adopted: self.filter.adopted,
+            },
+        }
     }
 
     fn runtime_config(&mut self) -> Result<(), FilterError> {
@@ -205,11 +300,16 @@ impl State {
     }
 
     /// Puts the config's static lists into the store (replacing what an older config had).
-    fn load_config_lists(&mut self) -> Result<usize, OpError> {
-        let at = store::now();
+    /// An entry keeps its `created` time while the config keeps it; a new one gets the config
+    /// file's modification time, so a restart does not make every config entry look new.
+    fn load_config_lists(&mut self, store: &RwLock<Store>) -> Result<usize, OpError> {
+        let at = std::fs::metadata(&self.config_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(store::now, |d| d.as_secs());
         let wanted: Vec<String> = self.settings.lists.iter().map(|l| l.name.clone()).collect();
-        let stale: Vec<String> = self
-            .store
+        let stale: Vec<String> = read(store)
             .lists()
             .iter()
             .filter(|(n, l)| l.origin == Origin::Config && !wanted.contains(n))
@@ -217,26 +317,37 @@ impl State {
             .collect();
         let mut n = 0;
         for name in stale {
-            n += self.mutate(|s| Ok(s.drop_list(&name)), |_| Ok(()))?.len();
+            n += self
+                .mutate(store, |s| Ok(s.drop_list(&name)), |_| Ok(()))?
+                .len();
         }
         for spec in self.settings.lists.clone() {
-            let entries = spec
-                .prefixes
-                .iter()
-                .map(|(p, reason)| {
-                    (
-                        *p,
-                        Entry {
-                            action: spec.action,
-                            reason: reason.as_deref().map(Into::into),
-                            created: at,
-                            expires: None,
-                        },
-                    )
-                })
-                .collect();
+            let entries = {
+                let st = read(store);
+                let old = st.lists().get(&spec.name);
+                spec.prefixes
+                    .iter()
+                    .map(|(p, reason)| {
+                        let reason: Option<Arc<str>> = reason.as_deref().map(Into::into);
+                        let created = old
+                            .and_then(|l| l.entries.get(p))
+                            .filter(|e| e.action == spec.action && e.reason == reason)
+                            .map_or(at, |e| e.created);
+                        (
+                            *p,
+                            Entry {
+                                action: spec.action,
+                                reason,
+                                created,
+                                expires: None,
+                            },
+                        )
+                    })
+                    .collect()
+            };
             n += self
                 .mutate(
+                    store,
                     |s| s.replace(&spec.name, spec.kind, Origin::Config, entries),
                     |_| Ok(()),
                 )?
@@ -246,10 +357,53 @@ impl State {
     }
 }
 
+fn read(store: &RwLock<Store>) -> RwLockReadGuard<'_, Store> {
+    // A panic in a reader must not wedge the control plane: the store is never left half
+    // changed by one (mutations are swaps or undone as a whole).
+    store.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(store: &RwLock<Store>) -> RwLockWriteGuard<'_, Store> {
+    store.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Gives freed heap back to the system after a large request (a million-entry import or
+/// listing): glibc keeps it otherwise, and an MX should not carry a peak for days.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Daemon {
+    /// The writer's state. Held only by mutations; readers use [`Self::store`],
+    /// [`Self::view`] and [`Self::kernel`].
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock must not wedge the control plane.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store, for reading (check, list, verify). Never held across I/O.
+    pub fn store(&self) -> RwLockReadGuard<'_, Store> {
+        read(&self.store)
+    }
+
+    /// The latest published summary.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// The kernel maps, read without the writer.
+    pub fn kernel(&self) -> &KernelView {
+        &self.kernel
+    }
+
+    /// Publishes a new view; called by the writer after every change.
+    fn publish(&self, st: &State) {
+        let v = st.view(&self.store());
+        self.view.store(Arc::new(v));
     }
 
     /// Adds or updates entries; returns how many table entries changed.
@@ -261,10 +415,32 @@ impl Daemon {
             action: act,
             ttl,
             reason,
+            force,
         } = req;
         let list = list.as_str();
         if prefixes.is_empty() {
             return Err(OpError::bad("no prefix given"));
+        }
+        if let Some(t) = ttl
+            && (t == 0 || t > MAX_TTL_SECS)
+        {
+            return Err(OpError::bad(format!(
+                "nothing changed: ttl {t}s is out of range (1s to {MAX_TTL_SECS}s, ten years)"
+            )));
+        }
+        if !force {
+            let broad: Vec<String> = prefixes
+                .iter()
+                .filter(|p| p.too_broad())
+                .map(|p| p.to_string())
+                .collect();
+            if !broad.is_empty() {
+                return Err(OpError::bad(format!(
+                    "nothing changed: {} covers a large part of the address space \
+                     (shorter than /8 for IPv4, /16 for IPv6); add --force if you mean it",
+                    broad.join(", ")
+                )));
+            }
         }
         let at = store::now();
         let reason: Option<Arc<str>> = reason.map(Into::into);
@@ -287,9 +463,11 @@ impl Daemon {
         // its origin.
         let origin = Origin::Cli;
         let changes = st.mutate(
+            &self.store,
             |s| s.set(list, kind, origin, entries),
             |s| s.commit_set(list, &prefixes),
         )?;
+        self.publish(&st);
         for p in &prefixes {
             info!(
                 prefix = %p,
@@ -320,8 +498,8 @@ impl Daemon {
         let mut st = self.lock();
         let names: Vec<String> = match list {
             Some(l) => vec![l.to_owned()],
-            None => st
-                .store
+            None => self
+                .store()
                 .lists()
                 .iter()
                 .filter(|(_, l)| l.kind == kind && l.origin != Origin::Config)
@@ -333,6 +511,7 @@ impl Daemon {
         for name in names {
             let mut removed = 0;
             st.mutate(
+                &self.store,
                 |s| {
                     let (c, u, n) = s.remove(&name, &prefixes)?;
                     removed = n;
@@ -342,6 +521,7 @@ impl Daemon {
             )?;
             out.push((name, removed));
         }
+        self.publish(&st);
         for p in &prefixes {
             info!(prefix = %p, kind = store::kind_name(kind), by, "entry deleted");
         }
@@ -355,10 +535,10 @@ impl Daemon {
         act: u8,
         entries: Vec<(Prefix, Option<String>)>,
         replace: bool,
+        force: bool,
     ) -> Result<usize, OpError> {
         let at = store::now();
         let n = entries.len();
-        let mut st = self.lock();
         let started = Instant::now();
         let entries: Vec<(Prefix, Entry)> = entries
             .into_iter()
@@ -372,18 +552,33 @@ impl Daemon {
                 (p, e)
             })
             .collect();
+        let mut st = self.lock();
         let changes = if replace {
-            let map = entries.into_iter().collect();
-            st.mutate(
-                |s| s.replace(list, Kind::Block, Origin::Import, map),
-                |s| s.commit_list(list),
-            )?
+            let map: std::collections::HashMap<Prefix, Entry> = entries.into_iter().collect();
+            if !force {
+                self.shrink_guard(list, &map, st.settings.max_shrink)?;
+            }
+            self.replace_list(&mut st, list, Kind::Block, Origin::Import, map)
         } else {
-            st.mutate(
-                |s| s.set(list, Kind::Block, Origin::Import, entries),
-                |s| s.commit_list(list),
-            )?
+            // Adding to a list rewrites its file: take the same path as a replacement, so
+            // readers never wait on it either.
+            let merged = {
+                let store = self.store();
+                let mut m = store
+                    .lists()
+                    .get(list)
+                    .map(|l| l.entries.clone())
+                    .unwrap_or_default();
+                m.extend(entries);
+                m
+            };
+            self.replace_list(&mut st, list, Kind::Block, Origin::Import, merged)
         };
+        self.publish(&st);
+        drop(st);
+        // Whatever happened, a million parsed entries were freed just now.
+        trim_heap();
+        let changes = changes?;
         info!(
             list,
             entries = n,
@@ -394,6 +589,77 @@ impl Daemon {
             "list imported"
         );
         Ok(changes.len())
+    }
+
+    /// Replaces a whole list: planned under the store's read lock, tables and list file
+    /// written holding no store lock, swapped in under a brief write lock. Readers keep
+    /// answering from the old content until the swap.
+    fn replace_list(
+        &self,
+        st: &mut State,
+        list: &str,
+        kind: Kind,
+        origin: Origin,
+        entries: std::collections::HashMap<Prefix, Entry>,
+    ) -> Result<Vec<Change>, OpError> {
+        let mut planned = self.store().plan_replace(list, kind, origin, entries)?;
+        let mut changes = std::mem::take(&mut planned.changes);
+        changes.sort_unstable_by_key(|c| c.prefix.prefix_len());
+        apply(&mut st.filter, &changes)?;
+        let revert = |filter: &mut Filter| {
+            let reverse: Vec<Change> = changes
+                .iter()
+                .rev()
+                .map(|c| Change {
+                    old: c.verdict,
+                    verdict: c.old,
+                    ..*c
+                })
+                .collect();
+            let _ = apply(filter, &reverse);
+        };
+        if let Err(e) = self.store().write_planned(&planned) {
+            revert(&mut st.filter);
+            return Err(OpError::internal(format!(
+                "not saved, nothing applied: {e}"
+            )));
+        }
+        let installed = write(&self.store).install(planned);
+        match installed {
+            Ok(undo) => {
+                // The old entries are freed here, outside the lock.
+                drop(undo);
+                Ok(changes)
+            }
+            Err(e) => {
+                revert(&mut st.filter);
+                Err(OpError::internal(format!(
+                    "not saved, nothing applied: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Refuses a replacement of `list` by `new` that would empty it or remove more than
+    /// `max_share` of its entries: a truncated download or an empty file must not unblock
+    /// a whole list.
+    fn shrink_guard(
+        &self,
+        list: &str,
+        new: &std::collections::HashMap<Prefix, Entry>,
+        max_share: f64,
+    ) -> Result<(), OpError> {
+        let store = self.store();
+        let Some(l) = store.lists().get(list) else {
+            return Ok(());
+        };
+        let removed = l.entries.keys().filter(|p| !new.contains_key(p)).count();
+        crate::guard::check_replace(list, l.entries.len(), new.len(), removed, max_share).map_err(
+            |e| OpError {
+                status: 409,
+                message: e.to_string(),
+            },
+        )
     }
 
     /// Re-reads the config file; a bad one is refused and the old one stays in force.
@@ -410,12 +676,13 @@ impl Daemon {
             let _ = st.runtime_config();
             return Err(OpError::internal(format!("reload failed: {e}")));
         }
-        let n = match st.load_config_lists() {
+        let n = match st.load_config_lists(&self.store) {
             Ok(n) => n,
             Err(e) => {
                 st.settings = old;
                 let _ = st.runtime_config();
-                let _ = st.load_config_lists();
+                let _ = st.load_config_lists(&self.store);
+                self.publish(&st);
                 return Err(e);
             }
         };
@@ -437,6 +704,7 @@ impl Daemon {
         for iface in gone {
             let _ = detach_one(&mut st, &iface);
         }
+        self.publish(&st);
         info!(table_changes = n, "config reloaded");
         Ok(n)
     }
@@ -454,7 +722,9 @@ impl Daemon {
             None => st.attached.iter().map(|a| a.interface.clone()).collect(),
         };
         for n in &names {
-            detach_one(&mut st, n).map_err(|e| OpError::internal(e.to_string()))?;
+            let r = detach_one(&mut st, n);
+            self.publish(&st);
+            r.map_err(|e| OpError::internal(e.to_string()))?;
         }
         Ok(names)
     }
@@ -463,7 +733,8 @@ impl Daemon {
     fn expire(&self) -> Option<u64> {
         let mut st = self.lock();
         let at = store::now();
-        match st.store.expire(at) {
+        let expired = write(&self.store).expire(at);
+        match expired {
             Ok(changes) => {
                 if let Err(e) = apply(&mut st.filter, &changes) {
                     error!("removing expired entries from the tables: {e}");
@@ -474,36 +745,38 @@ impl Daemon {
             }
             Err(e) => error!("expiring entries: {e}"),
         }
-        st.store.next_expiry()
+        self.publish(&st);
+        drop(st);
+        self.store().next_expiry()
     }
 
     /// Explains what happens to a SYN from `ip`.
-    pub fn check(&self, ip: IpAddr) -> serde_json::Value {
+    pub fn check(&self, ip: IpAddr) -> crate::api::Check {
+        use crate::api;
         // ::ffff:a.b.c.d is the IPv4 address, as the program sees it.
         let ip = match ip {
             IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        let st = self.lock();
-        let matches = st.store.explain(ip);
+        // Readers only: a check answers while an import runs.
+        let matches = self.store().explain(ip);
+        let kernel = self.kernel();
         let (table, key) = match ip {
             IpAddr::V4(a) => (
-                st.filter.v4.lookup(a.into()),
+                kernel.v4.lookup(a.into()),
                 prefilter_common::v4_key(a.octets()),
             ),
             IpAddr::V6(a) => {
                 let mut k = a.octets();
                 // Dynamic verdicts are keyed by /64 (see FLAG_V6_FULL).
                 k[8..].fill(0);
-                (st.filter.v6.lookup(a.into()), k)
+                (kernel.v6.lookup(a.into()), k)
             }
         };
-        let dynamic = st.filter.dynamic(&key);
+        let dynamic = kernel.dynamic(&key);
         let act = verdict::action(table);
-        let list = st
-            .store
-            .list_name(verdict::list_id(table))
-            .map(str::to_owned);
+        let view = self.view();
+        let list = view.list_name(verdict::list_id(table)).map(str::to_owned);
         let (xdp, why) = if act == action::ALLOW {
             (
                 "pass",
@@ -527,29 +800,35 @@ impl Daemon {
             "reset" => "XDP_TX (TCP RST)",
             _ => "XDP_PASS",
         };
-        let ports = st.settings.ports.clone();
-        serde_json::json!({
-            "ip": ip.to_string(),
-            "verdict": xdp,
-            "xdp_action": xdp_action,
-            "explanation": why,
-            "list": list,
-            "judged_ports": ports,
-            "matches": matches,
-            "dynamic": dynamic.map(|d| serde_json::json!({
-                "action": action::NAMES[d.action as usize],
-                "expires_boottime_ns": d.expires_ns,
-            })),
-        })
-    }
-
-    /// Counts a control request for the metrics.
-    pub fn count_request(&self, endpoint: &str, status: u16) {
-        *self
-            .lock()
-            .requests
-            .entry((endpoint.to_owned(), status))
-            .or_default() += 1;
+        api::Check {
+            ip: ip.to_string(),
+            verdict: xdp.to_owned(),
+            xdp_action: xdp_action.to_owned(),
+            explanation: why,
+            list,
+            judged_ports: view.ports.clone(),
+            matches: matches
+                .into_iter()
+                .map(|m| api::CheckMatch {
+                    list: m.list,
+                    kind: if m.kind == "allow" {
+                        api::ListKind::Allow
+                    } else {
+                        api::ListKind::Block
+                    },
+                    origin: m.origin,
+                    prefix: m.prefix,
+                    action: m.action.to_owned(),
+                    reason: m.reason,
+                    created: m.created,
+                    expires: m.expires,
+                })
+                .collect(),
+            dynamic: dynamic.map(|d| api::Dynamic {
+                action: action::NAMES[d.action as usize].to_owned(),
+                expires_boottime_ns: d.expires_ns,
+            }),
+        }
     }
 }
 
@@ -609,23 +888,28 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
         r => r?,
     };
+    let mut filter = filter;
+    let kernel = filter
+        .take_kernel_view()
+        .expect("a freshly loaded filter has its kernel view");
     let mut st = State {
         settings,
         config_path: config_path.to_owned(),
         filter,
-        store,
         attached: Vec::new(),
         pin_dir,
         started: Instant::now(),
-        requests: HashMap::new(),
     };
+    let store = RwLock::new(store);
     st.runtime_config()?;
     // Fill the fresh tables completely before any link points at this program.
     let at = store::now();
-    let mut compiled = st.store.compiled(at);
+    let mut compiled = read(&store).compiled(at);
     compiled.sort_unstable_by_key(|c| c.prefix.prefix_len());
     apply(&mut st.filter, &compiled).map_err(|e| anyhow::anyhow!("filling the tables: {e}"))?;
-    let n = st.load_config_lists().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let n = st
+        .load_config_lists(&store)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(
         entries = compiled.len() + n,
         adopted_maps = st.filter.adopted,
@@ -644,8 +928,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let group = st.settings.socket_group.clone();
     let metrics_addr = st.settings.metrics;
     let (events_tx, _) = broadcast::channel(4096);
+    let view = st.view(&read(&store));
     let d = Daemon {
-        state: Arc::new(Mutex::new(st)),
+        writer: Arc::new(Mutex::new(st)),
+        store: Arc::new(store),
+        view: Arc::new(ArcSwap::from_pointee(view)),
+        kernel: Arc::new(kernel),
         events: events_tx,
         expiry_wake: Arc::new(tokio::sync::Notify::new()),
     };

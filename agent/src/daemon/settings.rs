@@ -42,6 +42,8 @@ pub struct Settings {
     pub ratelimit: Option<(u64, u64)>,
     /// (v4 long groups, v6 entries, dynamic entries).
     pub limits: (u32, u32, u32),
+    /// `[limits] max_shrink_percent` as a share (0.0..=1.0).
+    pub max_shrink: f64,
     pub metrics: Option<SocketAddr>,
     pub lists: Vec<ListSpec>,
 }
@@ -103,6 +105,7 @@ impl From<Config> for Settings {
                 c.limits.v6_entries,
                 c.limits.dynamic_entries,
             ),
+            max_shrink: f64::from(c.limits.max_shrink_percent) / 100.0,
             metrics: c.metrics.listen,
             lists,
         }

@@ -7,10 +7,9 @@ use std::{
 };
 
 use prefilter_common::{action, verdict};
-use serde_json::{Value, json};
 
 use super::Daemon;
-use crate::{prefix::Prefix, store, xdp::v4table::Kind};
+use crate::{api, prefix::Prefix, store, xdp::v4table::Kind};
 
 /// What an address must get, from the rule set alone: any allow wins (the longest, for its
 /// list id), else the longest block.
@@ -35,9 +34,11 @@ fn expected(rules: &HashMap<(Prefix, Kind), u16>, ip: IpAddr) -> u16 {
 
 impl Daemon {
     /// Compares store, table bookkeeping and kernel answers; lists the first mismatches.
-    pub fn verify(&self) -> Value {
+    pub fn verify(&self) -> api::Verify {
+        // The writer's bookkeeping is compared with the store, so hold the writer: nothing
+        // may change in between. The kernel answers come from the reader view.
         let st = self.lock();
-        let compiled = st.store.compiled(store::now());
+        let compiled = self.store().compiled(store::now());
         let rules: HashMap<(Prefix, Kind), u16> = compiled
             .iter()
             .filter_map(|c| c.verdict.map(|v| ((c.prefix, c.kind), v)))
@@ -63,10 +64,19 @@ impl Daemon {
             .map(|(&(p, k), &v)| (p, k, norm(k, v)))
             .collect();
         for x in want.symmetric_difference(&in_tables).take(10) {
-            mismatches.push(json!({
-                "prefix": x.0.to_string(), "kind": store::kind_name(x.1),
-                "problem": if want.contains(x) { "in the store, not in the tables" } else { "in the tables, not in the store" },
-            }));
+            mismatches.push(api::Mismatch::Rule {
+                prefix: x.0.to_string(),
+                kind: match x.1 {
+                    Kind::Block => api::ListKind::Block,
+                    Kind::Allow => api::ListKind::Allow,
+                },
+                problem: if want.contains(x) {
+                    "in the store, not in the tables"
+                } else {
+                    "in the tables, not in the store"
+                }
+                .to_owned(),
+            });
         }
         let rule_set_differs = want != in_tables;
         let mut checked = 0u64;
@@ -74,25 +84,32 @@ impl Daemon {
             for ip in [p.first(), p.last()] {
                 checked += 1;
                 let got = match ip {
-                    IpAddr::V4(a) => st.filter.v4.lookup(a.into()),
-                    IpAddr::V6(a) => st.filter.v6.lookup(a.into()),
+                    IpAddr::V4(a) => self.kernel().v4.lookup(a.into()),
+                    IpAddr::V6(a) => self.kernel().v6.lookup(a.into()),
                 };
                 let exp = expected(&rules, ip);
                 if got != exp && mismatches.len() < 20 {
-                    mismatches.push(json!({
-                        "address": ip.to_string(),
-                        "kernel": format!("{} list {}", action::NAMES[verdict::action(got) as usize], verdict::list_id(got)),
-                        "expected": format!("{} list {}", action::NAMES[verdict::action(exp) as usize], verdict::list_id(exp)),
-                    }));
+                    let show = |v: u16| {
+                        format!(
+                            "{} list {}",
+                            action::NAMES[verdict::action(v) as usize],
+                            verdict::list_id(v)
+                        )
+                    };
+                    mismatches.push(api::Mismatch::Address {
+                        address: ip.to_string(),
+                        kernel: show(got),
+                        expected: show(exp),
+                    });
                 }
             }
         }
-        json!({
-            "ok": mismatches.is_empty() && !rule_set_differs,
-            "store_prefixes": want.len(),
-            "table_prefixes": in_tables.len(),
-            "addresses_checked": checked,
-            "mismatches": mismatches,
-        })
+        api::Verify {
+            ok: mismatches.is_empty() && !rule_set_differs,
+            store_prefixes: want.len(),
+            table_prefixes: in_tables.len(),
+            addresses_checked: checked,
+            mismatches,
+        }
     }
 }

@@ -181,3 +181,390 @@ fn a_replaced_list_does_not_come_back_from_the_journal() {
     assert!(s.lists()["cli"].entries.contains_key(&p("192.0.2.9")));
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A fresh state directory under the temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pf-store-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small tmpfs, unmounted and removed on drop (also when the test panics).
+struct Tmpfs {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    fn mount(name: &str, size: &str) -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test mounts a tmpfs to fill a filesystem and must run as root (euid is {euid})"
+        );
+        let dir = std::env::temp_dir().join(format!("pf-store-{name}-{}", std::process::id()));
+        let _ = std::process::Command::new("umount").arg(&dir).status();
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut t = Self {
+            dir,
+            mounted: false,
+        };
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&t.dir)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs at {} failed: {status}",
+            t.dir.display()
+        );
+        t.mounted = true;
+        t
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sets and commits one CLI block entry, rolling back on failure as the daemon does.
+fn add(s: &mut Store, prefix: &str, reason: Option<&str>) -> Result<(), StoreError> {
+    let e = Entry {
+        reason: reason.map(Arc::from),
+        ..entry(action::DROP)
+    };
+    let (_, undo) = s.set("cli", Kind::Block, Origin::Cli, vec![(p(prefix), e)])?;
+    let r = s.commit_set("cli", &[p(prefix)]);
+    if r.is_err() {
+        s.rollback(undo);
+    }
+    r
+}
+
+fn cli_prefixes(s: &Store) -> Vec<Prefix> {
+    let mut v: Vec<Prefix> = s.lists()["cli"].entries.keys().copied().collect();
+    v.sort_by_key(|p| p.to_string());
+    v
+}
+
+fn sorted(v: &[&str]) -> Vec<Prefix> {
+    let mut v: Vec<Prefix> = v.iter().map(|s| p(s)).collect();
+    v.sort_by_key(|p| p.to_string());
+    v
+}
+
+/// Names in `dir` starting with `prefix`.
+fn files_starting(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_disk_refuses_the_change_and_loses_nothing_acknowledged() {
+    let fs_ = Tmpfs::mount("enospc", "256k");
+    let state = fs_.dir.join("state");
+    let mut s = Store::open(&state).unwrap();
+    for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        add(&mut s, a, None).unwrap();
+    }
+    let jpath = state.join("journal");
+    let before = fs::read(&jpath).unwrap();
+
+    // Fill the filesystem.
+    let filler = fs_.dir.join("filler");
+    let mut f = File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    let err = loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_data()) {
+            break e;
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // Larger than the slack of the journal's last page, so the write is torn part-way.
+    let long = "x".repeat(10_000);
+    let e = add(&mut s, "198.51.100.9", Some(&long)).unwrap_err();
+    assert!(e.to_string().contains("journal"), "{e}");
+    let after = fs::read(&jpath).unwrap();
+    assert!(
+        after == before,
+        "the failed append left the journal at {} bytes instead of {}",
+        after.len(),
+        before.len()
+    );
+    // A list rewrite fails as well and leaves no temp file taking space.
+    let mut big = HashMap::new();
+    for i in 0..2000u32 {
+        big.insert(
+            p(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string()),
+            entry(action::DROP),
+        );
+    }
+    let (_, undo) = s.replace("big", Kind::Block, Origin::Import, big).unwrap();
+    assert!(s.commit_list("big").is_err());
+    s.rollback(undo);
+    assert!(files_starting(&state.join("lists"), ".").is_empty());
+
+    drop(f);
+    fs::remove_file(&filler).unwrap();
+    add(&mut s, "192.0.2.4", None).unwrap();
+    drop(s);
+
+    let s = Store::open(&state).unwrap();
+    assert_eq!(
+        cli_prefixes(&s),
+        sorted(&["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"])
+    );
+    assert!(s.lists().get("big").is_none_or(|l| l.entries.is_empty()));
+    assert!(files_starting(&state, "journal.damaged").is_empty());
+    drop(s);
+    // And again after the compaction done by open().
+    let s = Store::open(&state).unwrap();
+    assert_eq!(cli_prefixes(&s).len(), 4);
+}
+
+#[test]
+fn bytes_of_a_failed_append_left_behind_are_cut_before_the_next() {
+    let d = TempDir::new("leftover");
+    let mut s = Store::open(&d.0).unwrap();
+    add(&mut s, "192.0.2.1", None).unwrap();
+    // As if a failed append could not be cut off at the time.
+    let jpath = d.0.join("journal");
+    let mut j = fs::OpenOptions::new().append(true).open(&jpath).unwrap();
+    j.write_all(b"0badf00d\t{\"op\":\"set\",\"li").unwrap();
+    add(&mut s, "192.0.2.2", None).unwrap();
+    drop(s);
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.2"]));
+    assert!(files_starting(&d.0, "journal.damaged").is_empty());
+}
+
+#[test]
+fn a_torn_tail_is_dropped_on_open() {
+    let d = TempDir::new("torn");
+    let jpath = d.0.join("journal");
+    for tail in [
+        &b"half"[..],
+        b"{\"op\":\"set\",\"list\":\"cli\"",
+        b"\n\n\x00\x00\x00",
+        b"garbage line\nmore garbage",
+    ] {
+        let _ = fs::remove_dir_all(&d.0);
+        let mut s = Store::open(&d.0).unwrap();
+        add(&mut s, "192.0.2.1", None).unwrap();
+        add(&mut s, "192.0.2.2", None).unwrap();
+        drop(s);
+        // Half of a real record, then the given tail.
+        let good = fs::read(&jpath).unwrap();
+        let last = good[..good.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap()
+            + 1;
+        let half = &good[last..last + (good.len() - last) / 2];
+        let mut j = fs::OpenOptions::new().append(true).open(&jpath).unwrap();
+        j.write_all(half).unwrap();
+        j.write_all(tail).unwrap();
+        drop(j);
+
+        let mut s = Store::open(&d.0).unwrap();
+        assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.2"]));
+        assert!(files_starting(&d.0, "journal.damaged").is_empty());
+        add(&mut s, "192.0.2.3", None).unwrap();
+        drop(s);
+        let s = Store::open(&d.0).unwrap();
+        assert_eq!(
+            cli_prefixes(&s),
+            sorted(&["192.0.2.1", "192.0.2.2", "192.0.2.3"])
+        );
+    }
+}
+
+#[test]
+fn a_damaged_middle_record_is_skipped_and_kept() {
+    let d = TempDir::new("middle");
+    let mut s = Store::open(&d.0).unwrap();
+    for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        add(&mut s, a, None).unwrap();
+    }
+    drop(s);
+    let jpath = d.0.join("journal");
+    let mut text = fs::read(&jpath).unwrap();
+    // Flip one byte of the second record's JSON: its checksum no longer matches.
+    let second = text.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let at = second + 9 + text[second + 9..].iter().position(|&b| b == b'2').unwrap();
+    text[at] = b'7';
+    fs::write(&jpath, &text).unwrap();
+
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.3"]));
+    let kept = files_starting(&d.0, "journal.damaged.");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(fs::read(&kept[0]).unwrap(), text);
+    drop(s);
+    // Compacted: the next start finds nothing damaged.
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.3"]));
+    assert_eq!(files_starting(&d.0, "journal.damaged.").len(), 1);
+}
+
+#[test]
+fn old_unframed_journal_lines_still_load() {
+    let d = TempDir::new("old");
+    fs::create_dir_all(&d.0).unwrap();
+    let set = |prefix: &str| Record::Set {
+        list: "cli".into(),
+        kind: KindName::Block,
+        origin: Origin::Cli,
+        id: 1,
+        prefix: p(prefix),
+        action: "reset".into(),
+        created: 5,
+        expires: None,
+        reason: Some("old".into()),
+    };
+    let mut text = String::new();
+    for r in [
+        set("192.0.2.1"),
+        set("192.0.2.2"),
+        Record::Del {
+            list: "cli".into(),
+            prefix: p("192.0.2.1"),
+        },
+    ] {
+        text += &serde_json::to_string(&r).unwrap();
+        text.push('\n');
+    }
+    fs::write(d.0.join("journal"), &text).unwrap();
+    // A framed record after the old ones, as after an upgrade.
+    let mut s = Store::open(&d.0).unwrap();
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.2"]));
+    let e = &s.lists()["cli"].entries[&p("192.0.2.2")];
+    assert_eq!(
+        (e.action, e.reason.as_deref()),
+        (action::RESET, Some("old"))
+    );
+    add(&mut s, "192.0.2.3", None).unwrap();
+    drop(s);
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.2", "192.0.2.3"]));
+}
+
+#[test]
+fn old_and_framed_lines_mix_in_one_journal() {
+    let d = TempDir::new("mixed");
+    fs::create_dir_all(&d.0).unwrap();
+    let set = |prefix: &str| Record::Set {
+        list: "cli".into(),
+        kind: KindName::Block,
+        origin: Origin::Cli,
+        id: 1,
+        prefix: p(prefix),
+        action: "drop".into(),
+        created: 5,
+        expires: None,
+        reason: None,
+    };
+    let mut text = serde_json::to_vec(&set("192.0.2.1")).unwrap();
+    text.push(b'\n');
+    journal::frame(&set("192.0.2.2"), &mut text);
+    fs::write(d.0.join("journal"), &text).unwrap();
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.2"]));
+}
+
+#[test]
+fn a_damaged_list_file_is_moved_aside_and_the_rest_loads() {
+    let d = TempDir::new("badlist");
+    let mut s = Store::open(&d.0).unwrap();
+    add(&mut s, "192.0.2.1", None).unwrap();
+    let mut l = HashMap::new();
+    l.insert(p("203.0.113.0/24"), entry(action::DROP));
+    s.replace("good", Kind::Block, Origin::Import, l).unwrap();
+    s.commit_list("good").unwrap();
+    drop(s);
+    let lists = d.0.join("lists");
+    fs::write(
+        lists.join("bad.list"),
+        "# prefilter list v1 bad 9 block import\nnot a line\n",
+    )
+    .unwrap();
+
+    let s = Store::open(&d.0).unwrap();
+    assert!(!s.lists().contains_key("bad"));
+    assert_eq!(s.lists()["good"].entries.len(), 1);
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1"]));
+    assert!(!lists.join("bad.list").exists());
+    assert_eq!(files_starting(&lists, "bad.list.damaged.").len(), 1);
+}
+
+#[test]
+fn a_record_glued_to_a_torn_one_by_older_versions_is_recovered() {
+    let d = TempDir::new("glued");
+    fs::create_dir_all(&d.0).unwrap();
+    let set = |prefix: &str| Record::Set {
+        list: "cli".into(),
+        kind: KindName::Block,
+        origin: Origin::Cli,
+        id: 1,
+        prefix: p(prefix),
+        action: "drop".into(),
+        created: 5,
+        expires: None,
+        reason: None,
+    };
+    let line = |r: &Record| serde_json::to_string(r).unwrap();
+    let torn = line(&set("192.0.2.2"));
+    // Issue 6: the failed add left half a record, the next acknowledged one followed it.
+    let text = format!(
+        "{}\n{}{}\n{}\n",
+        line(&set("192.0.2.1")),
+        &torn[..torn.len() / 2],
+        line(&set("192.0.2.3")),
+        line(&set("192.0.2.4")),
+    );
+    fs::write(d.0.join("journal"), &text).unwrap();
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(
+        cli_prefixes(&s),
+        sorted(&["192.0.2.1", "192.0.2.3", "192.0.2.4"])
+    );
+    assert_eq!(files_starting(&d.0, "journal.damaged.").len(), 1);
+
+    // The same with framed records.
+    let d = TempDir::new("glued-framed");
+    fs::create_dir_all(&d.0).unwrap();
+    let mut text = Vec::new();
+    journal::frame(&set("192.0.2.1"), &mut text);
+    let mut torn = Vec::new();
+    journal::frame(&set("192.0.2.2"), &mut torn);
+    text.extend_from_slice(&torn[..torn.len() / 2]);
+    journal::frame(&set("192.0.2.3"), &mut text);
+    fs::write(d.0.join("journal"), &text).unwrap();
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.3"]));
+}

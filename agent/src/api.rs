@@ -1,0 +1,426 @@
+//! The control API's wire types: every request and response body of the control socket, as
+//! the daemon writes them and the CLI (and the tests) read them. One definition on both
+//! sides, so a renamed field is a compile error, not a blank column.
+//!
+//! Errors are `{"error": "..."}` ([`ErrorBody`]) with a 4xx/5xx status. `GET /v1/block` and
+//! `GET /v1/allow` answer a JSON array of [`ListEntry`] streamed one entry per line (see
+//! [`list_line`]); `GET /v1/watch` answers NDJSON [`WatchLine`]s.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::prefix::Prefix;
+pub use crate::store::Origin;
+
+/// Whether a list blocks or allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    Block,
+    Allow,
+}
+
+/// Any refused request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// Every bad line of an import refused by `strict`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<BadLine>,
+}
+
+/// `POST /v1/block`, `POST /v1/allow`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBody {
+    /// Addresses or CIDRs with no host bits set.
+    pub prefixes: Vec<String>,
+    /// Default: `cli` (block) or `cli-allow` (allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// Block action name (default `drop`); ignored for allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// Answer to [`AddBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddResult {
+    pub added: usize,
+    pub table_changes: usize,
+    pub list: String,
+}
+
+/// `POST /v1/block/delete`, `POST /v1/allow/delete`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBody {
+    pub prefixes: Vec<String>,
+    /// Only from this list; default: every CLI and imported list of the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+}
+
+/// Answer to [`DeleteBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResult {
+    pub removed: usize,
+    pub lists: Vec<ListRemoved>,
+}
+
+/// How many entries one list lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRemoved {
+    pub list: String,
+    pub removed: usize,
+}
+
+/// One entry of `GET /v1/block` or `GET /v1/allow`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    pub prefix: Prefix,
+    pub list: String,
+    pub origin: Origin,
+    /// Action name; `allow` for allow lists.
+    pub action: String,
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds.
+    pub expires: Option<u64>,
+}
+
+/// Opens a streamed list body: `[`, then entries one per line, then `]`.
+pub const LIST_OPEN: &str = "[\n";
+/// Closes a non-empty streamed list body.
+pub const LIST_CLOSE: &str = "\n]\n";
+/// The whole body of an empty list.
+pub const LIST_EMPTY: &str = "[]\n";
+
+/// Parses one line of a streamed list body: `Ok(None)` for the brackets.
+pub fn list_line(line: &str) -> Result<Option<ListEntry>, serde_json::Error> {
+    let l = line.trim().trim_end_matches(',');
+    if matches!(l, "" | "[" | "]" | "[]") {
+        return Ok(None);
+    }
+    serde_json::from_str(l).map(Some)
+}
+
+/// Query of `POST /v1/block/import?...`; the body is the list text (any transfer encoding).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportParams {
+    /// Default `import`.
+    pub list: Option<String>,
+    /// Default `drop`.
+    pub action: Option<String>,
+    /// `plain`, `spamhaus-drop`, `rbldnsd`; default: detected.
+    pub format: Option<String>,
+    /// Replace the whole list instead of adding to it.
+    pub replace: bool,
+    /// Apply nothing if any line is bad.
+    pub strict: bool,
+    /// Allow `replace` to empty the list or shrink it past the configured share.
+    pub force: bool,
+}
+
+impl ImportParams {
+    /// The request target, query encoded.
+    pub fn target(&self) -> String {
+        let mut t = String::from("/v1/block/import?");
+        let mut sep = "";
+        let mut push = |k: &str, v: &str| {
+            t.push_str(sep);
+            t.push_str(k);
+            t.push('=');
+            t.push_str(&crate::http::encode(v));
+            sep = "&";
+        };
+        for (k, v) in [
+            ("list", &self.list),
+            ("action", &self.action),
+            ("format", &self.format),
+        ] {
+            if let Some(v) = v {
+                push(k, v);
+            }
+        }
+        for (k, on) in [
+            ("replace", self.replace),
+            ("strict", self.strict),
+            ("force", self.force),
+        ] {
+            if on {
+                push(k, "1");
+            }
+        }
+        t
+    }
+
+    /// From a decoded query string; flags take `1` or `true`.
+    pub fn from_query(q: &std::collections::HashMap<String, String>) -> Self {
+        let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+        let text = |k: &str| q.get(k).filter(|v| !v.is_empty()).cloned();
+        Self {
+            list: text("list"),
+            action: text("action"),
+            format: text("format"),
+            replace: flag("replace"),
+            strict: flag("strict"),
+            force: flag("force"),
+        }
+    }
+}
+
+/// A line of an imported list that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadLine {
+    /// 1-based.
+    pub line: usize,
+    pub text: String,
+    pub message: String,
+}
+
+impl From<&crate::import::SkippedLine> for BadLine {
+    fn from(e: &crate::import::SkippedLine) -> Self {
+        Self {
+            line: e.line,
+            text: e.text.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl From<&crate::import::LineError> for BadLine {
+    fn from(e: &crate::import::LineError) -> Self {
+        Self {
+            line: e.line,
+            text: e.text.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// Answer to an import.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub list: String,
+    pub format: String,
+    pub applied: usize,
+    pub table_changes: usize,
+    pub replaced: bool,
+    /// Every bad line, skipped.
+    pub errors: Vec<BadLine>,
+    /// Lines that are valid but not listings (an rbldnsd entry under a DNSBL error code).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<BadLine>,
+}
+
+/// `POST /v1/reload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    pub reloaded: bool,
+    pub table_changes: usize,
+}
+
+/// `POST /v1/detach[?iface=IF]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachResult {
+    pub detached: Vec<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub abi: u32,
+    pub config: PathBuf,
+    pub uptime_secs: u64,
+    pub interfaces: Vec<Interface>,
+    pub ports: Vec<u16>,
+    pub maps: Maps,
+    pub lists: Vec<ListInfo>,
+    /// Non-zero (reason, action) counters of judged traffic.
+    pub counters: Vec<Counter>,
+    pub events: EventCounts,
+    /// Added by `prefilter status --verify --json`, never by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// An attached interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub interface: String,
+    /// `native`, `skb`, `default` or `adopted`.
+    pub mode: String,
+}
+
+/// Fill of the XDP tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maps {
+    pub v4_block: usize,
+    pub v4_allow: usize,
+    pub v4_long_groups: Usage,
+    pub v6_block: usize,
+    pub v6_allow: usize,
+    pub v6_capacity: u32,
+    /// The maps were taken over from a previous agent.
+    pub adopted: bool,
+}
+
+/// Used of capacity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub used: u32,
+    pub capacity: u32,
+}
+
+/// A list in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListInfo {
+    pub name: String,
+    pub id: u16,
+    pub kind: ListKind,
+    pub origin: Origin,
+    pub entries: usize,
+}
+
+/// Packets with one (reason, action).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    pub reason: String,
+    pub action: String,
+    pub packets: u64,
+}
+
+/// Ring-buffer events; `None` when the counters could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    pub sent: Option<u64>,
+    pub lost: Option<u64>,
+}
+
+/// `GET /v1/check?ip=ADDR`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub ip: String,
+    /// `pass`, `drop`, `reset`, `tempfail`, `reject`, `observe`.
+    pub verdict: String,
+    /// `XDP_PASS`, `XDP_DROP`, `XDP_TX (TCP RST)`.
+    pub xdp_action: String,
+    pub explanation: String,
+    /// The list whose entry decided, if any.
+    pub list: Option<String>,
+    pub judged_ports: Vec<u16>,
+    pub matches: Vec<CheckMatch>,
+    pub dynamic: Option<Dynamic>,
+}
+
+/// A store entry covering the checked address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckMatch {
+    pub list: String,
+    pub kind: ListKind,
+    pub origin: Origin,
+    pub prefix: Prefix,
+    pub action: String,
+    pub reason: Option<String>,
+    pub created: u64,
+    pub expires: Option<u64>,
+}
+
+/// A dynamic verdict in the kernel for the address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dynamic {
+    pub action: String,
+    pub expires_boottime_ns: u64,
+}
+
+/// `GET /v1/verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verify {
+    pub ok: bool,
+    pub store_prefixes: usize,
+    pub table_prefixes: usize,
+    pub addresses_checked: u64,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// One difference between the store and the kernel tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Mismatch {
+    /// A rule in one and not the other.
+    Rule {
+        prefix: String,
+        kind: ListKind,
+        problem: String,
+    },
+    /// An address the kernel answers differently from the rule set.
+    Address {
+        address: String,
+        kernel: String,
+        expected: String,
+    },
+}
+
+/// One line of `GET /v1/watch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WatchLine {
+    /// The client was too slow: this many events were skipped.
+    Lagged {
+        lagged: u64,
+    },
+    Event(Event),
+}
+
+/// A verdict or first-contact event of the XDP program.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix time in seconds with fraction.
+    pub time: f64,
+    /// `verdict` or `first_seen`.
+    pub kind: String,
+    pub source: String,
+    pub action: String,
+    pub reason: String,
+    pub list: Option<String>,
+    pub port: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_params_round_trip() {
+        let p = ImportParams {
+            list: Some("sbl drop".into()),
+            action: Some("reset".into()),
+            format: None,
+            replace: true,
+            strict: false,
+            force: true,
+        };
+        let t = p.target();
+        let q = crate::http::parse_query(t.split_once('?').unwrap().1);
+        assert_eq!(ImportParams::from_query(&q), p);
+    }
+
+    #[test]
+    fn list_lines() {
+        assert_eq!(list_line("[").unwrap(), None);
+        assert_eq!(list_line("]").unwrap(), None);
+        let l = r#"{"prefix":"192.0.2.0/24","list":"cli","origin":"cli","action":"drop","reason":null,"created":1,"expires":null},"#;
+        assert_eq!(list_line(l).unwrap().unwrap().list, "cli");
+    }
+}
