@@ -10,16 +10,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prefix::Prefix;
-pub use crate::store::Origin;
+use crate::policy::prefix::Prefix;
+pub use crate::policy::store::Origin;
 
-/// Whether a list blocks or allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ListKind {
-    Block,
-    Allow,
-}
+/// Block or allow: the policy layer's kind, as the wire spells it ("block", "allow").
+pub use crate::policy::Kind as ListKind;
 
 /// Any refused request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,8 +183,8 @@ pub struct BadLine {
     pub message: String,
 }
 
-impl From<&crate::import::SkippedLine> for BadLine {
-    fn from(e: &crate::import::SkippedLine) -> Self {
+impl From<&crate::sources::formats::SkippedLine> for BadLine {
+    fn from(e: &crate::sources::formats::SkippedLine) -> Self {
         Self {
             line: e.line,
             text: e.text.clone(),
@@ -198,8 +193,8 @@ impl From<&crate::import::SkippedLine> for BadLine {
     }
 }
 
-impl From<&crate::import::LineError> for BadLine {
-    fn from(e: &crate::import::LineError) -> Self {
+impl From<&crate::sources::formats::LineError> for BadLine {
+    fn from(e: &crate::sources::formats::LineError) -> Self {
         Self {
             line: e.line,
             text: e.text.clone(),

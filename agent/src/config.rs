@@ -17,8 +17,8 @@ use prefilter_common::{action, dynamic, v4, v6};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
-use crate::import::{self, Format, ImportEntry};
-use crate::prefix::Prefix;
+use crate::policy::prefix::Prefix;
+use crate::sources::formats::{self, Format, ImportEntry};
 
 /// Where the daemon looks for its config unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/prefilter/prefilter.toml";
@@ -234,46 +234,16 @@ pub struct Metrics {
     pub listen: Option<SocketAddr>,
 }
 
-/// What a block list does to a matching SYN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// XDP_DROP: the sender times out and retries later.
-    Drop,
-    /// TCP RST from XDP: the sender sees a refused connection.
-    Reset,
-    /// The proxy answers `421 4.7.0`.
-    Tempfail,
-    /// The proxy answers `554 5.7.1`.
-    Reject,
-    /// Passed, counted as would-drop: shadow mode for a new list.
-    Observe,
-}
+pub use crate::policy::Action;
 
-impl Action {
-    const NAMES: [(Action, &'static str); 5] = [
-        (Action::Drop, "drop"),
-        (Action::Reset, "reset"),
-        (Action::Tempfail, "tempfail"),
-        (Action::Reject, "reject"),
-        (Action::Observe, "observe"),
-    ];
-
-    /// The `prefilter_common::action` code stored in the maps.
-    pub fn code(self) -> u8 {
-        match self {
-            Action::Drop => action::DROP,
-            Action::Reset => action::RESET,
-            Action::Tempfail => action::TEMPFAIL,
-            Action::Reject => action::REJECT,
-            Action::Observe => action::OBSERVE,
-        }
-    }
-
-    /// The name as the config and the CLI spell it.
-    pub fn name(self) -> &'static str {
-        lookup_name(&Self::NAMES, self)
-    }
-}
+/// The actions in the order the config's error messages name them.
+const ACTION_NAMES: [(Action, &str); 5] = [
+    (Action::Drop, "drop"),
+    (Action::Reset, "reset"),
+    (Action::Tempfail, "tempfail"),
+    (Action::Reject, "reject"),
+    (Action::Observe, "observe"),
+];
 
 /// Whether a list blocks or exempts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -658,10 +628,6 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
 }
 
-fn lookup_name<T: Copy + PartialEq>(names: &[(T, &'static str)], v: T) -> &'static str {
-    names.iter().find(|(x, _)| *x == v).map_or("?", |(_, n)| n)
-}
-
 fn names<T>(names: &[(T, &'static str)]) -> String {
     names.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
 }
@@ -836,7 +802,7 @@ impl Validator<'_> {
             }
             let kind = match action {
                 Some(a) => ListKind::Block {
-                    action: self.choice(&format!("{key}.action"), &a, "an action", &Action::NAMES),
+                    action: self.choice(&format!("{key}.action"), &a, "an action", &ACTION_NAMES),
                 },
                 None => ListKind::Allow,
             };
@@ -895,7 +861,7 @@ impl Validator<'_> {
         // a bad byte in an address still fails that line.
         let text = String::from_utf8_lossy(&bytes);
         let format = format.unwrap_or_else(|| Format::detect(&text));
-        let parsed = import::parse(&text, format);
+        let parsed = formats::parse(&text, format);
         if let Some(first) = parsed.errors.first() {
             let more = match parsed.errors.len() - 1 {
                 0 => String::new(),

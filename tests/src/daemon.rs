@@ -233,6 +233,8 @@ pub struct Daemon {
     mounted: bool,
     /// Extra arguments for `prefilter run` (e.g. `--log-format json`).
     pub run_args: Vec<String>,
+    /// `[daemon] socket_group` in [`Daemon::config_text`]; empty (root only) by default.
+    pub socket_group: String,
 }
 
 impl Daemon {
@@ -261,6 +263,7 @@ impl Daemon {
             starts: 0,
             mounted: false,
             run_args: Vec::new(),
+            socket_group: String::new(),
         };
         fs::create_dir(&d.bpffs).expect("create the bpffs mount point");
         let out = run_bounded(
@@ -292,7 +295,7 @@ impl Daemon {
             "[daemon]\n\
              state_dir = \"{}\"\n\
              socket = \"{}\"\n\
-             socket_group = \"\"\n\
+             socket_group = \"{}\"\n\
              bpffs = \"{}\"\n\
              \n\
              [xdp]\n\
@@ -305,6 +308,7 @@ impl Daemon {
              {tail}\n",
             self.state_dir.display(),
             self.socket.display(),
+            self.socket_group,
             self.bpffs.display(),
             self.iface,
             self.metrics,
@@ -502,33 +506,88 @@ impl Daemon {
     }
 
     /// GET /metrics from inside the MX namespace (retried briefly: the listener opens a
-    /// moment after the control socket).
+    /// moment after the control socket); panics unless it answers 200.
     pub fn metrics_text(&self) -> String {
+        self.try_metrics_text()
+            .unwrap_or_else(|e| panic!("metrics {}: {e}", self.metrics))
+    }
+
+    /// [`Daemon::metrics_text`], with what went wrong as an error instead of a panic.
+    pub fn try_metrics_text(&self) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut s = loop {
+            match self.metrics_connect() {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => return Err(format!("connect: {e}")),
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: prefilter\r\nConnection: close\r\n\r\n")
+            .map_err(|e| format!("send the request: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .map_err(|e| format!("read the answer: {e}"))?;
+        let text = String::from_utf8(buf).map_err(|e| format!("not UTF-8: {e}"))?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("not an HTTP answer:\n{text}"))?;
+        if !(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")) {
+            return Err(format!("answer: {head}"));
+        }
+        Ok(body.to_owned())
+    }
+
+    /// A TCP connection to the metrics listener, made inside the MX namespace (the socket
+    /// stays there; any thread may use it). Bounded by a 2 s connect timeout.
+    pub fn metrics_connect(&self) -> io::Result<TcpStream> {
         let addr = self.metrics;
         in_netns(&self.netns, || {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mut s = loop {
-                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                    Ok(s) => break s,
-                    Err(e) if Instant::now() > deadline => panic!("metrics {addr}: {e}"),
-                    Err(_) => thread::sleep(Duration::from_millis(20)),
-                }
-            };
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: prefilter\r\nConnection: close\r\n\r\n")
-                .expect("send metrics request");
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).expect("read metrics");
-            let text = String::from_utf8(buf).expect("metrics are UTF-8");
-            let (head, body) = text
-                .split_once("\r\n\r\n")
-                .unwrap_or_else(|| panic!("not an HTTP answer:\n{text}"));
-            assert!(
-                head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-                "metrics answer: {head}"
-            );
-            body.to_owned()
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         })
+    }
+
+    /// One raw HTTP exchange on the control socket: `pieces` are written one after the
+    /// other (each flushed, so a test controls how the request arrives), then the answer is
+    /// read to its end (10 s read timeout). Returns (status, body); status 0 when the answer
+    /// is not HTTP.
+    pub fn control_raw(&self, pieces: &[&[u8]]) -> (u16, String) {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.socket.display()));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        for p in pieces {
+            if let Err(e) = s.write_all(p).and_then(|()| s.flush()) {
+                eprintln!("control_raw: the daemon stopped reading: {e}");
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        (status, body)
+    }
+
+    /// The CLI run as another user (`setpriv --reuid=USER --regid=GROUP --clear-groups`),
+    /// with `--socket` of this daemon.
+    pub fn cli_as(&self, user: &str, group: &str, args: &[&str]) -> CmdOutput {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={user}"))
+            .arg(format!("--regid={group}"))
+            .arg("--clear-groups")
+            .arg(binary())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args);
+        c.env_remove("PREFILTER_SOCKET");
+        run_bounded(c, CLI_WITHIN)
     }
 
     /// VmRSS of the daemon in KiB.
@@ -786,6 +845,59 @@ impl Drop for Listener {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A small tmpfs mounted at a directory of its own under /tmp (for a full disk); unmounted
+/// and removed by its exact path on drop, also when the test panics. Declare it before the
+/// [`Daemon`] that uses it, so the daemon is gone (its files closed) when it is unmounted.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    /// `mount -t tmpfs -o size={size} tmpfs /tmp/prefilter-test-{unique}`.
+    pub fn mount(size: &str) -> Self {
+        let path = PathBuf::from(format!("/tmp/prefilter-test-{}", unique("pft")));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        let mut t = Self {
+            path,
+            mounted: false,
+        };
+        let out = run_bounded(
+            {
+                let mut c = Command::new("mount");
+                c.args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tmpfs",
+                ])
+                .arg(&t.path);
+                c
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.code, 0, "mount tmpfs: {}", out.both());
+        t.mounted = true;
+        t
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.path)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+            }
+        }
+        let _ = fs::remove_dir(&self.path);
     }
 }
 

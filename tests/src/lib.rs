@@ -4,10 +4,20 @@
 pub mod daemon;
 pub mod netns;
 pub mod packet;
+pub mod reference;
 
-/// Whether we run as root; privileged tests skip (saying so) otherwise.
+/// Whether we run as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
-pub mod reference;
+
+/// The first line of every privileged test: it fails (never passes silently) when not run as
+/// root, so a skipped test cannot be read as a passed one.
+#[track_caller]
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "needs root: run `cargo xtask test` (namespaces, XDP, bpffs, BPF_PROG_TEST_RUN)"
+    );
+}

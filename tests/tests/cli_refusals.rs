@@ -16,17 +16,9 @@ use prefilter_tests::{
         BLOCKED4, CLEAN4, DEFAULT_XDP, Daemon, Lab, Listener, RESET4, binary, list_entries, poll,
         run_bounded,
     },
-    is_root,
+    require_root,
 };
 use serde_json::Value;
-
-fn skip() -> bool {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, XDP, bpffs)");
-        return true;
-    }
-    false
-}
 
 /// Long enough for a dropped SYN to time out, shorter than its retransmission.
 const SHORT_TIMEOUT: Duration = Duration::from_millis(700);
@@ -84,9 +76,7 @@ const LOCAL_LIST: &str =
 
 #[test]
 fn bad_cli_input_changes_nothing() {
-    if skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, LOCAL_LIST);
     d.cli_ok(&["block", "add", "198.51.100.7", "--reason", "keep me"]);
@@ -203,9 +193,7 @@ fn bad_cli_input_changes_nothing() {
 /// be refused because the first created that list with the other kind.
 #[test]
 fn allow_add_after_block_add() {
-    if skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
     d.cli_ok(&["block", "add", "198.51.100.7"]);
@@ -251,9 +239,7 @@ fn not_running(d: &Daemon, socket: &Path, args: &[&str]) {
 
 #[test]
 fn cli_says_when_it_cannot_reach_the_daemon() {
-    if skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
 
@@ -282,10 +268,10 @@ fn cli_says_when_it_cannot_reach_the_daemon() {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !can_drop {
-        eprintln!("skipped the permission case: cannot run the CLI as nobody with setpriv");
-        return;
-    }
+    assert!(
+        can_drop,
+        "the permission case needs setpriv (util-linux) to run the CLI as nobody"
+    );
     let mut c = Command::new("setpriv");
     c.args(setpriv)
         .arg(binary())
@@ -338,9 +324,7 @@ fn run_refuses(d: &Daemon, lab: &Lab, case: &str, text: &str, key: &str, line_ne
 
 #[test]
 fn run_refuses_bad_configs() {
-    if skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let d = Daemon::prepare(&lab.mx, &lab.mx_if);
 
@@ -400,9 +384,7 @@ fn wait_verdict(d: &Daemon, ip: &str, want: &str) -> Value {
 
 #[test]
 fn reload_refuses_a_broken_config_and_applies_a_valid_one() {
-    if skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let listener = Listener::start(&lab.mx);
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, LOCAL_LIST);
@@ -544,9 +526,7 @@ fn raw_request(socket: &Path, head: &str, body: &[u8]) -> (u16, String) {
 /// changes and the daemon keeps serving.
 #[test]
 fn bad_api_requests_change_nothing() {
-    if skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
     d.cli_ok(&["block", "add", "198.51.100.7"]);

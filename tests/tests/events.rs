@@ -12,7 +12,7 @@ use prefilter_common::{
     events::{self, Event},
     reason, v4_key, verdict,
 };
-use prefilter_tests::{is_root, packet::Frame};
+use prefilter_tests::{packet::Frame, require_root};
 
 fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     let mut out = Vec::new();
@@ -30,10 +30,7 @@ fn syn_from(src: Ipv4Addr) -> Vec<u8> {
 
 #[test]
 fn verdict_and_first_seen_events() {
-    if !is_root() {
-        eprintln!("skipping verdict_and_first_seen_events: needs root");
-        return;
-    }
+    require_root();
     let mut f = Filter::load(&Options::default()).expect("load");
     let mut ring = f.take_events().expect("ring buffer");
     let blocked = Ipv4Addr::new(198, 51, 100, 7);
@@ -102,10 +99,7 @@ fn verdict_and_first_seen_events() {
 /// every packet still gets its verdict.
 #[test]
 fn a_flood_cannot_flood_user_space() {
-    if !is_root() {
-        eprintln!("skipping a_flood_cannot_flood_user_space: needs root");
-        return;
-    }
+    require_root();
     let mut f = Filter::load(&Options::default()).expect("load");
     let mut ring = f.take_events().expect("ring buffer");
     let c = f.config();

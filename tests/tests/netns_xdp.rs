@@ -21,8 +21,8 @@ use prefilter::xdp::{Filter, Options, v4table::Kind};
 use prefilter_common::{action, counters, reason, verdict};
 use prefilter_tests::{
     daemon::{Listener, connect_from},
-    is_root,
     netns::{Netns, veth},
+    require_root,
 };
 
 /// Clean sources.
@@ -273,10 +273,7 @@ fn expect_clean(f: Option<&Filter>, lab: &Lab, listener: &Listener, src: IpAddr)
 
 #[test]
 fn native_xdp_on_veth_drops_resets_and_passes_real_connects() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, XDP)");
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     // Declared before the filter so it drops after it: load, attach and detach all happen
     // with this thread inside the MX namespace.
@@ -321,10 +318,7 @@ fn native_xdp_on_veth_drops_resets_and_passes_real_connects() {
 
 #[test]
 fn detaching_restores_connectivity_from_a_blocked_source() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, XDP)");
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let _in_mx = lab.mx.enter();
     let f = load_and_attach(&lab);
@@ -347,10 +341,7 @@ fn detaching_restores_connectivity_from_a_blocked_source() {
 /// forced mode is used as given.
 #[test]
 fn attach_falls_back_to_skb_mode() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces, XDP)");
-        return;
-    }
+    require_root();
     let ns = Netns::new("pxs");
     let _in = ns.enter();
     let mode_shown = || {

@@ -14,20 +14,18 @@ use std::{
 
 use prefilter_common::{action, config::Config, config::FLAG_RATELIMIT, counters, reason};
 use prefilter_tests::{
-    is_root,
     packet::{Ext, Frame, LINUX_SYN_OPTIONS, checksum, flags, hex},
     reference::{MAX_V6_EXT_HEADERS, Rig, XDP_DROP, XDP_PASS, XDP_TX, boottime_ns, xdp_name},
+    require_root,
 };
 
 static ONE_FILTER: Mutex<()> = Mutex::new(());
 
-/// The lock that keeps one filter loaded at a time, or None (after saying so) when not root.
-fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
-    if !is_root() {
-        eprintln!("skipping {test}: BPF_PROG_TEST_RUN needs root");
-        return None;
-    }
-    Some(ONE_FILTER.lock().unwrap_or_else(|e| e.into_inner()))
+/// The lock that keeps one filter loaded at a time; fails the test when not root
+/// (BPF_PROG_TEST_RUN needs it).
+fn privileged() -> MutexGuard<'static, ()> {
+    require_root();
+    ONE_FILTER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a frame must get.
@@ -300,9 +298,7 @@ fn encapsulations(src: &str) -> Vec<(String, Frame)> {
 
 #[test]
 fn encapsulations_flags_ports_fragments() {
-    let Some(_one) = privileged("encapsulations_flags_ports_fragments") else {
-        return;
-    };
+    let _one = privileged();
     let mut rig = Rig::load();
     standard_policy(&mut rig);
     let mut cases = Vec::new();
@@ -594,9 +590,7 @@ fn encapsulations_flags_ports_fragments() {
 
 #[test]
 fn bogus_lengths() {
-    let Some(_one) = privileged("bogus_lengths") else {
-        return;
-    };
+    let _one = privileged();
     let mut rig = Rig::load();
     standard_policy(&mut rig);
     let mut cases = Vec::new();
@@ -765,9 +759,7 @@ fn bogus_lengths() {
 /// Truncations must never be judged: PASS, counted as malformed.
 #[test]
 fn truncations() {
-    let Some(_one) = privileged("truncations") else {
-        return;
-    };
+    let _one = privileged();
     let mut rig = Rig::load();
     standard_policy(&mut rig);
     let mut cases = Vec::new();
@@ -836,9 +828,7 @@ fn truncations() {
 
 #[test]
 fn policy_order() {
-    let Some(_one) = privileged("policy_order") else {
-        return;
-    };
+    let _one = privileged();
     let mut rig = Rig::load();
     // Most specific block wins, whatever the insertion order.
     rig.block("240.1.2.0/24", action::OBSERVE, 12);
@@ -1031,9 +1021,7 @@ fn policy_order() {
 
 #[test]
 fn rate_limit() {
-    let Some(_one) = privileged("rate_limit") else {
-        return;
-    };
+    let _one = privileged();
     let mut rig = Rig::load();
     rig.block("198.51.100.0/24", action::DROP, 1);
     rig.block("203.0.113.0/24", action::RESET, 2);
@@ -1133,9 +1121,7 @@ fn rate_limit() {
 
 #[test]
 fn judged_ports() {
-    let Some(_one) = privileged("judged_ports") else {
-        return;
-    };
+    let _one = privileged();
     let mut rig = Rig::load();
     standard_policy(&mut rig);
     let mut cases = Vec::new();
@@ -1219,9 +1205,7 @@ fn judged_ports() {
 /// hand-computed example so that the checker itself is checked.
 #[test]
 fn reset_frame_by_hand() {
-    let Some(_one) = privileged("reset_frame_by_hand") else {
-        return;
-    };
+    let _one = privileged();
     let mut rig = Rig::load();
     standard_policy(&mut rig);
     let mut f = syn(RESET4, 25);

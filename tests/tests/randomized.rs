@@ -11,9 +11,9 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Instant};
 
 use prefilter_common::{action, reason};
 use prefilter_tests::{
-    is_root,
     packet::{Ext, Frame, LINUX_SYN_OPTIONS, flags},
     reference::{Rig, XDP_DROP, XDP_PASS, XDP_TX, boottime_ns, xdp_name},
+    require_root,
 };
 
 /// xorshift64* (Vigna 2016), seeded through splitmix64 so that any seed works.
@@ -536,12 +536,7 @@ fn frame(rng: &mut Rng, pool: Option<usize>) -> (Vec<u8>, String) {
 
 #[test]
 fn random_and_mutated_frames_match_the_rules() {
-    if !is_root() {
-        eprintln!(
-            "skipping random_and_mutated_frames_match_the_rules: BPF_PROG_TEST_RUN needs root"
-        );
-        return;
-    }
+    require_root();
     let seed: u64 = match std::env::var("PREFILTER_SEED") {
         Ok(s) => s.parse().expect("PREFILTER_SEED must be a u64"),
         Err(_) => std::time::SystemTime::now()

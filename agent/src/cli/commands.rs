@@ -161,7 +161,7 @@ fn fmt_time(t: Option<u64>) -> String {
     match t {
         None => "-".into(),
         Some(secs) => {
-            let now = crate::store::now();
+            let now = crate::policy::store::now();
             if secs > now {
                 let d = secs - now;
                 match d {
@@ -196,13 +196,18 @@ fn print_entries(
         })?;
         return if last == b']' { Ok(()) } else { Err(cut()) };
     }
-    out.line(format_args!(
-        "{:<44} {:<9} {:<16} {:<10} REASON",
-        "PREFIX", "ACTION", "LIST", "EXPIRES"
-    ))?;
     let mut lines = Lines::default();
     let mut closed = false;
+    // The header waits for the daemon's first bytes: without a daemon, stdout stays empty.
+    let mut header = false;
     client.stream(target, |chunk| {
+        if !header {
+            header = true;
+            out.line(format_args!(
+                "{:<44} {:<9} {:<16} {:<10} REASON",
+                "PREFIX", "ACTION", "LIST", "EXPIRES"
+            ))?;
+        }
         lines.feed(chunk, |line| {
             let t = line.trim();
             if t == "]" || t == "[]" {
@@ -232,7 +237,7 @@ fn block(client: &Client, out: &mut Out, c: BlockCmd) -> Result<(), CliError> {
             let body = api::AddBody {
                 prefixes: a.prefixes,
                 list: Some(a.list),
-                action: Some(a.action.clone()),
+                action: Some(a.action.to_string()),
                 ttl_secs: a.ttl,
                 reason: a.reason,
                 force: a.force,
@@ -269,7 +274,7 @@ fn block(client: &Client, out: &mut Out, c: BlockCmd) -> Result<(), CliError> {
             };
             let params = api::ImportParams {
                 list: Some(a.list.unwrap_or(default_list)),
-                action: Some(a.action),
+                action: Some(a.action.to_string()),
                 format: a.format,
                 replace: a.replace,
                 strict: a.strict,

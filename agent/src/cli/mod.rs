@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::policy::Action;
+
 pub use self::commands::execute;
 
 /// Default control socket, as in deploy/prefilter.service.
@@ -117,8 +119,8 @@ pub struct BlockAddArgs {
     #[arg(required = true)]
     pub prefixes: Vec<String>,
     /// What the filter does with their SYNs.
-    #[arg(long, default_value = "drop", value_parser = ["drop", "reset", "tempfail", "reject", "observe"])]
-    pub action: String,
+    #[arg(long, value_enum, default_value_t = Action::Drop)]
+    pub action: Action,
     /// Expire after this long (e.g. 90s, 30m, 12h, 7d).
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<u64>,
@@ -167,8 +169,8 @@ pub struct ImportArgs {
     #[arg(long, value_parser = ["plain", "spamhaus-drop", "rbldnsd"])]
     pub format: Option<String>,
     /// Action for every entry.
-    #[arg(long, default_value = "drop", value_parser = ["drop", "reset", "tempfail", "reject", "observe"])]
-    pub action: String,
+    #[arg(long, value_enum, default_value_t = Action::Drop)]
+    pub action: Action,
     /// Name of the list (default: the file name without extension, or "import" for stdin).
     #[arg(long)]
     pub list: Option<String>,

@@ -21,10 +21,10 @@ use super::{CLI_ALLOW_LIST, CLI_LIST, Daemon, OpError};
 use crate::{
     api,
     http::{self, Body, Server},
-    import::{self, Format},
-    prefix::Prefix,
-    store::{self, Entry, Origin},
-    xdp::v4table::Kind,
+    policy::Kind,
+    policy::store::{self, Entry, Origin},
+    policy::{Action, prefix::Prefix},
+    sources::formats::{self as import, Format},
 };
 
 const JSON: &str = "application/json";
@@ -328,13 +328,8 @@ fn parse_prefixes(v: &[String]) -> Result<Vec<Prefix>, OpError> {
 }
 
 fn block_action(name: Option<&str>) -> Result<u8, OpError> {
-    let name = name.unwrap_or("drop");
-    match action::from_name(name) {
-        Some(a) if a != action::PASS && a != action::ALLOW => Ok(a),
-        _ => Err(OpError::bad(format!(
-            "unknown action {name:?}: use drop, reset, tempfail, reject or observe"
-        ))),
-    }
+    let a = name.map_or(Ok(Action::Drop), str::parse::<Action>);
+    a.map(Action::code).map_err(|e| OpError::bad(e.to_string()))
 }
 
 /// A list name from a client: refused as a bad request before the store sees it.

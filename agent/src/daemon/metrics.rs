@@ -17,7 +17,7 @@ use super::{Daemon, TableFill};
 use crate::{
     api,
     http::{self, Body, Server},
-    store::Origin,
+    policy::{Kind, store::Origin},
 };
 
 /// Control requests by endpoint (a fixed route name) and status. Process-wide: the control
@@ -119,7 +119,7 @@ struct Scrape {
     /// Hits by block list name, every block list included; None if unreadable.
     list_hits: Option<Vec<(String, u64)>>,
     tables: TableFill,
-    store_entries: Vec<(Origin, &'static str, usize)>,
+    store_entries: Vec<(Origin, Kind, usize)>,
     uptime_secs: u64,
 }
 
@@ -133,7 +133,7 @@ fn scrape(d: &Daemon) -> Scrape {
         let mut out: Vec<(String, u64)> = view
             .lists
             .iter()
-            .filter(|l| l.kind == "block")
+            .filter(|l| l.kind == Kind::Block)
             .map(|l| (l.name.clone(), hit(l.id)))
             .collect();
         // Hits by a list since removed, or by the tables of a previous agent.
@@ -146,16 +146,6 @@ fn scrape(d: &Daemon) -> Scrape {
         }
         out
     });
-    let mut store_entries: Vec<(Origin, &'static str, usize)> = Vec::new();
-    for l in &view.lists {
-        match store_entries
-            .iter_mut()
-            .find(|(o, k, _)| *o == l.origin && *k == l.kind)
-        {
-            Some(e) => e.2 += l.entries,
-            None => store_entries.push((l.origin, l.kind, l.entries)),
-        }
-    }
     Scrape {
         attached: view
             .attached
@@ -165,7 +155,7 @@ fn scrape(d: &Daemon) -> Scrape {
         counters: d.kernel().counters().ok(),
         list_hits,
         tables: view.tables.clone(),
-        store_entries,
+        store_entries: view.store_entries.clone(),
         uptime_secs: view.started.elapsed().as_secs(),
     }
 }
@@ -326,7 +316,7 @@ impl Families {
             .set(t.v6_capacity.into());
         for (origin, kind, n) in &s.store_entries {
             f.store_entries
-                .with_label_values(&[origin_name(*origin), kind])
+                .with_label_values(&[origin_name(*origin), kind.name()])
                 .set(*n as i64);
         }
         f.uptime.set(s.uptime_secs as i64);
@@ -377,11 +367,7 @@ pub fn status(d: &Daemon) -> api::Status {
         .map(|l| api::ListInfo {
             name: l.name.clone(),
             id: l.id,
-            kind: if l.kind == "allow" {
-                api::ListKind::Allow
-            } else {
-                api::ListKind::Block
-            },
+            kind: l.kind,
             origin: l.origin,
             entries: l.entries,
         })
@@ -450,7 +436,7 @@ mod tests {
             counters: Some(counters),
             list_hits: Some(vec![("sbl".into(), 0), ("local \"x\"".into(), 7)]),
             tables: TableFill::default(),
-            store_entries: vec![(Origin::Cli, "block", 3)],
+            store_entries: vec![(Origin::Cli, Kind::Block, 3)],
             uptime_secs: 5,
         };
         let t = text(&s);

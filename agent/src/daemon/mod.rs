@@ -25,9 +25,10 @@ use tracing::{error, info, warn};
 
 pub use self::settings::{ListSpec, Settings};
 use crate::{
-    prefix::Prefix,
-    store::{self, Change, Entry, Origin, Store, Undo},
-    xdp::{Filter, FilterError, KernelView, Options, v4table::Kind},
+    policy::Kind,
+    policy::prefix::Prefix,
+    policy::store::{self, Change, Entry, Origin, Store, Undo},
+    xdp::{Filter, FilterError, KernelView, Options},
 };
 
 /// Name of the list that `block add` writes to when none is given.
@@ -117,8 +118,7 @@ pub struct State {
 pub struct ListInfo {
     pub name: String,
     pub id: u16,
-    /// "block" or "allow".
-    pub kind: &'static str,
+    pub kind: Kind,
     pub origin: Origin,
     pub entries: usize,
 }
@@ -201,6 +201,20 @@ fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Takes back changes already applied to the tables (best effort: they were accepted once).
+fn revert(filter: &mut Filter, changes: &[Change]) {
+    let reverse: Vec<Change> = changes
+        .iter()
+        .rev()
+        .map(|c| Change {
+            old: c.verdict,
+            verdict: c.old,
+            ..*c
+        })
+        .collect();
+    let _ = apply(filter, &reverse);
+}
+
 fn apply_one(filter: &mut Filter, p: Prefix, kind: Kind, v: Option<u16>) -> anyhow::Result<()> {
     match (p, v) {
         (Prefix::V4 { addr, len }, Some(v)) => filter.v4.set(addr, len, kind, v)?,
@@ -233,16 +247,7 @@ impl State {
         }
         let persisted = persist(&mut write(store));
         if let Err(e) = persisted {
-            let reverse: Vec<Change> = changes
-                .iter()
-                .rev()
-                .map(|c| Change {
-                    old: c.verdict,
-                    verdict: c.old,
-                    ..*c
-                })
-                .collect();
-            let _ = apply(&mut self.filter, &reverse);
+            revert(&mut self.filter, &changes);
             write(store).rollback(undo);
             return Err(OpError::internal(format!(
                 "not saved, nothing applied: {e}"
@@ -265,7 +270,7 @@ impl State {
                 .map(|(n, l)| ListInfo {
                     name: n.clone(),
                     id: l.id,
-                    kind: store::kind_name(l.kind),
+                    kind: l.kind,
                     origin: l.origin,
                     entries: l.entries.len(),
                 })
@@ -606,20 +611,8 @@ impl Daemon {
         let mut changes = std::mem::take(&mut planned.changes);
         changes.sort_unstable_by_key(|c| c.prefix.prefix_len());
         apply(&mut st.filter, &changes)?;
-        let revert = |filter: &mut Filter| {
-            let reverse: Vec<Change> = changes
-                .iter()
-                .rev()
-                .map(|c| Change {
-                    old: c.verdict,
-                    verdict: c.old,
-                    ..*c
-                })
-                .collect();
-            let _ = apply(filter, &reverse);
-        };
         if let Err(e) = self.store().write_planned(&planned) {
-            revert(&mut st.filter);
+            revert(&mut st.filter, &changes);
             return Err(OpError::internal(format!(
                 "not saved, nothing applied: {e}"
             )));
@@ -632,7 +625,7 @@ impl Daemon {
                 Ok(changes)
             }
             Err(e) => {
-                revert(&mut st.filter);
+                revert(&mut st.filter, &changes);
                 Err(OpError::internal(format!(
                     "not saved, nothing applied: {e}"
                 )))
@@ -654,12 +647,11 @@ impl Daemon {
             return Ok(());
         };
         let removed = l.entries.keys().filter(|p| !new.contains_key(p)).count();
-        crate::guard::check_replace(list, l.entries.len(), new.len(), removed, max_share).map_err(
-            |e| OpError {
+        crate::policy::guard::check_replace(list, l.entries.len(), new.len(), removed, max_share)
+            .map_err(|e| OpError {
                 status: 409,
                 message: e.to_string(),
-            },
-        )
+            })
     }
 
     /// Re-reads the config file; a bad one is refused and the old one stays in force.
@@ -795,11 +787,9 @@ impl Daemon {
         } else {
             ("pass", "no entry matches".to_owned())
         };
-        let xdp_action = match xdp {
-            "drop" => "XDP_DROP",
-            "reset" => "XDP_TX (TCP RST)",
-            _ => "XDP_PASS",
-        };
+        let xdp_action = xdp
+            .parse::<crate::policy::Action>()
+            .map_or("XDP_PASS", crate::policy::Action::xdp_action);
         api::Check {
             ip: ip.to_string(),
             verdict: xdp.to_owned(),
@@ -811,11 +801,7 @@ impl Daemon {
                 .into_iter()
                 .map(|m| api::CheckMatch {
                     list: m.list,
-                    kind: if m.kind == "allow" {
-                        api::ListKind::Allow
-                    } else {
-                        api::ListKind::Block
-                    },
+                    kind: m.kind,
                     origin: m.origin,
                     prefix: m.prefix,
                     action: m.action.to_owned(),
@@ -864,7 +850,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         message: format!("{e}"),
     })?;
     let pin_root = settings.bpffs.clone();
-    if crate::bpffs::ensure(&pin_root)
+    if crate::xdp::bpffs::ensure(&pin_root)
         .with_context(|| format!("mounting bpffs at {}", pin_root.display()))?
     {
         info!(path = %pin_root.display(), "mounted bpffs");

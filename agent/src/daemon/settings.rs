@@ -10,8 +10,8 @@ use aya::programs::XdpMode;
 
 use crate::{
     config::{AttachMode, Config, ListKind, LoadError},
-    prefix::Prefix,
-    xdp::v4table::Kind,
+    policy::Kind,
+    policy::prefix::Prefix,
 };
 
 /// A static list of the config.

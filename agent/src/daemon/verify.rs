@@ -9,7 +9,10 @@ use std::{
 use prefilter_common::{action, verdict};
 
 use super::Daemon;
-use crate::{api, prefix::Prefix, store, xdp::v4table::Kind};
+use crate::{
+    api,
+    policy::{Kind, prefix::Prefix, store},
+};
 
 /// What an address must get, from the rule set alone: any allow wins (the longest, for its
 /// list id), else the longest block.

@@ -1,5 +1,6 @@
 //! Loading the XDP program, its maps, and the typed handles the agent writes through.
 
+pub mod bpffs;
 mod mmap;
 pub mod test_run;
 pub mod v4table;

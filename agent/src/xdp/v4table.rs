@@ -25,12 +25,7 @@ use prefilter_common::{action, v4, verdict};
 
 use super::mmap::Mmap;
 
-/// A rule kind; an allow beats every block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Block,
-    Allow,
-}
+pub use crate::policy::Kind;
 
 /// Errors of the v4 table.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
 use prefilter_common::{action, verdict};
 
-use super::v4table::Kind;
+use crate::policy::Kind;
 
 #[derive(Clone, Copy, Default)]
 struct Rule {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::prefix::Prefix;
+use crate::policy::prefix::Prefix;
 
 /// A list file's syntax.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

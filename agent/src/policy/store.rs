@@ -26,7 +26,7 @@ use std::{
 use prefilter_common::{action, verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::{prefix::Prefix, xdp::v4table::Kind};
+use crate::policy::{Kind, prefix::Prefix};
 
 mod journal;
 
@@ -139,14 +139,7 @@ pub fn valid_name(name: &str) -> bool {
 
 /// How strongly a block action refuses: the strongest wins when lists overlap exactly.
 fn severity(a: u8) -> u8 {
-    match a {
-        action::DROP => 5,
-        action::RESET => 4,
-        action::REJECT => 3,
-        action::TEMPFAIL => 2,
-        action::OBSERVE => 1,
-        _ => 0,
-    }
+    super::Action::from_code(a).map_or(0, super::Action::severity)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -215,7 +208,7 @@ pub fn kind_name(k: Kind) -> &'static str {
 #[derive(Clone, Debug, Serialize)]
 pub struct Match {
     pub list: String,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub origin: Origin,
     pub prefix: Prefix,
     pub action: &'static str,
@@ -515,28 +508,32 @@ impl Store {
         out
     }
 
+    /// Whether list `name` may be written as `kind` from `origin`: its id if it exists.
+    fn writable(&self, name: &str, kind: Kind, origin: Origin) -> Result<Option<u16>, StoreError> {
+        if !valid_name(name) {
+            return Err(StoreError::BadName(name.to_owned()));
+        }
+        match self.lists.get(name) {
+            Some(l) if l.kind != kind => Err(StoreError::KindMismatch {
+                name: name.to_owned(),
+                existing: kind_name(l.kind),
+            }),
+            Some(l) if l.origin == Origin::Config && origin != Origin::Config => {
+                Err(StoreError::ConfigOwned {
+                    name: name.to_owned(),
+                })
+            }
+            l => Ok(l.map(|l| l.id)),
+        }
+    }
+
     fn list_for_write(
         &mut self,
         name: &str,
         kind: Kind,
         origin: Origin,
     ) -> Result<&mut List, StoreError> {
-        if !valid_name(name) {
-            return Err(StoreError::BadName(name.to_owned()));
-        }
-        if let Some(l) = self.lists.get(name) {
-            if l.kind != kind {
-                return Err(StoreError::KindMismatch {
-                    name: name.to_owned(),
-                    existing: kind_name(l.kind),
-                });
-            }
-            if l.origin == Origin::Config && origin != Origin::Config {
-                return Err(StoreError::ConfigOwned {
-                    name: name.to_owned(),
-                });
-            }
-        } else {
+        if self.writable(name, kind, origin)?.is_none() {
             let id = self.free_id()?;
             self.lists.insert(
                 name.to_owned(),
@@ -925,7 +922,7 @@ impl Store {
                 };
                 out.push(Match {
                     list: name.clone(),
-                    kind: kind_name(l.kind),
+                    kind: l.kind,
                     origin: l.origin,
                     prefix: p,
                     action: if l.kind == Kind::Allow {
@@ -966,22 +963,8 @@ impl Store {
         origin: Origin,
         entries: HashMap<Prefix, Entry>,
     ) -> Result<Planned, StoreError> {
-        if !valid_name(name) {
-            return Err(StoreError::BadName(name.to_owned()));
-        }
-        let id = match self.lists.get(name) {
-            Some(l) if l.kind != kind => {
-                return Err(StoreError::KindMismatch {
-                    name: name.to_owned(),
-                    existing: kind_name(l.kind),
-                });
-            }
-            Some(l) if l.origin == Origin::Config && origin != Origin::Config => {
-                return Err(StoreError::ConfigOwned {
-                    name: name.to_owned(),
-                });
-            }
-            Some(l) => l.id,
+        let id = match self.writable(name, kind, origin)? {
+            Some(id) => id,
             None => self.free_id()?,
         };
         let at = now();
