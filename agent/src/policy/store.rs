@@ -456,35 +456,12 @@ impl Store {
 
     /// The verdict the tables must hold for `prefix` of `kind`, from every list at once.
     pub fn effective(&self, prefix: &Prefix, kind: Kind, at: u64) -> Option<u16> {
-        let mut best: Option<(u8, u16, u16)> = None; // (severity, list id, action)
-        for l in self.lists.values().filter(|l| l.kind == kind) {
-            let Some(e) = l.entries.get(prefix) else {
-                continue;
-            };
-            if e.expires.is_some_and(|x| x <= at) {
-                continue;
-            }
-            let sev = if kind == Kind::Allow {
-                1
-            } else {
-                severity(e.action)
-            };
-            let better = match best {
-                None => true,
-                Some((s, id, _)) => sev > s || (sev == s && l.id < id),
-            };
-            if better {
-                best = Some((sev, l.id, u16::from(e.action)));
-            }
-        }
-        best.map(|(_, id, a)| {
-            let a = if kind == Kind::Allow {
-                action::ALLOW
-            } else {
-                a as u8
-            };
-            verdict::pack(a, id)
-        })
+        let entries = self
+            .lists
+            .values()
+            .filter(|l| l.kind == kind)
+            .filter_map(|l| l.entries.get(prefix).map(|e| (l.id, e)));
+        strongest(kind, at, entries)
     }
 
     /// Every (prefix, kind, verdict) the tables must hold now.
@@ -1013,32 +990,7 @@ impl Store {
             .iter()
             .filter(|(n, l)| l.kind == kind && n.as_str() != name)
             .filter_map(|(_, l)| l.entries.get(prefix).map(|e| (l.id, e)));
-        let mut best: Option<(u8, u16, u8)> = None; // (severity, list id, action)
-        for (lid, e) in others.chain(entry.map(|e| (id, e))) {
-            if e.expires.is_some_and(|x| x <= at) {
-                continue;
-            }
-            let sev = if kind == Kind::Allow {
-                1
-            } else {
-                severity(e.action)
-            };
-            let better = match best {
-                None => true,
-                Some((s, bid, _)) => sev > s || (sev == s && lid < bid),
-            };
-            if better {
-                best = Some((sev, lid, e.action));
-            }
-        }
-        best.map(|(_, id, a)| {
-            let a = if kind == Kind::Allow {
-                action::ALLOW
-            } else {
-                a
-            };
-            verdict::pack(a, id)
-        })
+        strongest(kind, at, others.chain(entry.map(|e| (id, e))))
     }
 
     /// Writes the list file of a planned replacement (before it is installed). Touches no
@@ -1096,6 +1048,37 @@ impl Planned {
     pub fn is_empty(&self) -> bool {
         self.list.entries.is_empty()
     }
+}
+
+/// The verdict of the strongest unexpired entry among `(list id, entry)` for one prefix:
+/// the most severe action, then the lowest list id; any allow for allow lists.
+fn strongest<'a>(
+    kind: Kind,
+    at: u64,
+    entries: impl Iterator<Item = (u16, &'a Entry)>,
+) -> Option<u16> {
+    let mut best: Option<(u8, u16, u8)> = None; // (severity, list id, action)
+    for (id, e) in entries {
+        if e.expires.is_some_and(|x| x <= at) {
+            continue;
+        }
+        let sev = if kind == Kind::Allow {
+            1
+        } else {
+            severity(e.action)
+        };
+        if best.is_none_or(|(s, bid, _)| sev > s || (sev == s && id < bid)) {
+            best = Some((sev, id, e.action));
+        }
+    }
+    best.map(|(_, id, a)| {
+        let a = if kind == Kind::Allow {
+            action::ALLOW
+        } else {
+            a
+        };
+        verdict::pack(a, id)
+    })
 }
 
 /// What it takes to revert an uncommitted change.

@@ -478,17 +478,6 @@ fn old_unframed_journal_lines_still_load() {
 fn old_and_framed_lines_mix_in_one_journal() {
     let d = TempDir::new("mixed");
     fs::create_dir_all(&d.0).unwrap();
-    let set = |prefix: &str| Record::Set {
-        list: "cli".into(),
-        kind: KindName::Block,
-        origin: Origin::Cli,
-        id: 1,
-        prefix: p(prefix),
-        action: "drop".into(),
-        created: 5,
-        expires: None,
-        reason: None,
-    };
     let mut text = serde_json::to_vec(&set("192.0.2.1")).unwrap();
     text.push(b'\n');
     journal::frame(&set("192.0.2.2"), &mut text);
@@ -526,17 +515,6 @@ fn a_damaged_list_file_is_moved_aside_and_the_rest_loads() {
 fn a_record_glued_to_a_torn_one_by_older_versions_is_recovered() {
     let d = TempDir::new("glued");
     fs::create_dir_all(&d.0).unwrap();
-    let set = |prefix: &str| Record::Set {
-        list: "cli".into(),
-        kind: KindName::Block,
-        origin: Origin::Cli,
-        id: 1,
-        prefix: p(prefix),
-        action: "drop".into(),
-        created: 5,
-        expires: None,
-        reason: None,
-    };
     let line = |r: &Record| serde_json::to_string(r).unwrap();
     let torn = line(&set("192.0.2.2"));
     // Issue 6: the failed add left half a record, the next acknowledged one followed it.
@@ -567,4 +545,19 @@ fn a_record_glued_to_a_torn_one_by_older_versions_is_recovered() {
     fs::write(d.0.join("journal"), &text).unwrap();
     let s = Store::open(&d.0).unwrap();
     assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.3"]));
+}
+
+/// A journal record setting `prefix` in the cli list, as a running daemon writes it.
+fn set(prefix: &str) -> Record {
+    Record::Set {
+        list: "cli".into(),
+        kind: KindName::Block,
+        origin: Origin::Cli,
+        id: 1,
+        prefix: p(prefix),
+        action: "drop".into(),
+        created: 5,
+        expires: None,
+        reason: None,
+    }
 }
