@@ -132,6 +132,7 @@ pub struct Filter {
     ports: Option<Vec<u16>>,
     /// Whether the maps were adopted from pins rather than created.
     pub adopted: bool,
+    kernel_view: Option<KernelView>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, FilterError>
@@ -142,6 +143,34 @@ where
         .take_map(name)
         .ok_or(FilterError::MissingMap { name, source: None })?;
     T::try_from(map).map_err(|e| FilterError::MissingMap {
+        name,
+        source: Some(e),
+    })
+}
+
+/// A second descriptor of map `name`, so that a reader owns a handle of its own.
+fn dup_map(ebpf: &Ebpf, name: &'static str) -> Result<MapData, FilterError> {
+    let map = ebpf
+        .map(name)
+        .ok_or(FilterError::MissingMap { name, source: None })?;
+    let data = match map {
+        Map::PerCpuArray(d) | Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) => d,
+        Map::LpmTrie(d) => d,
+        _ => return Err(FilterError::MissingMap { name, source: None }),
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| FilterError::Mmap { name, source })?;
+    MapData::from_fd(fd).map_err(|source| FilterError::Map { name, source })
+}
+
+fn typed_dup<T>(ebpf: &Ebpf, name: &'static str, wrap: fn(MapData) -> Map) -> Result<T, FilterError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(wrap(dup_map(ebpf, name)?)).map_err(|e| FilterError::MissingMap {
         name,
         source: Some(e),
     })
@@ -182,6 +211,13 @@ impl Filter {
         let tbl24 = mmap_of(&ebpf, v4::TBL24, (v4::TBL24_CHUNKS as usize) << 10)?;
         let tbl8 = mmap_of(&ebpf, v4::TBL8, (opts.v4_long_groups as usize) << 9)?;
         let v4 = V4Table::new(tbl24, tbl8, opts.v4_long_groups);
+        let kernel_view = KernelView {
+            counters: typed_dup(&ebpf, counters::MAP, Map::PerCpuArray)?,
+            list_hits: typed_dup(&ebpf, counters::LIST_HITS, Map::PerCpuArray)?,
+            dynamic: typed_dup(&ebpf, dynamic::MAP, Map::LruHashMap)?,
+            v4: v4.view(),
+            v6: v6table::V6View::new(typed_dup(&ebpf, v6::LPM, Map::LpmTrie)?),
+        };
         let trie: LpmTrie<MapData, [u8; 16], u16> = take(&mut ebpf, v6::LPM)?;
         let v6 = V6Table::new(trie);
         let dynamic = take(&mut ebpf, dynamic::MAP)?;
@@ -194,6 +230,7 @@ impl Filter {
             // Fresh maps are zeroed: no port judged yet.
             ports: (!adopted).then(Vec::new),
             adopted,
+            kernel_view: Some(kernel_view),
         };
         filter.config = filter.read_config()?;
         if filter.config.abi == 0 {
@@ -465,9 +502,53 @@ impl Filter {
         take(&mut self.ebpf, prefilter_common::events::MAP)
     }
 
+    /// Read-only handles on the kernel side (second file descriptors of the same maps, the
+    /// same IPv4 mappings), for readers that must never wait on the writer. Made once, at
+    /// load: the typed map handles aya hands out do not expose their descriptors.
+    pub fn take_kernel_view(&mut self) -> Option<KernelView> {
+        self.kernel_view.take()
+    }
+
     /// Runs the program on a frame (BPF_PROG_TEST_RUN).
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> std::io::Result<test_run::TestRun> {
         test_run::run(self.program_fd(), frame, repeat)
+    }
+}
+
+/// What readers (metrics, `check`, events) see of the kernel, without the writer's lock.
+pub struct KernelView {
+    counters: PerCpuArray<MapData, u64>,
+    list_hits: PerCpuArray<MapData, u64>,
+    dynamic: HashMap<MapData, AddrKey, DynVerdict>,
+    /// The IPv4 table as the program reads it.
+    pub v4: v4table::V4View,
+    /// The IPv6 trie as the program reads it.
+    pub v6: v6table::V6View,
+}
+
+fn summed(arr: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<Vec<u64>, FilterError> {
+    arr.iter()
+        .map(|v| {
+            v.map(|v| v.iter().sum())
+                .map_err(|source| FilterError::Map { name, source })
+        })
+        .collect()
+}
+
+impl KernelView {
+    /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
+    pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
+        summed(&self.counters, counters::MAP)
+    }
+
+    /// Block hits per list id, summed over CPUs (all ids, zeros included).
+    pub fn list_hits(&self) -> Result<Vec<u64>, FilterError> {
+        summed(&self.list_hits, counters::LIST_HITS)
+    }
+
+    /// The dynamic verdict for a key, as the kernel holds it.
+    pub fn dynamic(&self, key: &AddrKey) -> Option<DynVerdict> {
+        self.dynamic.get(key, 0).ok()
     }
 }
 

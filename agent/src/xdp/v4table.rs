@@ -15,7 +15,10 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    sync::atomic::{AtomicU16, AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU16, AtomicU32, Ordering},
+    },
 };
 
 use prefilter_common::{action, v4, verdict};
@@ -80,8 +83,8 @@ fn mask(len: u8) -> u32 {
 /// The table: kernel arrays through mmap plus the user-space bookkeeping to update them by
 /// difference.
 pub struct V4Table {
-    tbl24: Mmap,
-    tbl8: Mmap,
+    tbl24: Arc<Mmap>,
+    tbl8: Arc<Mmap>,
     groups: u32,
     /// Owner priority of each TBL24 slot that is a leaf (unused while the slot is EXT).
     prio24: Vec<u8>,
@@ -97,12 +100,40 @@ pub struct V4Table {
     counts: [usize; 2],
 }
 
+fn lookup(t24: &[AtomicU32], t8: &[AtomicU16], addr: u32) -> u16 {
+    let e = t24[(addr >> 8) as usize].load(Ordering::Relaxed);
+    if e & v4::EXT == 0 {
+        return e as u16;
+    }
+    t8.get((e & v4::GROUP_MASK) as usize * 256 + (addr & 0xff) as usize)
+        .map_or(0, |v| v.load(Ordering::Relaxed))
+}
+
+/// The kernel's IPv4 arrays, read as the XDP program reads them, without the writer's
+/// bookkeeping: `check` answers from it while an import runs.
+#[derive(Clone)]
+pub struct V4View {
+    tbl24: Arc<Mmap>,
+    tbl8: Arc<Mmap>,
+}
+
+impl V4View {
+    /// The packed verdict the kernel finds for `addr` (0 = none).
+    pub fn lookup(&self, addr: u32) -> u16 {
+        lookup(
+            self.tbl24.as_slice::<AtomicU32>(),
+            self.tbl8.as_slice::<AtomicU16>(),
+            addr,
+        )
+    }
+}
+
 impl V4Table {
     /// Wraps the mmapped maps. They must be zeroed (fresh) or be rebuilt with [`Self::clear`].
     pub(crate) fn new(tbl24: Mmap, tbl8: Mmap, groups: u32) -> Self {
         Self {
-            tbl24,
-            tbl8,
+            tbl24: Arc::new(tbl24),
+            tbl8: Arc::new(tbl8),
             groups,
             prio24: vec![0; 1 << 24],
             prio8: vec![0; groups as usize * 256],
@@ -330,12 +361,15 @@ impl V4Table {
 
     /// What the kernel would find for `addr`: the packed verdict (0 = none).
     pub fn lookup(&self, addr: u32) -> u16 {
-        let e = self.t24()[(addr >> 8) as usize].load(Ordering::Relaxed);
-        if e & v4::EXT == 0 {
-            return e as u16;
+        lookup(self.t24(), self.t8(), addr)
+    }
+
+    /// A read-only view of the kernel arrays for readers on other threads.
+    pub fn view(&self) -> V4View {
+        V4View {
+            tbl24: self.tbl24.clone(),
+            tbl8: self.tbl8.clone(),
         }
-        self.t8()[(e & v4::GROUP_MASK) as usize * 256 + (addr & 0xff) as usize]
-            .load(Ordering::Relaxed)
     }
 
     /// Every rule, in address order.

@@ -25,6 +25,24 @@ fn mask(len: u8) -> u128 {
     }
 }
 
+/// The kernel trie as the program reads it, for readers on other threads.
+pub struct V6View {
+    trie: LpmTrie<MapData, [u8; 16], u16>,
+}
+
+impl V6View {
+    pub(crate) fn new(trie: LpmTrie<MapData, [u8; 16], u16>) -> Self {
+        Self { trie }
+    }
+
+    /// What the kernel trie answers for `addr` (0 = no match).
+    pub fn lookup(&self, addr: u128) -> u16 {
+        self.trie
+            .get(&Key::new(128, addr.to_be_bytes()), 0)
+            .unwrap_or(0)
+    }
+}
+
 /// User-space rules plus the kernel trie holding their effective verdicts.
 pub struct V6Table {
     trie: LpmTrie<MapData, [u8; 16], u16>,
