@@ -46,7 +46,7 @@ interfaces = ["eth0", "eth1"]
 mode = "skb"
 ports = [25, 2525]
 log_level = "debug"
-sample_every = 0
+events_per_second = 0
 
 [xdp.ratelimit]
 enabled = true
@@ -89,7 +89,7 @@ prefixes = ["198.51.100.0/24"]
     assert_eq!(c.attach_mode(), AttachMode::Skb);
     assert_eq!(c.ports(), [25, 2525]);
     assert_eq!(c.log_level(), 4);
-    assert_eq!(c.xdp.sample_every, 0);
+    assert_eq!(c.xdp.events_per_second, 0);
     assert_eq!(
         c.ratelimit(),
         Some(TokenBucket {
@@ -148,12 +148,12 @@ fn defaults() {
     assert_eq!(c.attach_mode(), AttachMode::Auto);
     assert_eq!(c.ports(), [25]);
     assert_eq!(c.log_level(), 0);
-    assert_eq!(c.xdp.sample_every, 64);
+    assert_eq!(c.xdp.events_per_second, 100);
     assert_eq!(c.ratelimit(), None);
     assert_eq!(
         c.limits,
         Limits {
-            v4_long_groups: 65536,
+            v4_long_groups: 1 << 20,
             v6_entries: 262144,
             dynamic_entries: 262144
         }
@@ -187,7 +187,7 @@ fn refusals() {
         Case {
             name: "unknown key",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\nport = [25]\n",
-            expected: &[(Some(3), "xdp.port", "unknown field `port`, expected one of `interfaces`, `mode`, `ports`, `log_level`, `sample_every`, `ratelimit`")],
+            expected: &[(Some(3), "xdp.port", "unknown field `port`, expected one of `interfaces`, `mode`, `ports`, `log_level`, `events_per_second`, `sample_every`, `ratelimit`")],
         },
         Case {
             name: "unknown section",
