@@ -515,8 +515,9 @@ struct RawLimits {
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
-            // 40 MiB of groups (plus 4 MiB of shared verdicts): a million /24s holding
-            // several verdicts; a lone host in an unlisted /24 needs none.
+            // 80 MiB of groups (plus 8 MiB of shared verdicts): two million /24s holding
+            // several verdicts, enough for 5M random host /32s plus 1M mixed prefixes; a
+            // lone host in an unlisted /24 needs none.
             v4_long_groups: v4::DEFAULT_GROUPS.into(),
             v6_entries: v6::DEFAULT_ENTRIES.into(),
             dynamic_entries: dynamic::DEFAULT_ENTRIES.into(),

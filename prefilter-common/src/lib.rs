@@ -178,8 +178,9 @@ pub mod v4 {
     pub const RUNS: &str = "PF_V4_RUNS";
     /// Entries of TBL24 (2^24 / 256).
     pub const TBL24_CHUNKS: u32 = 1 << 16;
-    /// Default number of groups in use at once (40 MiB); the agent sizes it from its config.
-    pub const DEFAULT_GROUPS: u32 = 1 << 20;
+    /// Default number of groups in use at once (80 MiB): room for 5M random host /32s plus
+    /// 1M mixed prefixes. The agent sizes it from its config.
+    pub const DEFAULT_GROUPS: u32 = 1 << 21;
     /// Group slots beyond the configured number: a changed group is written to a fresh
     /// slot before the old one is let go, and a freed slot waits for these to be used first.
     pub const SPARE_GROUPS: u32 = 4096;
@@ -339,18 +340,26 @@ pub mod events {
     /// Events per second per CPU when the config does not say.
     pub const DEFAULT_PER_SEC: u32 = 100;
 
+    /// After the budget refused an event, this many more candidates are refused without
+    /// reading the clock: under a flood the clock is read once per this many packets, and
+    /// the budget is found refilled at most this many packets late.
+    pub const SKIP_AFTER_REFUSAL: u32 = 63;
+
     /// Per-CPU event budget as a virtual scheduling clock (GCRA, the token bucket's
     /// equivalent): an event is allowed while `tat_ns` is at most `now + cap - cost`, and
-    /// moves it by `cost`. A refused event writes nothing.
+    /// moves it by `cost`.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct Budget {
         /// Theoretical arrival time of the next event, bpf_ktime_get_coarse_ns.
         pub tat_ns: u64,
+        /// Candidates still to refuse without reading the clock.
+        pub skip: u32,
+        pub _pad: u32,
     }
 
     #[cfg(feature = "user")]
-    // SAFETY: repr(C), one u64.
+    // SAFETY: repr(C), 8 + 4 + 4 bytes, no implicit padding.
     unsafe impl aya::Pod for Budget {}
 
     /// A sampled verdict on a judged SYN.

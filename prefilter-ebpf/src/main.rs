@@ -592,7 +592,8 @@ fn take_token(cfg: &Config, key: &AddrKey, now: u64) -> bool {
 }
 
 /// Takes one event from this CPU's time budget; false when it is spent or events are off.
-/// A refused event writes nothing, so a flood costs one clock read and a compare per packet.
+/// Once the budget refused, the next candidates are refused without a clock read: under a
+/// flood a blocked SYN then costs a per-CPU decrement, not a helper call.
 #[inline(always)]
 fn event_token(cfg: &Config) -> bool {
     if cfg.ev_cost_ns == 0 {
@@ -601,14 +602,19 @@ fn event_token(cfg: &Config) -> bool {
     let Some(b) = PF_EV_BUDGET.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: a valid per-CPU slot pointer; only this CPU touches it, without preemption.
+    let b = unsafe { &mut *b };
+    if b.skip != 0 {
+        b.skip -= 1;
+        return false;
+    }
     // The coarse clock (tick resolution) is enough for a budget of events per second and
     // far cheaper than the precise one.
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: a valid per-CPU slot pointer; only this CPU touches it.
-    let b = unsafe { &mut *b };
     let tat = b.tat_ns;
     if tat > now + cfg.ev_cap_ns - cfg.ev_cost_ns {
+        b.skip = events::SKIP_AFTER_REFUSAL;
         return false;
     }
     b.tat_ns = if tat > now { tat } else { now } + cfg.ev_cost_ns;

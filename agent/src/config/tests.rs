@@ -153,7 +153,7 @@ fn defaults() {
     assert_eq!(
         c.limits,
         Limits {
-            v4_long_groups: 1 << 20,
+            v4_long_groups: 1 << 21,
             v6_entries: 262144,
             dynamic_entries: 262144
         }

@@ -206,6 +206,17 @@ impl V4View {
     }
 }
 
+/// How a /24 is held in TBL24.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// One verdict for the whole /24: one array load.
+    Leaf,
+    /// One host in an otherwise unlisted /24: one array load.
+    Host,
+    /// A group: three array loads.
+    Group,
+}
+
 /// An interned run sequence in RUNS.
 struct Interned {
     offset: u32,
@@ -702,6 +713,16 @@ impl V4Table {
             self.runs_map.as_slice(),
             addr,
         )
+    }
+
+    /// How the kernel holds the /24 of `addr`: what a lookup of it costs.
+    pub fn slot_kind(&self, addr: u32) -> SlotKind {
+        let e = self.t24()[(addr >> 8) as usize].load(Ordering::Relaxed);
+        match (e & v4::EXT != 0, e & v4::HOST != 0) {
+            (false, _) => SlotKind::Leaf,
+            (true, true) => SlotKind::Host,
+            (true, false) => SlotKind::Group,
+        }
     }
 
     /// A read-only view of the kernel arrays for readers on other threads.
