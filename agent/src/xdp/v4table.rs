@@ -376,26 +376,79 @@ impl V4Table {
         self.write(addr, len, prio(len, kind), v, |old, p| old <= p)
     }
 
-    /// Sets many rules, shortest prefixes first, and computes each /24 holding longer
-    /// prefixes once at the end. Same result as setting them one by one, in any order. On
-    /// an error (table full), the rules of the /24s that could not be written are dropped
-    /// again and every other rule stays set.
+    /// Sets many rules: records them all, writes those up to /24 shortest first, then
+    /// computes each /24 holding longer prefixes once. Same result as setting them one by one,
+    /// in any order. On an error (table full), the rules of the /24s that could not be
+    /// written are dropped again and every other rule stays set.
     pub fn set_batch(&mut self, mut rules: Vec<(u32, u8, Kind, u16)>) -> Result<(), V4Error> {
+        if let Some(&(_, len, ..)) = rules.iter().find(|r| r.1 > 32) {
+            return Err(V4Error::BadLength(len));
+        }
+        for r in &mut rules {
+            r.0 &= mask(r.1);
+            if r.2 == Kind::Allow {
+                r.3 = verdict::pack(action::ALLOW, verdict::list_id(r.3));
+            }
+        }
         // Stable: a rule given twice keeps its last verdict, as one by one.
-        rules.sort_by_key(|&(a, len, ..)| (len, a));
-        self.deferred = Some(Vec::new());
+        rules.sort_by_key(|&(a, len, ..)| (a, len));
+        let mut short = Vec::new();
+        let mut dirty = Vec::new();
+        let mut merged: Vec<((u32, u8), Rule)> = Vec::with_capacity(rules.len());
+        for &(a, l, k, v) in &rules {
+            match merged.last_mut() {
+                Some((key, r)) if *key == (a, l) => *r.slot(k) = Some(v),
+                _ => {
+                    let mut r = Rule::default();
+                    *r.slot(k) = Some(v);
+                    merged.push(((a, l), r));
+                }
+            }
+        }
+        drop(rules);
+        for &((a, l), r) in &merged {
+            for (k, v) in [(Kind::Block, r.block), (Kind::Allow, r.allow)] {
+                let Some(v) = v else { continue };
+                if l > 24 {
+                    self.set_long(a >> 8, true);
+                    dirty.push(a >> 8);
+                } else {
+                    short.push((prio(l, k), a, l, v));
+                }
+            }
+        }
+        if self.rules.is_empty() {
+            // Built from sorted input in one pass: far faster than millions of inserts.
+            self.counts[0] = merged.iter().filter(|(_, r)| r.block.is_some()).count();
+            self.counts[1] = merged.iter().filter(|(_, r)| r.allow.is_some()).count();
+            self.rules = merged.into_iter().collect();
+        } else {
+            for ((a, l), r) in merged {
+                let e = self.rules.entry((a, l)).or_default();
+                for k in [Kind::Block, Kind::Allow] {
+                    if let Some(v) = r.get(k)
+                        && e.slot(k).replace(v).is_none()
+                    {
+                        self.counts[k as usize] += 1;
+                    }
+                }
+            }
+        }
+        // Shortest first: each leaf is then written by the rule that ends up owning it,
+        // and a /24 already holding a group is recomputed once, below.
+        short.sort_by_key(|&(_, _, l, _)| l);
+        self.deferred = Some(dirty);
         let mut first_err = None;
-        for (a, l, k, v) in rules {
-            if let Err(e) = self.set(a, l, k, v) {
-                first_err = Some(e);
-                break;
+        for (p, a, l, v) in short {
+            if let Err(e) = self.write(a, l, p, v, |old, p| old <= p) {
+                first_err.get_or_insert(e);
             }
         }
         let mut dirty = self.deferred.take().unwrap_or_default();
         dirty.sort_unstable();
         dirty.dedup();
         for i in dirty {
-            if let Err(e) = self.touch(i) {
+            if let Err(e) = self.refresh(i) {
                 self.drop_long_rules(i);
                 first_err.get_or_insert(e);
             }

@@ -230,8 +230,13 @@ fn batch_equals_one_by_one() {
     for &(a, l, k, v) in &rules {
         one.set(a, l, k, v).unwrap();
     }
+    // Two batches: into an empty table (built in one pass) and into a filled one.
     let mut batch = table(4096);
-    batch.set_batch(rules.clone()).unwrap();
+    batch.set_batch(rules[..1000].to_vec()).unwrap();
+    batch.set_batch(rules[1000..].to_vec()).unwrap();
+    assert_eq!(batch.len(Kind::Block), one.len(Kind::Block));
+    assert_eq!(batch.len(Kind::Allow), one.len(Kind::Allow));
+    assert!(batch.rules().eq(one.rules()));
     for _ in 0..20_000 {
         let a = base | (rng.next() as u32 & 0x003f_ffff);
         assert_eq!(batch.lookup(a), one.lookup(a), "{a:#x}");
