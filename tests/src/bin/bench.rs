@@ -887,7 +887,8 @@ fn main() -> ExitCode {
             .find(|r| r.0 == name)
             .map_or(f64::NAN, |r| r.1)
     };
-    let rows: [(&str, &dyn Fn(&Sized) -> f64); 8] = [
+    type Ratio<'a> = (&'a str, &'a dyn Fn(&Sized) -> f64);
+    let rows: [Ratio; 8] = [
         (
             "blocked /24 SYN hot: events as shipped / events off (interleaved)",
             &|s| s.events.0 / s.events.1,
