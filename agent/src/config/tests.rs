@@ -449,3 +449,25 @@ fn deploy_example_is_accepted() {
     assert!(!c.xdp.interfaces.is_empty());
     assert_eq!(c.ports(), [25]);
 }
+
+/// `events_per_second` replaced `sample_every`; an older config still starts.
+#[test]
+fn event_budget_and_the_older_sample_every() {
+    #[rustfmt::skip]
+    let cases: [(&str, Result<u32, &str>); 6] = [
+        ("", Ok(100)),
+        ("events_per_second = 5\n", Ok(5)),
+        ("events_per_second = 0\n", Ok(0)),
+        ("sample_every = 0\n", Ok(0)),
+        ("sample_every = 64\n", Ok(100)),
+        ("events_per_second = 2000000\n", Err("xdp.events_per_second")),
+    ];
+    for (line, expected) in cases {
+        let text = format!("[xdp]\ninterfaces = [\"eth0\"]\n{line}");
+        match (parse(&text), expected) {
+            (Ok(c), Ok(n)) => assert_eq!(c.xdp.events_per_second, n, "{line}"),
+            (Err(e), Err(key)) => assert!(e.to_string().contains(key), "{line}: {e}"),
+            (got, _) => panic!("{line}: {:?}", got.map(|c| c.xdp.events_per_second)),
+        }
+    }
+}
