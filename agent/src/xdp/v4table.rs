@@ -373,7 +373,20 @@ impl V4Table {
             }
             return Ok(());
         }
-        self.write(addr, len, prio(len, kind), v, |old, p| old <= p)
+        let result = self.write(addr, len, prio(len, kind), v, |old, p| old <= p);
+        if result.is_err() {
+            // A /24 below ran out of room (groups or run verdicts): undo, so the caller can
+            // report that nothing was applied.
+            match prev {
+                Some(pv) => {
+                    let _ = self.set(addr, len, kind, pv);
+                }
+                None => {
+                    self.remove(addr, len, kind);
+                }
+            }
+        }
+        result
     }
 
     /// Sets many rules: records them all, writes those up to /24 shortest first, then

@@ -307,3 +307,29 @@ fn full_group_table_is_an_error_and_changes_nothing() {
     assert_eq!(t.lookup(0x0b00_0001), 0x2001);
     assert_eq!(t.rules().count(), 3);
 }
+
+#[test]
+fn a_short_rule_that_needs_a_group_in_a_full_table_is_undone() {
+    let (d, r) = (
+        verdict::pack(action::DROP, 1),
+        verdict::pack(action::RESET, 2),
+    );
+    let mut t = table(1);
+    t.set(0x0a00_0001, 32, Kind::Block, d).unwrap();
+    t.set(0x0a00_0002, 32, Kind::Block, d).unwrap();
+    t.set(0x0b00_0001, 32, Kind::Block, d).unwrap();
+    // The /24 around the lone host would need a group (reset, drop, reset): none is left.
+    let err = t.set(0x0b00_0000, 24, Kind::Block, r).unwrap_err();
+    assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
+    assert_eq!(t.rules().count(), 3);
+    assert_eq!(t.lookup(0x0b00_0001), d);
+    assert_eq!(t.lookup(0x0b00_0005), 0);
+    // A covering rule that changes nothing inside a group still applies.
+    t.set(0x0a00_0000, 24, Kind::Block, d).unwrap();
+    assert_eq!(t.lookup(0x0a00_0007), d);
+    assert_eq!(
+        t.groups_used().0,
+        0,
+        "uniform again: the group is given back"
+    );
+}
