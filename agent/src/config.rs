@@ -129,8 +129,8 @@ pub struct Xdp {
     pub ports: Vec<u16>,
     /// aya-log level compiled into the program.
     pub log_level: LogLevel,
-    /// One verdict event per this many judged SYNs; 0 = none.
-    pub sample_every: u32,
+    /// Verdict and first-seen events per second per CPU at most; 0 = none.
+    pub events_per_second: u32,
     /// Per-source SYN rate limit; `None` when disabled.
     pub ratelimit: Option<RateLimit>,
 }
@@ -216,7 +216,7 @@ impl RateLimit {
 /// `[limits]`: map sizes, fixed when the maps are created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// IPv4 groups for prefixes longer than /24 (512 bytes each).
+    /// IPv4 groups for /24s holding several verdicts (40 bytes each plus shared verdicts).
     pub v4_long_groups: u32,
     /// IPv6 trie capacity.
     pub v6_entries: u32,
@@ -415,6 +415,10 @@ impl Default for RawDaemon {
     }
 }
 
+/// Enough for `prefilter watch` to show a live picture; a time budget per CPU, so a flood
+/// costs the data path nothing more than a clock read per judged SYN.
+const DEFAULT_EVENTS_PER_SECOND: u32 = prefilter_common::events::DEFAULT_PER_SEC;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawXdp {
@@ -422,7 +426,10 @@ struct RawXdp {
     mode: String,
     ports: Vec<i64>,
     log_level: String,
-    sample_every: i64,
+    events_per_second: Option<i64>,
+    /// Replaced by `events_per_second`; still read so an older config keeps working
+    /// (0 turns events off, any other value keeps the default budget).
+    sample_every: Option<i64>,
     ratelimit: RawRateLimit,
 }
 
@@ -440,8 +447,9 @@ impl Default for RawXdp {
                 .collect(),
             // Any level but off costs cycles on every packet.
             log_level: "off".into(),
-            // Enough for `prefilter watch` to show a live picture without flooding it.
-            sample_every: 64,
+            // See events_per_second() below.
+            events_per_second: None,
+            sample_every: None,
             ratelimit: RawRateLimit::default(),
         }
     }
@@ -481,7 +489,9 @@ struct RawLimits {
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
-            // 32 MiB of /25../32 groups: 65536 distinct /24s holding longer prefixes.
+            // 80 MiB of groups (plus 8 MiB of shared verdicts): two million /24s holding
+            // several verdicts, enough for 5M random host /32s plus 1M mixed prefixes; a
+            // lone host in an unlisted /24 needs none.
             v4_long_groups: v4::DEFAULT_GROUPS.into(),
             v6_entries: v6::DEFAULT_ENTRIES.into(),
             dynamic_entries: dynamic::DEFAULT_ENTRIES.into(),
@@ -733,7 +743,14 @@ impl Validator<'_> {
                 "a log level",
                 &LogLevel::NAMES,
             ),
-            sample_every: self.int("xdp.sample_every", r.sample_every, 0, u32::MAX),
+            events_per_second: match (r.events_per_second, r.sample_every) {
+                (Some(n), _) => self.int("xdp.events_per_second", n, 0, 1_000_000),
+                (None, Some(n)) => match self.int("xdp.sample_every", n, 0, u32::MAX) {
+                    0 => 0,
+                    _ => DEFAULT_EVENTS_PER_SECOND,
+                },
+                (None, None) => DEFAULT_EVENTS_PER_SECOND,
+            },
             ratelimit,
         }
     }

@@ -7,10 +7,10 @@
 
 /// Layout version of every map below. Written into [`config::Config::abi`] when the maps are
 /// created, and part of the program's name, so a stale pinned program or map set is detected.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the XDP program function; it carries the ABI so `bpftool prog` shows it too.
-pub const PROG_NAME: &str = "prefilter_v1";
+pub const PROG_NAME: &str = "prefilter_v2";
 
 /// Verdict actions, as stored in map values and used as counter indices.
 pub mod action {
@@ -108,7 +108,8 @@ pub mod config {
     pub const FLAG_RATELIMIT: u32 = 1 << 0;
     /// Key IPv6 dynamic verdicts and rate buckets by /128 instead of /64.
     pub const FLAG_V6_FULL: u32 = 1 << 1;
-    /// Emit "first SYN from an address without a verdict" events.
+    /// Emit "first contact from an address without a verdict" events, on the client's ACK
+    /// (a completed handshake), never on a bare SYN: spoofed sources cause none.
     pub const FLAG_FIRST_SEEN: u32 = 1 << 2;
 
     #[repr(C)]
@@ -122,15 +123,35 @@ pub mod config {
         pub rl_cost_ns: u64,
         /// Bucket capacity in nanoseconds of credit (burst * cost).
         pub rl_cap_ns: u64,
-        /// Emit one verdict event per this many judged SYNs on average; 0 = none.
-        pub sample_every: u32,
+        /// Events (verdict samples and first-seen) per second per CPU; 0 = none. The
+        /// program reads `ev_cost_ns` and `ev_cap_ns`; this is kept for readers.
+        pub events_per_sec: u32,
         /// Number of live dynamic entries as the agent knows it; 0 lets the program skip
         /// the hash lookup entirely.
         pub dyn_entries: u32,
+        /// Event token-bucket cost of one event in ns of credit (1e9 / events_per_sec).
+        pub ev_cost_ns: u64,
+        /// Event bucket capacity in ns of credit (burst * cost).
+        pub ev_cap_ns: u64,
+    }
+
+    impl Config {
+        /// Sets the per-CPU event budget: `per_sec` events per second, bursts of as many.
+        pub fn set_events_per_sec(&mut self, per_sec: u32) {
+            self.events_per_sec = per_sec;
+            if per_sec == 0 {
+                self.ev_cost_ns = 0;
+                self.ev_cap_ns = 0;
+            } else {
+                self.ev_cost_ns = 1_000_000_000 / per_sec as u64;
+                // One second's worth: a quiet CPU can report a short burst at once.
+                self.ev_cap_ns = self.ev_cost_ns * per_sec as u64;
+            }
+        }
     }
 
     #[cfg(feature = "user")]
-    // SAFETY: repr(C), only integers, no implicit padding (4+4+8+8+4+4).
+    // SAFETY: repr(C), only integers, no implicit padding (4+4+8+8+4+4+8+8).
     unsafe impl aya::Pod for Config {}
 }
 
@@ -144,28 +165,73 @@ pub mod ports {
     pub const DEFAULT: &[u16] = &[25];
 }
 
-/// IPv4 prefix table: DIR-24-8 (Gupta, Lin, McKeown 1998; DPDK's rte_lpm) with allow and
-/// block folded in by the agent. One or two array lookups per packet whatever the number of
-/// prefixes, and bulk writes through mmap instead of a syscall per prefix.
+/// IPv4 prefix table: DIR-24-8's first level (Gupta, Lin, McKeown 1998; DPDK's rte_lpm) and
+/// compressed second-level groups (Poptrie, Asai and Ohara 2015), allow and block folded in by
+/// the agent. One array load for most sources, three for a /24 holding several verdicts,
+/// whatever the number of prefixes; bulk writes through mmap instead of a syscall per prefix.
 pub mod v4 {
     /// Array map of [`Chunk24`]: index `addr >> 16`, then `(addr >> 8) & 0xff`.
     pub const TBL24: &str = "PF_V4_TBL24";
-    /// Array map of [`Group8`]: one group per /24 that holds prefixes longer than /24.
-    pub const TBL8: &str = "PF_V4_TBL8";
+    /// Array map of [`Group`]: one per /24 that holds several verdicts.
+    pub const GROUPS: &str = "PF_V4_GROUPS";
+    /// Array map of [`Runs`]: the verdicts of the groups' runs, as one flat u16 array.
+    pub const RUNS: &str = "PF_V4_RUNS";
     /// Entries of TBL24 (2^24 / 256).
     pub const TBL24_CHUNKS: u32 = 1 << 16;
-    /// Default number of /25–/32 groups (32 MiB); the agent sizes it from its config.
-    pub const DEFAULT_GROUPS: u32 = 1 << 16;
-    /// TBL24 entry flag: the low 24 bits index a group in TBL8 instead of being a verdict.
+    /// Default number of groups in use at once (80 MiB): room for 5M random host /32s plus
+    /// 1M mixed prefixes. The agent sizes it from its config.
+    pub const DEFAULT_GROUPS: u32 = 1 << 21;
+    /// Group slots beyond the configured number: a changed group is written to a fresh
+    /// slot before the old one is let go, and a freed slot waits for these to be used first.
+    pub const SPARE_GROUPS: u32 = 4096;
+    /// TBL24 entry flag: not a plain verdict.
     pub const EXT: u32 = 1 << 31;
+    /// With [`EXT`]: one host `(entry >> 16) & 0xff` has verdict `entry & 0xffff`, the rest of
+    /// the /24 none. Without: the low 24 bits index a group.
+    pub const HOST: u32 = 1 << 30;
     /// Group index mask of an `EXT` entry.
     pub const GROUP_MASK: u32 = 0x00ff_ffff;
 
-    /// 256 TBL24 entries: a verdict (low 16 bits) or `EXT | group`.
+    /// 256 TBL24 entries: a verdict (low 16 bits), a lone host, or `EXT | group`.
     /// Array values are padded to 8 bytes, so each map value is a whole chunk, not one u32.
     pub type Chunk24 = [u32; 256];
-    /// 256 verdicts, one per last octet.
-    pub type Group8 = [u16; 256];
+
+    /// The verdicts of one /24 as runs: bit `o` of `bits` is set where a run of equal
+    /// verdicts starts (bit 0 always), and the verdict of last octet `o` is
+    /// `RUNS[base + rank[o / 64] + popcount(bits[o / 64] & (2 << o % 64) - 1) - 1]`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Group {
+        pub bits: [u64; 4],
+        /// Index of the first run's verdict in RUNS.
+        pub base: u32,
+        /// Run starts in the words before each word, so a lookup counts bits of one word.
+        pub rank: [u8; 4],
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), 32 + 4 + 4 bytes, no implicit padding.
+    unsafe impl aya::Pod for Group {}
+
+    /// Four run verdicts: array values are padded to 8 bytes, so a map value holds four.
+    pub type Runs = [u16; 4];
+
+    /// RUNS entries (of four verdicts) for `groups` groups: identical run sequences are
+    /// stored once (a host list gives a handful of distinct ones), so two verdicts per group
+    /// on average, plus a floor, leave ample room.
+    pub const fn runs_entries(groups: u32) -> u32 {
+        (groups / 2).saturating_add(1 << 14)
+    }
+
+    /// Group slots in the map for `groups` configured ones.
+    pub const fn group_slots(groups: u32) -> u32 {
+        let s = groups.saturating_add(SPARE_GROUPS);
+        if s > GROUP_MASK + 1 {
+            GROUP_MASK + 1
+        } else {
+            s
+        }
+    }
 }
 
 /// IPv6 prefix table: the kernel LPM trie, allow and block folded in by the agent.
@@ -266,10 +332,39 @@ pub mod events {
     pub const SEEN: &str = "PF_SEEN";
     /// Capacity of the first-seen dedup table.
     pub const SEEN_ENTRIES: u32 = 1 << 16;
+    /// PerCpuArray<[`Budget`]>, one slot: the per-CPU event token bucket.
+    pub const BUDGET: &str = "PF_EV_BUDGET";
+    /// Events are submitted without waking the reader (it polls on a short timer); past
+    /// this many bytes waiting in the ring the program forces a wake-up.
+    pub const WAKE_BYTES: u64 = (BYTES / 2) as u64;
+    /// Events per second per CPU when the config does not say.
+    pub const DEFAULT_PER_SEC: u32 = 100;
+
+    /// After the budget refused an event, this many more candidates are refused without
+    /// reading the clock: under a flood the clock is read once per this many packets, and
+    /// the budget is found refilled at most this many packets late.
+    pub const SKIP_AFTER_REFUSAL: u32 = 63;
+
+    /// Per-CPU event budget as a virtual scheduling clock (GCRA, the token bucket's
+    /// equivalent): an event is allowed while `tat_ns` is at most `now + cap - cost`, and
+    /// moves it by `cost`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Budget {
+        /// Theoretical arrival time of the next event, bpf_ktime_get_coarse_ns.
+        pub tat_ns: u64,
+        /// Candidates still to refuse without reading the clock.
+        pub skip: u32,
+        pub _pad: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), 8 + 4 + 4 bytes, no implicit padding.
+    unsafe impl aya::Pod for Budget {}
 
     /// A sampled verdict on a judged SYN.
     pub const KIND_VERDICT: u8 = 1;
-    /// First SYN from an address without any verdict yet.
+    /// First contact (the client's ACK of a handshake) from an address without any verdict.
     pub const KIND_FIRST_SEEN: u8 = 2;
 
     #[repr(C)]

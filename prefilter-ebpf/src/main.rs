@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_xdp_adjust_tail},
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail},
     macros::{map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -34,8 +34,12 @@ static PF_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static PF_PORTS: Array<u8> = Array::with_max_entries(ports::ENTRIES, 0);
 #[map(name = "PF_V4_TBL24")]
 static PF_V4_TBL24: Array<v4::Chunk24> = Array::with_max_entries(v4::TBL24_CHUNKS, BPF_F_MMAPABLE);
-#[map(name = "PF_V4_TBL8")]
-static PF_V4_TBL8: Array<v4::Group8> = Array::with_max_entries(v4::DEFAULT_GROUPS, BPF_F_MMAPABLE);
+#[map(name = "PF_V4_GROUPS")]
+static PF_V4_GROUPS: Array<v4::Group> =
+    Array::with_max_entries(v4::group_slots(v4::DEFAULT_GROUPS), BPF_F_MMAPABLE);
+#[map(name = "PF_V4_RUNS")]
+static PF_V4_RUNS: Array<v4::Runs> =
+    Array::with_max_entries(v4::runs_entries(v4::DEFAULT_GROUPS), BPF_F_MMAPABLE);
 #[map(name = "PF_V6_LPM")]
 static PF_V6_LPM: LpmTrie<[u8; 16], u16> =
     LpmTrie::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
@@ -53,6 +57,13 @@ static PF_LIST_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::
 static PF_EVENTS: RingBuf = RingBuf::with_byte_size(events::BYTES, 0);
 #[map(name = "PF_SEEN")]
 static PF_SEEN: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(events::SEEN_ENTRIES, 0);
+#[map(name = "PF_EV_BUDGET")]
+static PF_EV_BUDGET: PerCpuArray<events::Budget> = PerCpuArray::with_max_entries(1, 0);
+
+/// bpf_ringbuf_submit flags and bpf_ringbuf_query's "bytes waiting" (uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -115,6 +126,13 @@ enum Skip {
     SourceOnly {
         v6: bool,
         saddr: [u8; 16],
+    },
+    /// A pure ACK to a judged port while first-seen events are on: not judged, but maybe the
+    /// first contact of a completed handshake. `dport` in host order.
+    Ack {
+        v6: bool,
+        saddr: [u8; 16],
+        dport: u16,
     },
 }
 
@@ -206,6 +224,13 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
         Err(Skip::Malformed(_)) if frag & 0x2000 != 0 => {
             return Err(Skip::SourceOnly { v6: false, saddr });
         }
+        Err(Skip::Ack { dport, .. }) => {
+            return Err(Skip::Ack {
+                v6: false,
+                saddr,
+                dport,
+            });
+        }
         r => r?,
     };
     syn.l3 = l3;
@@ -233,7 +258,16 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
     for _ in 0..MAX_EXT_HEADERS {
         match nh {
             IPPROTO_TCP => {
-                let mut syn = parse_tcp(ctx, off, end)?;
+                let mut syn = match parse_tcp(ctx, off, end) {
+                    Err(Skip::Ack { dport, .. }) => {
+                        return Err(Skip::Ack {
+                            v6: true,
+                            saddr,
+                            dport,
+                        });
+                    }
+                    r => r?,
+                };
                 syn.v6 = true;
                 syn.l3 = l3;
                 syn.saddr = saddr;
@@ -276,10 +310,22 @@ fn parse_tcp(ctx: &XdpContext, l4: usize, end: usize) -> Result<Syn, Skip> {
     let h: [u8; 20] = load(ctx, l4)?;
     let flags = h[13];
     // SYN|FIN and SYN|RST are invalid; a listener drops them (and a RST is never answered).
+    let dport = u16::from_be_bytes([h[2], h[3]]);
     if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN {
+        if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK
+            && PF_CONFIG
+                .get(0)
+                .is_some_and(|c| c.flags & config::FLAG_FIRST_SEEN != 0)
+            && PF_PORTS.get(dport as u32).is_some_and(|&j| j != 0)
+        {
+            return Err(Skip::Ack {
+                v6: false,
+                saddr: [0; 16],
+                dport,
+            });
+        }
         return Err(Skip::NotJudged);
     }
-    let dport = u16::from_be_bytes([h[2], h[3]]);
     match PF_PORTS.get(dport as u32) {
         Some(&judged) if judged != 0 => {}
         _ => return Err(Skip::NotJudged),
@@ -310,7 +356,7 @@ struct Outcome {
 }
 
 #[xdp]
-pub fn prefilter_v1(ctx: XdpContext) -> u32 {
+pub fn prefilter_v2(ctx: XdpContext) -> u32 {
     let out = match parse(&ctx) {
         Ok(syn) => judge(&ctx, &syn),
         Err(Skip::NotJudged) => Outcome {
@@ -332,6 +378,14 @@ pub fn prefilter_v1(ctx: XdpContext) -> u32 {
                 "tiny fragment or long IPv6 header chain: judged by source only"
             );
             judge_source(v6, &saddr)
+        }
+        Err(Skip::Ack { v6, saddr, dport }) => {
+            first_contact(&ctx, v6, &saddr, dport);
+            Outcome {
+                reason: reason::NOT_JUDGED,
+                action: action::PASS,
+                list_id: 0,
+            }
         }
     };
     // The one exit: every verdict is counted here. Per-CPU slots need no atomics because
@@ -363,8 +417,21 @@ fn v4_lookup(a: &[u8; 16]) -> u16 {
     if e & v4::EXT == 0 {
         return e as u16;
     }
-    match PF_V4_TBL8.get(e & v4::GROUP_MASK) {
-        Some(group) => group[a[15] as usize],
+    let o = a[15];
+    if e & v4::HOST != 0 {
+        return if (e >> 16) as u8 == o { e as u16 } else { 0 };
+    }
+    let Some(g) = PF_V4_GROUPS.get(e & v4::GROUP_MASK) else {
+        return 0;
+    };
+    // Rank of the run holding octet o: run starts before its word, plus those in its word
+    // up to o. LLVM lowers the popcount to shifts and masks (BPF has no instruction for it).
+    let w = (o >> 6) as usize;
+    let m = (2u64 << (o & 63)).wrapping_sub(1);
+    let r = g.rank[w] as u32 + (g.bits[w] & m).count_ones();
+    let i = g.base.wrapping_add(r).wrapping_sub(1);
+    match PF_V4_RUNS.get(i >> 2) {
+        Some(runs) => runs[(i & 3) as usize],
         None => 0,
     }
 }
@@ -388,15 +455,17 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
     } else {
         decide(cfg, syn.v6, &syn.saddr, table, true)
     };
-    if out.reason == reason::NO_MATCH {
-        if cfg.flags & config::FLAG_FIRST_SEEN != 0 {
-            first_seen(ctx, syn);
-        }
-    } else if out.reason != reason::ALLOW && cfg.sample_every != 0 {
-        // SAFETY: helper without arguments.
-        if unsafe { bpf_get_prandom_u32() } % cfg.sample_every == 0 {
-            emit(ctx, events::KIND_VERDICT, syn, &out);
-        }
+    // Verdict samples within the per-CPU time budget; a clean SYN (no match) is not
+    // reported: first contact is the client's ACK.
+    if out.reason != reason::NO_MATCH && out.reason != reason::ALLOW && event_token(cfg) {
+        emit(
+            ctx,
+            events::KIND_VERDICT,
+            syn.v6,
+            &syn.saddr,
+            u16::from_be(syn.dport),
+            &out,
+        );
     }
     if out.action == action::RESET && send_reset(ctx, syn).is_err() {
         out.action = action::DROP;
@@ -522,14 +591,57 @@ fn take_token(cfg: &Config, key: &AddrKey, now: u64) -> bool {
     true
 }
 
+/// Takes one event from this CPU's time budget; false when it is spent or events are off.
+/// Once the budget refused, the next candidates are refused without a clock read: under a
+/// flood a blocked SYN then costs a per-CPU decrement, not a helper call.
 #[inline(always)]
-fn first_seen(ctx: &XdpContext, syn: &Syn) {
-    if PF_SEEN.get_ptr(syn.saddr).is_some() {
+fn event_token(cfg: &Config) -> bool {
+    if cfg.ev_cost_ns == 0 {
+        return false;
+    }
+    let Some(b) = PF_EV_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a valid per-CPU slot pointer; only this CPU touches it, without preemption.
+    let b = unsafe { &mut *b };
+    if b.skip != 0 {
+        b.skip -= 1;
+        return false;
+    }
+    // The coarse clock (tick resolution) is enough for a budget of events per second and
+    // far cheaper than the precise one.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let tat = b.tat_ns;
+    if tat > now + cfg.ev_cap_ns - cfg.ev_cost_ns {
+        b.skip = events::SKIP_AFTER_REFUSAL;
+        return false;
+    }
+    b.tat_ns = if tat > now { tat } else { now } + cfg.ev_cost_ns;
+    true
+}
+
+/// A pure ACK to a judged port: reports its source once if nothing judged it, within the
+/// event budget. An ACK means a handshake completed, so spoofed sources never get here.
+#[inline(always)]
+fn first_contact(ctx: &XdpContext, v6: bool, saddr: &[u8; 16], dport: u16) {
+    let Some(cfg) = PF_CONFIG.get(0) else {
+        return;
+    };
+    if verdict::action(table_lookup(v6, saddr)) != action::NONE || PF_SEEN.get_ptr(saddr).is_some()
+    {
+        return;
+    }
+    if cfg.dyn_entries != 0 && PF_DYNAMIC.get_ptr(addr_key(cfg, v6, saddr)).is_some() {
+        return;
+    }
+    // Over budget: not marked seen either, so it is reported on a later ACK.
+    if !event_token(cfg) {
         return;
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Err(e) = PF_SEEN.insert(syn.saddr, now, 0) {
+    if let Err(e) = PF_SEEN.insert(saddr, now, 0) {
         debug!(ctx, "first-seen table insert failed: {}", e);
     }
     let out = Outcome {
@@ -537,26 +649,33 @@ fn first_seen(ctx: &XdpContext, syn: &Syn) {
         action: action::PASS,
         list_id: 0,
     };
-    emit(ctx, events::KIND_FIRST_SEEN, syn, &out);
+    emit(ctx, events::KIND_FIRST_SEEN, v6, saddr, dport, &out);
 }
 
+/// Writes one event without waking the reader (it polls on a timer), unless the ring is
+/// filling up: a wake-up per event would cost more than the packet's verdict.
 #[inline(always)]
-fn emit(ctx: &XdpContext, kind: u8, syn: &Syn, out: &Outcome) {
+fn emit(ctx: &XdpContext, kind: u8, v6: bool, saddr: &[u8; 16], dport: u16, out: &Outcome) {
     let slot = match PF_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
             // SAFETY: helper without arguments.
             let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
             e.write(Event {
                 ts_ns,
-                addr: syn.saddr,
+                addr: *saddr,
                 kind,
                 action: out.action,
                 reason: out.reason,
-                family: if syn.v6 { 6 } else { 4 },
+                family: if v6 { 6 } else { 4 },
                 list_id: out.list_id,
-                dport: u16::from_be(syn.dport),
+                dport,
             });
-            e.submit(0);
+            let wake = if PF_EVENTS.query(BPF_RB_AVAIL_DATA) >= events::WAKE_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            e.submit(wake);
             counters::EVENTS_SENT
         }
         None => {

@@ -46,7 +46,7 @@ interfaces = ["eth0", "eth1"]
 mode = "skb"
 ports = [25, 2525]
 log_level = "debug"
-sample_every = 0
+events_per_second = 0
 
 [xdp.ratelimit]
 enabled = true
@@ -89,7 +89,7 @@ prefixes = ["198.51.100.0/24"]
     assert_eq!(c.attach_mode(), AttachMode::Skb);
     assert_eq!(c.ports(), [25, 2525]);
     assert_eq!(c.log_level(), 4);
-    assert_eq!(c.xdp.sample_every, 0);
+    assert_eq!(c.xdp.events_per_second, 0);
     assert_eq!(
         c.ratelimit(),
         Some(TokenBucket {
@@ -149,12 +149,12 @@ fn defaults() {
     assert_eq!(c.attach_mode(), AttachMode::Auto);
     assert_eq!(c.ports(), [25]);
     assert_eq!(c.log_level(), 0);
-    assert_eq!(c.xdp.sample_every, 64);
+    assert_eq!(c.xdp.events_per_second, 100);
     assert_eq!(c.ratelimit(), None);
     assert_eq!(
         c.limits,
         Limits {
-            v4_long_groups: 65536,
+            v4_long_groups: 1 << 21,
             v6_entries: 262144,
             dynamic_entries: 262144,
             max_shrink_percent: 50,
@@ -189,7 +189,7 @@ fn refusals() {
         Case {
             name: "unknown key",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\nport = [25]\n",
-            expected: &[(Some(3), "xdp.port", "unknown field `port`, expected one of `interfaces`, `mode`, `ports`, `log_level`, `sample_every`, `ratelimit`")],
+            expected: &[(Some(3), "xdp.port", "unknown field `port`, expected one of `interfaces`, `mode`, `ports`, `log_level`, `events_per_second`, `sample_every`, `ratelimit`")],
         },
         Case {
             name: "unknown section",
@@ -450,4 +450,26 @@ fn deploy_example_is_accepted() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!c.xdp.interfaces.is_empty());
     assert_eq!(c.ports(), [25]);
+}
+
+/// `events_per_second` replaced `sample_every`; an older config still starts.
+#[test]
+fn event_budget_and_the_older_sample_every() {
+    #[rustfmt::skip]
+    let cases: [(&str, Result<u32, &str>); 6] = [
+        ("", Ok(100)),
+        ("events_per_second = 5\n", Ok(5)),
+        ("events_per_second = 0\n", Ok(0)),
+        ("sample_every = 0\n", Ok(0)),
+        ("sample_every = 64\n", Ok(100)),
+        ("events_per_second = 2000000\n", Err("xdp.events_per_second")),
+    ];
+    for (line, expected) in cases {
+        let text = format!("[xdp]\ninterfaces = [\"eth0\"]\n{line}");
+        match (parse(&text), expected) {
+            (Ok(c), Ok(n)) => assert_eq!(c.xdp.events_per_second, n, "{line}"),
+            (Err(e), Err(key)) => assert!(e.to_string().contains(key), "{line}: {e}"),
+            (got, _) => panic!("{line}: {:?}", got.map(|c| c.xdp.events_per_second)),
+        }
+    }
 }

@@ -72,7 +72,26 @@ fn decode(d: &Daemon, raw: &[u8]) -> Option<EventJson> {
     })
 }
 
-/// Drains the ring buffer whenever the kernel signals data.
+/// How often the ring is read: the program submits without waking the reader (a wake-up
+/// per event would cost the data path more than the verdict), and forces one only when the
+/// ring is half full.
+const POLL: Duration = Duration::from_millis(100);
+
+fn publish(d: &Daemon, ring: &mut RingBuf<MapData>) {
+    let mut batch = Vec::new();
+    while let Some(item) = ring.next() {
+        batch.push(item.to_vec());
+    }
+    for raw in batch {
+        if let Some(ev) = decode(d, &raw) {
+            debug!(source = %ev.source, action = ev.action, reason = ev.reason, kind = ev.kind, "xdp event");
+            let _ = d.events.send(ev);
+        }
+    }
+}
+
+/// Drains the ring buffer on a short timer, and at once when the kernel signals a filling
+/// ring.
 pub async fn read(d: Daemon, ring: RingBuf<MapData>, mut stop: watch::Receiver<bool>) {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -82,23 +101,16 @@ pub async fn read(d: Daemon, ring: RingBuf<MapData>, mut stop: watch::Receiver<b
             return;
         }
     };
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             g = fd.readable_mut() => {
                 let Ok(mut g) = g else { return };
-                let ring = g.get_inner_mut();
-                let mut batch = Vec::new();
-                while let Some(item) = ring.next() {
-                    batch.push(item.to_vec());
-                }
                 g.clear_ready();
-                for raw in batch {
-                    if let Some(ev) = decode(&d, &raw) {
-                        debug!(source = %ev.source, action = ev.action, reason = ev.reason, kind = ev.kind, "xdp event");
-                        let _ = d.events.send(ev);
-                    }
-                }
+                publish(&d, g.get_inner_mut());
             }
+            _ = tick.tick() => publish(&d, fd.get_mut()),
             _ = stop.changed() => return,
         }
     }

@@ -298,7 +298,7 @@ impl State {
             c.rl_cost_ns = cost;
             c.rl_cap_ns = cap;
         }
-        c.sample_every = s.sample_every;
+        c.set_events_per_sec(s.events_per_second);
         self.filter.set_config(c)?;
         let ports = s.ports.clone();
         self.filter.set_ports(&ports)

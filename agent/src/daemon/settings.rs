@@ -37,7 +37,8 @@ pub struct Settings {
     pub mode: Option<XdpMode>,
     pub ports: Vec<u16>,
     pub log_level: u8,
-    pub sample_every: u32,
+    /// Events per second per CPU (verdict samples and first-seen); 0 = none.
+    pub events_per_second: u32,
     /// (cost_ns, cap_ns) when the per-source rate limit is on.
     pub ratelimit: Option<(u64, u64)>,
     /// (v4 long groups, v6 entries, dynamic entries).
@@ -95,7 +96,7 @@ impl From<Config> for Settings {
             },
             ports: c.xdp.ports.clone(),
             log_level: c.xdp.log_level as u8,
-            sample_every: c.xdp.sample_every,
+            events_per_second: c.xdp.events_per_second,
             ratelimit: c.xdp.ratelimit.map(|r| {
                 let b = r.bucket();
                 (b.cost_ns, b.cap_ns)

@@ -7,7 +7,7 @@ pub mod v4table;
 pub mod v6table;
 
 use std::{
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -81,7 +81,8 @@ pub enum FilterError {
 /// Map sizes and load-time settings.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Groups for IPv4 prefixes longer than /24 (512 bytes each).
+    /// Groups for IPv4 /24s holding several verdicts (40 bytes each, plus their share of
+    /// the run verdicts); a /24 with one host in otherwise unlisted space needs none.
     pub v4_long_groups: u32,
     /// Capacity of the IPv6 trie.
     pub v6_entries: u32,
@@ -190,7 +191,8 @@ impl Filter {
     pub fn load(opts: &Options) -> Result<Self, FilterError> {
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(v4::TBL8, opts.v4_long_groups)
+            .map_max_entries(v4::GROUPS, v4::group_slots(opts.v4_long_groups))
+            .map_max_entries(v4::RUNS, v4::runs_entries(opts.v4_long_groups))
             .map_max_entries(v6::LPM, opts.v6_entries)
             .map_max_entries(dynamic::MAP, opts.dynamic_entries)
             .override_global(LOG_LEVEL_GLOBAL, &opts.log_level, true);
@@ -210,8 +212,14 @@ impl Filter {
         prog.load()?;
 
         let tbl24 = mmap_of(&ebpf, v4::TBL24, (v4::TBL24_CHUNKS as usize) << 10)?;
-        let tbl8 = mmap_of(&ebpf, v4::TBL8, (opts.v4_long_groups as usize) << 9)?;
-        let v4 = V4Table::new(tbl24, tbl8, opts.v4_long_groups);
+        let slots = v4::group_slots(opts.v4_long_groups);
+        let groups = mmap_of(&ebpf, v4::GROUPS, slots as usize * size_of::<v4::Group>())?;
+        let runs = mmap_of(
+            &ebpf,
+            v4::RUNS,
+            v4::runs_entries(opts.v4_long_groups) as usize * size_of::<v4::Runs>(),
+        )?;
+        let v4 = V4Table::new(tbl24, groups, runs, opts.v4_long_groups, slots);
         let kernel_view = KernelView {
             counters: typed_dup(&ebpf, counters::MAP, Map::PerCpuArray)?,
             list_hits: typed_dup(&ebpf, counters::LIST_HITS, Map::PerCpuArray)?,
@@ -508,6 +516,29 @@ impl Filter {
     /// load: the typed map handles aya hands out do not expose their descriptors.
     pub fn take_kernel_view(&mut self) -> Option<KernelView> {
         self.kernel_view.take()
+    }
+
+    /// Kernel memory charged for the program's maps, in bytes: the `memlock` figures that
+    /// `bpftool map show` reports, summed.
+    pub fn map_memlock(&mut self) -> std::io::Result<u64> {
+        let ids = self
+            .program()
+            .info()
+            .and_then(|i| i.map_ids())
+            .map_err(std::io::Error::other)?
+            .unwrap_or_default();
+        let mut total = 0;
+        for id in ids {
+            let map = MapData::from_id(id).map_err(std::io::Error::other)?;
+            let fd = map.fd().as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// Runs the program on a frame (BPF_PROG_TEST_RUN).

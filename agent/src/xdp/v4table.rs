@@ -1,23 +1,36 @@
-//! The IPv4 prefix table in the kernel: DIR-24-8 (as in DPDK's rte_lpm), written through
-//! mmap of the two array maps.
+//! The IPv4 prefix table in the kernel: DIR-24-8's first level (as in DPDK's rte_lpm) and
+//! compressed second-level groups (as in Poptrie), written through mmap of three array maps.
 //!
 //! Why not the kernel LPM trie: measured here it costs 63 ns per lookup at 1k prefixes and
-//! 115 ns at 1M, and 2.2 s to insert 1M prefixes one syscall at a time. DIR-24-8 costs one
-//! array load (two for /25–/32) whatever the table holds, and filling it is memory writes.
-//! The price is memory: 64 MiB for TBL24 plus 512 bytes per /24 holding longer prefixes.
+//! 115 ns at 1M, and 2.2 s to insert 1M prefixes one syscall at a time. This table costs one
+//! array load for a /24 that holds no longer prefix (or holds a single host in otherwise
+//! unlisted space), three for the other /24s, whatever the table holds.
 //!
-//! Allow and block rules share the table. Each slot remembers (here, in user space) the
+//! A TBL24 entry is one of:
+//! - a leaf: the verdict of the whole /24 (low 16 bits);
+//! - `EXT | HOST | octet << 16 | verdict`: one host with a verdict, nothing else in the /24.
+//!   Host lists (DNSBL dumps) are mostly lone hosts in clean /24s, so most need no group;
+//! - `EXT | group`: a [`v4::Group`], 40 bytes: a 256-bit map of where a run of equal
+//!   verdicts starts, and the index of its run verdicts in the shared RUNS array. Identical
+//!   run sequences are stored once (interned), so RUNS stays small and cache-resident.
+//!
+//! A group is never changed in place: a new version goes to a fresh slot (and new verdicts
+//! to free space in RUNS), then the TBL24 entry is switched with one store. Freed slots are
+//! reused oldest first, so an XDP run in flight never reads a group refilled for another /24.
+//!
+//! Allow and block rules share the table. Each /24 leaf remembers (here, in user space) the
 //! priority of the rule that owns it: a block /n has priority n+1, an allow /n has n+34, so
 //! an allow beats every block whatever the lengths, and the longest prefix wins within a
-//! kind. Insert writes a rule's range where the owner's priority is not higher; delete hands
-//! the slots the rule owned to the best rule covering it, then replays rules nested inside it
-//! that it was hiding (only an allow can hide longer rules).
+//! kind. A rule up to /24 is written over the leaves where the owner's priority is not
+//! higher; delete hands the leaves the rule owned to the best rule covering it, then replays
+//! rules nested inside it that it was hiding (only an allow can hide longer rules). A /24
+//! holding longer rules is recomputed from its leaf and those rules whenever either changes.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicU16, AtomicU32, Ordering},
+        atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
 };
 
@@ -32,11 +45,19 @@ pub use crate::policy::Kind;
 pub enum V4Error {
     /// Every /25–/32 group is in use.
     #[error(
-        "IPv4 table full: all {capacity} groups for prefixes longer than /24 are in use (raise [limits] v4_long_groups)"
+        "IPv4 table full: all {capacity} groups for /24s with several verdicts are in use (raise [limits] v4_long_groups)"
     )]
     GroupsFull {
         /// Configured number of groups.
         capacity: u32,
+    },
+    /// The shared run verdicts are full.
+    #[error(
+        "IPv4 table full: no room for {runs} more group verdicts (raise [limits] v4_long_groups)"
+    )]
+    RunsFull {
+        /// Verdicts that did not fit.
+        runs: usize,
     },
     /// A prefix length above 32.
     #[error("invalid IPv4 prefix length /{0}")]
@@ -75,33 +96,88 @@ fn mask(len: u8) -> u32 {
     if len == 0 { 0 } else { u32::MAX << (32 - len) }
 }
 
-/// The table: kernel arrays through mmap plus the user-space bookkeeping to update them by
-/// difference.
-pub struct V4Table {
-    tbl24: Arc<Mmap>,
-    tbl8: Arc<Mmap>,
-    groups: u32,
-    /// Owner priority of each TBL24 slot that is a leaf (unused while the slot is EXT).
-    prio24: Vec<u8>,
-    /// Owner priority of each TBL8 slot.
-    prio8: Vec<u8>,
-    /// Rules longer than /24 in each group, to give the group back when it reaches 0.
-    long_rules: Vec<u32>,
-    /// Freed groups, reused oldest first so a reader still holding an old index (an XDP
-    /// run in flight) does not see it refilled for another /24.
-    free: VecDeque<u32>,
-    next_group: u32,
-    rules: BTreeMap<(u32, u8), Rule>,
-    counts: [usize; 2],
+/// u64 words of one group in the GROUPS mapping.
+const GROUP_WORDS: usize = size_of::<v4::Group>() / 8;
+
+/// Freed run ranges of one length are kept back until this many wait, so a range is not
+/// refilled right after the group that used it was replaced.
+const RUNS_QUARANTINE: usize = 16;
+
+/// What a /24 holds, as the program reads it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum Content {
+    Leaf(u16),
+    Host(u8, u16),
+    /// Run-start bitmap and the verdict of each run.
+    Runs([u64; 4], Vec<u16>),
 }
 
-fn lookup(t24: &[AtomicU32], t8: &[AtomicU16], addr: u32) -> u16 {
-    let e = t24[(addr >> 8) as usize].load(Ordering::Relaxed);
+/// Encodes 256 verdicts the cheapest way the program can read them.
+pub(crate) fn encode(leaf: u16, arr: &[u16; 256]) -> Content {
+    let first = arr[0];
+    if arr.iter().all(|&v| v == first) {
+        return Content::Leaf(first);
+    }
+    if leaf == 0 {
+        let mut set = arr.iter().enumerate().filter(|&(_, &v)| v != 0);
+        if let (Some((o, &v)), None) = (set.next(), set.next()) {
+            return Content::Host(o as u8, v);
+        }
+    }
+    let mut bits = [0u64; 4];
+    let mut runs = Vec::new();
+    for (j, &v) in arr.iter().enumerate() {
+        if j == 0 || arr[j - 1] != v {
+            bits[j >> 6] |= 1 << (j & 63);
+            runs.push(v);
+        }
+    }
+    Content::Runs(bits, runs)
+}
+
+/// Popcount of the words before each word, as stored in [`v4::Group::rank`].
+pub(crate) fn ranks(bits: &[u64; 4]) -> [u8; 4] {
+    let mut r = [0u8; 4];
+    for w in 1..4 {
+        r[w] = r[w - 1] + bits[w - 1].count_ones() as u8;
+    }
+    r
+}
+
+/// The verdict of last octet `o` in a group, exactly as the program computes it.
+pub(crate) fn group_verdict(
+    bits: &[u64; 4],
+    base: u32,
+    rank: [u8; 4],
+    o: u8,
+    runs: impl Fn(u32) -> u16,
+) -> u16 {
+    let w = (o >> 6) as usize;
+    let m = (2u64 << (o & 63)).wrapping_sub(1);
+    let r = u32::from(rank[w]) + (bits[w] & m).count_ones();
+    runs((base + r).wrapping_sub(1))
+}
+
+fn lookup(t24: &[AtomicU32], groups: &[AtomicU64], runs: &[AtomicU16], addr: u32) -> u16 {
+    let e = t24[(addr >> 8) as usize].load(Ordering::Acquire);
     if e & v4::EXT == 0 {
         return e as u16;
     }
-    t8.get((e & v4::GROUP_MASK) as usize * 256 + (addr & 0xff) as usize)
-        .map_or(0, |v| v.load(Ordering::Relaxed))
+    let o = addr as u8;
+    if e & v4::HOST != 0 {
+        return if (e >> 16) as u8 == o { e as u16 } else { 0 };
+    }
+    let g = (e & v4::GROUP_MASK) as usize * GROUP_WORDS;
+    let Some(w) = groups.get(g..g + GROUP_WORDS) else {
+        return 0;
+    };
+    let bits = [0, 1, 2, 3].map(|k| w[k].load(Ordering::Relaxed));
+    let tail = w[4].load(Ordering::Relaxed);
+    let rank = ((tail >> 32) as u32).to_le_bytes();
+    group_verdict(&bits, tail as u32, rank, o, |i| {
+        runs.get(i as usize)
+            .map_or(0, |v| v.load(Ordering::Relaxed))
+    })
 }
 
 /// The kernel's IPv4 arrays, read as the XDP program reads them, without the writer's
@@ -109,42 +185,105 @@ fn lookup(t24: &[AtomicU32], t8: &[AtomicU16], addr: u32) -> u16 {
 #[derive(Clone)]
 pub struct V4View {
     tbl24: Arc<Mmap>,
-    tbl8: Arc<Mmap>,
+    groups: Arc<Mmap>,
+    runs: Arc<Mmap>,
 }
 
 impl V4View {
     /// The packed verdict the kernel finds for `addr` (0 = none).
     pub fn lookup(&self, addr: u32) -> u16 {
         lookup(
-            self.tbl24.as_slice::<AtomicU32>(),
-            self.tbl8.as_slice::<AtomicU16>(),
+            self.tbl24.as_slice(),
+            self.groups.as_slice(),
+            self.runs.as_slice(),
             addr,
         )
     }
 }
 
+/// How a /24 is held in TBL24.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// One verdict for the whole /24: one array load.
+    Leaf,
+    /// One host in an otherwise unlisted /24: one array load.
+    Host,
+    /// A group: three array loads.
+    Group,
+}
+
+/// An interned run sequence in RUNS.
+struct Interned {
+    offset: u32,
+    refs: u32,
+}
+
+/// The table: kernel arrays through mmap plus the user-space bookkeeping to update them by
+/// difference.
+pub struct V4Table {
+    tbl24: Arc<Mmap>,
+    groups_map: Arc<Mmap>,
+    runs_map: Arc<Mmap>,
+    /// Configured number of groups in use at once.
+    groups: u32,
+    /// Group slots in the map: `groups` plus spares for copy-on-write.
+    slots: u32,
+    /// Verdict of each /24 as the rules up to /24 give it (its group's background).
+    leaf: Vec<u16>,
+    /// Owner priority of each leaf.
+    prio24: Vec<u8>,
+    /// Bit per /24: it holds rules longer than /24.
+    long: Vec<u64>,
+    live: u32,
+    /// Freed group slots, reused oldest first (see the module comment).
+    free: VecDeque<u32>,
+    next_slot: u32,
+    intern: HashMap<Box<[u16]>, Interned>,
+    /// Freed run ranges by length, oldest first.
+    free_runs: Vec<VecDeque<u32>>,
+    next_run: u32,
+    run_cap: u32,
+    rules: BTreeMap<(u32, u8), Rule>,
+    counts: [usize; 2],
+    /// While a batch runs: /24s to recompute at its end instead of at once.
+    deferred: Option<Vec<u32>>,
+}
+
 impl V4Table {
-    /// Wraps the mmapped maps. They must be zeroed (fresh) or be rebuilt with [`Self::clear`].
-    pub(crate) fn new(tbl24: Mmap, tbl8: Mmap, groups: u32) -> Self {
+    /// Wraps the mmapped maps (TBL24, `slots` groups, RUNS). They must be zeroed (fresh).
+    /// `groups` of the `slots` may be in use at once; the rest are spares for copy-on-write.
+    pub(crate) fn new(
+        tbl24: Mmap,
+        groups_map: Mmap,
+        runs_map: Mmap,
+        groups: u32,
+        slots: u32,
+    ) -> Self {
+        let run_cap = (runs_map.as_slice::<AtomicU16>().len()).min(u32::MAX as usize) as u32;
         Self {
             tbl24: Arc::new(tbl24),
-            tbl8: Arc::new(tbl8),
+            groups_map: Arc::new(groups_map),
+            runs_map: Arc::new(runs_map),
             groups,
+            slots,
+            leaf: vec![0; 1 << 24],
             prio24: vec![0; 1 << 24],
-            prio8: vec![0; groups as usize * 256],
-            long_rules: vec![0; groups as usize],
+            long: vec![0; (1 << 24) / 64],
+            live: 0,
             free: VecDeque::new(),
-            next_group: 0,
+            next_slot: 0,
+            intern: HashMap::new(),
+            free_runs: (0..=256).map(|_| VecDeque::new()).collect(),
+            next_run: 0,
+            run_cap,
             rules: BTreeMap::new(),
             counts: [0; 2],
+            deferred: None,
         }
     }
 
     fn t24(&self) -> &[AtomicU32] {
-        self.tbl24.as_slice::<AtomicU32>()
-    }
-    fn t8(&self) -> &[AtomicU16] {
-        self.tbl8.as_slice::<AtomicU16>()
+        self.tbl24.as_slice()
     }
 
     /// Number of (block, allow) rules.
@@ -154,7 +293,40 @@ impl V4Table {
 
     /// Groups in use out of the capacity.
     pub fn groups_used(&self) -> (u32, u32) {
-        (self.next_group - self.free.len() as u32, self.groups)
+        (self.live, self.groups)
+    }
+
+    /// Group verdicts stored (shared between groups) out of the capacity.
+    pub fn runs_used(&self) -> (u32, u32) {
+        let free: usize = self
+            .free_runs
+            .iter()
+            .enumerate()
+            .map(|(n, q)| n * q.len())
+            .sum();
+        (self.next_run - free as u32, self.run_cap)
+    }
+
+    fn has_long(&self, i: u32) -> bool {
+        self.long[(i >> 6) as usize] & (1 << (i & 63)) != 0
+    }
+
+    fn set_long(&mut self, i: u32, on: bool) {
+        let b = 1u64 << (i & 63);
+        if on {
+            self.long[(i >> 6) as usize] |= b;
+        } else {
+            self.long[(i >> 6) as usize] &= !b;
+        }
+    }
+
+    /// Rules longer than /24 inside /24 `i`.
+    fn long_rules(&self, i: u32) -> impl Iterator<Item = (u32, u8, &Rule)> {
+        let base = i << 8;
+        self.rules
+            .range((base, 25)..=(base | 0xff, 32))
+            .filter(|((_, l), _)| *l > 24)
+            .map(|(&(a, l), r)| (a, l, r))
     }
 
     /// Sets (adds or changes) the rule `addr/len` of `kind` with the packed verdict `v`.
@@ -168,11 +340,6 @@ impl V4Table {
         } else {
             v
         };
-        // A long prefix needs its /24's group; getting it first keeps a full table from
-        // leaving a rule half-recorded.
-        if len > 24 {
-            self.ensure_group(addr >> 8)?;
-        }
         let prev = self
             .rules
             .entry((addr, len))
@@ -181,25 +348,133 @@ impl V4Table {
             .replace(v);
         if prev.is_none() {
             self.counts[kind as usize] += 1;
-            if len > 24 {
-                let g = self.t24()[(addr >> 8) as usize].load(Ordering::Relaxed) & v4::GROUP_MASK;
-                self.long_rules[g as usize] += 1;
+        }
+        if len > 24 {
+            let i = addr >> 8;
+            let had_long = self.has_long(i);
+            self.set_long(i, true);
+            if let Err(e) = self.touch(i) {
+                // Nothing was published: forget the rule again.
+                let r = self.rules.get_mut(&(addr, len)).expect("just set");
+                *r.slot(kind) = prev;
+                if r.block.is_none() && r.allow.is_none() {
+                    self.rules.remove(&(addr, len));
+                }
+                if prev.is_none() {
+                    self.counts[kind as usize] -= 1;
+                }
+                self.set_long(i, had_long);
+                return Err(e);
+            }
+            return Ok(());
+        }
+        let result = self.write(addr, len, prio(len, kind), v, |old, p| old <= p);
+        if result.is_err() {
+            // A /24 below ran out of room (groups or run verdicts): undo, so the caller can
+            // report that nothing was applied.
+            match prev {
+                Some(pv) => {
+                    let _ = self.set(addr, len, kind, pv);
+                }
+                None => {
+                    self.remove(addr, len, kind);
+                }
             }
         }
-        self.write(addr, len, prio(len, kind), v, |old, p| old <= p);
-        Ok(())
+        result
     }
 
-    /// Sets many rules, shortest prefixes first: a short prefix written before the groups
-    /// inside it exist is written once per /24 instead of once per address, and each group
-    /// then starts from the right leaf. Same result as setting them one by one, in any order.
-    /// Stops at the first error; the rules before it stay set.
+    /// Sets many rules: records them all, writes those up to /24 shortest first, then
+    /// computes each /24 holding longer prefixes once. Same result as setting them one by one,
+    /// in any order. On an error (table full), the rules of the /24s that could not be
+    /// written are dropped again and every other rule stays set.
     pub fn set_batch(&mut self, mut rules: Vec<(u32, u8, Kind, u16)>) -> Result<(), V4Error> {
-        rules.sort_unstable_by_key(|&(_, len, ..)| len);
-        for (a, l, k, v) in rules {
-            self.set(a, l, k, v)?;
+        if let Some(&(_, len, ..)) = rules.iter().find(|r| r.1 > 32) {
+            return Err(V4Error::BadLength(len));
         }
-        Ok(())
+        for r in &mut rules {
+            r.0 &= mask(r.1);
+            if r.2 == Kind::Allow {
+                r.3 = verdict::pack(action::ALLOW, verdict::list_id(r.3));
+            }
+        }
+        // Stable: a rule given twice keeps its last verdict, as one by one.
+        rules.sort_by_key(|&(a, len, ..)| (a, len));
+        let mut short = Vec::new();
+        let mut dirty = Vec::new();
+        let mut merged: Vec<((u32, u8), Rule)> = Vec::with_capacity(rules.len());
+        for &(a, l, k, v) in &rules {
+            match merged.last_mut() {
+                Some((key, r)) if *key == (a, l) => *r.slot(k) = Some(v),
+                _ => {
+                    let mut r = Rule::default();
+                    *r.slot(k) = Some(v);
+                    merged.push(((a, l), r));
+                }
+            }
+        }
+        drop(rules);
+        for &((a, l), r) in &merged {
+            for (k, v) in [(Kind::Block, r.block), (Kind::Allow, r.allow)] {
+                let Some(v) = v else { continue };
+                if l > 24 {
+                    self.set_long(a >> 8, true);
+                    dirty.push(a >> 8);
+                } else {
+                    short.push((prio(l, k), a, l, v));
+                }
+            }
+        }
+        if self.rules.is_empty() {
+            // Built from sorted input in one pass: far faster than millions of inserts.
+            self.counts[0] = merged.iter().filter(|(_, r)| r.block.is_some()).count();
+            self.counts[1] = merged.iter().filter(|(_, r)| r.allow.is_some()).count();
+            self.rules = merged.into_iter().collect();
+        } else {
+            for ((a, l), r) in merged {
+                let e = self.rules.entry((a, l)).or_default();
+                for k in [Kind::Block, Kind::Allow] {
+                    if let Some(v) = r.get(k)
+                        && e.slot(k).replace(v).is_none()
+                    {
+                        self.counts[k as usize] += 1;
+                    }
+                }
+            }
+        }
+        // Shortest first: each leaf is then written by the rule that ends up owning it,
+        // and a /24 already holding a group is recomputed once, below.
+        short.sort_by_key(|&(_, _, l, _)| l);
+        self.deferred = Some(dirty);
+        let mut first_err = None;
+        for (p, a, l, v) in short {
+            if let Err(e) = self.write(a, l, p, v, |old, p| old <= p) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let mut dirty = self.deferred.take().unwrap_or_default();
+        dirty.sort_unstable();
+        dirty.dedup();
+        for i in dirty {
+            if let Err(e) = self.refresh(i) {
+                self.drop_long_rules(i);
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Forgets the longer-than-/24 rules of /24 `i` and writes its leaf back.
+    fn drop_long_rules(&mut self, i: u32) {
+        let gone: Vec<((u32, u8), Rule)> =
+            self.long_rules(i).map(|(a, l, r)| ((a, l), *r)).collect();
+        for (k, r) in gone {
+            self.counts[0] -= usize::from(r.block.is_some());
+            self.counts[1] -= usize::from(r.allow.is_some());
+            self.rules.remove(&k);
+        }
+        self.set_long(i, false);
+        let _ = self.refresh(i);
     }
 
     /// Removes the rule `addr/len` of `kind`; returns whether it existed.
@@ -218,17 +493,29 @@ impl V4Table {
             self.rules.remove(&(addr, len));
         }
         self.counts[kind as usize] -= 1;
+        if len > 24 {
+            let i = addr >> 8;
+            if self.long_rules(i).next().is_none() {
+                self.set_long(i, false);
+            }
+            // Fewer verdicts never need more room; an error here would be a bug.
+            if let Err(e) = self.touch(i) {
+                log::error!("IPv4 table: rewriting {i:#x}/24 after a removal: {e}");
+            }
+            return true;
+        }
         let p = prio(len, kind);
-        // The slots this rule owned go to the best rule covering its whole range.
+        // The leaves this rule owned go to the best rule covering its whole range.
         let (rv, rp) = self.best_cover(addr, len, p);
-        self.write(addr, len, rp, rv, |old, _| old == p);
-        // An allow hid longer rules inside it: put them back, lowest priority first.
-        if kind == Kind::Allow && len < 32 {
+        let mut result = self.write(addr, len, rp, rv, |old, _| old == p);
+        // An allow hid shorter-than-/25 rules inside it: put them back, lowest priority
+        // first (longer ones are recomputed with their /24).
+        if kind == Kind::Allow && len < 24 {
             let end = addr | !mask(len);
             let mut inner: Vec<(u8, u32, u8, u16)> = self
                 .rules
-                .range((addr, len + 1)..=(end, 32))
-                .filter(|((_, l), _)| *l > len)
+                .range((addr, len + 1)..=(end, 24))
+                .filter(|((_, l), _)| *l > len && *l <= 24)
                 .flat_map(|(&(a, l), r)| {
                     [(Kind::Block, r.block), (Kind::Allow, r.allow)]
                         .into_iter()
@@ -238,16 +525,12 @@ impl V4Table {
                 .collect();
             inner.sort_unstable();
             for (ip, a, l, v) in inner {
-                self.write(a, l, ip, v, |old, p| old <= p);
+                let r = self.write(a, l, ip, v, |old, p| old <= p);
+                result = result.and(r);
             }
         }
-        if len > 24 {
-            let i = (addr >> 8) as usize;
-            let g = self.t24()[i].load(Ordering::Relaxed) & v4::GROUP_MASK;
-            self.long_rules[g as usize] -= 1;
-            if self.long_rules[g as usize] == 0 {
-                self.release_group(i, g);
-            }
+        if let Err(e) = result {
+            log::error!("IPv4 table: after removing {addr:#x}/{len}: {e}");
         }
         true
     }
@@ -272,98 +555,243 @@ impl V4Table {
         best
     }
 
-    /// Writes `v` with priority `p` over `addr/len` wherever `cond(owner_prio, p)` holds.
-    fn write(&mut self, addr: u32, len: u8, p: u8, v: u16, cond: impl Fn(u8, u8) -> bool) {
-        let Self {
-            tbl24,
-            tbl8,
-            prio24,
-            prio8,
-            ..
-        } = self;
-        let t24 = tbl24.as_slice::<AtomicU32>();
-        let t8 = tbl8.as_slice::<AtomicU16>();
-        let fill8 = |prio8: &mut [u8], g: u32, lo: usize, n: usize| {
-            let base = g as usize * 256 + lo;
-            for j in base..base + n {
-                if cond(prio8[j], p) {
-                    prio8[j] = p;
-                    t8[j].store(v, Ordering::Relaxed);
-                }
+    /// Writes `v` with priority `p` over the leaves of `addr/len` (len <= 24) wherever
+    /// `cond(owner_prio, p)` holds, and recomputes the /24s there that hold longer rules.
+    fn write(
+        &mut self,
+        addr: u32,
+        len: u8,
+        p: u8,
+        v: u16,
+        cond: impl Fn(u8, u8) -> bool,
+    ) -> Result<(), V4Error> {
+        let first = addr >> 8;
+        let mut result = Ok(());
+        for i in first..first + (1u32 << (24 - len)) {
+            let iu = i as usize;
+            if !cond(self.prio24[iu], p) {
+                continue;
             }
-        };
-        if len <= 24 {
-            let first = (addr >> 8) as usize;
-            for i in first..first + (1usize << (24 - len)) {
-                let e = t24[i].load(Ordering::Relaxed);
-                if e & v4::EXT != 0 {
-                    fill8(prio8, e & v4::GROUP_MASK, 0, 256);
-                } else if cond(prio24[i], p) {
-                    prio24[i] = p;
-                    t24[i].store(v as u32, Ordering::Relaxed);
+            // A /24 with longer rules is recomputed even if its leaf verdict stays: the
+            // leaf's priority decides which of them it hides.
+            self.prio24[iu] = p;
+            let changed = self.leaf[iu] != v;
+            self.leaf[iu] = v;
+            if self.has_long(i) {
+                if let Err(e) = self.touch(i) {
+                    result = result.and(Err(e));
                 }
+            } else if changed {
+                self.t24()[iu].store(u32::from(v), Ordering::Release);
             }
-        } else {
-            let e = t24[(addr >> 8) as usize].load(Ordering::Relaxed);
-            debug_assert!(e & v4::EXT != 0, "long prefix without a group");
-            fill8(
-                prio8,
-                e & v4::GROUP_MASK,
-                (addr & 0xff) as usize,
-                1 << (32 - len),
-            );
+        }
+        result
+    }
+
+    /// Recomputes /24 `i` now, or at the end of the batch in progress.
+    fn touch(&mut self, i: u32) -> Result<(), V4Error> {
+        match &mut self.deferred {
+            Some(d) => {
+                d.push(i);
+                Ok(())
+            }
+            None => self.refresh(i),
         }
     }
 
-    /// Gives the /24 `i` a group holding its current leaf verdict, if it has none.
-    fn ensure_group(&mut self, i: u32) -> Result<(), V4Error> {
-        let i = i as usize;
-        let e = self.t24()[i].load(Ordering::Relaxed);
-        if e & v4::EXT != 0 {
-            return Ok(());
+    /// The 256 verdicts of /24 `i`: its leaf, then its longer rules by priority.
+    fn verdicts(&self, i: u32) -> [u16; 256] {
+        let iu = i as usize;
+        let mut arr = [self.leaf[iu]; 256];
+        if !self.has_long(i) {
+            return arr;
         }
-        let g = match self.free.pop_front() {
-            Some(g) => g,
-            None if self.next_group < self.groups => {
-                self.next_group += 1;
-                self.next_group - 1
+        let mut pr = [self.prio24[iu]; 256];
+        let mut inner: Vec<(u8, u8, u8, u16)> = self
+            .long_rules(i)
+            .flat_map(|(a, l, r)| {
+                [(Kind::Block, r.block), (Kind::Allow, r.allow)]
+                    .into_iter()
+                    .filter_map(move |(k, v)| v.map(|v| (prio(l, k), a as u8, l, v)))
+            })
+            .collect();
+        inner.sort_unstable();
+        for (p, lo, l, v) in inner {
+            let lo = lo as usize;
+            for j in lo..lo + (1usize << (32 - l)) {
+                if pr[j] <= p {
+                    pr[j] = p;
+                    arr[j] = v;
+                }
             }
-            None => {
-                return Err(V4Error::GroupsFull {
-                    capacity: self.groups,
-                });
+        }
+        arr
+    }
+
+    /// Brings the kernel's entry for /24 `i` in line with the rules. On error nothing
+    /// visible changed.
+    fn refresh(&mut self, i: u32) -> Result<(), V4Error> {
+        let iu = i as usize;
+        let want = encode(self.leaf[iu], &self.verdicts(i));
+        let e = self.t24()[iu].load(Ordering::Relaxed);
+        let old_group = (e & (v4::EXT | v4::HOST) == v4::EXT).then_some(e & v4::GROUP_MASK);
+        let entry = match want {
+            Content::Leaf(v) => u32::from(v),
+            Content::Host(o, v) => v4::EXT | v4::HOST | u32::from(o) << 16 | u32::from(v),
+            Content::Runs(bits, runs) => {
+                if let Some(g) = old_group
+                    && self.group_content(g) == (bits, runs.clone())
+                {
+                    return Ok(());
+                }
+                if old_group.is_none() && self.live >= self.groups {
+                    return Err(V4Error::GroupsFull {
+                        capacity: self.groups,
+                    });
+                }
+                let Some(slot) = self.alloc_slot() else {
+                    return Err(V4Error::GroupsFull {
+                        capacity: self.groups,
+                    });
+                };
+                let base = match self.intern_runs(&runs) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Unused: back at the front, it is the next one taken.
+                        self.free.push_front(slot);
+                        return Err(e);
+                    }
+                };
+                self.write_group(slot, &bits, base);
+                if old_group.is_none() {
+                    self.live += 1;
+                }
+                v4::EXT | slot
             }
         };
-        let base = g as usize * 256;
-        let p = self.prio24[i];
-        for j in base..base + 256 {
-            self.t8()[j].store(e as u16, Ordering::Relaxed);
-            self.prio8[j] = p;
+        if entry != e {
+            // Publish only once the group is written.
+            self.t24()[iu].store(entry, Ordering::Release);
         }
-        // Publish the group only once it is filled.
-        self.t24()[i].store(v4::EXT | g, Ordering::Release);
+        if let Some(g) = old_group
+            && entry != e
+        {
+            self.release_group(g);
+            if entry & (v4::EXT | v4::HOST) != v4::EXT {
+                self.live -= 1;
+            }
+        }
         Ok(())
     }
 
-    /// Folds group `g` of /24 `i` back into a leaf: with no long rule left it is uniform.
-    fn release_group(&mut self, i: usize, g: u32) {
-        let base = g as usize * 256;
-        let v = self.t8()[base].load(Ordering::Relaxed);
-        self.prio24[i] = self.prio8[base];
-        self.t24()[i].store(v as u32, Ordering::Release);
+    fn group_words(&self, g: u32) -> &[AtomicU64] {
+        let w = g as usize * GROUP_WORDS;
+        &self.groups_map.as_slice::<AtomicU64>()[w..w + GROUP_WORDS]
+    }
+
+    /// Bitmap and run verdicts of group `g`, read back from the maps.
+    fn group_content(&self, g: u32) -> ([u64; 4], Vec<u16>) {
+        let w = self.group_words(g);
+        let bits = [0, 1, 2, 3].map(|k| w[k].load(Ordering::Relaxed));
+        let base = w[4].load(Ordering::Relaxed) as u32 as usize;
+        let n = bits.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+        let runs = self.runs_map.as_slice::<AtomicU16>()[base..base + n]
+            .iter()
+            .map(|v| v.load(Ordering::Relaxed))
+            .collect();
+        (bits, runs)
+    }
+
+    fn write_group(&self, g: u32, bits: &[u64; 4], base: u32) {
+        let w = self.group_words(g);
+        for k in 0..4 {
+            w[k].store(bits[k], Ordering::Relaxed);
+        }
+        let rank = u32::from_le_bytes(ranks(bits));
+        w[4].store(u64::from(base) | u64::from(rank) << 32, Ordering::Relaxed);
+    }
+
+    fn alloc_slot(&mut self) -> Option<u32> {
+        // Fresh slots first: a freed one then waits for every spare to be taken first.
+        if self.next_slot < self.slots {
+            self.next_slot += 1;
+            return Some(self.next_slot - 1);
+        }
+        self.free.pop_front()
+    }
+
+    fn release_group(&mut self, g: u32) {
+        let (_, runs) = self.group_content(g);
+        self.unintern(&runs);
         self.free.push_back(g);
+    }
+
+    /// Index in RUNS of a copy of `runs`, shared with every group holding the same ones.
+    fn intern_runs(&mut self, runs: &[u16]) -> Result<u32, V4Error> {
+        if let Some(e) = self.intern.get_mut(runs) {
+            e.refs += 1;
+            return Ok(e.offset);
+        }
+        let n = runs.len();
+        let q = &mut self.free_runs[n];
+        let offset = if q.len() > RUNS_QUARANTINE {
+            q.pop_front().expect("not empty")
+        } else if self.next_run as usize + n <= self.run_cap as usize {
+            self.next_run += n as u32;
+            self.next_run - n as u32
+        } else if let Some(o) = q.pop_front() {
+            o
+        } else {
+            return Err(V4Error::RunsFull { runs: n });
+        };
+        let dst = &self.runs_map.as_slice::<AtomicU16>()[offset as usize..offset as usize + n];
+        for (d, &v) in dst.iter().zip(runs) {
+            d.store(v, Ordering::Relaxed);
+        }
+        self.intern
+            .insert(runs.into(), Interned { offset, refs: 1 });
+        Ok(offset)
+    }
+
+    fn unintern(&mut self, runs: &[u16]) {
+        let Some(e) = self.intern.get_mut(runs) else {
+            debug_assert!(false, "released runs were not interned");
+            return;
+        };
+        e.refs -= 1;
+        if e.refs == 0 {
+            let offset = e.offset;
+            self.intern.remove(runs);
+            self.free_runs[runs.len()].push_back(offset);
+        }
     }
 
     /// What the kernel would find for `addr`: the packed verdict (0 = none).
     pub fn lookup(&self, addr: u32) -> u16 {
-        lookup(self.t24(), self.t8(), addr)
+        lookup(
+            self.t24(),
+            self.groups_map.as_slice(),
+            self.runs_map.as_slice(),
+            addr,
+        )
+    }
+
+    /// How the kernel holds the /24 of `addr`: what a lookup of it costs.
+    pub fn slot_kind(&self, addr: u32) -> SlotKind {
+        let e = self.t24()[(addr >> 8) as usize].load(Ordering::Relaxed);
+        match (e & v4::EXT != 0, e & v4::HOST != 0) {
+            (false, _) => SlotKind::Leaf,
+            (true, true) => SlotKind::Host,
+            (true, false) => SlotKind::Group,
+        }
     }
 
     /// A read-only view of the kernel arrays for readers on other threads.
     pub fn view(&self) -> V4View {
         V4View {
             tbl24: self.tbl24.clone(),
-            tbl8: self.tbl8.clone(),
+            groups: self.groups_map.clone(),
+            runs: self.runs_map.clone(),
         }
     }
 

@@ -1,11 +1,21 @@
 use super::*;
 
-fn table(groups: u32) -> V4Table {
+/// A table over anonymous memory shaped like the kernel maps: `groups` in use at once,
+/// `spare` more slots for copy-on-write.
+fn table_with(groups: u32, spare: u32) -> V4Table {
+    let slots = groups + spare;
+    let runs = v4::runs_entries(groups);
     V4Table::new(
         Mmap::anonymous(1 << 26).unwrap(),
-        Mmap::anonymous(groups as usize * 512).unwrap(),
+        Mmap::anonymous(slots as usize * size_of::<v4::Group>()).unwrap(),
+        Mmap::anonymous(runs as usize * size_of::<v4::Runs>()).unwrap(),
         groups,
+        slots,
     )
+}
+
+fn table(groups: u32) -> V4Table {
+    table_with(groups, 8)
 }
 
 /// The rules as plain data, decided by brute force: an allow wins, else the longest block.
@@ -38,6 +48,91 @@ impl Rng {
     }
 }
 
+/// Decodes a group as the program does, from `runs` stored at index 0.
+fn decode(bits: &[u64; 4], runs: &[u16], o: u8) -> u16 {
+    group_verdict(bits, 0, ranks(bits), o, |i| runs[i as usize])
+}
+
+#[test]
+fn group_encoding_round_trips() {
+    const D: u16 = verdict::pack(action::DROP, 1);
+    const R: u16 = verdict::pack(action::RESET, 2);
+    const A: u16 = verdict::pack(action::ALLOW, 3);
+    struct Case {
+        name: &'static str,
+        leaf: u16,
+        /// (first octet, count, verdict) written over the leaf in order.
+        spans: &'static [(usize, usize, u16)],
+        expected: Content,
+    }
+    let bit = |o: usize| {
+        let mut b = [0u64; 4];
+        b[o >> 6] |= 1 << (o & 63);
+        b
+    };
+    let or = |a: [u64; 4], b: [u64; 4]| [a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]];
+    #[rustfmt::skip]
+    let cases = [
+        Case { name: "empty /24", leaf: 0, spans: &[], expected: Content::Leaf(0) },
+        Case { name: "uniform /24", leaf: D, spans: &[], expected: Content::Leaf(D) },
+        Case { name: "long rule equal to its leaf", leaf: D, spans: &[(0, 128, D)], expected: Content::Leaf(D) },
+        Case { name: "lone host, first octet", leaf: 0, spans: &[(0, 1, D)], expected: Content::Host(0, D) },
+        Case { name: "lone host, middle", leaf: 0, spans: &[(77, 1, R)], expected: Content::Host(77, R) },
+        Case { name: "lone host, last octet", leaf: 0, spans: &[(255, 1, D)], expected: Content::Host(255, D) },
+        Case { name: "host in a listed /24", leaf: D, spans: &[(77, 1, A)], expected: Content::Runs(or(or(bit(0), bit(77)), bit(78)), vec![D, A, D]) },
+        Case { name: "two hosts", leaf: 0, spans: &[(1, 1, D), (2, 1, D)], expected: Content::Runs(or(or(bit(0), bit(1)), bit(3)), vec![0, D, 0]) },
+        Case { name: "/25 low half", leaf: 0, spans: &[(0, 128, D)], expected: Content::Runs(or(bit(0), bit(128)), vec![D, 0]) },
+        Case { name: "/31 across a word edge", leaf: 0, spans: &[(62, 2, D), (64, 2, R)], expected: Content::Runs(or(or(bit(0), bit(62)), or(bit(64), bit(66))), vec![0, D, R, 0]) },
+        Case { name: "hosts on every word edge", leaf: R, spans: &[(63, 1, D), (127, 2, D), (191, 1, A), (255, 1, D)], expected: Content::Runs(or(or(or(bit(0), bit(63)), or(bit(64), bit(127))), or(or(bit(129), bit(191)), or(bit(192), bit(255)))), vec![R, D, R, D, R, A, R, D]) },
+    ];
+    for c in cases {
+        let mut arr = [c.leaf; 256];
+        for &(lo, n, v) in c.spans {
+            arr[lo..lo + n].fill(v);
+        }
+        let got = encode(c.leaf, &arr);
+        assert_eq!(got, c.expected, "{}", c.name);
+        for o in 0..=255u8 {
+            let v = match &got {
+                Content::Leaf(v) => *v,
+                Content::Host(h, v) => {
+                    if *h == o {
+                        *v
+                    } else {
+                        0
+                    }
+                }
+                Content::Runs(bits, runs) => decode(bits, runs, o),
+            };
+            assert_eq!(v, arr[o as usize], "{}: octet {o}", c.name);
+        }
+    }
+}
+
+#[test]
+fn random_groups_decode_to_their_verdicts() {
+    let mut rng = Rng(0x6e0_c0de);
+    for _ in 0..2000 {
+        let mut arr = [0u16; 256];
+        let mut j = 0;
+        while j < 256 {
+            let n = 1 + (rng.next() % 40) as usize;
+            let v = (rng.next() % 4) as u16 * 0x1001;
+            arr[j..(j + n).min(256)].fill(v);
+            j += n;
+        }
+        if let Content::Runs(bits, runs) = encode(1, &arr) {
+            assert_eq!(
+                runs.len(),
+                bits.iter().map(|b| b.count_ones() as usize).sum::<usize>()
+            );
+            for o in 0..=255u8 {
+                assert_eq!(decode(&bits, &runs, o), arr[o as usize]);
+            }
+        }
+    }
+}
+
 #[test]
 fn nested_rules_follow_priority() {
     struct Case {
@@ -53,6 +148,9 @@ fn nested_rules_follow_priority() {
         Case { rules: vec![("10.0.0.0/8", Kind::Allow, 3), ("10.1.2.0/28", Kind::Block, drop(2))], addr: "10.1.2.3", expected: verdict::pack(action::ALLOW, 3) },
         Case { rules: vec![("10.1.2.0/25", Kind::Block, drop(1)), ("10.1.2.0/26", Kind::Block, drop(2))], addr: "10.1.2.100", expected: drop(1) },
         Case { rules: vec![("0.0.0.0/0", Kind::Block, drop(9))], addr: "192.0.2.1", expected: drop(9) },
+        Case { rules: vec![("192.0.2.7/32", Kind::Block, drop(4))], addr: "192.0.2.7", expected: drop(4) },
+        Case { rules: vec![("192.0.2.7/32", Kind::Block, drop(4))], addr: "192.0.2.8", expected: 0 },
+        Case { rules: vec![("192.0.2.7/32", Kind::Block, drop(4)), ("192.0.2.0/24", Kind::Block, drop(5))], addr: "192.0.2.8", expected: drop(5) },
     ];
     for c in cases {
         let mut t = table(4);
@@ -102,20 +200,136 @@ fn random_operations_match_reference() {
             }
         }
     }
-    // Remove everything: the table must be empty and every group given back.
+    // Remove everything: the table must be empty and every group and run given back.
     for (a, l, k) in model.keys().copied().collect::<Vec<_>>() {
         assert!(t.remove(a, l, k));
     }
     assert_eq!(t.groups_used().0, 0);
+    assert_eq!(t.runs_used().0, 0);
+    assert!(t.intern.is_empty());
     assert!(t.t24().iter().all(|e| e.load(Ordering::Relaxed) == 0));
+}
+
+#[test]
+fn batch_equals_one_by_one() {
+    let mut rng = Rng(0xba7c4);
+    let base = 0xc000_0000u32;
+    let rules: Vec<(u32, u8, Kind, u16)> = (0..3000)
+        .map(|_| {
+            let len = [10u8, 16, 22, 24, 25, 29, 31, 32, 32, 32][rng.next() as usize % 10];
+            let addr = (base | (rng.next() as u32 & 0x003f_ffff)) & mask(len);
+            let kind = if rng.next().is_multiple_of(5) {
+                Kind::Allow
+            } else {
+                Kind::Block
+            };
+            (addr, len, kind, verdict::pack(2, (rng.next() % 3) as u16))
+        })
+        .collect();
+    let mut one = table(4096);
+    for &(a, l, k, v) in &rules {
+        one.set(a, l, k, v).unwrap();
+    }
+    // Two batches: into an empty table (built in one pass) and into a filled one.
+    let mut batch = table(4096);
+    batch.set_batch(rules[..1000].to_vec()).unwrap();
+    batch.set_batch(rules[1000..].to_vec()).unwrap();
+    assert_eq!(batch.len(Kind::Block), one.len(Kind::Block));
+    assert_eq!(batch.len(Kind::Allow), one.len(Kind::Allow));
+    assert!(batch.rules().eq(one.rules()));
+    for _ in 0..20_000 {
+        let a = base | (rng.next() as u32 & 0x003f_ffff);
+        assert_eq!(batch.lookup(a), one.lookup(a), "{a:#x}");
+    }
+    assert_eq!(batch.groups_used(), one.groups_used());
+}
+
+#[test]
+fn lone_hosts_need_no_group_and_groups_share_their_runs() {
+    let d = verdict::pack(action::DROP, 7);
+    let mut t = table(64);
+    // 1000 hosts, each alone in its /24: TBL24 entries only.
+    for i in 0..1000u32 {
+        t.set(0x0a00_0000 | i << 8 | (i & 0xff), 32, Kind::Block, d)
+            .unwrap();
+    }
+    assert_eq!(t.groups_used().0, 0);
+    assert_eq!(t.lookup(0x0a00_0505), d);
+    assert_eq!(t.lookup(0x0a00_0506), 0);
+    // The same hosts inside a listed /16 (another list): one group each, all with the
+    // same runs (leaf, host, leaf) stored once.
+    let mut t = table(64);
+    let l = verdict::pack(action::RESET, 8);
+    t.set(0x0b00_0000, 16, Kind::Block, l).unwrap();
+    for i in 0..50u32 {
+        t.set(0x0b00_0000 | i << 8 | 9, 32, Kind::Block, d).unwrap();
+    }
+    assert_eq!(t.groups_used().0, 50);
+    assert_eq!(t.runs_used().0, 3);
+    assert_eq!(t.lookup(0x0b00_0309), d);
+    assert_eq!(t.lookup(0x0b00_0308), l);
+    assert_eq!(t.lookup(0x0b00_030a), l);
+}
+
+#[test]
+fn a_rewritten_group_goes_to_a_fresh_slot() {
+    let d = verdict::pack(action::DROP, 1);
+    let mut t = table_with(2, 4);
+    t.set(0x0a00_0001, 32, Kind::Block, d).unwrap();
+    t.set(0x0a00_0002, 32, Kind::Block, d).unwrap();
+    let slot = |t: &V4Table| t.t24()[0x0a0000].load(Ordering::Relaxed) & v4::GROUP_MASK;
+    let mut seen = vec![slot(&t)];
+    // Each change writes a new group; the old slot is reused only after every other.
+    for o in 3..12u32 {
+        t.set(0x0a00_0000 | o, 32, Kind::Block, d).unwrap();
+        let s = slot(&t);
+        assert!(
+            !seen[seen.len().saturating_sub(5)..].contains(&s),
+            "slot {s} reused too early: {seen:?}"
+        );
+        seen.push(s);
+        assert_eq!(t.lookup(0x0a00_0000 | o), d);
+    }
+    assert_eq!(t.groups_used().0, 1);
 }
 
 #[test]
 fn full_group_table_is_an_error_and_changes_nothing() {
     let mut t = table(1);
     t.set(0x0a00_0001, 32, Kind::Block, 0x2001).unwrap();
-    let err = t.set(0x0b00_0001, 32, Kind::Block, 0x2001).unwrap_err();
+    t.set(0x0a00_0002, 32, Kind::Block, 0x2001).unwrap();
+    // A lone host needs no group.
+    t.set(0x0b00_0001, 32, Kind::Block, 0x2001).unwrap();
+    let err = t.set(0x0b00_0002, 32, Kind::Block, 0x2001).unwrap_err();
     assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
-    assert_eq!(t.len(Kind::Block), 1);
-    assert_eq!(t.lookup(0x0b00_0001), 0);
+    assert_eq!(t.len(Kind::Block), 3);
+    assert_eq!(t.lookup(0x0b00_0002), 0);
+    assert_eq!(t.lookup(0x0b00_0001), 0x2001);
+    assert_eq!(t.rules().count(), 3);
+}
+
+#[test]
+fn a_short_rule_that_needs_a_group_in_a_full_table_is_undone() {
+    let (d, r) = (
+        verdict::pack(action::DROP, 1),
+        verdict::pack(action::RESET, 2),
+    );
+    let mut t = table(1);
+    t.set(0x0a00_0001, 32, Kind::Block, d).unwrap();
+    t.set(0x0a00_0002, 32, Kind::Block, d).unwrap();
+    t.set(0x0b00_0001, 32, Kind::Block, d).unwrap();
+    // The /24 around the lone host would need a group (reset, drop, reset): none is left.
+    let err = t.set(0x0b00_0000, 24, Kind::Block, r).unwrap_err();
+    assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
+    assert_eq!(t.rules().count(), 3);
+    assert_eq!(t.lookup(0x0b00_0001), d);
+    assert_eq!(t.lookup(0x0b00_0005), 0);
+    // A covering rule that changes nothing inside a group still applies.
+    t.set(0x0a00_0000, 24, Kind::Block, d).unwrap();
+    assert_eq!(t.lookup(0x0a00_0007), d);
+    assert_eq!(
+        t.groups_used().0,
+        0,
+        "uniform again: the group is given back"
+    );
 }
