@@ -473,7 +473,7 @@ fn entries_of(d: &Daemon, name: &str) -> Vec<(Prefix, Entry)> {
     d.store()
         .lists()
         .get(name)
-        .map(|l| l.entries.iter().map(|(p, e)| (*p, e.clone())).collect())
+        .map(|l| l.entries.iter().collect())
         .unwrap_or_default()
 }
 

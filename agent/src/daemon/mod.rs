@@ -27,7 +27,7 @@ pub use self::settings::{ListSpec, Settings};
 use crate::{
     policy::Kind,
     policy::prefix::Prefix,
-    policy::store::{self, Change, Entry, Origin, Store, Undo},
+    policy::store::{self, Change, Entries, Entry, Origin, Store, Undo},
     xdp::{Filter, FilterError, KernelView, Options},
 };
 
@@ -545,39 +545,29 @@ impl Daemon {
         let at = store::now();
         let n = entries.len();
         let started = Instant::now();
-        let entries: Vec<(Prefix, Entry)> = entries
-            .into_iter()
-            .map(|(p, r)| {
-                let e = Entry {
-                    action: act,
-                    reason: r.map(Into::into),
-                    created: at,
-                    expires: None,
-                };
-                (p, e)
-            })
-            .collect();
+        // Built before taking the writer: the compact form, reasons interned.
+        let mut new = Entries::with_capacity(n);
+        for (p, r) in &entries {
+            new.insert_parts(*p, act, r.as_deref(), at, None);
+        }
+        drop(entries);
+        let built = started.elapsed();
         let mut st = self.lock();
         let changes = if replace {
-            let map: std::collections::HashMap<Prefix, Entry> = entries.into_iter().collect();
-            if !force {
-                self.shrink_guard(list, &map, st.settings.max_shrink)?;
-            }
-            self.replace_list(&mut st, list, Kind::Block, Origin::Import, map)
+            let guard = (!force).then_some(st.settings.max_shrink);
+            self.replace_list(&mut st, list, Kind::Block, Origin::Import, new, guard)
         } else {
-            // Adding to a list rewrites its file: take the same path as a replacement, so
-            // readers never wait on it either.
-            let merged = {
-                let store = self.store();
-                let mut m = store
-                    .lists()
-                    .get(list)
-                    .map(|l| l.entries.clone())
-                    .unwrap_or_default();
-                m.extend(entries);
-                m
-            };
-            self.replace_list(&mut st, list, Kind::Block, Origin::Import, merged)
+            // Added to a copy of the list and planned as a replacement: readers never wait
+            // on it, and only the entries that changed are persisted.
+            let mut merged = self
+                .store()
+                .lists()
+                .get(list)
+                .map(|l| l.entries.clone())
+                .unwrap_or_default();
+            merged.extend(new.iter());
+            drop(new);
+            self.replace_list(&mut st, list, Kind::Block, Origin::Import, merged, None)
         };
         self.publish(&st);
         drop(st);
@@ -590,68 +580,104 @@ impl Daemon {
             table_changes = changes.len(),
             replace,
             action = action::NAMES[act as usize],
+            built_ms = built.as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "list imported"
         );
         Ok(changes.len())
     }
 
-    /// Replaces a whole list: planned under the store's read lock, tables and list file
-    /// written holding no store lock, swapped in under a brief write lock. Readers keep
-    /// answering from the old content until the swap.
+    /// Replaces a whole list: planned under the store's read lock, tables and list file (or
+    /// journal records of a small delta) written holding no store write lock, swapped in
+    /// under a brief write lock. Readers keep answering from the old content until the swap.
+    /// `max_shrink`: refuse, before anything changes, a replacement that empties the list or
+    /// removes more than that share of it.
     fn replace_list(
         &self,
         st: &mut State,
         list: &str,
         kind: Kind,
         origin: Origin,
-        entries: std::collections::HashMap<Prefix, Entry>,
+        entries: Entries,
+        max_shrink: Option<f64>,
     ) -> Result<Vec<Change>, OpError> {
+        let t0 = Instant::now();
         let mut planned = self.store().plan_replace(list, kind, origin, entries)?;
+        let planned_in = t0.elapsed();
+        if let Some(max) = max_shrink
+            && planned.old_len > 0
+        {
+            crate::policy::guard::check_replace(
+                list,
+                planned.old_len,
+                planned.len(),
+                planned.removed,
+                max,
+            )
+            .map_err(|e| OpError {
+                status: 409,
+                message: e.to_string(),
+            })?;
+        }
         let mut changes = std::mem::take(&mut planned.changes);
         changes.sort_unstable_by_key(|c| c.prefix.prefix_len());
+        let t1 = Instant::now();
         apply(&mut st.filter, &changes)?;
-        if let Err(e) = self.store().write_planned(&planned) {
+        let tables_in = t1.elapsed();
+        let t2 = Instant::now();
+        if let Err(e) = self.store().write_planned(&mut planned) {
             revert(&mut st.filter, &changes);
             return Err(OpError::internal(format!(
                 "not saved, nothing applied: {e}"
             )));
         }
+        let persisted_in = t2.elapsed();
+        let delta = planned.journal_len();
+        let t3 = Instant::now();
         let installed = write(&self.store).install(planned);
-        match installed {
-            Ok(undo) => {
-                // The old entries are freed here, outside the lock.
-                drop(undo);
-                Ok(changes)
-            }
+        let swapped_in = t3.elapsed();
+        let undo = match installed {
+            Ok(undo) => undo,
             Err(e) => {
                 revert(&mut st.filter, &changes);
-                Err(OpError::internal(format!(
+                return Err(OpError::internal(format!(
                     "not saved, nothing applied: {e}"
-                )))
+                )));
+            }
+        };
+        // The old entries are freed here, outside the lock.
+        let t4 = Instant::now();
+        drop(undo);
+        let freed_in = t4.elapsed();
+        // Journal long enough to fold: list files written under the read lock only.
+        let t5 = Instant::now();
+        let due = self.store().compact_due();
+        if due {
+            match self.store().fold() {
+                Ok(()) => write(&self.store).folded(),
+                Err(e) => {
+                    warn!(error = %e, "compacting the journal (retried after the next change)");
+                }
             }
         }
-    }
-
-    /// Refuses a replacement of `list` by `new` that would empty it or remove more than
-    /// `max_share` of its entries: a truncated download or an empty file must not unblock
-    /// a whole list.
-    fn shrink_guard(
-        &self,
-        list: &str,
-        new: &std::collections::HashMap<Prefix, Entry>,
-        max_share: f64,
-    ) -> Result<(), OpError> {
-        let store = self.store();
-        let Some(l) = store.lists().get(list) else {
-            return Ok(());
-        };
-        let removed = l.entries.keys().filter(|p| !new.contains_key(p)).count();
-        crate::policy::guard::check_replace(list, l.entries.len(), new.len(), removed, max_share)
-            .map_err(|e| OpError {
-                status: 409,
-                message: e.to_string(),
-            })
+        info!(
+            list,
+            plan_ms = planned_in.as_millis() as u64,
+            tables_ms = tables_in.as_millis() as u64,
+            persist_ms = persisted_in.as_millis() as u64,
+            journaled = delta.unwrap_or(0),
+            file_rewritten = delta.is_none(),
+            swap_us = swapped_in.as_micros() as u64,
+            free_ms = freed_in.as_millis() as u64,
+            compacted = due,
+            compact_ms = if due {
+                t5.elapsed().as_millis() as u64
+            } else {
+                0
+            },
+            "list replaced"
+        );
+        Ok(changes)
     }
 
     /// Re-reads the config file; a bad one is refused and the old one stays in force.

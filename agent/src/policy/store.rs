@@ -15,7 +15,7 @@
 //! damaged ones, so a full or failing disk never stops the next start.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fs::{self, File},
     io::{self, BufRead, BufReader, BufWriter, Write},
     path::{Path, PathBuf},
@@ -28,12 +28,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Kind, prefix::Prefix};
 
+mod entries;
 mod journal;
 
+pub use entries::{Entries, Rule};
 use journal::Journal;
 
-/// Compact the journal into list files after this many records.
+/// Compact the journal into list files after this many records, or more when the lists it
+/// touched are large (see [`Store::compact_due`]).
 const COMPACT_AFTER: usize = 10_000;
+
+/// A replacement that changes at most this many entries, or a tenth of the list if more, is
+/// persisted as journal records (one fsync) rather than by rewriting the list file.
+const DELTA_RECORDS: usize = 10_000;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
@@ -74,7 +81,7 @@ pub struct List {
     pub id: u16,
     pub kind: Kind,
     pub origin: Origin,
-    pub entries: HashMap<Prefix, Entry>,
+    pub entries: Entries,
 }
 
 /// A change the XDP tables must make: `verdict` None = remove the prefix of that kind.
@@ -162,12 +169,17 @@ enum Record {
         list: String,
         prefix: Prefix,
     },
+    /// Empties the list (it keeps its id, kind and origin): written before the `set`s of its
+    /// whole new content when a large list is replaced by a short one.
+    Clear {
+        list: String,
+    },
 }
 
 impl Record {
     fn list(&self) -> &str {
         match self {
-            Record::Set { list, .. } | Record::Del { list, .. } => list,
+            Record::Set { list, .. } | Record::Del { list, .. } | Record::Clear { list } => list,
         }
     }
 }
@@ -221,10 +233,15 @@ pub struct Match {
 pub struct Store {
     dir: Option<PathBuf>,
     lists: BTreeMap<String, List>,
-    journal: Journal,
+    /// Behind a mutex so a planned replacement's records are written holding only the
+    /// store's read lock ([`Store::write_planned`]); only the single writer locks it.
+    journal: std::sync::Mutex<Journal>,
     journal_records: usize,
     /// Lists with journal records not yet folded into their file.
     dirty: std::collections::BTreeSet<String>,
+    /// Entries of list files that journal `clear` records dropped: read for nothing at
+    /// start-up until the journal is folded.
+    cleared: usize,
 }
 
 impl Store {
@@ -233,9 +250,10 @@ impl Store {
         Self {
             dir: None,
             lists: BTreeMap::new(),
-            journal: Journal::default(),
+            journal: std::sync::Mutex::new(Journal::default()),
             journal_records: 0,
             dirty: std::collections::BTreeSet::new(),
+            cleared: 0,
         }
     }
 
@@ -323,8 +341,8 @@ impl Store {
         }
         if !compact && scan.good_len < scan.len {
             // The torn tail must go before anything is appended after it.
-            store.journal.set_len(scan.good_len);
-            if let Err(e) = store.journal.repair(dir) {
+            store.journal_mut().set_len(scan.good_len);
+            if let Err(e) = store.journal_mut().repair(dir) {
                 tracing::error!(
                     path = %jpath.display(),
                     error = %e,
@@ -365,7 +383,7 @@ impl Store {
             "import" => Origin::Import,
             _ => return Err(corrupt(1, "bad list origin")),
         };
-        let mut entries = HashMap::new();
+        let mut entries = Entries::default();
         for (i, line) in lines.enumerate() {
             let line = line.map_err(io_err(path))?;
             let mut f = line.splitn(5, '\t');
@@ -374,15 +392,13 @@ impl Store {
             let act = action::from_name(next()?).ok_or_else(|| corrupt(i + 2, "bad action"))?;
             let created = next()?.parse().map_err(|_| corrupt(i + 2, "bad time"))?;
             let expires: u64 = next()?.parse().map_err(|_| corrupt(i + 2, "bad time"))?;
-            let reason = next().ok().filter(|r| !r.is_empty()).map(Arc::from);
-            entries.insert(
+            let reason = next().ok().filter(|r| !r.is_empty());
+            entries.insert_parts(
                 prefix,
-                Entry {
-                    action: act,
-                    reason,
-                    created,
-                    expires: (expires != 0).then_some(expires),
-                },
+                act,
+                reason,
+                created,
+                (expires != 0).then_some(expires),
             );
         }
         self.lists.insert(
@@ -414,21 +430,25 @@ impl Store {
                     id,
                     kind: kind.into(),
                     origin,
-                    entries: HashMap::new(),
+                    entries: Entries::default(),
                 });
-                l.entries.insert(
+                l.entries.insert_parts(
                     prefix,
-                    Entry {
-                        action: action::from_name(&a).unwrap_or(action::DROP),
-                        reason: reason.map(Arc::from),
-                        created,
-                        expires,
-                    },
+                    action::from_name(&a).unwrap_or(action::DROP),
+                    reason.as_deref(),
+                    created,
+                    expires,
                 );
             }
             Record::Del { list, prefix } => {
                 if let Some(l) = self.lists.get_mut(&list) {
                     l.entries.remove(&prefix);
+                }
+            }
+            Record::Clear { list } => {
+                if let Some(l) = self.lists.get_mut(&list) {
+                    self.cleared += l.entries.len();
+                    l.entries = Entries::default();
                 }
             }
         }
@@ -460,7 +480,7 @@ impl Store {
             .lists
             .values()
             .filter(|l| l.kind == kind)
-            .filter_map(|l| l.entries.get(prefix).map(|e| (l.id, e)));
+            .filter_map(|l| l.entries.rule(prefix).map(|r| (l.id, r)));
         strongest(kind, at, entries)
     }
 
@@ -470,11 +490,11 @@ impl Store {
         let mut out = Vec::new();
         for l in self.lists.values() {
             for p in l.entries.keys() {
-                if seen.insert((*p, l.kind))
-                    && let Some(v) = self.effective(p, l.kind, at)
+                if seen.insert((p, l.kind))
+                    && let Some(v) = self.effective(&p, l.kind, at)
                 {
                     out.push(Change {
-                        prefix: *p,
+                        prefix: p,
                         kind: l.kind,
                         old: None,
                         verdict: Some(v),
@@ -518,7 +538,7 @@ impl Store {
                     id,
                     kind,
                     origin,
-                    entries: HashMap::new(),
+                    entries: Entries::default(),
                 },
             );
         }
@@ -627,16 +647,16 @@ impl Store {
         name: &str,
         kind: Kind,
         origin: Origin,
-        entries: HashMap<Prefix, Entry>,
+        entries: Entries,
     ) -> Result<(Vec<Change>, Undo), StoreError> {
         self.list_for_write(name, kind, origin)?;
         let old = &self.lists[name].entries;
-        let mut touched: Vec<(Prefix, Kind)> = old.keys().map(|p| (*p, kind)).collect();
+        let mut touched: Vec<(Prefix, Kind)> = old.keys().map(|p| (p, kind)).collect();
         touched.extend(
             entries
                 .keys()
                 .filter(|p| !old.contains_key(p))
-                .map(|p| (*p, kind)),
+                .map(|p| (p, kind)),
         );
         let (undo, changes) = self.diff(&touched, |s| {
             let l = s.lists.get_mut(name).expect("ensured");
@@ -654,7 +674,7 @@ impl Store {
             return (Vec::new(), Undo::Nothing);
         };
         let kind = l.kind;
-        let touched: Vec<(Prefix, Kind)> = l.entries.keys().map(|p| (*p, kind)).collect();
+        let touched: Vec<(Prefix, Kind)> = l.entries.keys().map(|p| (p, kind)).collect();
         let (undo, changes) = self.diff(&touched, |s| {
             let l = s.lists.remove(name).expect("exists");
             Undo::Dropped {
@@ -675,9 +695,9 @@ impl Store {
                 (
                     n.clone(),
                     l.entries
-                        .iter()
-                        .filter(|(_, e)| e.expires.is_some_and(|x| x <= at))
-                        .map(|(p, _)| *p)
+                        .rules()
+                        .filter(|(_, r)| r.expires.is_some_and(|x| x <= at))
+                        .map(|(p, _)| p)
                         .collect::<Vec<_>>(),
                 )
             })
@@ -724,7 +744,7 @@ impl Store {
     pub fn next_expiry(&self) -> Option<u64> {
         self.lists
             .values()
-            .flat_map(|l| l.entries.values().filter_map(|e| e.expires))
+            .flat_map(|l| l.entries.rules().filter_map(|(_, r)| r.expires))
             .min()
     }
 
@@ -766,19 +786,7 @@ impl Store {
         }
         let recs: Vec<Record> = prefixes
             .iter()
-            .filter_map(|p| {
-                l.entries.get(p).map(|e| Record::Set {
-                    list: name.to_owned(),
-                    kind: l.kind.into(),
-                    origin: l.origin,
-                    id: l.id,
-                    prefix: *p,
-                    action: action::NAMES[e.action as usize].to_owned(),
-                    created: e.created,
-                    expires: e.expires,
-                    reason: e.reason.as_deref().map(str::to_owned),
-                })
-            })
+            .filter_map(|p| set_record(name, l, p))
             .collect();
         for r in &recs {
             self.append(r)?;
@@ -822,20 +830,20 @@ impl Store {
             return Ok(());
         }
         self.dirty.insert(r.list().to_owned());
-        self.journal.push(r);
+        self.journal_mut().push(r);
         Ok(())
     }
 
     /// Writes and fsyncs the records appended since the last call, all or none.
     fn sync_journal(&mut self) -> Result<(), StoreError> {
-        let Some(dir) = &self.dir else {
+        let Some(dir) = self.dir.clone() else {
             return Ok(());
         };
         self.journal_records += self
-            .journal
-            .commit(dir)
+            .journal_mut()
+            .commit(&dir)
             .map_err(io_err(&dir.join(journal::NAME)))?;
-        if self.journal_records >= COMPACT_AFTER
+        if self.compact_due()
             && let Err(e) = self.compact()
         {
             // The records are durable: failing to fold them is no reason to refuse them.
@@ -844,8 +852,37 @@ impl Store {
         Ok(())
     }
 
+    fn journal_mut(&mut self) -> &mut Journal {
+        self.journal.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the journal is long enough to fold into the list files: after
+    /// [`COMPACT_AFTER`] records, or a quarter of the entries of the lists it touched if
+    /// more, so small deltas of a large feed do not rewrite its file each time while start-up
+    /// never replays more than a fraction of what the list files hold.
+    pub fn compact_due(&self) -> bool {
+        let touched: usize = self
+            .dirty
+            .iter()
+            .filter_map(|n| self.lists.get(n))
+            .map(|l| l.entries.len())
+            .sum();
+        self.journal_records >= COMPACT_AFTER.max(touched / 4) || self.cleared >= COMPACT_AFTER
+    }
+
     /// Writes the lists the journal changed to their files and empties the journal.
     pub fn compact(&mut self) -> Result<(), StoreError> {
+        self.fold()?;
+        self.folded();
+        Ok(())
+    }
+
+    /// [`Self::compact`] but for the bookkeeping: writes the files of the lists the journal
+    /// changed, removes the files of lists that are gone, then the journal. Changes nothing
+    /// in memory but the journal's handle, so the writer runs it holding only the read lock
+    /// and then calls [`Self::folded`] under the write lock. After an error the bookkeeping
+    /// still says the journal needs folding, and the next attempt redoes it.
+    pub fn fold(&self) -> Result<(), StoreError> {
         let Some(dir) = self.dir.clone() else {
             return Ok(());
         };
@@ -878,10 +915,18 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&jpath)(e)),
         }
-        self.journal.close();
-        self.journal_records = 0;
-        self.dirty.clear();
+        self.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close();
         sync_dir(&dir)
+    }
+
+    /// Records that [`Self::fold`] emptied the journal.
+    pub fn folded(&mut self) {
+        self.journal_records = 0;
+        self.cleared = 0;
+        self.dirty.clear();
     }
 
     /// Everything in the store that covers `ip`, most specific first. One hash lookup per
@@ -932,39 +977,80 @@ impl Store {
     // list in under the write lock.
 
     /// Plans replacing the content of list `name` by `entries` (created if needed): the
-    /// table changes it makes, computed without changing anything.
+    /// table changes it makes and the entries it changes, computed without changing
+    /// anything. Entries equal to the old ones keep their creation time.
     pub fn plan_replace(
         &self,
         name: &str,
         kind: Kind,
         origin: Origin,
-        entries: HashMap<Prefix, Entry>,
+        mut entries: Entries,
     ) -> Result<Planned, StoreError> {
-        let id = match self.writable(name, kind, origin)? {
+        let existing = self.writable(name, kind, origin)?;
+        let id = match existing {
             Some(id) => id,
             None => self.free_id()?,
         };
         let at = now();
-        let empty = HashMap::new();
+        let empty = Entries::default();
         let old = self.lists.get(name).map_or(&empty, |l| &l.entries);
+        let others: Vec<(u16, &Entries)> = self
+            .lists
+            .iter()
+            .filter(|(n, l)| l.kind == kind && n.as_str() != name)
+            .map(|(_, l)| (l.id, &l.entries))
+            .collect();
+        // A new list is written whole; an existing one by its delta while that is small.
+        let journal_delta = existing.is_some() && origin != Origin::Config;
+        let limit = DELTA_RECORDS.max(old.len() / 10);
+        let mut delta = Vec::new();
+        let mut delta_ok = journal_delta;
+        let mut removed = 0;
         let mut changes = Vec::new();
-        let touched = old
-            .keys()
-            .chain(entries.keys().filter(|p| !old.contains_key(p)));
-        for p in touched {
-            let before = self.effective(p, kind, at);
-            let after = self.effective_with(p, kind, at, name, id, entries.get(p));
-            if before != after {
+        entries.reconcile(old, |p, before, after| {
+            if after.is_none() {
+                removed += 1;
+            }
+            if delta_ok {
+                if delta.len() < limit {
+                    delta.push((p, after.is_some()));
+                } else {
+                    delta_ok = false;
+                    delta = Vec::new();
+                }
+            }
+            if before == after {
+                // Only the reason changed: the tables do not care.
+                return;
+            }
+            let other = others
+                .iter()
+                .filter_map(|(oid, l)| l.rule(&p).map(|r| (*oid, r)));
+            let was = strongest(kind, at, other.clone().chain(before.map(|r| (id, r))));
+            let will = strongest(kind, at, other.chain(after.map(|r| (id, r))));
+            if was != will {
                 changes.push(Change {
-                    prefix: *p,
+                    prefix: p,
                     kind,
-                    old: before,
-                    verdict: after,
+                    old: was,
+                    verdict: will,
                 });
             }
-        }
+        });
+        let persist = if delta_ok {
+            Persist::Delta(delta)
+        } else if journal_delta && entries.len() < limit {
+            // Shorter to journal the whole new content after a `clear`.
+            Persist::Reset
+        } else {
+            Persist::File
+        };
         Ok(Planned {
             name: name.to_owned(),
+            old_len: old.len(),
+            removed,
+            persist,
+            journaled: 0,
             list: List {
                 id,
                 kind,
@@ -975,39 +1061,57 @@ impl Store {
         })
     }
 
-    /// [`Self::effective`] as if list `name` (id `id`) held `entry` for `prefix`.
-    fn effective_with(
-        &self,
-        prefix: &Prefix,
-        kind: Kind,
-        at: u64,
-        name: &str,
-        id: u16,
-        entry: Option<&Entry>,
-    ) -> Option<u16> {
-        let others = self
-            .lists
-            .iter()
-            .filter(|(n, l)| l.kind == kind && n.as_str() != name)
-            .filter_map(|(_, l)| l.entries.get(prefix).map(|e| (l.id, e)));
-        strongest(kind, at, others.chain(entry.map(|e| (id, e))))
-    }
-
-    /// Writes the list file of a planned replacement (before it is installed). Touches no
-    /// in-memory state, so the daemon calls it holding no store lock.
-    pub fn write_planned(&self, planned: &Planned) -> Result<(), StoreError> {
-        match &self.dir {
-            Some(dir) if planned.list.origin != Origin::Config => {
-                write_list(dir, &planned.name, &planned.list)
-            }
-            _ => Ok(()),
+    /// Persists a planned replacement (before it is installed): its delta as journal records
+    /// (one fsync) when it is small, else the whole list file. Touches no in-memory state
+    /// but the journal's own, so the daemon calls it holding only the read lock. On error
+    /// nothing persisted changed.
+    pub fn write_planned(&self, planned: &mut Planned) -> Result<(), StoreError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        if planned.list.origin == Origin::Config {
+            return Ok(());
         }
+        let name = &planned.name;
+        let list = &planned.list;
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        match &planned.persist {
+            Persist::File => return write_list(dir, name, list),
+            Persist::Delta(delta) => {
+                for &(p, set) in delta {
+                    let r = if set {
+                        set_record(name, list, &p).expect("planned entry")
+                    } else {
+                        Record::Del {
+                            list: name.clone(),
+                            prefix: p,
+                        }
+                    };
+                    j.push(&r);
+                }
+            }
+            Persist::Reset => {
+                j.push(&Record::Clear { list: name.clone() });
+                for p in list.entries.keys() {
+                    j.push(&set_record(name, list, &p).expect("planned entry"));
+                }
+            }
+        }
+        planned.journaled = j.commit(dir).map_err(io_err(&dir.join(journal::NAME)))?;
+        Ok(())
     }
 
-    /// Installs a planned replacement whose file is written: an O(1) swap. Returns the
-    /// undo and the old entries' owner, which the caller should drop outside the lock.
+    /// Installs a planned replacement already persisted: an O(1) swap. Returns the undo and
+    /// the old entries' owner, which the caller should drop outside the lock.
     pub fn install(&mut self, planned: Planned) -> Result<Undo, StoreError> {
-        let Planned { name, list, .. } = planned;
+        let Planned {
+            name,
+            list,
+            persist,
+            journaled,
+            old_len,
+            ..
+        } = planned;
         let undo = match self.lists.get_mut(&name) {
             Some(l) => Undo::List {
                 list: name.clone(),
@@ -1018,6 +1122,17 @@ impl Store {
                 Undo::Created { list: name.clone() }
             }
         };
+        if !matches!(persist, Persist::File) {
+            // Appended after every older record of the list: replay ends where memory is.
+            if journaled > 0 {
+                self.dirty.insert(name);
+                self.journal_records += journaled;
+            }
+            if matches!(persist, Persist::Reset) && self.dir.is_some() {
+                self.cleared += old_len;
+            }
+            return Ok(undo);
+        }
         // Older journal records of this list would replay over the new file after a crash:
         // fold the journal now, or take the swap back.
         if self.dirty.contains(&name)
@@ -1030,10 +1145,33 @@ impl Store {
     }
 }
 
+/// The journal record that sets `p` as list `l` (named `name`) holds it.
+fn set_record(name: &str, l: &List, p: &Prefix) -> Option<Record> {
+    l.entries.get(p).map(|e| Record::Set {
+        list: name.to_owned(),
+        kind: l.kind.into(),
+        origin: l.origin,
+        id: l.id,
+        prefix: *p,
+        action: action::NAMES[e.action as usize].to_owned(),
+        created: e.created,
+        expires: e.expires,
+        reason: e.reason.as_deref().map(str::to_owned),
+    })
+}
+
 /// A whole-list replacement planned by [`Store::plan_replace`].
 pub struct Planned {
     name: String,
     list: List,
+    /// Entries of the list before.
+    pub old_len: usize,
+    /// Entries of the list before that the new content does not hold.
+    pub removed: usize,
+    /// How it is persisted.
+    persist: Persist,
+    /// Records [`Store::write_planned`] journaled.
+    journaled: usize,
     /// The table changes, to apply before installing.
     pub changes: Vec<Change>,
 }
@@ -1048,15 +1186,36 @@ impl Planned {
     pub fn is_empty(&self) -> bool {
         self.list.entries.is_empty()
     }
+
+    /// Whether persisting it appends its delta to the journal.
+    pub fn journals_delta(&self) -> bool {
+        matches!(self.persist, Persist::Delta(_))
+    }
+
+    /// Journal records it takes; None: it rewrites the list file.
+    pub fn journal_len(&self) -> Option<usize> {
+        match &self.persist {
+            Persist::Delta(d) => Some(d.len()),
+            Persist::Reset => Some(1 + self.list.entries.len()),
+            Persist::File => None,
+        }
+    }
 }
 
-/// The verdict of the strongest unexpired entry among `(list id, entry)` for one prefix:
+/// How a planned replacement is persisted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Persist {
+    /// Journal records: the prefixes set (true) or removed (false).
+    Delta(Vec<(Prefix, bool)>),
+    /// Journal records: `clear`, then a `set` for every entry of the new content.
+    Reset,
+    /// The list file rewritten.
+    File,
+}
+
+/// The verdict of the strongest unexpired rule among `(list id, rule)` for one prefix:
 /// the most severe action, then the lowest list id; any allow for allow lists.
-fn strongest<'a>(
-    kind: Kind,
-    at: u64,
-    entries: impl Iterator<Item = (u16, &'a Entry)>,
-) -> Option<u16> {
+fn strongest(kind: Kind, at: u64, entries: impl Iterator<Item = (u16, Rule)>) -> Option<u16> {
     let mut best: Option<(u8, u16, u8)> = None; // (severity, list id, action)
     for (id, e) in entries {
         if e.expires.is_some_and(|x| x <= at) {
@@ -1090,7 +1249,7 @@ pub enum Undo {
     },
     List {
         list: String,
-        prev: HashMap<Prefix, Entry>,
+        prev: Entries,
     },
     Dropped {
         list: String,
@@ -1119,7 +1278,7 @@ fn write_list(dir: &Path, name: &str, l: &List) -> Result<(), StoreError> {
             l.id,
             kind_name(l.kind)
         )?;
-        for (p, e) in &l.entries {
+        for (p, e) in l.entries.iter() {
             let reason = e.reason.as_deref().unwrap_or("").replace(['\t', '\n'], " ");
             writeln!(
                 w,

@@ -76,7 +76,7 @@ fn rollback_restores_previous_state() {
     s.rollback(undo);
     let l = &s.lists()["a"];
     assert_eq!(l.entries.len(), 1);
-    assert_eq!(l.entries[&p("192.0.2.1")].action, action::DROP);
+    assert_eq!(l.entries.get(&p("192.0.2.1")).unwrap().action, action::DROP);
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn persisted_entries_survive_reopen_with_and_without_compaction() {
         .unwrap();
         s.commit_set("cli", &[p("198.51.100.7"), p("2001:db8::/48")])
             .unwrap();
-        let mut big = HashMap::new();
+        let mut big = Entries::default();
         big.insert(p("203.0.113.0/24"), entry(action::DROP));
         s.replace("drop", Kind::Block, Origin::Import, big).unwrap();
         s.commit_list("drop").unwrap();
@@ -113,7 +113,7 @@ fn persisted_entries_survive_reopen_with_and_without_compaction() {
     let s = Store::open(&dir).unwrap();
     let cli = &s.lists()["cli"];
     assert_eq!(cli.entries.len(), 1);
-    let e = &cli.entries[&p("198.51.100.7")];
+    let e = cli.entries.get(&p("198.51.100.7")).unwrap();
     assert_eq!(e.action, action::RESET);
     assert_eq!(e.reason.as_deref(), Some("spam run"));
     assert!(e.expires.is_some());
@@ -160,7 +160,7 @@ fn a_replaced_list_does_not_come_back_from_the_journal() {
         )
         .unwrap();
         s.commit_set("l", &[p("192.0.2.7")]).unwrap();
-        let mut only = HashMap::new();
+        let mut only = Entries::default();
         only.insert(p("192.0.2.8"), entry(action::DROP));
         s.replace("l", Kind::Block, Origin::Import, only).unwrap();
         s.commit_list("l").unwrap();
@@ -176,7 +176,7 @@ fn a_replaced_list_does_not_come_back_from_the_journal() {
         // Dropped as by kill -9: nothing else written.
     }
     let s = Store::open(&dir).unwrap();
-    let l: Vec<_> = s.lists()["l"].entries.keys().copied().collect();
+    let l: Vec<_> = s.lists()["l"].entries.keys().collect();
     assert_eq!(l, vec![p("192.0.2.8")]);
     assert!(s.lists()["cli"].entries.contains_key(&p("192.0.2.9")));
     fs::remove_dir_all(&dir).unwrap();
@@ -260,7 +260,7 @@ fn add(s: &mut Store, prefix: &str, reason: Option<&str>) -> Result<(), StoreErr
 }
 
 fn cli_prefixes(s: &Store) -> Vec<Prefix> {
-    let mut v: Vec<Prefix> = s.lists()["cli"].entries.keys().copied().collect();
+    let mut v: Vec<Prefix> = s.lists()["cli"].entries.keys().collect();
     v.sort_by_key(|p| p.to_string());
     v
 }
@@ -317,7 +317,7 @@ fn a_full_disk_refuses_the_change_and_loses_nothing_acknowledged() {
         before.len()
     );
     // A list rewrite fails as well and leaves no temp file taking space.
-    let mut big = HashMap::new();
+    let mut big = Entries::default();
     for i in 0..2000u32 {
         big.insert(
             p(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string()),
@@ -463,7 +463,7 @@ fn old_unframed_journal_lines_still_load() {
     // A framed record after the old ones, as after an upgrade.
     let mut s = Store::open(&d.0).unwrap();
     assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.2"]));
-    let e = &s.lists()["cli"].entries[&p("192.0.2.2")];
+    let e = s.lists()["cli"].entries.get(&p("192.0.2.2")).unwrap();
     assert_eq!(
         (e.action, e.reason.as_deref()),
         (action::RESET, Some("old"))
@@ -491,7 +491,7 @@ fn a_damaged_list_file_is_moved_aside_and_the_rest_loads() {
     let d = TempDir::new("badlist");
     let mut s = Store::open(&d.0).unwrap();
     add(&mut s, "192.0.2.1", None).unwrap();
-    let mut l = HashMap::new();
+    let mut l = Entries::default();
     l.insert(p("203.0.113.0/24"), entry(action::DROP));
     s.replace("good", Kind::Block, Origin::Import, l).unwrap();
     s.commit_list("good").unwrap();
@@ -559,5 +559,284 @@ fn set(prefix: &str) -> Record {
         created: 5,
         expires: None,
         reason: None,
+    }
+}
+
+/// `n` distinct /24s inside 240.0.0.0/4, starting at `from`.
+fn class_e(from: u32, n: u32) -> Vec<Prefix> {
+    (from..from + n)
+        .map(|i| Prefix::V4 {
+            addr: 0xF000_0000 | (i << 8),
+            len: 24,
+        })
+        .collect()
+}
+
+fn entries_of(v: &[Prefix], created: u64) -> Entries {
+    let mut e = Entries::default();
+    for p in v {
+        e.insert_parts(*p, action::DROP, Some("feed"), created, None);
+    }
+    e
+}
+
+/// Plans, persists and installs a replacement as the daemon does.
+fn replace_planned(s: &mut Store, name: &str, e: Entries) -> Result<Planned, StoreError> {
+    let mut planned = s.plan_replace(name, Kind::Block, Origin::Import, e)?;
+    s.write_planned(&mut planned)?;
+    let out = Planned {
+        name: planned.name.clone(),
+        list: planned.list.clone(),
+        old_len: planned.old_len,
+        removed: planned.removed,
+        persist: planned.persist.clone(),
+        journaled: planned.journaled,
+        changes: planned.changes.clone(),
+    };
+    s.install(planned)?;
+    Ok(out)
+}
+
+fn sorted_keys(s: &Store, name: &str) -> Vec<Prefix> {
+    let mut v: Vec<Prefix> = s.lists()[name].entries.keys().collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_small_delta_is_journaled_and_replays_to_exactly_the_new_content() {
+    let d = TempDir::new("delta");
+    let first = class_e(0, 2000);
+    // 1% of the lines change: 20 gone, 20 new.
+    let mut second: Vec<Prefix> = first[20..].to_vec();
+    second.extend(class_e(5000, 20));
+    {
+        let mut s = Store::open(&d.0).unwrap();
+        let p1 = replace_planned(&mut s, "feed", entries_of(&first, 100)).unwrap();
+        assert!(p1.persist == Persist::File, "a new list is written whole");
+        assert_eq!(p1.changes.len(), 2000);
+        let p2 = replace_planned(&mut s, "feed", entries_of(&second, 200)).unwrap();
+        assert_eq!(p2.journal_len(), Some(40));
+        assert_eq!(p2.removed, 20);
+        assert_eq!(p2.changes.len(), 40);
+        // Unchanged lines keep their creation time; new ones get theirs.
+        let l = &s.lists()["feed"].entries;
+        assert_eq!(l.get(&first[100]).unwrap().created, 100);
+        assert_eq!(l.get(&second[1999]).unwrap().created, 200);
+        assert_eq!(l.get(&first[100]).unwrap().reason.as_deref(), Some("feed"));
+        // The list file was not rewritten: the journal holds the delta.
+        let file = fs::read_to_string(d.0.join("lists/feed.list")).unwrap();
+        assert_eq!(file.lines().count(), 2001);
+        // Dropped as by kill -9.
+    }
+    let s = Store::open(&d.0).unwrap();
+    let mut want = second.clone();
+    want.sort();
+    assert_eq!(sorted_keys(&s, "feed"), want);
+    let l = &s.lists()["feed"].entries;
+    assert_eq!(l.get(&first[100]).unwrap().created, 100);
+    assert_eq!(l.get(&second[1999]).unwrap().created, 200);
+}
+
+#[test]
+fn a_large_replacement_after_journaled_deltas_does_not_bring_old_records_back() {
+    let d = TempDir::new("delta-then-full");
+    let first = class_e(0, 2000);
+    let second: Vec<Prefix> = first[10..].to_vec();
+    let third = class_e(9000, 10);
+    {
+        let mut s = Store::open(&d.0).unwrap();
+        replace_planned(&mut s, "feed", entries_of(&first, 1)).unwrap();
+        let p = replace_planned(&mut s, "feed", entries_of(&second, 2)).unwrap();
+        assert!(p.journals_delta());
+        // 2000 -> 10 entries: 2000 records, still journaled.
+        let p = replace_planned(&mut s, "feed", entries_of(&third, 3)).unwrap();
+        assert_eq!(p.removed, 1990);
+        assert_eq!(p.journal_len(), Some(2000));
+    }
+    let s = Store::open(&d.0).unwrap();
+    let mut want = third.clone();
+    want.sort();
+    assert_eq!(sorted_keys(&s, "feed"), want);
+}
+
+#[test]
+fn a_large_list_replaced_by_a_short_one_is_journaled_as_clear_and_sets() {
+    let d = TempDir::new("reset");
+    let n = (DELTA_RECORDS as u32) + 100;
+    let first = class_e(0, n);
+    let small = class_e(100_000, 10);
+    {
+        let mut s = Store::open(&d.0).unwrap();
+        replace_planned(&mut s, "feed", entries_of(&first, 1)).unwrap();
+        // A journaled delta first, so older records of the list are in the journal.
+        let mut second = first.clone();
+        second.pop();
+        let p = replace_planned(&mut s, "feed", entries_of(&second, 2)).unwrap();
+        assert_eq!(p.journal_len(), Some(1));
+        let p = replace_planned(&mut s, "feed", entries_of(&small, 3)).unwrap();
+        assert_eq!(p.persist, Persist::Reset);
+        assert_eq!(p.journal_len(), Some(11));
+        assert!(
+            s.compact_due(),
+            "the file holds 10k entries read for nothing"
+        );
+        // Dropped as by kill -9 before the fold.
+    }
+    let mut want = small.clone();
+    want.sort();
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(sorted_keys(&s, "feed"), want);
+    drop(s);
+    // Folded by open(): the file now holds the short list.
+    let file = fs::read_to_string(d.0.join("lists/feed.list")).unwrap();
+    assert_eq!(file.lines().count(), 11);
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(sorted_keys(&s, "feed"), want);
+}
+
+#[test]
+fn a_replacement_too_large_to_journal_rewrites_the_file_and_folds_the_journal() {
+    let d = TempDir::new("over-limit");
+    let n = (DELTA_RECORDS as u32) + 100;
+    let first = class_e(0, n);
+    let other = class_e(200_000, n);
+    {
+        let mut s = Store::open(&d.0).unwrap();
+        replace_planned(&mut s, "feed", entries_of(&first, 1)).unwrap();
+        let mut second = first.clone();
+        second.pop();
+        let p = replace_planned(&mut s, "feed", entries_of(&second, 2)).unwrap();
+        assert_eq!(p.journal_len(), Some(1));
+        let p = replace_planned(&mut s, "feed", entries_of(&other, 3)).unwrap();
+        assert_eq!(p.persist, Persist::File);
+        assert!(!d.0.join("journal").exists(), "journal folded");
+    }
+    let s = Store::open(&d.0).unwrap();
+    let mut want = other.clone();
+    want.sort();
+    assert_eq!(sorted_keys(&s, "feed"), want);
+}
+
+#[test]
+fn a_failed_delta_write_leaves_the_persisted_list_as_it_was() {
+    let fs_ = Tmpfs::mount("delta-enospc", "512k");
+    let state = fs_.dir.join("state");
+    let first = class_e(0, 1000);
+    let mut s = Store::open(&state).unwrap();
+    replace_planned(&mut s, "feed", entries_of(&first, 1)).unwrap();
+    let filler = fs_.dir.join("filler");
+    let mut f = File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+    // 500 removed, 400 added: a journaled delta, larger than any slack left.
+    let mut next: Vec<Prefix> = first[500..].to_vec();
+    next.extend(class_e(20_000, 400));
+    let mut planned = s
+        .plan_replace("feed", Kind::Block, Origin::Import, entries_of(&next, 2))
+        .unwrap();
+    assert!(planned.journals_delta());
+    assert!(s.write_planned(&mut planned).is_err(), "the disk is full");
+    drop(planned);
+    drop(f);
+    fs::remove_file(&filler).unwrap();
+    drop(s);
+    let s = Store::open(&state).unwrap();
+    let mut want = first.clone();
+    want.sort();
+    assert_eq!(sorted_keys(&s, "feed"), want);
+}
+
+#[test]
+#[ignore = "measurement: cargo test --release -p prefilter --lib store_scale -- --ignored --nocapture"]
+fn store_scale_measure() {
+    let n = 1_000_000u32;
+    let rss = || -> u64 {
+        trim();
+        let s = fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = s.split(' ').nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    };
+    let d = TempDir::new("measure");
+    let mut s = Store::open(&d.0).unwrap();
+    let before = rss();
+    let all = class_e(0, n);
+    let t = std::time::Instant::now();
+    let full = entries_of(&all, 1);
+    eprintln!("build 1M: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    replace_planned_quiet(&mut s, "feed", full);
+    eprintln!("first import (plan+file+swap): {:?}", t.elapsed());
+    drop(all);
+    let after = rss();
+    eprintln!(
+        "store: {} bytes/entry by heap_bytes, {} bytes/entry by RSS",
+        s.lists()["feed"].entries.heap_bytes() / n as usize,
+        (after - before) / u64::from(n)
+    );
+    // 1% changed: 10k gone, 10k new.
+    let mut delta: Vec<Prefix> = class_e(10_000, n - 10_000);
+    delta.extend(class_e(1_000_000, 10_000));
+    let e = entries_of(&delta, 2);
+    drop(delta);
+    for round in 0..2 {
+        let t = std::time::Instant::now();
+        let mut planned = s
+            .plan_replace("feed", Kind::Block, Origin::Import, e.clone())
+            .unwrap();
+        let plan = t.elapsed();
+        let t = std::time::Instant::now();
+        s.write_planned(&mut planned).unwrap();
+        let persist = t.elapsed();
+        let changes = planned.changes.len();
+        let t = std::time::Instant::now();
+        let undo = s.install(planned).unwrap();
+        let swap = t.elapsed();
+        let t = std::time::Instant::now();
+        drop(undo);
+        eprintln!(
+            "1% delta round {round}: plan {plan:?} ({changes} changes) persist {persist:?} swap {swap:?} free {:?}",
+            t.elapsed()
+        );
+    }
+    let small = entries_of(&class_e(1_040_000, 10), 3);
+    let t = std::time::Instant::now();
+    let mut planned = s
+        .plan_replace("feed", Kind::Block, Origin::Import, small)
+        .unwrap();
+    let plan = t.elapsed();
+    let t = std::time::Instant::now();
+    s.write_planned(&mut planned).unwrap();
+    let persist = t.elapsed();
+    let t = std::time::Instant::now();
+    let undo = s.install(planned).unwrap();
+    let swap = t.elapsed();
+    let t = std::time::Instant::now();
+    drop(undo);
+    let free = t.elapsed();
+    let t = std::time::Instant::now();
+    let due = s.compact_due();
+    if due {
+        s.fold().unwrap();
+        s.folded();
+    }
+    eprintln!(
+        "1M -> 10: plan {plan:?} persist {persist:?} swap {swap:?} free {free:?} fold ({due}) {:?}",
+        t.elapsed()
+    );
+}
+
+fn replace_planned_quiet(s: &mut Store, name: &str, e: Entries) {
+    let mut planned = s
+        .plan_replace(name, Kind::Block, Origin::Import, e)
+        .unwrap();
+    s.write_planned(&mut planned).unwrap();
+    s.install(planned).unwrap();
+}
+
+fn trim() {
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
