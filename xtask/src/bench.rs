@@ -1,32 +1,93 @@
-//! `cargo xtask bench`: the comparison benchmark lives in prefilter-tests' `bench` binary.
-use std::ffi::OsString;
+//! `cargo xtask bench`: the BPF_PROG_TEST_RUN bench (prefilter-tests' `bench` binary), then
+//! the SYN flood against the alternatives (`flood`), which writes docs/bench.md with the
+//! first one's output in it, and the PNG plots beside it. `--quick` is passed to both.
+use std::{
+    ffi::OsString,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    process::Stdio,
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
 use crate::{
     build,
-    cmd::{cargo, run},
+    cmd::{cargo, run, spawn, target_dir, workspace_root},
 };
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Arguments for the `bench` binary.
+    /// Arguments for both bench binaries (`--quick` for a short run).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     build::build()?;
-    run(cargo()
+    let root = workspace_root();
+    let captured = target_dir().join("bench-prog-test-run.md");
+
+    // The BPF_PROG_TEST_RUN bench: shown as it runs, and kept for the report.
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "prefilter-tests",
+        "--bin",
+        "bench",
+        "--",
+    ])
+    .args(&args.args)
+    .stdout(Stdio::piped());
+    let mut child = spawn(&mut cmd)?;
+    let mut text = String::new();
+    {
+        let out = child.stdout.take().context("bench stdout")?;
+        let mut stdout = std::io::stdout().lock();
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading bench output")?;
+            let _ = writeln!(stdout, "{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let status = child.wait().context("waiting for bench")?;
+    let first = if status.success() {
+        fs::write(&captured, &text).with_context(|| format!("writing {}", captured.display()))?;
+        Ok(())
+    } else {
+        let _ = fs::remove_file(&captured);
+        Err(anyhow::anyhow!(
+            "the BPF_PROG_TEST_RUN bench failed: {status}"
+        ))
+    };
+
+    // The flood: writes docs/bench.md (with the output above) and docs/bench-*.png.
+    let mut flood = cargo();
+    flood
         .args([
             "run",
             "--release",
             "-p",
             "prefilter-tests",
             "--bin",
-            "bench",
+            "flood",
             "--",
         ])
-        .args(&args.args))
+        .args(&args.args)
+        .arg("--out")
+        .arg(root.join("docs/bench.md"))
+        .arg("--plots")
+        .arg(root.join("docs"));
+    if first.is_ok() {
+        flood.arg("--prog-test-run").arg(&captured);
+    }
+    let second = run(&mut flood);
+    match (first, second) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => bail!("{a:#}; {b:#}"),
+    }
 }
