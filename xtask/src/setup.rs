@@ -38,6 +38,8 @@ const PEER_PACKAGES: &[&str] = &[
     "bpftool",
     "prometheus",
     "netsniff-ng",
+    // The font `cargo xtask bench` labels its PNG plots with.
+    "fonts-dejavu-core",
 ];
 
 /// rust-src for `-Z build-std=core`, which aya-build uses for bpfel-unknown-none; clippy to
