@@ -625,7 +625,8 @@ impl Daemon {
         apply(&mut st.filter, &changes)?;
         let tables_in = t1.elapsed();
         let t2 = Instant::now();
-        if let Err(e) = self.store().write_planned(&mut planned) {
+        let written = self.store().write_planned(&mut planned);
+        if let Err(e) = written {
             revert(&mut st.filter, &changes);
             return Err(OpError::internal(format!(
                 "not saved, nothing applied: {e}"
@@ -653,7 +654,9 @@ impl Daemon {
         let t5 = Instant::now();
         let due = self.store().compact_due();
         if due {
-            match self.store().fold() {
+            // Bound first: a guard in the match scrutinee would live through the arms.
+            let folded = self.store().fold();
+            match folded {
                 Ok(()) => write(&self.store).folded(),
                 Err(e) => {
                     warn!(error = %e, "compacting the journal (retried after the next change)");
