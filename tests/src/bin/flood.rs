@@ -6,7 +6,8 @@
 //!   pinned to CPU 0 sends spoofed SYNs from 240.0.0.0/4 (reserved, never routed) to 192.0.2.1:25; the clean client 192.0.2.2
 //!   connects to port 25 meanwhile;
 //! - receiver namespace `mx`: GRO on and threaded NAPI on its veth, the NAPI thread pinned to
-//!   CPU 1; its run time (schedstat) divided by the packets the veth received is the
+//!   CPU 1, with interrupt moderation (gro_flush_timeout, napi_defer_hard_irqs) as a NIC
+//!   has it; its run time (schedstat) divided by the packets the veth received is the
 //!   receiving CPU per packet;
 //! - contenders on the receiving veth, each a struct whose Drop removes what it set up:
 //!   prefilter (the daemon, native and skb mode, list loaded with `prefilter block import`),
@@ -44,7 +45,7 @@ use std::{
 };
 
 use prefilter_tests::{
-    daemon::{Daemon, Listener, connect_from, in_netns, try_run_bounded},
+    daemon::{Daemon, connect_from, in_netns, try_run_bounded},
     is_root,
     netns::{Netns, veth},
 };
@@ -61,6 +62,10 @@ const SEND_CPU: usize = 0;
 const RECV_CPU: usize = 1;
 /// Upper bound on the offered rate, for the packet bound of an unlimited flood.
 const MAX_PPS: u64 = 5_000_000;
+/// Receiving veth: `gro_flush_timeout` (ns) and `napi_defer_hard_irqs` (polls), see
+/// [`Lab::napi_thread`].
+const COALESCE_NS: u32 = 50_000;
+const DEFER_POLLS: u32 = 100;
 /// The clean client's connect timeout and pause between connects.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 const CLIENT_PAUSE: Duration = Duration::from_millis(20);
@@ -330,6 +335,51 @@ fn prog_map_memlock(id: u64) -> Option<(u64, usize)> {
 // ---------------------------------------------------------------------------------------
 // The lab
 
+/// Accepts and closes every connection to 192.0.2.1:25 in the MX namespace until dropped
+/// (bounded by [`LISTEN_WITHIN`] too). The harness's listener stops after 600 s, shorter
+/// than a full bench.
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+const LISTEN_WITHIN: Duration = Duration::from_secs(3600);
+
+impl Listener {
+    fn start(mx: &Netns) -> Self {
+        let l = in_netns(&mx.name, || std::net::TcpListener::bind((MX4, 25)))
+            .expect("bind 192.0.2.1:25 in the MX namespace");
+        l.set_nonblocking(true).expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let deadline = Instant::now() + LISTEN_WITHIN;
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match l.accept() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => eprintln!("flood: listener: {e}"),
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 struct Lab {
     /// Declared first: the listener's sockets close before the namespaces go.
     _listener: Listener,
@@ -384,7 +434,14 @@ impl Lab {
     /// Turns threaded NAPI on for the receiving veth and returns its thread, pinned to
     /// [`RECV_CPU`].
     fn napi_thread(&self) -> Result<i32, String> {
-        let script = format!("echo 1 > /sys/class/net/{}/threaded", self.mx_if);
+        // Interrupt moderation, as a NIC has it: after a poll the NAPI instance stays
+        // scheduled and polls again after COALESCE_NS instead of sleeping until the next
+        // frame wakes it, so a packet's cost is its processing, not a thread wake-up each.
+        let script = format!(
+            "cd /sys/class/net/{} && echo 1 > threaded && echo {COALESCE_NS} > gro_flush_timeout \
+             && echo {DEFER_POLLS} > napi_defer_hard_irqs",
+            self.mx_if
+        );
         sh("ip", &["netns", "exec", &self.mx.name, "sh", "-c", &script])?;
         // comm is "napi/IFNAME-ID", cut at 15 bytes.
         let want: String = format!("napi/{}-", self.mx_if).chars().take(15).collect();
@@ -720,7 +777,27 @@ struct Run {
     busy: u64,
 }
 
+/// [`flood_once`] `repeat` times (the first error ends it); the run with the lowest
+/// receiving CPU per packet is kept: other work on the machine only ever adds to it.
 fn flood(
+    lab: &Lab,
+    c: &dyn Contender,
+    frames: &[[u8; 54]],
+    sources: &str,
+    rate: Option<u64>,
+    plan: &Plan,
+) -> Result<Run, String> {
+    let mut best: Option<Run> = None;
+    for _ in 0..plan.repeat.max(1) {
+        let r = flood_once(lab, c, frames, sources, rate, plan.dur)?;
+        if best.as_ref().is_none_or(|b| r.ns_per_pkt < b.ns_per_pkt) {
+            best = Some(r);
+        }
+    }
+    Ok(best.expect("at least one run"))
+}
+
+fn flood_once(
     lab: &Lab,
     c: &dyn Contender,
     frames: &[[u8; 54]],
@@ -1108,6 +1185,8 @@ struct Plan {
     /// The offered rate every contender gets, hot and random, for like-for-like ratios;
     /// one of `rates`.
     common: u64,
+    /// Floods per figure; the lowest receiving CPU per packet is kept.
+    repeat: u32,
 }
 
 #[derive(Default)]
@@ -1172,22 +1251,22 @@ fn standard_floods(
     if hot {
         res.record(
             &format!("{} hot", c.label()),
-            flood(lab, c, &cfgs.hot, "512 hot", None, plan.dur),
+            flood(lab, c, &cfgs.hot, "512 hot", None, plan),
         );
         res.record(
             &format!("{} hot at {} pps", c.label(), plan.common),
-            flood(lab, c, &cfgs.hot, "512 hot", Some(plan.common), plan.dur),
+            flood(lab, c, &cfgs.hot, "512 hot", Some(plan.common), plan),
         );
     }
     res.record(
         &format!("{} random", c.label()),
-        flood(lab, c, &cfgs.random_full, "random 1Mi", None, plan.dur),
+        flood(lab, c, &cfgs.random_full, "random 1Mi", None, plan),
     );
     if curve {
         for &r in &plan.rates {
             res.record(
                 &format!("{} random at {r} pps", c.label()),
-                flood(lab, c, &cfgs.random_full, "random 1Mi", Some(r), plan.dur),
+                flood(lab, c, &cfgs.random_full, "random 1Mi", Some(r), plan),
             );
         }
     }
@@ -1227,11 +1306,11 @@ fn run_all(plan: &Plan, res: &mut Results) {
         res.setups.insert(c.label(), info);
         res.record(
             &format!("{} hot", c.label()),
-            flood(&lab, &c, &cfgs.hot, "512 hot", None, plan.dur),
+            flood(&lab, &c, &cfgs.hot, "512 hot", None, plan),
         );
         res.record(
             &format!("{} hot at {} pps", c.label(), plan.common),
-            flood(&lab, &c, &cfgs.hot, "512 hot", Some(plan.common), plan.dur),
+            flood(&lab, &c, &cfgs.hot, "512 hot", Some(plan.common), plan),
         );
     });
     guarded(res, "nftables", |res| {
@@ -1248,12 +1327,12 @@ fn run_all(plan: &Plan, res: &mut Results) {
         guarded(res, &format!("prefilter native {n}"), |res| {
             let (c, info) = Prefilter::setup(&lab, "native", &list, n);
             res.setups.insert(c.label(), info);
-            res.record(&c.label(), flood(&lab, &c, &cfg, &tag, None, plan.dur));
+            res.record(&c.label(), flood(&lab, &c, &cfg, &tag, None, plan));
         });
         guarded(res, &format!("nftables {n}"), |res| {
             let (c, info) = Nft::setup(&lab, &tmp.0, n).expect("nftables");
             res.setups.insert(c.label(), info);
-            res.record(&c.label(), flood(&lab, &c, &cfg, &tag, None, plan.dur));
+            res.record(&c.label(), flood(&lab, &c, &cfg, &tag, None, plan));
         });
     }
 }
@@ -1316,9 +1395,12 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
         o,
         "A generator of ours (AF_PACKET, sendmmsg, qdisc bypass, a forced 64 MiB send buffer; \
          trafgen exits on EAGAIN against a veth with XDP, see tests/src/bin/flood.rs) on CPU \
-         {SEND_CPU} sends spoofed SYNs from 240.0.0.0/4 to 192.0.2.1:25 for {:.1} s per row \
-         (bounded also in packets: 1.2 × rate × time); the receiving veth has GRO on and threaded NAPI, \
-         its NAPI thread pinned to CPU {RECV_CPU}. *Receiving CPU per packet* is that \
+         {SEND_CPU} sends spoofed SYNs from 240.0.0.0/4 to 192.0.2.1:25 for {:.1} s per flood \
+         (bounded also in packets: 1.2 × rate × time), best of {} floods per row (the lowest \
+         receiving CPU per packet); the receiving veth has GRO on and threaded NAPI, \
+         its NAPI thread pinned to CPU {RECV_CPU}, with interrupt moderation as a NIC has it \
+         (`gro_flush_timeout` {COALESCE_NS} ns, `napi_defer_hard_irqs` {DEFER_POLLS}: it polls \
+         in batches rather than waking up per frame). *Receiving CPU per packet* is that \
          thread's run time (schedstat) divided by the packets the veth received. The list: \
          the first N /24s of 240.0.0.0/4 (1Mi = all 1,048,576, the whole range). Sources: \
          512 (240.0.0.0/23, cache-hot) or random over the listed range. BPF ns/run is the \
@@ -1326,6 +1408,7 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
          veth. The clean client 192.0.2.2 (not listed) connects to port 25 every \
          {} ms with a {} s timeout during each flood.\n",
         plan.dur.as_secs_f64(),
+        plan.repeat,
         CLIENT_PAUSE.as_millis(),
         CLIENT_TIMEOUT.as_secs()
     );
@@ -1777,6 +1860,7 @@ fn main() -> ExitCode {
             rates: vec![200_000],
             sizes: vec![1 << 12, FULL],
             common: 200_000,
+            repeat: 1,
         }
     } else {
         Plan {
@@ -1784,6 +1868,7 @@ fn main() -> ExitCode {
             rates: vec![100_000, 200_000, 400_000, 800_000],
             sizes: vec![1 << 12, 1 << 16, FULL],
             common: 200_000,
+            repeat: 3,
         }
     };
     let load0 = fs::read_to_string("/proc/loadavg")
