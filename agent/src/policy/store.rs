@@ -5,10 +5,17 @@
 //! only what changed, so the maps are updated by difference.
 //!
 //! Persistence (state directory): each non-config list is a text file `lists/NAME.list`
-//! rewritten atomically (temp file, fsync, rename, fsync dir) when a list is imported or
-//! compacted, and every single add/delete is appended to `journal` and fsynced before the
-//! change is acknowledged. Start-up loads the list files and replays the journal over them,
-//! so a `kill -9` at any instant loses nothing that was acknowledged.
+//! rewritten atomically (temp file, fsync, rename, fsync dir) when a list is created,
+//! replaced by mostly new content, or compacted; every single add/delete is appended to
+//! `journal` and fsynced before the change is acknowledged. A replacement that changes few
+//! entries (a feed's daily 1%) is journaled as its delta, and a large list replaced by a
+//! short one as `clear` plus the new entries, one fsync either way; the journal is folded
+//! into the list files once it holds a quarter of their entries. Start-up loads the list
+//! files and replays the journal over them, so a `kill -9` at any instant loses nothing that
+//! was acknowledged.
+//!
+//! Memory: entries are kept compactly per list ([`Entries`]: 16-byte slots, interned
+//! reasons), about 50 bytes an IPv4 entry.
 //!
 //! Journal records are checksummed lines (see [`journal`]); a commit that fails to write
 //! is cut off again, and start-up drops a torn last record and skips (and keeps a copy of)

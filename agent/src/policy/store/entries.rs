@@ -272,7 +272,8 @@ impl Entries {
     /// action, reason and expiry takes the old creation time (an unchanged line of a feed
     /// stays as old as it is) and is not reported.
     ///
-    /// `each(prefix, old rule, new rule, whether the stored entry changed)`.
+    /// `each(prefix, old rule, new rule)` for every prefix whose stored entry changed; equal
+    /// rules mean only the reason did.
     pub(super) fn reconcile(
         &mut self,
         old: &Entries,
