@@ -183,3 +183,65 @@ async fn stop_ends_sessions_by_the_deadline() {
     .unwrap();
     assert!(late, "a connection after stop was served");
 }
+
+#[tokio::test]
+async fn total_limit_holds() {
+    let (b, _headers) = backend().await;
+    let mut cfg = config(b);
+    cfg.max_connections = 1;
+    cfg.max_per_client = 5;
+    let (p, _stop) = proxy(cfg, Table(vec![])).await;
+    let mut first = TcpStream::connect(p).await.unwrap();
+    let mut greet = [0u8; 19];
+    first.read_exact(&mut greet).await.unwrap();
+    let mut second = TcpStream::connect(p).await.unwrap();
+    let got = read_all(&mut second).await;
+    assert!(got.starts_with("421 4.7.0 mx.test "), "{got}");
+    // The slot comes back when the first session ends.
+    drop(first);
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut s = TcpStream::connect(p).await.unwrap();
+            let mut line = [0u8; 3];
+            if s.read_exact(&mut line).await.is_ok() && &line == b"220" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        again.is_ok(),
+        "the slot of a closed session was not given back"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_backend_is_skipped_and_marked_down() {
+    let gone = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let (b, mut headers) = backend().await;
+    let mut cfg = config(b);
+    cfg.max_per_client = 5;
+    cfg.backends.insert(
+        0,
+        Backend {
+            host: gone.ip().to_string(),
+            port: gone.port(),
+        },
+    );
+    let errors = BACKEND_ERRORS.get();
+    let (p, _stop) = proxy(cfg, Table(vec![])).await;
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(p).await.unwrap();
+        let mut greet = [0u8; 19];
+        c.read_exact(&mut greet).await.unwrap();
+        assert_eq!(&greet, b"220 backend ESMTP\r\n");
+        assert!(headers.recv().await.is_some());
+    }
+    // Tried once, then left alone during its backoff (other tests may add their own).
+    let added = BACKEND_ERRORS.get() - errors;
+    assert!(added >= 1, "the failure was not counted");
+}
