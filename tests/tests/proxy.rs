@@ -19,6 +19,20 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const BACKEND: &str = "127.0.0.1:10025";
 
+/// The daemon's `[proxy]` section with the header version `proto`.
+fn proxy_section(proto: &str) -> String {
+    format!(
+        "[proxy]\n\
+         listen = [\"192.0.2.1:25\", \"[2001:db8::1]:25\"]\n\
+         backends = [\"{BACKEND}\"]\n\
+         proxy_protocol = \"{proto}\"\n\
+         hostname = \"mx.test\"\n\
+         connect_timeout = 2\n\
+         shutdown_timeout = 1\n\
+         max_per_client = 2\n"
+    )
+}
+
 /// swaks from `src` in the client namespace through the proxy; returns its whole output.
 fn swaks(lab: &Lab, src: IpAddr) -> String {
     let server = match src {
@@ -112,18 +126,7 @@ fn proxy_in_front_of_postfix() {
     let lab = Lab::new();
     let postfix = Postfix::start(&lab.mx, BACKEND);
     let mut postfix = postfix;
-    let d = Daemon::start_new(
-        &lab.mx,
-        &lab.mx_if,
-        &format!(
-            "[proxy]\n\
-             listen = [\"192.0.2.1:25\", \"[2001:db8::1]:25\"]\n\
-             backends = [\"{BACKEND}\"]\n\
-             hostname = \"mx.test\"\n\
-             connect_timeout = 2\n\
-             max_per_client = 2\n"
-        ),
-    );
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &proxy_section("v2"));
     d.cli_ok(&["block", "add", &BLOCKED4.to_string(), "--action", "reject"]);
     d.cli_ok(&["block", "add", &TTL4.to_string(), "--action", "tempfail"]);
 
@@ -182,11 +185,7 @@ fn proxy_in_front_of_postfix() {
         );
     }
 
-    // The backend stopped: 421 4.4.2 comes (within the connect timeout, not timed here).
-    postfix.stop();
-    let out = swaks(&lab, IpAddr::V4(CLEAN4));
-    assert!(out.contains("421 4.4.2 mx.test"), "{out}");
-
+    // Counted by verdict (the metrics start again with the restart below).
     let m = d.metrics_text();
     assert_eq!(
         metric(&m, "prefilter_proxy_connections_total{verdict=\"reject\"}"),
@@ -203,7 +202,60 @@ fn proxy_in_front_of_postfix() {
         metric(&m, "prefilter_proxy_connections_total{verdict=\"limit\"}"),
         1
     );
+    // SIGTERM with a session open: the proxy stops accepting, the session is closed after
+    // shutdown_timeout and logged; the daemon exits cleanly.
+    let (held, banner) = first_line(&lab, IpAddr::V4(BIG4));
+    assert!(banner.starts_with("220 backend.test"), "{banner}");
+    d.terminate();
+    let mut rest = String::new();
+    let _ = BufReader::new(&held).read_line(&mut rest);
+    assert_eq!(rest, "", "the held session was not closed");
+    assert!(
+        d.log()
+            .lines()
+            .any(|l| l.contains("proxy session") && l.contains("end=shutdown")),
+        "no session ended by the stop:\n{}",
+        d.log()
+    );
+
+    // PROXY protocol v1 to the same Postfix works as well.
+    d.write_config(&d.config_text(prefilter_tests::daemon::DEFAULT_XDP, &proxy_section("v1")));
+    d.start();
+    let seen = postfix
+        .log()
+        .matches("connect from unknown[192.0.2.2]")
+        .count();
+    let out = swaks(&lab, IpAddr::V4(CLEAN4));
+    assert!(out.contains("250 2.0.0 Ok: queued as"), "v1: {out}");
+    assert!(
+        prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+            (postfix
+                .log()
+                .matches("connect from unknown[192.0.2.2]")
+                .count()
+                > seen)
+                .then_some(())
+        })
+        .is_some(),
+        "postfix did not log the v1 client:\n{}",
+        postfix.log()
+    );
+
+    // The backend stopped: 421 4.4.2 comes (within the connect timeout, not timed here).
+    postfix.stop();
+    let out = swaks(&lab, IpAddr::V4(CLEAN4));
+    assert!(out.contains("421 4.4.2 mx.test"), "{out}");
+
+    let m = d.metrics_text();
     assert!(metric(&m, "prefilter_proxy_backend_errors_total") >= 1);
+    // Every session ends (the last one a moment after swaks closed its side).
+    assert!(
+        prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+            (metric(&d.metrics_text(), "prefilter_proxy_active_sessions") == 0).then_some(())
+        })
+        .is_some(),
+        "sessions left open"
+    );
     let log = d.log();
     assert!(
         log.lines()
