@@ -663,6 +663,10 @@ impl Daemon {
         })?;
         let mut st = self.lock();
         let old = std::mem::replace(&mut st.settings, new);
+        if old.proxy != st.settings.proxy {
+            // Listeners and sessions are not moved under a running proxy.
+            warn!("[proxy] changed: the running proxy keeps its settings until the next restart");
+        }
         if let Err(e) = st.runtime_config() {
             st.settings = old;
             let _ = st.runtime_config();
