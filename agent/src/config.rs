@@ -94,6 +94,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[metrics]`.
     pub metrics: Metrics,
+    /// `[proxy]`; `None` when the section is absent (no proxy runs).
+    pub proxy: Option<Proxy>,
     /// Every `[[block]]` then every `[[allow]]`, each in file order.
     pub lists: Vec<ListDef>,
 }
@@ -234,6 +236,74 @@ pub struct Metrics {
     pub listen: Option<SocketAddr>,
 }
 
+/// `[proxy]`: the SMTP proxy in front of the content filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proxy {
+    /// Addresses to accept SMTP on (v4 and v6), at least one, no repeats.
+    pub listen: Vec<SocketAddr>,
+    /// `host:port` of the content filters, tried in order; at least one.
+    pub backends: Vec<Backend>,
+    /// Header sent to the backend before the client's bytes.
+    pub proxy_protocol: ProxyProtocol,
+    /// Name in the proxy's own replies (`{hostname}`).
+    pub hostname: String,
+    /// Reply to a `tempfail` verdict (`421 ...`), with `{hostname}`, `{list}`, `{client}`.
+    pub tempfail_reply: String,
+    /// Reply to a `reject` verdict (`554 ...`), same placeholders.
+    pub reject_reply: String,
+    /// Seconds to reach a backend before the client gets `421 4.4.2`.
+    pub connect_timeout: std::time::Duration,
+    /// Seconds without a byte either way before a relayed session is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Seconds sessions get to finish when the daemon stops.
+    pub shutdown_timeout: std::time::Duration,
+    /// Sessions at once, all clients together.
+    pub max_connections: u32,
+    /// Sessions at once from one address (one IPv6 /64).
+    pub max_per_client: u32,
+}
+
+/// A backend as configured: a host (address or name) and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// An IP address or a DNS name, without brackets.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The PROXY protocol header sent to backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyProtocol {
+    /// Binary version 2 (Postfix `smtpd_upstream_proxy_protocol = haproxy` reads both).
+    V2,
+    /// Text version 1.
+    V1,
+    /// No header: the backend sees the proxy's address (for tests and odd backends only).
+    None,
+}
+
+impl ProxyProtocol {
+    const NAMES: [(ProxyProtocol, &'static str); 3] = [
+        (ProxyProtocol::V2, "v2"),
+        (ProxyProtocol::V1, "v1"),
+        (ProxyProtocol::None, "none"),
+    ];
+}
+
+/// Placeholders a reply text may use.
+pub const REPLY_PLACEHOLDERS: [&str; 3] = ["{hostname}", "{list}", "{client}"];
+
 pub use crate::policy::Action;
 
 /// The actions in the order the config's error messages name them.
@@ -333,6 +403,7 @@ impl Config {
             xdp: v.xdp(raw.xdp, iface_exists),
             limits: v.limits(raw.limits),
             metrics: v.metrics(raw.metrics),
+            proxy: raw.proxy.map(|p| v.proxy(p)),
             lists: v.lists(raw.block, raw.allow, base),
         };
         if v.errors.is_empty() {
@@ -388,6 +459,7 @@ struct RawFile {
     xdp: RawXdp,
     limits: RawLimits,
     metrics: RawMetrics,
+    proxy: Option<RawProxy>,
     block: Vec<RawBlock>,
     allow: Vec<RawAllow>,
 }
@@ -512,6 +584,56 @@ impl Default for RawMetrics {
             // Loopback: the exporter has no authentication; a local Prometheus or a proxy
             // in front of it decides who sees it.
             listen: "127.0.0.1:9750".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    listen: Vec<String>,
+    backends: Vec<String>,
+    proxy_protocol: String,
+    hostname: String,
+    tempfail_reply: String,
+    reject_reply: String,
+    connect_timeout: i64,
+    idle_timeout: i64,
+    shutdown_timeout: i64,
+    max_connections: i64,
+    max_per_client: i64,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        Self {
+            // Port 25 on every address, both families (the v6 socket is v6-only).
+            listen: vec!["0.0.0.0:25".into(), "[::]:25".into()],
+            // No sensible default: where the content filter listens differs per site.
+            backends: Vec::new(),
+            // What Postfix (`smtpd_upstream_proxy_protocol = haproxy`) and HAProxy-aware
+            // filters read; binary, so no parsing ambiguity.
+            proxy_protocol: "v2".into(),
+            // "" = the system's host name.
+            hostname: String::new(),
+            // The wording of postscreen's replies, plus the list that decided.
+            tempfail_reply: "421 4.7.0 {hostname} Service unavailable, try again later ({list})"
+                .into(),
+            reject_reply:
+                "554 5.7.1 {hostname} Service unavailable; client [{client}] blocked ({list})"
+                    .into(),
+            // A local content filter answers within milliseconds; a client waiting longer
+            // than this for a 421 may give up on its own and count a failure.
+            connect_timeout: 5,
+            // RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for a command.
+            idle_timeout: 300,
+            // Long enough for a message in flight, short of systemd's stop timeout.
+            shutdown_timeout: 10,
+            // Postfix's default smtpd process limit is 100; the proxy's sessions are cheap,
+            // the backend's are not: the backend's own limits still apply.
+            max_connections: 1000,
+            // Postfix's smtpd_client_connection_count_limit default is 50; bots open many.
+            max_per_client: 20,
         }
     }
 }
@@ -786,6 +908,144 @@ impl Validator<'_> {
         Metrics { listen }
     }
 
+    fn proxy(&mut self, r: RawProxy) -> Proxy {
+        if r.listen.is_empty() {
+            self.err("proxy.listen", "at least one address:port is required");
+        }
+        let mut listen = Vec::new();
+        for (i, a) in r.listen.iter().enumerate() {
+            let key = format!("proxy.listen[{i}]");
+            match a.parse::<SocketAddr>() {
+                Ok(s) if s.port() == 0 => self.err(&key, format!("{a:?} has port 0")),
+                Ok(s) if listen.contains(&s) => self.err(&key, format!("{a:?} is listed twice")),
+                Ok(s) => listen.push(s),
+                Err(_) => self.err(
+                    &key,
+                    format!("{a:?} is not an address:port such as \"0.0.0.0:25\" or \"[::]:25\""),
+                ),
+            }
+        }
+        if r.backends.is_empty() {
+            self.err(
+                "proxy.backends",
+                "at least one backend host:port is required (the content filter's SMTP port)",
+            );
+        }
+        let mut backends = Vec::new();
+        for (i, b) in r.backends.iter().enumerate() {
+            let key = format!("proxy.backends[{i}]");
+            match parse_backend(b) {
+                Some(be) if backends.contains(&be) => {
+                    self.err(&key, format!("{b:?} is listed twice"))
+                }
+                Some(be) => {
+                    if let Ok(ip) = be.host.parse::<std::net::IpAddr>()
+                        && listen.iter().any(|l| l.port() == be.port && (l.ip() == ip))
+                    {
+                        self.err(
+                            &key,
+                            format!("{b:?} is one of proxy.listen: the proxy would loop"),
+                        );
+                    }
+                    backends.push(be);
+                }
+                None => self.err(
+                    &key,
+                    format!(
+                        "{b:?} is not a host:port such as \"127.0.0.1:10025\" or \"[::1]:10025\""
+                    ),
+                ),
+            }
+        }
+        let hostname = if r.hostname.is_empty() {
+            system_hostname()
+        } else {
+            if r.hostname.len() > 253
+                || !r
+                    .hostname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            {
+                self.err(
+                    "proxy.hostname",
+                    format!(
+                        "{:?} is not a host name (letters, digits, - and .)",
+                        r.hostname
+                    ),
+                );
+            }
+            r.hostname
+        };
+        let tempfail_reply = self.reply("proxy.tempfail_reply", r.tempfail_reply, b'4');
+        let reject_reply = self.reply("proxy.reject_reply", r.reject_reply, b'5');
+        let secs = |v: &mut Self, key: &str, n: i64, hi: u32| {
+            std::time::Duration::from_secs(v.int(key, n, 1, hi).into())
+        };
+        Proxy {
+            listen,
+            backends,
+            proxy_protocol: self.choice(
+                "proxy.proxy_protocol",
+                &r.proxy_protocol,
+                "a PROXY protocol version",
+                &ProxyProtocol::NAMES,
+            ),
+            hostname,
+            tempfail_reply,
+            reject_reply,
+            connect_timeout: secs(self, "proxy.connect_timeout", r.connect_timeout, 300),
+            idle_timeout: secs(self, "proxy.idle_timeout", r.idle_timeout, 86_400),
+            shutdown_timeout: secs(self, "proxy.shutdown_timeout", r.shutdown_timeout, 3600),
+            max_connections: self.int("proxy.max_connections", r.max_connections, 1, 1_000_000),
+            max_per_client: self.int("proxy.max_per_client", r.max_per_client, 1, 1_000_000),
+        }
+    }
+
+    /// A one-line SMTP reply whose code starts with `class` (4 or 5).
+    fn reply(&mut self, key: &str, text: String, class: u8) -> String {
+        let b = text.as_bytes();
+        let code_ok =
+            b.len() >= 4 && b[0] == class && b[1..3].iter().all(u8::is_ascii_digit) && b[3] == b' ';
+        if !code_ok {
+            self.err(
+                key,
+                format!(
+                    "{text:?} does not start with a {}xx reply code and a space, such as \"{}\"",
+                    class as char,
+                    if class == b'4' {
+                        "421 4.7.0 ..."
+                    } else {
+                        "554 5.7.1 ..."
+                    }
+                ),
+            );
+        } else if text.len() > 400 || text.bytes().any(|c| c.is_ascii_control()) {
+            self.err(
+                key,
+                "a reply is one line of at most 400 characters, without control characters",
+            );
+        } else {
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find('{') {
+                rest = &rest[at..];
+                match REPLY_PLACEHOLDERS.iter().find(|p| rest.starts_with(**p)) {
+                    Some(p) => rest = &rest[p.len()..],
+                    None => {
+                        self.err(
+                            key,
+                            format!(
+                                "unknown placeholder in {text:?} (known: {})",
+                                REPLY_PLACEHOLDERS.join(", ")
+                            ),
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        text
+    }
+
     fn lists(&mut self, block: Vec<RawBlock>, allow: Vec<RawAllow>, base: &Path) -> Vec<ListDef> {
         let mut names: HashMap<String, String> = HashMap::new();
         let blocks = block.into_iter().enumerate().map(|(i, b)| {
@@ -892,6 +1152,40 @@ impl Validator<'_> {
         }
         parsed.entries
     }
+}
+
+/// `host:port`, `[v6]:port`; `None` when it is neither.
+fn parse_backend(s: &str) -> Option<Backend> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return (a.port() != 0).then(|| Backend {
+            host: a.ip().to_string(),
+            port: a.port(),
+        });
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        && !host.starts_with(['-', '.']);
+    name_ok.then(|| Backend {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// The system's host name, or "localhost" when it cannot be read.
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]

@@ -16,5 +16,6 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod policy;
+pub mod proxy;
 pub mod sources;
 pub mod xdp;

@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod netns;
 pub mod packet;
+pub mod postfix;
 pub mod reference;
 
 /// Whether we run as root.

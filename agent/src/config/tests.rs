@@ -162,6 +162,8 @@ fn defaults() {
     );
     assert_eq!(c.metrics.listen, Some("127.0.0.1:9750".parse().unwrap()));
     assert!(c.lists().is_empty());
+    // No [proxy] section, no proxy.
+    assert_eq!(c.proxy, None);
 
     // The documented defaults of the rate limit, once enabled.
     let c = parse("[xdp]\ninterfaces = [\"eth0\"]\nratelimit = { enabled = true }\n").unwrap();
@@ -194,7 +196,7 @@ fn refusals() {
         Case {
             name: "unknown section",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\n\n[metric]\nlisten = \"\"\n",
-            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `block`, `allow`")],
+            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `proxy`, `block`, `allow`")],
         },
         Case {
             name: "unknown key in a list",
@@ -472,4 +474,83 @@ fn event_budget_and_the_older_sample_every() {
             (got, _) => panic!("{line}: {:?}", got.map(|c| c.xdp.events_per_second)),
         }
     }
+}
+
+#[test]
+fn proxy_section() {
+    let base = "[xdp]\ninterfaces = [\"eth0\"]\n";
+    // Defaults: only the backends are required.
+    let c = parse(&format!(
+        "{base}[proxy]\nbackends = [\"127.0.0.1:10025\"]\n"
+    ))
+    .unwrap();
+    let p = c.proxy.unwrap();
+    assert_eq!(
+        p.listen,
+        [
+            "0.0.0.0:25".parse::<SocketAddr>().unwrap(),
+            "[::]:25".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        p.backends,
+        [Backend {
+            host: "127.0.0.1".into(),
+            port: 10025
+        }]
+    );
+    assert_eq!(p.proxy_protocol, ProxyProtocol::V2);
+    assert!(!p.hostname.is_empty());
+    assert!(p.tempfail_reply.starts_with("421 4.7.0 "));
+    assert!(p.reject_reply.starts_with("554 5.7.1 "));
+    assert_eq!(p.connect_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(p.idle_timeout, std::time::Duration::from_secs(300));
+    assert_eq!((p.max_connections, p.max_per_client), (1000, 20));
+
+    // Everything set.
+    let c = parse(&format!(
+        "{base}[proxy]\nlisten = [\"192.0.2.1:25\", \"[2001:db8::1]:2525\"]\n\
+         backends = [\"[::1]:10025\", \"filter.example.org:25\"]\nproxy_protocol = \"v1\"\n\
+         hostname = \"mx.example.org\"\ntempfail_reply = \"450 4.7.1 {{hostname}} later\"\n\
+         reject_reply = \"550 5.7.1 {{client}} is on {{list}}\"\nconnect_timeout = 2\n\
+         idle_timeout = 60\nshutdown_timeout = 3\nmax_connections = 5\nmax_per_client = 2\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = c.proxy.unwrap();
+    assert_eq!(p.backends[0].to_string(), "[::1]:10025");
+    assert_eq!(p.backends[1].to_string(), "filter.example.org:25");
+    assert_eq!(p.proxy_protocol, ProxyProtocol::V1);
+    assert_eq!(p.hostname, "mx.example.org");
+    assert_eq!(p.reject_reply, "550 5.7.1 {client} is on {list}");
+    assert_eq!((p.max_connections, p.max_per_client), (5, 2));
+
+    // Every bad value, each with its key and line.
+    let text = format!(
+        "{base}[proxy]\nlisten = [\"192.0.2.1\", \"192.0.2.1:25\"]\nbackends = [\"nohost\", \"192.0.2.1:25\"]\n\
+         proxy_protocol = \"v3\"\nhostname = \"bad host\"\ntempfail_reply = \"554 wrong class\"\n\
+         reject_reply = \"554 5.7.1 {{nope}}\"\nconnect_timeout = 0\nmax_per_client = -1\n"
+    );
+    let e = parse(&text).unwrap_err();
+    let got: Vec<(Option<usize>, &str)> =
+        e.errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(4), "proxy.listen[0]"),
+            (Some(5), "proxy.backends[0]"),
+            (Some(5), "proxy.backends[1]"),
+            (Some(6), "proxy.proxy_protocol"),
+            (Some(7), "proxy.hostname"),
+            (Some(8), "proxy.tempfail_reply"),
+            (Some(9), "proxy.reject_reply"),
+            (Some(10), "proxy.connect_timeout"),
+            (Some(11), "proxy.max_per_client"),
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().contains("the proxy would loop"), "{e}");
+    // No backend at all.
+    let e = parse(&format!("{base}[proxy]\n")).unwrap_err();
+    assert_eq!(e.errors[0].key, "proxy.backends", "{e}");
+    assert_eq!(e.errors[0].line, Some(3), "{e}");
 }

@@ -95,6 +95,10 @@ pub fn registry(d: Daemon) -> Registry {
     let r = Registry::new();
     // Both are registered once in a fresh registry with distinct names: cannot fail.
     let _ = r.register(Box::new(REQUESTS.clone()));
+    // Only with a [proxy] section: a gateway without one exports what it did before.
+    if d.lock().settings.proxy.is_some() {
+        crate::proxy::register(&r);
+    }
     let _ = r.register(Box::new(DaemonCollector {
         d,
         descs: Families::new().descs(),

@@ -692,6 +692,10 @@ impl Daemon {
         })?;
         let mut st = self.lock();
         let old = std::mem::replace(&mut st.settings, new);
+        if old.proxy != st.settings.proxy {
+            // Listeners and sessions are not moved under a running proxy.
+            warn!("[proxy] changed: the running proxy keeps its settings until the next restart");
+        }
         if let Err(e) = st.runtime_config() {
             st.settings = old;
             let _ = st.runtime_config();
@@ -769,6 +773,63 @@ impl Daemon {
         self.publish(&st);
         drop(st);
         self.store().next_expiry()
+    }
+
+    /// What the proxy does with a client: the kernel's table and dynamic verdicts and the
+    /// published View, the same answer as [`Self::check`] without the store's explanation.
+    pub fn proxy_verdict(&self, ip: IpAddr) -> crate::proxy::Verdict {
+        use crate::proxy::{Decision, Verdict};
+        let ip = match ip {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let kernel = self.kernel();
+        let (table, key) = match ip {
+            IpAddr::V4(a) => (
+                kernel.v4.lookup(a.into()),
+                prefilter_common::v4_key(a.octets()),
+            ),
+            IpAddr::V6(a) => {
+                let mut k = a.octets();
+                k[8..].fill(0);
+                (kernel.v6.lookup(a.into()), k)
+            }
+        };
+        let act = verdict::action(table);
+        let list = || {
+            self.view()
+                .list_name(verdict::list_id(table))
+                .map(str::to_owned)
+        };
+        let decide = |a: u8| match a {
+            action::TEMPFAIL => Decision::Tempfail,
+            action::OBSERVE => Decision::Observe,
+            // drop/reset that reached a socket: the program is not on that interface.
+            action::REJECT | action::DROP | action::RESET => Decision::Reject,
+            _ => Decision::Pass,
+        };
+        if act == action::ALLOW {
+            return Verdict {
+                decision: Decision::Allow,
+                list: list(),
+            };
+        }
+        if let Some(d) = kernel.dynamic(&key).filter(|d| d.action != action::NONE) {
+            return Verdict {
+                decision: decide(d.action),
+                list: Some("dynamic".to_owned()),
+            };
+        }
+        if act != action::NONE {
+            return Verdict {
+                decision: decide(act),
+                list: list(),
+            };
+        }
+        Verdict {
+            decision: Decision::Pass,
+            list: None,
+        }
     }
 
     /// Explains what happens to a SYN from `ip`.
@@ -980,6 +1041,22 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(events::forward_logs(l, stop_rx.clone())));
     }
     tasks.push(tokio::spawn(expiry_loop(d.clone(), stop_rx.clone())));
+    let proxy_cfg = d.lock().settings.proxy.clone();
+    let mut proxy_task = None;
+    if let Some(p) = proxy_cfg {
+        let listeners = crate::proxy::bind(&p.listen).context("proxy listen")?;
+        info!(
+            listen = ?p.listen,
+            backends = %p.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
+            "proxy listening"
+        );
+        let deadline = p.shutdown_timeout;
+        let verdicts: Arc<dyn crate::proxy::Verdicts> = Arc::new(d.clone());
+        proxy_task = Some((
+            deadline,
+            tokio::spawn(crate::proxy::serve(p, verdicts, listeners, stop_rx.clone())),
+        ));
+    }
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
@@ -1000,11 +1077,21 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     info!("stopping; the XDP filter stays attached (prefilter detach removes it)");
     let _ = stop_tx.send(true);
+    // The proxy lets its sessions finish up to its deadline (plus a second to close them).
+    if let Some((deadline, t)) = proxy_task {
+        let _ = tokio::time::timeout(deadline + Duration::from_secs(2), t).await;
+    }
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+impl crate::proxy::Verdicts for Daemon {
+    fn verdict(&self, ip: IpAddr) -> crate::proxy::Verdict {
+        self.proxy_verdict(ip)
+    }
 }
 
 async fn expiry_loop(d: Daemon, mut stop: watch::Receiver<bool>) {

@@ -47,6 +47,8 @@ pub struct Settings {
     pub max_shrink: f64,
     pub metrics: Option<SocketAddr>,
     pub lists: Vec<ListSpec>,
+    /// `[proxy]`; read at start only (a reload keeps the running proxy as it is).
+    pub proxy: Option<crate::config::Proxy>,
 }
 
 /// Whether the interface exists in our network namespace.
@@ -109,6 +111,7 @@ impl From<Config> for Settings {
             max_shrink: f64::from(c.limits.max_shrink_percent) / 100.0,
             metrics: c.metrics.listen,
             lists,
+            proxy: c.proxy,
         }
     }
 }

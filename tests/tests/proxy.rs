@@ -1,0 +1,265 @@
+//! The SMTP proxy in front of a real Postfix (Debian's), end to end: swaks in a client
+//! namespace sends through the daemon's proxy on the MX's port 25 to Postfix on the MX's
+//! loopback (`smtpd_upstream_proxy_protocol = haproxy`). Mail for sink.test is discarded by
+//! Postfix; nothing leaves the namespaces.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use prefilter_tests::{
+    daemon::{BIG4, BLOCKED4, CLEAN4, CLEAN6, Daemon, Lab, MX4, TTL4, in_netns, run_bounded},
+    postfix::Postfix,
+    require_root,
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+const BACKEND: &str = "127.0.0.1:10025";
+
+/// The daemon's `[proxy]` section with the header version `proto`.
+fn proxy_section(proto: &str) -> String {
+    format!(
+        "[proxy]\n\
+         listen = [\"192.0.2.1:25\", \"[2001:db8::1]:25\"]\n\
+         backends = [\"{BACKEND}\"]\n\
+         proxy_protocol = \"{proto}\"\n\
+         hostname = \"mx.test\"\n\
+         connect_timeout = 2\n\
+         shutdown_timeout = 1\n\
+         max_per_client = 2\n"
+    )
+}
+
+/// swaks from `src` in the client namespace through the proxy; returns its whole output.
+fn swaks(lab: &Lab, src: IpAddr) -> String {
+    let server = match src {
+        IpAddr::V4(_) => MX4.to_string(),
+        IpAddr::V6(_) => prefilter_tests::daemon::MX6.to_string(),
+    };
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &lab.client.name, "swaks"])
+        .args(["--server", &server, "--port", "25"])
+        .args(["--local-interface", &src.to_string()])
+        .args(["--from", "sender@client.test", "--to", "user@sink.test"])
+        .args(["--helo", "client.test", "--timeout", "20"]);
+    if src.is_ipv6() {
+        c.arg("-6");
+    }
+    let out = run_bounded(c, Duration::from_secs(60));
+    out.both()
+}
+
+/// One message from `src` through the proxy, SMTP spoken line by line; returns the
+/// conversation.
+fn deliver_by_hand(lab: &Lab, src: IpAddr) -> String {
+    let s = connect(lab, src);
+    let mut r = BufReader::new(&s);
+    let mut w = &s;
+    let mut talk = String::new();
+    // Reads one (possibly multi-line) reply into the transcript.
+    let reply = |r: &mut BufReader<&TcpStream>, talk: &mut String| loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            talk.push_str("<closed>\n");
+            return;
+        }
+        talk.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return;
+        }
+    };
+    reply(&mut r, &mut talk);
+    for cmd in [
+        "EHLO client.test",
+        "MAIL FROM:<sender@client.test>",
+        "RCPT TO:<user@sink.test>",
+        "DATA",
+        "Subject: v6\r\n\r\nhello\r\n.",
+        "QUIT",
+    ] {
+        talk.push_str(&format!("> {cmd}\n"));
+        if w.write_all(format!("{cmd}\r\n").as_bytes()).is_err() {
+            break;
+        }
+        reply(&mut r, &mut talk);
+    }
+    talk
+}
+
+/// A TCP connection from `src` in the client namespace to the proxy on the MX's port 25.
+fn connect(lab: &Lab, src: IpAddr) -> TcpStream {
+    let dst = Lab::smtp_of(src);
+    let s = in_netns(&lab.client.name, || {
+        let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
+            .expect("socket");
+        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+            .expect("bind the source");
+        sock.connect_timeout(&dst.into(), Duration::from_secs(5))
+            .expect("connect to the proxy");
+        TcpStream::from(sock)
+    });
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// A raw connection from `src` to the proxy, and its first line.
+fn first_line(lab: &Lab, src: IpAddr) -> (TcpStream, String) {
+    let s = connect(lab, src);
+    let mut line = String::new();
+    let _ = BufReader::new(&s).read_line(&mut line);
+    (s, line)
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn proxy_in_front_of_postfix() {
+    require_root();
+    let lab = Lab::new();
+    let postfix = Postfix::start(&lab.mx, BACKEND);
+    let mut postfix = postfix;
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &proxy_section("v2"));
+    d.cli_ok(&["block", "add", &BLOCKED4.to_string(), "--action", "reject"]);
+    d.cli_ok(&["block", "add", &TTL4.to_string(), "--action", "tempfail"]);
+
+    // A clean client is relayed; Postfix sees and logs its real address (v4 with swaks; v6
+    // by hand, Debian's swaks lacks IO::Socket::INET6).
+    for src in [IpAddr::V4(CLEAN4), IpAddr::V6(CLEAN6)] {
+        let out = if src.is_ipv4() {
+            swaks(&lab, src)
+        } else {
+            deliver_by_hand(&lab, src)
+        };
+        assert!(
+            out.contains("250 2.0.0 Ok: queued as"),
+            "{src}: {out}\npostfix:\n{}\ndaemon:\n{}",
+            postfix.log(),
+            d.log()
+        );
+        assert!(
+            postfix.wait_log(
+                &format!("connect from unknown[{src}]"),
+                Duration::from_secs(10)
+            ),
+            "postfix did not log {src}:\n{}",
+            postfix.log()
+        );
+    }
+
+    // A reject verdict: 554 from the proxy, and Postfix never hears of the client.
+    let out = swaks(&lab, IpAddr::V4(BLOCKED4));
+    assert!(out.contains("554 5.7.1 mx.test"), "{out}");
+    assert!(out.contains("(cli)"), "the reply names the list: {out}");
+    // A tempfail verdict: 421.
+    let out = swaks(&lab, IpAddr::V4(TTL4));
+    assert!(out.contains("421 4.7.0 mx.test"), "{out}");
+
+    // Per-client limit: two sessions from one address are relayed, the third is refused,
+    // another address is not affected.
+    let (_a, l1) = first_line(&lab, IpAddr::V4(CLEAN4));
+    let (_b, l2) = first_line(&lab, IpAddr::V4(CLEAN4));
+    assert!(l1.starts_with("220 backend.test"), "{l1}");
+    assert!(l2.starts_with("220 backend.test"), "{l2}");
+    let (_c, l3) = first_line(&lab, IpAddr::V4(CLEAN4));
+    assert!(
+        l3.starts_with("421 4.7.0 "),
+        "third session from one client: {l3}"
+    );
+    let (_e, l4) = first_line(&lab, IpAddr::V4(BIG4));
+    assert!(l4.starts_with("220 backend.test"), "another client: {l4}");
+    drop((_a, _b, _c, _e));
+
+    let log = postfix.log();
+    for refused in [BLOCKED4, TTL4] {
+        assert!(
+            !log.contains(&format!("[{refused}]")),
+            "postfix saw refused client {refused}:\n{log}"
+        );
+    }
+
+    // Counted by verdict (the metrics start again with the restart below).
+    let m = d.metrics_text();
+    assert_eq!(
+        metric(&m, "prefilter_proxy_connections_total{verdict=\"reject\"}"),
+        1
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "prefilter_proxy_connections_total{verdict=\"tempfail\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&m, "prefilter_proxy_connections_total{verdict=\"limit\"}"),
+        1
+    );
+    // SIGTERM with a session open: the proxy stops accepting, the session is closed after
+    // shutdown_timeout and logged; the daemon exits cleanly.
+    let (held, banner) = first_line(&lab, IpAddr::V4(BIG4));
+    assert!(banner.starts_with("220 backend.test"), "{banner}");
+    d.terminate();
+    let mut rest = String::new();
+    let _ = BufReader::new(&held).read_line(&mut rest);
+    assert_eq!(rest, "", "the held session was not closed");
+    assert!(
+        d.log()
+            .lines()
+            .any(|l| l.contains("proxy session") && l.contains("end=shutdown")),
+        "no session ended by the stop:\n{}",
+        d.log()
+    );
+
+    // PROXY protocol v1 to the same Postfix works as well.
+    d.write_config(&d.config_text(prefilter_tests::daemon::DEFAULT_XDP, &proxy_section("v1")));
+    d.start();
+    let seen = postfix
+        .log()
+        .matches("connect from unknown[192.0.2.2]")
+        .count();
+    let out = swaks(&lab, IpAddr::V4(CLEAN4));
+    assert!(out.contains("250 2.0.0 Ok: queued as"), "v1: {out}");
+    assert!(
+        prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+            (postfix
+                .log()
+                .matches("connect from unknown[192.0.2.2]")
+                .count()
+                > seen)
+                .then_some(())
+        })
+        .is_some(),
+        "postfix did not log the v1 client:\n{}",
+        postfix.log()
+    );
+
+    // The backend stopped: 421 4.4.2 comes (within the connect timeout, not timed here).
+    postfix.stop();
+    let out = swaks(&lab, IpAddr::V4(CLEAN4));
+    assert!(out.contains("421 4.4.2 mx.test"), "{out}");
+
+    let m = d.metrics_text();
+    assert!(metric(&m, "prefilter_proxy_backend_errors_total") >= 1);
+    // Every session ends (the last one a moment after swaks closed its side).
+    assert!(
+        prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+            (metric(&d.metrics_text(), "prefilter_proxy_active_sessions") == 0).then_some(())
+        })
+        .is_some(),
+        "sessions left open"
+    );
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("proxy session") && l.contains("198.51.100.7")),
+        "no session line for the rejected client:\n{log}"
+    );
+}
