@@ -189,9 +189,15 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
 /// Loads the smallest XDP program there is, `return XDP_PASS`, with the raw `bpf(2)` call:
 /// the floor for benchmarks, and a harmless program for a veth peer that must run XDP.
 pub fn xdp_pass_program() -> std::io::Result<OwnedFd> {
-    // r0 = 2 (XDP_PASS); exit.
+    xdp_return_program(2, "xdp_pass")
+}
+
+/// Loads `return ACTION` (1 = XDP_DROP, 2 = XDP_PASS) named `name` (at most 15 bytes). Raw
+/// `bpf(2)`: two instructions need no object file, compiler or loader crate.
+pub fn xdp_return_program(action: u8, name: &str) -> std::io::Result<OwnedFd> {
+    // r0 = action; exit.
     let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0xb7, 0, 0, 0, action, 0, 0, 0]),
         u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
     ];
     let license = c"GPL";
@@ -211,14 +217,15 @@ pub fn xdp_pass_program() -> std::io::Result<OwnedFd> {
         prog_ifindex: u32,
         expected_attach_type: u32,
     }
-    let mut name = [0u8; 16];
-    name[..8].copy_from_slice(b"xdp_pass");
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
     let mut attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        prog_name: name,
+        prog_name,
         expected_attach_type: BPF_XDP,
         ..Default::default()
     };

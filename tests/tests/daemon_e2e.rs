@@ -20,6 +20,7 @@ use std::{
 };
 
 use prefilter_tests::{
+    Rng,
     daemon::{
         BIG4, BLOCKED4, CLEAN4, CLEAN6, CONNECT_TIMEOUT, DEFAULT_XDP, Daemon, Lab, Listener,
         RESET4, TTL4, counter, in_netns, list_entries, poll, run_bounded,
@@ -545,19 +546,6 @@ fn metrics_agree_with_status() {
         "promtool check metrics: {}\n{text}",
         out.both()
     );
-}
-
-/// splitmix64: a seeded, dependency-free generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 fn mask(len: u8) -> u32 {

@@ -17,6 +17,7 @@ use std::{
 };
 
 use prefilter_tests::{
+    Rng,
     daemon::{Daemon, Lab, poll},
     require_root,
 };
@@ -152,18 +153,6 @@ fn a_delta_replace_and_a_shrink_survive_a_crash_with_exactly_the_new_content() {
     d.restart(libc::SIGTERM);
     assert_eq!(prefixes(&d, "feed"), set(&ten));
     assert_verified(&d, "after a clean restart");
-}
-
-/// splitmix64, seeded.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// The "list replaced" lines the daemon logged since `from` bytes of its log.

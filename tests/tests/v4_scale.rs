@@ -11,22 +11,10 @@ use std::{
 
 use prefilter::xdp::{Filter, Options, v4table::Kind};
 use prefilter_common::{action, verdict};
-use prefilter_tests::{packet::Frame, require_root};
+use prefilter_tests::{Rng, packet::Frame, require_root};
 
 /// The ceiling for all prefilter maps together.
 const MAX_MAP_MEMORY: u64 = 320 << 20;
-
-/// splitmix64, seeded.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 fn mask(len: u8) -> u32 {
     if len == 0 { 0 } else { u32::MAX << (32 - len) }

@@ -43,7 +43,7 @@ use prefilter::{
 };
 use prefilter_common::{action, config::FLAG_RATELIMIT, verdict};
 use prefilter_tests::{
-    is_root,
+    Rng, is_root,
     netns::{Netns, xdp_pass_program},
     packet::{Frame, flags},
 };
@@ -101,22 +101,6 @@ const GHOST4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
 const DROP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 7);
 /// The documentation /24s the random v4 prefixes stay clear of.
 const DOC24: [u32; 3] = [0xc000_0200, 0xc633_6400, 0xcb00_7100];
-
-/// splitmix64: a seeded, reproducible PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn mask4(len: u8) -> u32 {
     if len == 0 { 0 } else { u32::MAX << (32 - len) }

@@ -45,6 +45,7 @@ use std::{
 };
 
 use prefilter_tests::{
+    Rng,
     daemon::{Daemon, connect_from, in_netns, try_run_bounded},
     is_root,
     netns::{Netns, veth},
@@ -230,10 +231,8 @@ fn write_plain_list(dir: &Path, n: usize) -> PathBuf {
 // ---------------------------------------------------------------------------------------
 // BPF: a drop-all program, run-time statistics
 
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ENABLE_STATS: libc::c_long = 32;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
@@ -247,41 +246,9 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// `return XDP_DROP`, named `xdp_drop_all`.
+/// `return XDP_DROP`, named `xdp_drop_all`: the floor.
 fn xdp_drop_program() -> std::io::Result<OwnedFd> {
-    let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-    ];
-    let license = c"GPL";
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-    }
-    let mut name = [0u8; 16];
-    name[..12].copy_from_slice(b"xdp_drop_all");
-    let mut attr = ProgLoad {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name: name,
-        expected_attach_type: BPF_XDP,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_LOAD, &mut attr)
+    prefilter_tests::netns::xdp_return_program(1, "xdp_drop_all")
 }
 
 /// Kernel BPF run-time statistics on while this lives (BPF_ENABLE_STATS: the same switch as
@@ -502,19 +469,6 @@ impl Lab {
             })
             .collect();
         Arc::new(frames)
-    }
-}
-
-/// splitmix64: a seeded, reproducible PRNG.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
