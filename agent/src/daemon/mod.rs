@@ -201,6 +201,14 @@ fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
     Ok(())
 }
 
+/// An address as the program sees it: `::ffff:a.b.c.d` is the IPv4 address.
+fn as_seen(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Takes back changes already applied to the tables (best effort: they were accepted once).
 fn revert(filter: &mut Filter, changes: &[Change]) {
     let reverse: Vec<Change> = changes
@@ -779,22 +787,9 @@ impl Daemon {
     /// published View, the same answer as [`Self::check`] without the store's explanation.
     pub fn proxy_verdict(&self, ip: IpAddr) -> crate::proxy::Verdict {
         use crate::proxy::{Decision, Verdict};
-        let ip = match ip {
-            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = as_seen(ip);
         let kernel = self.kernel();
-        let (table, key) = match ip {
-            IpAddr::V4(a) => (
-                kernel.v4.lookup(a.into()),
-                prefilter_common::v4_key(a.octets()),
-            ),
-            IpAddr::V6(a) => {
-                let mut k = a.octets();
-                k[8..].fill(0);
-                (kernel.v6.lookup(a.into()), k)
-            }
-        };
+        let (table, key) = kernel.lookup(ip);
         let act = verdict::action(table);
         let list = || {
             self.view()
@@ -835,26 +830,11 @@ impl Daemon {
     /// Explains what happens to a SYN from `ip`.
     pub fn check(&self, ip: IpAddr) -> crate::api::Check {
         use crate::api;
-        // ::ffff:a.b.c.d is the IPv4 address, as the program sees it.
-        let ip = match ip {
-            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = as_seen(ip);
         // Readers only: a check answers while an import runs.
         let matches = self.store().explain(ip);
         let kernel = self.kernel();
-        let (table, key) = match ip {
-            IpAddr::V4(a) => (
-                kernel.v4.lookup(a.into()),
-                prefilter_common::v4_key(a.octets()),
-            ),
-            IpAddr::V6(a) => {
-                let mut k = a.octets();
-                // Dynamic verdicts are keyed by /64 (see FLAG_V6_FULL).
-                k[8..].fill(0);
-                (kernel.v6.lookup(a.into()), k)
-            }
-        };
+        let (table, key) = kernel.lookup(ip);
         let dynamic = kernel.dynamic(&key);
         let act = verdict::action(table);
         let view = self.view();

@@ -582,6 +582,23 @@ impl KernelView {
     pub fn dynamic(&self, key: &AddrKey) -> Option<DynVerdict> {
         self.dynamic.get(key, 0).ok()
     }
+
+    /// What the program finds for source `ip` (IPv4-mapped already unmapped): the prefix
+    /// tables' packed verdict, and the key of its dynamic entry (the IPv4 address, or the
+    /// IPv6 /64, see FLAG_V6_FULL).
+    pub fn lookup(&self, ip: std::net::IpAddr) -> (u16, AddrKey) {
+        match ip {
+            std::net::IpAddr::V4(a) => (
+                self.v4.lookup(a.into()),
+                prefilter_common::v4_key(a.octets()),
+            ),
+            std::net::IpAddr::V6(a) => {
+                let mut k = a.octets();
+                k[8..].fill(0);
+                (self.v6.lookup(a.into()), k)
+            }
+        }
+    }
 }
 
 /// Removes the pinned link of `pin`; the XDP program leaves the interface once no agent
