@@ -240,11 +240,23 @@ impl Netns {
     /// frames on this side's ring but only kicks this side's NAPI when it runs XDP itself.
     pub fn attach_xdp_pass(&self, ifname: &str) -> OwnedFd {
         let prog = xdp_pass_program().expect("load the XDP_PASS program");
+        self.attach_xdp_native(&prog, ifname)
+            .unwrap_or_else(|e| panic!("attach XDP_PASS to {ifname} in {}: {e}", self.name))
+    }
+
+    /// Attaches `prog` in native mode to `ifname` inside the namespace (BPF_LINK_CREATE);
+    /// it stays attached while the returned link lives.
+    pub fn attach_xdp_native(&self, prog: &OwnedFd, ifname: &str) -> std::io::Result<OwnedFd> {
         let _inside = self.enter();
-        let c = std::ffi::CString::new(ifname).expect("interface name");
+        let c = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
         // SAFETY: a valid C string.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert_ne!(ifindex, 0, "no interface {ifname} in {}", self.name);
+        if ifindex == 0 {
+            return Err(std::io::Error::other(format!(
+                "no interface {ifname} in {}",
+                self.name
+            )));
+        }
         #[repr(C)]
         #[derive(Default)]
         struct LinkCreate {
@@ -262,6 +274,5 @@ impl Netns {
             ..Default::default()
         };
         bpf(BPF_LINK_CREATE, &mut attr)
-            .unwrap_or_else(|e| panic!("attach XDP_PASS to {ifname} in {}: {e}", self.name))
     }
 }

@@ -231,10 +231,7 @@ fn write_plain_list(dir: &Path, n: usize) -> PathBuf {
 // ---------------------------------------------------------------------------------------
 // BPF: a drop-all program, run-time statistics
 
-const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ENABLE_STATS: libc::c_long = 32;
-const BPF_XDP: u32 = 37;
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
     // SAFETY: attr is a valid, zero-padded bpf_attr prefix of the size passed.
@@ -1068,27 +1065,10 @@ struct DropAll {
 impl DropAll {
     fn setup(lab: &Lab) -> Result<Self, String> {
         let prog = xdp_drop_program().map_err(|e| format!("load xdp_drop_all: {e}"))?;
-        let _inside = lab.mx.enter();
-        let c = std::ffi::CString::new(lab.mx_if.as_str()).unwrap();
-        // SAFETY: a valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        #[repr(C)]
-        #[derive(Default)]
-        struct LinkCreate {
-            prog_fd: u32,
-            target_ifindex: u32,
-            attach_type: u32,
-            flags: u32,
-            _rest: [u64; 4],
-        }
-        let mut attr = LinkCreate {
-            prog_fd: prog.as_raw_fd() as u32,
-            target_ifindex: ifindex,
-            attach_type: BPF_XDP,
-            flags: XDP_FLAGS_DRV_MODE,
-            ..Default::default()
-        };
-        let link = bpf(BPF_LINK_CREATE, &mut attr).map_err(|e| format!("attach: {e}"))?;
+        let link = lab
+            .mx
+            .attach_xdp_native(&prog, &lab.mx_if)
+            .map_err(|e| format!("attach: {e}"))?;
         Ok(Self { _link: link })
     }
 }
