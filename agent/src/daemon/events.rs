@@ -11,7 +11,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::Daemon;
+use super::{Daemon, learned::boottime_ns};
 
 /// An event as `watch` prints it (one JSON object per line).
 #[derive(Clone, Debug, Serialize)]
@@ -24,16 +24,6 @@ pub struct EventJson {
     pub reason: &'static str,
     pub list: Option<String>,
     pub port: u16,
-}
-
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn decode(d: &Daemon, raw: &[u8]) -> Option<EventJson> {

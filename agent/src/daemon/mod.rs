@@ -3,6 +3,7 @@
 
 mod control;
 mod events;
+pub mod learned;
 mod metrics;
 mod settings;
 mod verify;
@@ -174,6 +175,7 @@ pub struct Daemon {
     kernel: Arc<KernelView>,
     events: broadcast::Sender<events::EventJson>,
     expiry_wake: Arc<tokio::sync::Notify>,
+    learned: broadcast::Sender<learned::Learned>,
 }
 
 fn mode_name(m: Option<XdpMode>) -> &'static str {
@@ -992,6 +994,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         kernel: Arc::new(kernel),
         events: events_tx,
         expiry_wake: Arc::new(tokio::sync::Notify::new()),
+        learned: broadcast::channel(1024).0,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
