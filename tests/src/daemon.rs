@@ -235,6 +235,17 @@ pub struct Daemon {
     pub run_args: Vec<String>,
     /// `[daemon] socket_group` in [`Daemon::config_text`]; empty (root only) by default.
     pub socket_group: String,
+    /// Run the daemon as this user with only these capabilities (setpriv, as systemd's
+    /// `User=` and `AmbientCapabilities=` would), instead of as root.
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged user and the capabilities a unit grants it (setpriv names: `bpf`,
+/// `net_admin`, ...).
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub user: String,
+    pub caps: Vec<String>,
 }
 
 impl Daemon {
@@ -264,6 +275,7 @@ impl Daemon {
             mounted: false,
             run_args: Vec::new(),
             socket_group: String::new(),
+            run_as: None,
         };
         fs::create_dir(&d.bpffs).expect("create the bpffs mount point");
         let out = run_bounded(
@@ -329,9 +341,18 @@ impl Daemon {
 
     fn command_run(&self, config: &Path) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.netns))
-            .arg("--")
-            .arg(binary())
+        c.arg(format!("--net=/run/netns/{}", self.netns)).arg("--");
+        if let Some(r) = &self.run_as {
+            let caps: String = r.caps.iter().map(|c| format!(",+{c}")).collect();
+            c.arg("setpriv")
+                .args(["--reuid", &r.user, "--regid", &r.user, "--init-groups"])
+                .arg(format!("--inh-caps=-all{caps}"))
+                .arg(format!("--ambient-caps=-all{caps}"))
+                .arg(format!("--bounding-set=-all{caps}"))
+                .arg("--no-new-privs")
+                .arg("--");
+        }
+        c.arg(binary())
             .arg("run")
             .arg("--config")
             .arg(config)

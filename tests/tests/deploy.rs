@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use prefilter_tests::{
-    daemon::{Daemon, Lab},
+    daemon::{DEFAULT_XDP, Daemon, Lab, Listener, RunAs},
     require_root,
 };
 
@@ -41,12 +41,9 @@ fn prometheus_rules_pass_promtool() {
 fn systemd_unit_passes_systemd_analyze() {
     // verify insists that ExecStart exists: point it at the binary this build made.
     let unit = std::fs::read_to_string(deploy("prefilter.service")).unwrap();
-    assert!(
-        unit.contains("ExecStart=/usr/local/sbin/prefilter run"),
-        "{unit}"
-    );
+    assert!(unit.contains("ExecStart=/usr/sbin/prefilter run"), "{unit}");
     let bin = prefilter_tests::daemon::binary();
-    let text = unit.replace("/usr/local/sbin/prefilter", bin.to_str().unwrap());
+    let text = unit.replace("/usr/sbin/prefilter ", &format!("{} ", bin.display()));
     let dir = std::env::temp_dir().join(format!("pf-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     /// Removes the directory this test made, also when a check fails.
@@ -66,6 +63,115 @@ fn systemd_unit_passes_systemd_analyze() {
         .filter(|l| l.contains("prefilter.service"))
         .collect();
     assert!(complaints.is_empty(), "systemd-analyze: {complaints:#?}");
+    // Least privilege, as systemd rates it (0 = locked down, 10 = unprotected).
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze security");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for prefilter.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(
+        score <= 4.5,
+        "the unit's exposure is {score}, above 4.5:\n{text}"
+    );
+}
+
+/// The value of `key=` in the unit's text (the last one, as systemd reads it).
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+        .unwrap_or_else(|| panic!("the unit sets no {key}="))
+}
+
+/// A system user of our own, removed (with its group) on drop.
+struct TestUser(String);
+
+impl TestUser {
+    fn create(name: &str) -> Self {
+        let ok = Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--shell", "/usr/sbin/nologin", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "useradd {name}");
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+        // userdel removes the user's own group; this is for a run that stopped in between.
+        let _ = Command::new("groupdel")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The unit's user and capabilities are enough: the daemon, run as an unprivileged user
+/// with exactly the unit's ambient capabilities (and the pin directory its ExecStartPre=
+/// hands over), loads and attaches the filter, and a blocked SYN is dropped.
+#[test]
+fn the_units_capabilities_suffice_without_root() {
+    require_root();
+    let unit = std::fs::read_to_string(deploy("prefilter.service")).unwrap();
+    assert_eq!(unit_value(&unit, "User"), "prefilter");
+    let ambient = unit_value(&unit, "AmbientCapabilities");
+    assert_eq!(ambient, unit_value(&unit, "CapabilityBoundingSet"));
+    let caps: Vec<String> = ambient
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect();
+    assert!(!caps.iter().any(|c| c == "sys_admin"), "{caps:?}");
+    // A user of the test's own, not `prefilter`: this host may have a real one.
+    let user = TestUser::create(&format!("pfu{}", std::process::id()));
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let mut d = Daemon::prepare(&lab.mx, &lab.mx_if);
+    // What systemd does before ExecStart: StateDirectory=/RuntimeDirectory= and the
+    // ExecStartPre= line give the user its directories and the pin directory.
+    let pins = d.bpffs.join("prefilter");
+    std::fs::create_dir(&pins).unwrap();
+    for dir in [&d.dir, &pins] {
+        let ok = Command::new("chown")
+            .arg(format!("{0}:{0}", user.0))
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chown {}", dir.display());
+    }
+    d.run_as = Some(RunAs {
+        user: user.0.clone(),
+        caps,
+    });
+    d.write_config(&d.config_text(DEFAULT_XDP, ""));
+    d.start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u != "0"),
+        "the daemon runs as root: {uid}"
+    );
+    d.cli_ok(&["block", "add", "198.51.100.7"]);
+    let blocked: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+    let clean: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    lab.assert_dropped(
+        &listener,
+        blocked,
+        std::time::Duration::from_secs(1),
+        "blocked, daemon without root",
+    );
+    lab.assert_connects(&listener, clean, "clean, daemon without root");
+    d.terminate();
+    assert!(d.log().contains("XDP attached"), "{}", d.log());
 }
 
 #[test]
