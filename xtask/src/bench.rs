@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the BPF_PROG_TEST_RUN bench (prefilter-tests' `bench` binary), then
 //! the SYN flood against the alternatives (`flood`), which writes docs/bench.md with the
-//! first one's output in it, and the PNG plots beside it. `--quick` is passed to both.
+//! first one's output in it, and the PNG plots beside it; then the SMTP stage against
+//! postscreen (`smtpbench`, docs/bench-smtp.md). `--quick` is passed to all three.
 use std::{
     ffi::OsString,
     fs,
@@ -18,7 +19,7 @@ use crate::{
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Arguments for both bench binaries (`--quick` for a short run).
+    /// Arguments for the bench binaries (`--quick` for a short run).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
 }
@@ -85,9 +86,29 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         flood.arg("--prog-test-run").arg(&captured);
     }
     let second = run(&mut flood);
-    match (first, second) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        (Err(a), Err(b)) => bail!("{a:#}; {b:#}"),
+
+    // The SMTP stage: prefilter's proxy against postscreen (docs/bench-smtp.md).
+    let mut smtp = cargo();
+    smtp.args([
+        "run",
+        "--release",
+        "-p",
+        "prefilter-tests",
+        "--bin",
+        "smtpbench",
+        "--",
+    ])
+    .args(&args.args)
+    .arg("--out")
+    .arg(root.join("docs/bench-smtp.md"));
+    let third = run(&mut smtp);
+    let failed: Vec<String> = [first, second, third]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failed.join("; "))
     }
 }
