@@ -35,6 +35,11 @@ pub fn execute(cli: Cli) -> i32 {
         Command::Detach(a) => with_client(&cli.socket, |cl, out| {
             detach(cl, out, a.iface.as_deref(), &a.pin_dir)
         }),
+        Command::Assets(a) => super::assets::write(&a.dir).map_err(|e| CliError {
+            code: 1,
+            message: format!("writing to {}: {e}", a.dir.display()),
+            details: Vec::new(),
+        }),
     };
     match r {
         Ok(()) => 0,

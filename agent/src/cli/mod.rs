@@ -1,6 +1,7 @@
 //! The `prefilter` command line: `run` starts the daemon, everything else talks to it over
 //! the control socket.
 
+mod assets;
 mod client;
 mod commands;
 
@@ -59,6 +60,15 @@ pub enum Command {
     Reload,
     /// Remove the XDP filter from an interface (all if none given).
     Detach(DetachArgs),
+    /// Write man pages and shell completions into DIR (for packagers).
+    #[command(hide = true)]
+    Assets(AssetsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AssetsArgs {
+    /// Output directory: man/ and completions/ are created in it.
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
