@@ -18,10 +18,16 @@ impl Dnsbl {
     /// Probes zone `z` once and sets its state.
     pub async fn probe(&self, z: usize) {
         let zone = self.zones[z].name.clone();
-        let two = super::site::query_name(IpAddr::from([127, 0, 0, 2]), &zone);
-        let one = super::site::query_name(IpAddr::from([127, 0, 0, 1]), &zone);
-        let (a2, _) = self.query(z, &two).await;
-        let (a1, _) = self.query(z, &one).await;
+        let point = |ip: IpAddr| super::site::query_name(ip, &zone);
+        let (mut a2, _) = self.query(z, &point(IpAddr::from([127, 0, 0, 2]))).await;
+        let (mut a1, _) = self.query(z, &point(IpAddr::from([127, 0, 0, 1]))).await;
+        if a2 == Answer::NotListed && a1 == Answer::NotListed {
+            // An IPv6 zone: its test points are ::ffff:127.0.0.2 and ::ffff:127.0.0.1
+            // (RFC 5782 5), nibble-reversed.
+            let v6 = |o: u8| IpAddr::V6(std::net::Ipv4Addr::new(127, 0, 0, o).to_ipv6_mapped());
+            a2 = self.query(z, &point(v6(2))).await.0;
+            a1 = self.query(z, &point(v6(1))).await.0;
+        }
         let bad = match (&a2, &a1) {
             (Answer::Error(ErrorKind::Refused), _) | (_, Answer::Error(ErrorKind::Refused)) => {
                 Some("the server REFUSED the query".to_owned())
@@ -41,11 +47,15 @@ impl Dnsbl {
         }
     }
 
+    /// Probes every zone once, in parallel.
+    pub async fn probe_all(&self) {
+        futures_util::future::join_all((0..self.zones.len()).map(|z| self.probe(z))).await;
+    }
+
     /// Probes every zone now, then each at its interval, until `stop`.
     pub async fn run_probes(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            let all = (0..self.zones.len()).map(|z| self.probe(z));
-            futures_util::future::join_all(all).await;
+            self.probe_all().await;
             let any_bad = self
                 .zones
                 .iter()
