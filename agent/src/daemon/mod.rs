@@ -320,6 +320,10 @@ impl State {
             c.rl_cost_ns = cost;
             c.rl_cap_ns = cap;
         }
+        // First-seen events start inline DNSBL lookups; nothing else needs them.
+        if s.dnsbl.as_ref().is_some_and(|d| d.inline) {
+            c.flags |= FLAG_FIRST_SEEN;
+        }
         c.set_events_per_sec(s.events_per_second);
         self.filter.set_config(c)?;
         let ports = s.ports.clone();
