@@ -470,6 +470,18 @@ fn inline_listing_drops_the_next_syn() {
             .any(|l| l.contains("198.all.test") || l.contains("192.all.test")),
         "{q:?}"
     );
+    // The CLI says it too.
+    let status = d.cli_ok(&["status"]);
+    assert!(
+        status.contains("zone all.test: quarantined (lists the test point 127.0.0.1"),
+        "{status}"
+    );
+    assert!(status.contains("zone bl.test: healthy"), "{status}");
+    let check = d.cli_ok(&["check", &listed.to_string()]);
+    assert!(
+        check.contains("DNSBL score 3 (bl.test=127.0.0.2): listed, reject at first contact"),
+        "{check}"
+    );
     let m = d.metrics_text();
     for want in [
         "prefilter_dnsbl_zone_quarantined{zone=\"all.test\"} 1",

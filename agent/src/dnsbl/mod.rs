@@ -102,6 +102,8 @@ struct Zone {
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 type Key = (IpAddr, usize);
+/// An answer and when it stops being valid.
+type Timed = (Answer, Instant);
 
 /// The DNSBL engine; shared by the proxy (per connection) and the inline event reader.
 pub struct Dnsbl {
@@ -109,7 +111,7 @@ pub struct Dnsbl {
     zones: Vec<Zone>,
     resolver: TokioResolver,
     cache: Mutex<HashMap<Key, (Answer, Instant)>>,
-    inflight: Mutex<HashMap<Key, Arc<OnceCell<(Answer, Instant)>>>>,
+    inflight: Mutex<HashMap<Key, Arc<OnceCell<Timed>>>>,
     sem: Semaphore,
     metrics: metrics::Metrics,
     learner: OnceLock<mpsc::Sender<Learned>>,

@@ -87,7 +87,8 @@ fn site_syntax_as_postscreen_writes_it() {
 
 #[test]
 fn bad_site_specs_say_what_is_wrong() {
-    let bad: [(&str, fn(&SiteError) -> bool); 7] = [
+    type Expect = fn(&SiteError) -> bool;
+    let bad: [(&str, Expect); 7] = [
         ("", |e| *e == SiteError::NoDomain),
         ("=127.0.0.2", |e| *e == SiteError::NoDomain),
         ("zen.spamhaus.org*x", |e| {
