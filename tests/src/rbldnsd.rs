@@ -42,7 +42,7 @@ impl Rbldnsd {
     /// Starts rbldnsd on 127.0.0.1 of namespace `netns` (or of the host with `None`) on a free
     /// port, serving `zones`; returns once it answers.
     pub fn start(netns: Option<&str>, zones: &[Zone<'_>]) -> Self {
-        let dir = PathBuf::from(format!("/tmp/{}", unique("pfdnr")));
+        let dir = PathBuf::from(format!("/tmp/{}", unique("pfdn")));
         fs::create_dir(&dir).expect("rbldnsd dir");
         // rbldnsd refuses to run as root: it runs as `rbldns`, which must read the data and
         // write the query log here.
