@@ -554,3 +554,49 @@ fn proxy_section() {
     assert_eq!(e.errors[0].key, "proxy.backends", "{e}");
     assert_eq!(e.errors[0].line, Some(3), "{e}");
 }
+
+#[test]
+fn dnsbl_and_escalation() {
+    let base = "[xdp]\ninterfaces = [\"eth0\"]\n";
+    // A postscreen site list pasted as one string, postscreen's defaults elsewhere; inline
+    // because there is no proxy.
+    let c = parse(&format!(
+        "{base}[dnsbl]\nsites = [\"zen.spamhaus.org=127.0.0.[2..11]*3, list.dnswl.org=127.0.[0..255].[1..3]*-2\"]\n\
+         [escalation]\n"
+    ))
+    .unwrap();
+    let d = c.dnsbl.unwrap();
+    assert_eq!(d.sites.len(), 2);
+    assert_eq!(d.sites[1].weight, -2);
+    assert_eq!((d.threshold, d.allowlist_threshold), (1, 0));
+    assert_eq!((d.action, d.repeat_action), (Action::Reject, Some(Action::Drop)));
+    assert_eq!(d.nameservers, vec!["127.0.0.1:53".parse().unwrap()]);
+    assert_eq!(d.ports, vec![25], "submission ports are not judged unless listed");
+    assert!(d.inline);
+    let e = c.escalation.unwrap();
+    assert_eq!((e.after, e.within.as_secs(), e.action), (5, 600, Action::Drop));
+    // With a proxy, lookups start from the proxy.
+    let c = parse(&format!(
+        "{base}[proxy]\nbackends = [\"127.0.0.1:10025\"]\n[dnsbl]\nsites = [\"bl.example\"]\nrepeat_action = \"none\"\nnameservers = [\"192.0.2.53\"]\n"
+    ))
+    .unwrap();
+    let d = c.dnsbl.unwrap();
+    assert!(!d.inline);
+    assert_eq!(d.repeat_action, None);
+    assert_eq!(d.nameservers, vec!["192.0.2.53:53".parse().unwrap()]);
+    // Every bad value named by key and line in one run.
+    let e = parse(&format!(
+        "{base}[dnsbl]\nsites = []\nmin_ttl = 600\nmax_ttl = 60\naction = \"bounce\"\nports = [0]\n[escalation]\nafter = 0\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        ":4: dnsbl.sites: at least one site",
+        ":6: dnsbl.max_ttl: 60s is below min_ttl",
+        ":7: dnsbl.action: \"bounce\" is not an action",
+        ":8: dnsbl.ports[0]",
+        ":10: escalation.after",
+    ] {
+        assert!(e.contains(want), "{want:?} not in\n{e}");
+    }
+}
