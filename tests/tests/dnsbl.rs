@@ -492,6 +492,44 @@ fn inline_listing_drops_the_next_syn() {
     }
 }
 
+/// `max_ttl` clamps the listing's TTL (120 s in the zone, 3 s here); once it passed, the
+/// kernel lets the client in again and `check` no longer reports the stale entry, which stays
+/// in the LRU map until evicted.
+#[test]
+fn listing_expires_with_the_clamped_ttl() {
+    require_root();
+    let lab = Lab::new();
+    let rbl = Rbldnsd::start(Some(&lab.mx.name), &zones());
+    let mut d = Daemon::prepare(&lab.mx, &lab.mx_if);
+    let tail = inline_tail(&rbl)
+        .replace("min_ttl = 60", "min_ttl = 1")
+        .replace("max_ttl = 300", "max_ttl = 3");
+    d.write_config(&d.config_text(daemon::DEFAULT_XDP, &tail));
+    d.start();
+    let listener = Listener::start(&lab.mx);
+    let listed = IpAddr::V4(daemon::BLOCKED4);
+    poll(Duration::from_secs(10), || {
+        (d.status()["dnsbl"]["zones"][0]["state"] == "healthy").then_some(())
+    })
+    .expect("bl.test probed");
+    lab.assert_connects(&listener, listed, "first contact");
+    let c = poll(Duration::from_secs(10), || {
+        let c = d.check(&listed.to_string());
+        c["dynamic"].is_object().then_some(c)
+    })
+    .unwrap_or_else(|| panic!("no dynamic verdict; log:\n{}", d.log()));
+    let left = c["dynamic"]["expires_boottime_ns"].as_u64().unwrap() as i64 - boottime_ns() as i64;
+    assert!(
+        (0..=3_100_000_000).contains(&left),
+        "expiry in {left} ns, want at most max_ttl = 3 s"
+    );
+    std::thread::sleep(Duration::from_nanos(left as u64) + Duration::from_millis(300));
+    let c = d.check(&listed.to_string());
+    assert!(c["dynamic"].is_null(), "expired entry still reported: {c}");
+    assert_eq!(c["verdict"], "pass", "{c}");
+    lab.assert_connects(&listener, listed, "the expired verdict no longer applies");
+}
+
 /// Sends `n` spoofed SYNs from random 240.0.0.0/4 sources to the MX's port 25 through the
 /// client's veth (AF_PACKET), bounded in count and time; returns how many were sent.
 fn spoofed_syn_flood(lab: &Lab, n: u64, within: Duration) -> u64 {

@@ -569,12 +569,22 @@ fn dnsbl_and_escalation() {
     assert_eq!(d.sites.len(), 2);
     assert_eq!(d.sites[1].weight, -2);
     assert_eq!((d.threshold, d.allowlist_threshold), (1, 0));
-    assert_eq!((d.action, d.repeat_action), (Action::Reject, Some(Action::Drop)));
+    assert_eq!(
+        (d.action, d.repeat_action),
+        (Action::Reject, Some(Action::Drop))
+    );
     assert_eq!(d.nameservers, vec!["127.0.0.1:53".parse().unwrap()]);
-    assert_eq!(d.ports, vec![25], "submission ports are not judged unless listed");
+    assert_eq!(
+        d.ports,
+        vec![25],
+        "submission ports are not judged unless listed"
+    );
     assert!(d.inline);
     let e = c.escalation.unwrap();
-    assert_eq!((e.after, e.within.as_secs(), e.action), (5, 600, Action::Drop));
+    assert_eq!(
+        (e.after, e.within.as_secs(), e.action),
+        (5, 600, Action::Drop)
+    );
     // With a proxy, lookups start from the proxy.
     let c = parse(&format!(
         "{base}[proxy]\nbackends = [\"127.0.0.1:10025\"]\n[dnsbl]\nsites = [\"bl.example\"]\nrepeat_action = \"none\"\nnameservers = [\"192.0.2.53\"]\n"
