@@ -610,3 +610,31 @@ fn dnsbl_and_escalation() {
         assert!(e.contains(want), "{want:?} not in\n{e}");
     }
 }
+
+/// The commented [dnsbl] and [escalation] examples of deploy/prefilter.toml are valid when
+/// uncommented, so an administrator can start from them.
+#[test]
+fn deploy_dnsbl_example_parses_when_uncommented() {
+    let text = include_str!("../../../deploy/prefilter.toml");
+    let mut out = String::new();
+    let mut on = false;
+    for line in text.lines() {
+        if line == "#[dnsbl]" || line == "#[escalation]" {
+            on = true;
+        } else if line.is_empty() {
+            on = false;
+        }
+        match line.strip_prefix('#') {
+            Some(l) if on && !l.starts_with(' ') => out.push_str(l),
+            Some(l) if on && (l.starts_with("  \"") || l == "]") => out.push_str(l),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    let c = Config::parse(&out, Path::new("prefilter.toml"), &|_| true)
+        .unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let d = c.dnsbl.expect("[dnsbl] uncommented");
+    assert_eq!(d.sites.len(), 7);
+    assert_eq!((d.threshold, d.allowlist_threshold), (3, -1));
+    assert!(c.escalation.is_some());
+}
