@@ -196,7 +196,7 @@ fn refusals() {
         Case {
             name: "unknown section",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\n\n[metric]\nlisten = \"\"\n",
-            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `proxy`, `block`, `allow`")],
+            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `proxy`, `dnsbl`, `escalation`, `block`, `allow`")],
         },
         Case {
             name: "unknown key in a list",
