@@ -245,6 +245,9 @@ pub struct Status {
     /// Non-zero (reason, action) counters of judged traffic.
     pub counters: Vec<Counter>,
     pub events: EventCounts,
+    /// `[dnsbl]` zones and their health, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnsbl: Option<DnsblStatus>,
     /// Added by `prefilter status --verify --json`, never by the daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verify>,
@@ -317,6 +320,53 @@ pub struct Check {
     pub judged_ports: Vec<u16>,
     pub matches: Vec<CheckMatch>,
     pub dynamic: Option<Dynamic>,
+    /// The cached DNSBL score, when every healthy zone has an answer cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnsbl: Option<DnsblScore>,
+}
+
+/// A DNSBL score as `check` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsblScore {
+    pub score: i32,
+    /// `zone=answer` of the matching entries with a positive weight.
+    pub listed: Vec<String>,
+    /// `zone=answer` of the matching entries with a negative weight.
+    pub allowed_by: Vec<String>,
+    /// The first-contact action when the score reached the threshold.
+    pub verdict: Option<String>,
+    pub allowlisted: bool,
+}
+
+impl From<crate::dnsbl::Score> for DnsblScore {
+    fn from(s: crate::dnsbl::Score) -> Self {
+        Self {
+            score: s.score,
+            listed: s.listed,
+            allowed_by: s.allowed_by,
+            verdict: s.verdict.map(|a| a.to_string()),
+            allowlisted: s.allowlisted,
+        }
+    }
+}
+
+/// DNSBL state in `status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsblStatus {
+    /// Lookups start from XDP first-seen events (no proxy).
+    pub inline: bool,
+    pub zones: Vec<DnsblZone>,
+    pub cache_entries: usize,
+}
+
+/// One DNSBL zone's health.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsblZone {
+    pub zone: String,
+    /// `unknown` (not probed yet), `healthy` or `quarantined`.
+    pub state: String,
+    /// Why it is quarantined.
+    pub note: String,
 }
 
 /// A store entry covering the checked address.

@@ -96,6 +96,10 @@ pub struct Config {
     pub metrics: Metrics,
     /// `[proxy]`; `None` when the section is absent (no proxy runs).
     pub proxy: Option<Proxy>,
+    /// `[dnsbl]`; `None` when the section is absent (no lookups).
+    pub dnsbl: Option<Dnsbl>,
+    /// `[escalation]`; `None` when the section is absent (no promotion).
+    pub escalation: Option<Escalation>,
     /// Every `[[block]]` then every `[[allow]]`, each in file order.
     pub lists: Vec<ListDef>,
 }
@@ -234,6 +238,52 @@ pub struct Limits {
 pub struct Metrics {
     /// Prometheus listener; `None` when disabled.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[dnsbl]`: DNSBL scoring as postscreen does it (postscreen_dnsbl_* parameters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dnsbl {
+    /// `postscreen_dnsbl_sites` entries, in file order.
+    pub sites: Vec<crate::dnsbl::Site>,
+    /// Block at this score or above (postscreen_dnsbl_threshold).
+    pub threshold: i32,
+    /// Allowlist at this score or below when negative (postscreen_dnsbl_allowlist_threshold).
+    pub allowlist_threshold: i32,
+    /// What a listed client gets at first contact (the proxy answers it).
+    pub action: Action,
+    /// What the kernel's dynamic map holds for the rest of the listing's TTL; `None` = nothing.
+    pub repeat_action: Option<Action>,
+    /// Resolvers asked, in order; never /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Per query attempt.
+    pub timeout: std::time::Duration,
+    /// Query attempts per lookup.
+    pub attempts: u32,
+    /// Answer TTLs (positive and negative) are clamped to `min_ttl..=max_ttl`.
+    pub min_ttl: std::time::Duration,
+    pub max_ttl: std::time::Duration,
+    /// DNS queries in flight at most.
+    pub concurrency: u32,
+    /// (address, zone) answers cached at most.
+    pub cache_size: u32,
+    /// How often each zone's RFC 5782 test points are probed.
+    pub probe_interval: std::time::Duration,
+    /// Destination ports whose clients are judged (submission ports are not, unless listed).
+    pub ports: Vec<u16>,
+    /// Lookups start from XDP first-seen events (completed handshakes), not from the proxy.
+    pub inline: bool,
+}
+
+/// `[escalation]`: an address refused more than `after` times within `within` gets `action`
+/// in XDP for `ttl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    pub after: u32,
+    pub within: std::time::Duration,
+    pub action: Action,
+    pub ttl: std::time::Duration,
+    /// Addresses tracked at most (memory bound).
+    pub max_tracked: u32,
 }
 
 /// `[proxy]`: the SMTP proxy in front of the content filter.
@@ -403,6 +453,8 @@ impl Config {
             xdp: v.xdp(raw.xdp, iface_exists),
             limits: v.limits(raw.limits),
             metrics: v.metrics(raw.metrics),
+            dnsbl: raw.dnsbl.map(|d| v.dnsbl(d, raw.proxy.is_some())),
+            escalation: raw.escalation.map(|e| v.escalation(e)),
             proxy: raw.proxy.map(|p| v.proxy(p)),
             lists: v.lists(raw.block, raw.allow, base),
         };
@@ -460,6 +512,8 @@ struct RawFile {
     limits: RawLimits,
     metrics: RawMetrics,
     proxy: Option<RawProxy>,
+    dnsbl: Option<RawDnsbl>,
+    escalation: Option<RawEscalation>,
     block: Vec<RawBlock>,
     allow: Vec<RawAllow>,
 }
@@ -634,6 +688,77 @@ impl Default for RawProxy {
             max_connections: 1000,
             // Postfix's smtpd_client_connection_count_limit default is 50; bots open many.
             max_per_client: 20,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDnsbl {
+    sites: Vec<String>,
+    threshold: i64,
+    allowlist_threshold: i64,
+    action: String,
+    repeat_action: String,
+    nameservers: Vec<String>,
+    timeout: i64,
+    attempts: i64,
+    min_ttl: i64,
+    max_ttl: i64,
+    concurrency: i64,
+    cache_size: i64,
+    probe_interval: i64,
+    ports: Vec<i64>,
+    inline: Option<bool>,
+}
+
+impl Default for RawDnsbl {
+    fn default() -> Self {
+        Self {
+            sites: Vec::new(),
+            // postscreen's defaults.
+            threshold: 1,
+            allowlist_threshold: 0,
+            // A permanent 554 naming the list: what postscreen's "enforce" answers.
+            action: "reject".into(),
+            // Only bots come back after a 554: their next SYN stops in XDP.
+            repeat_action: "drop".into(),
+            // A local recursive resolver: DNSBLs such as Spamhaus refuse public ones.
+            nameservers: vec!["127.0.0.1:53".into()],
+            timeout: 2,
+            attempts: 2,
+            // postscreen_dnsbl_min_ttl and postscreen_dnsbl_max_ttl.
+            min_ttl: 60,
+            max_ttl: 3600,
+            concurrency: 100,
+            cache_size: 100_000,
+            probe_interval: 300,
+            // Submission ports carry authenticated users on dynamic (PBL-listed) addresses.
+            ports: vec![25],
+            inline: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEscalation {
+    after: i64,
+    within: i64,
+    action: String,
+    ttl: i64,
+    max_tracked: i64,
+}
+
+impl Default for RawEscalation {
+    fn default() -> Self {
+        Self {
+            // A real MTA retries a 4xx a few times an hour; a bot reconnects at once.
+            after: 5,
+            within: 600,
+            action: "drop".into(),
+            ttl: 3600,
+            max_tracked: 65_536,
         }
     }
 }
@@ -906,6 +1031,122 @@ impl Validator<'_> {
             }
         };
         Metrics { listen }
+    }
+
+    fn dnsbl(&mut self, r: RawDnsbl, have_proxy: bool) -> Dnsbl {
+        let mut sites = Vec::new();
+        if r.sites.is_empty() {
+            self.err(
+                "dnsbl.sites",
+                "at least one site is required, such as \"zen.spamhaus.org=127.0.0.[2..11]*3\"",
+            );
+        }
+        for (i, text) in r.sites.iter().enumerate() {
+            let key = format!("dnsbl.sites[{i}]");
+            for got in crate::dnsbl::site::parse_sites(text) {
+                match got {
+                    Ok(s) => sites.push(s),
+                    Err((spec, e)) => self.err(&key, format!("{spec:?}: {e}")),
+                }
+            }
+        }
+        let threshold = self.signed("dnsbl.threshold", r.threshold, 1, 1000);
+        let allowlist_threshold =
+            self.signed("dnsbl.allowlist_threshold", r.allowlist_threshold, -1000, 0);
+        let action = self.choice("dnsbl.action", &r.action, "an action", &ACTION_NAMES);
+        let repeat_action = if r.repeat_action == "none" {
+            None
+        } else {
+            Some(self.choice(
+                "dnsbl.repeat_action",
+                &r.repeat_action,
+                "an action (or \"none\")",
+                &ACTION_NAMES,
+            ))
+        };
+        if r.nameservers.is_empty() {
+            self.err(
+                "dnsbl.nameservers",
+                "at least one nameserver is required, such as \"127.0.0.1:53\"",
+            );
+        }
+        let mut nameservers = Vec::new();
+        for (i, n) in r.nameservers.iter().enumerate() {
+            match crate::dnsbl::parse_nameserver(n) {
+                Some(a) => nameservers.push(a),
+                None => self.err(
+                    &format!("dnsbl.nameservers[{i}]"),
+                    format!("{n:?} is not an address or address:port such as \"127.0.0.1:53\""),
+                ),
+            }
+        }
+        let secs = |v: &mut Self, key: &str, n: i64, lo: u32, hi: u32| {
+            std::time::Duration::from_secs(v.int(key, n, lo, hi).into())
+        };
+        let min_ttl = secs(self, "dnsbl.min_ttl", r.min_ttl, 1, 86_400);
+        let max_ttl = secs(self, "dnsbl.max_ttl", r.max_ttl, 1, 7 * 86_400);
+        if max_ttl < min_ttl {
+            self.err(
+                "dnsbl.max_ttl",
+                format!(
+                    "{}s is below min_ttl ({}s)",
+                    max_ttl.as_secs(),
+                    min_ttl.as_secs()
+                ),
+            );
+        }
+        let mut ports = Vec::new();
+        for (i, &p) in r.ports.iter().enumerate() {
+            match u16::try_from(p) {
+                Ok(p) if p != 0 && !ports.contains(&p) => ports.push(p),
+                _ => self.err(
+                    &format!("dnsbl.ports[{i}]"),
+                    format!("{p} is not a port (1-65535) or is listed twice"),
+                ),
+            }
+        }
+        Dnsbl {
+            sites,
+            threshold,
+            allowlist_threshold,
+            action,
+            repeat_action,
+            nameservers,
+            timeout: secs(self, "dnsbl.timeout", r.timeout, 1, 60),
+            attempts: self.int("dnsbl.attempts", r.attempts, 1, 10),
+            min_ttl,
+            max_ttl,
+            concurrency: self.int("dnsbl.concurrency", r.concurrency, 1, 10_000),
+            cache_size: self.int("dnsbl.cache_size", r.cache_size, 1, 10_000_000),
+            probe_interval: secs(self, "dnsbl.probe_interval", r.probe_interval, 1, 86_400),
+            ports,
+            // Without a proxy, nothing else would start a lookup.
+            inline: r.inline.unwrap_or(!have_proxy),
+        }
+    }
+
+    fn escalation(&mut self, r: RawEscalation) -> Escalation {
+        let secs = |v: &mut Self, key: &str, n: i64, hi: u32| {
+            std::time::Duration::from_secs(v.int(key, n, 1, hi).into())
+        };
+        Escalation {
+            after: self.int("escalation.after", r.after, 1, 1_000_000),
+            within: secs(self, "escalation.within", r.within, 86_400),
+            action: self.choice("escalation.action", &r.action, "an action", &ACTION_NAMES),
+            ttl: secs(self, "escalation.ttl", r.ttl, 7 * 86_400),
+            max_tracked: self.int("escalation.max_tracked", r.max_tracked, 1, 10_000_000),
+        }
+    }
+
+    /// A signed `v` within `lo..=hi`, else an error and `lo`.
+    fn signed(&mut self, key: &str, v: i64, lo: i32, hi: i32) -> i32 {
+        match i32::try_from(v) {
+            Ok(x) if (lo..=hi).contains(&x) => x,
+            _ => {
+                self.err(key, format!("{v} is out of range ({lo} to {hi})"));
+                lo
+            }
+        }
     }
 
     fn proxy(&mut self, r: RawProxy) -> Proxy {

@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dnsbl;
 pub mod http;
 pub mod policy;
 pub mod proxy;

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod netns;
 pub mod packet;
 pub mod postfix;
+pub mod rbldnsd;
 pub mod reference;
 
 /// Whether we run as root.

@@ -408,6 +408,24 @@ fn check(client: &Client, out: &mut Out, ip: &str, json_out: bool) -> Result<(),
     if let Some(d) = &v.dynamic {
         out.line(format_args!("  dynamic verdict: {}", d.action))?;
     }
+    if let Some(s) = &v.dnsbl {
+        let mut hits = s.listed.clone();
+        hits.extend(s.allowed_by.iter().cloned());
+        out.line(format_args!(
+            "  DNSBL score {}{}{}{}",
+            s.score,
+            if hits.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", hits.join(", "))
+            },
+            s.verdict
+                .as_deref()
+                .map(|a| format!(": listed, {a} at first contact"))
+                .unwrap_or_default(),
+            if s.allowlisted { ": allowlisted" } else { "" },
+        ))?;
+    }
     Ok(())
 }
 
@@ -464,6 +482,25 @@ fn status(client: &Client, out: &mut Out, json_out: bool, verify: bool) -> Resul
             "  list {} ({} {}, id {}): {} entries",
             l.name, origin, kind, l.id, l.entries
         ))?;
+    }
+    if let Some(d) = &v.dnsbl {
+        out.line(format_args!(
+            "  DNSBL ({} mode): {} cached answers",
+            if d.inline { "inline" } else { "proxy" },
+            d.cache_entries
+        ))?;
+        for z in &d.zones {
+            out.line(format_args!(
+                "    zone {}: {}{}",
+                z.zone,
+                z.state,
+                if z.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", z.note)
+                }
+            ))?;
+        }
     }
     for c in &v.counters {
         out.line(format_args!(

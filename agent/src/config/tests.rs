@@ -196,7 +196,7 @@ fn refusals() {
         Case {
             name: "unknown section",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\n\n[metric]\nlisten = \"\"\n",
-            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `proxy`, `block`, `allow`")],
+            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `proxy`, `dnsbl`, `escalation`, `block`, `allow`")],
         },
         Case {
             name: "unknown key in a list",
@@ -553,4 +553,88 @@ fn proxy_section() {
     let e = parse(&format!("{base}[proxy]\n")).unwrap_err();
     assert_eq!(e.errors[0].key, "proxy.backends", "{e}");
     assert_eq!(e.errors[0].line, Some(3), "{e}");
+}
+
+#[test]
+fn dnsbl_and_escalation() {
+    let base = "[xdp]\ninterfaces = [\"eth0\"]\n";
+    // A postscreen site list pasted as one string, postscreen's defaults elsewhere; inline
+    // because there is no proxy.
+    let c = parse(&format!(
+        "{base}[dnsbl]\nsites = [\"zen.spamhaus.org=127.0.0.[2..11]*3, list.dnswl.org=127.0.[0..255].[1..3]*-2\"]\n\
+         [escalation]\n"
+    ))
+    .unwrap();
+    let d = c.dnsbl.unwrap();
+    assert_eq!(d.sites.len(), 2);
+    assert_eq!(d.sites[1].weight, -2);
+    assert_eq!((d.threshold, d.allowlist_threshold), (1, 0));
+    assert_eq!(
+        (d.action, d.repeat_action),
+        (Action::Reject, Some(Action::Drop))
+    );
+    assert_eq!(d.nameservers, vec!["127.0.0.1:53".parse().unwrap()]);
+    assert_eq!(
+        d.ports,
+        vec![25],
+        "submission ports are not judged unless listed"
+    );
+    assert!(d.inline);
+    let e = c.escalation.unwrap();
+    assert_eq!(
+        (e.after, e.within.as_secs(), e.action),
+        (5, 600, Action::Drop)
+    );
+    // With a proxy, lookups start from the proxy.
+    let c = parse(&format!(
+        "{base}[proxy]\nbackends = [\"127.0.0.1:10025\"]\n[dnsbl]\nsites = [\"bl.example\"]\nrepeat_action = \"none\"\nnameservers = [\"192.0.2.53\"]\n"
+    ))
+    .unwrap();
+    let d = c.dnsbl.unwrap();
+    assert!(!d.inline);
+    assert_eq!(d.repeat_action, None);
+    assert_eq!(d.nameservers, vec!["192.0.2.53:53".parse().unwrap()]);
+    // Every bad value named by key and line in one run.
+    let e = parse(&format!(
+        "{base}[dnsbl]\nsites = []\nmin_ttl = 600\nmax_ttl = 60\naction = \"bounce\"\nports = [0]\n[escalation]\nafter = 0\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        ":4: dnsbl.sites: at least one site",
+        ":6: dnsbl.max_ttl: 60s is below min_ttl",
+        ":7: dnsbl.action: \"bounce\" is not an action",
+        ":8: dnsbl.ports[0]",
+        ":10: escalation.after",
+    ] {
+        assert!(e.contains(want), "{want:?} not in\n{e}");
+    }
+}
+
+/// The commented [dnsbl] and [escalation] examples of deploy/prefilter.toml are valid when
+/// uncommented, so an administrator can start from them.
+#[test]
+fn deploy_dnsbl_example_parses_when_uncommented() {
+    let text = include_str!("../../../deploy/prefilter.toml");
+    let mut out = String::new();
+    let mut on = false;
+    for line in text.lines() {
+        if line == "#[dnsbl]" || line == "#[escalation]" {
+            on = true;
+        } else if line.is_empty() {
+            on = false;
+        }
+        match line.strip_prefix('#') {
+            Some(l) if on && !l.starts_with(' ') => out.push_str(l),
+            Some(l) if on && (l.starts_with("  \"") || l == "]") => out.push_str(l),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    let c = Config::parse(&out, Path::new("prefilter.toml"), &|_| true)
+        .unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let d = c.dnsbl.expect("[dnsbl] uncommented");
+    assert_eq!(d.sites.len(), 7);
+    assert_eq!((d.threshold, d.allowlist_threshold), (3, -1));
+    assert!(c.escalation.is_some());
 }

@@ -99,6 +99,9 @@ pub fn registry(d: Daemon) -> Registry {
     if d.lock().settings.proxy.is_some() {
         crate::proxy::register(&r);
     }
+    if let Some(dn) = d.dnsbl() {
+        dn.register(&r);
+    }
     let _ = r.register(Box::new(DaemonCollector {
         d,
         descs: Families::new().descs(),
@@ -410,6 +413,11 @@ pub fn status(d: &Daemon) -> api::Status {
             sent: event(counters::EVENTS_SENT),
             lost: event(counters::EVENTS_LOST),
         },
+        dnsbl: d.dnsbl().map(|dn| api::DnsblStatus {
+            inline: dn.config().inline,
+            zones: dn.zones(),
+            cache_entries: dn.cache_len(),
+        }),
         verify: None,
     }
 }

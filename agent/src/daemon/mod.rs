@@ -2,6 +2,7 @@
 //! serves the control socket and the metrics endpoint.
 
 mod control;
+mod escalation;
 mod events;
 pub mod learned;
 mod metrics;
@@ -176,6 +177,10 @@ pub struct Daemon {
     events: broadcast::Sender<events::EventJson>,
     expiry_wake: Arc<tokio::sync::Notify>,
     learned: broadcast::Sender<learned::Learned>,
+    /// `[dnsbl]`, when configured.
+    dnsbl: Option<Arc<crate::dnsbl::Dnsbl>>,
+    /// `[escalation]`, when configured.
+    escalation: Option<Arc<escalation::Escalation>>,
 }
 
 fn mode_name(m: Option<XdpMode>) -> &'static str {
@@ -209,6 +214,13 @@ fn as_seen(ip: IpAddr) -> IpAddr {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// A dynamic entry that still applies: the kernel ignores one whose expiry passed (it stays
+/// in the LRU map until evicted), so readers must too.
+fn live(d: prefilter_common::dynamic::DynVerdict) -> Option<prefilter_common::dynamic::DynVerdict> {
+    (d.action != action::NONE && (d.expires_ns == 0 || d.expires_ns > learned::boottime_ns()))
+        .then_some(d)
 }
 
 /// Takes back changes already applied to the tables (best effort: they were accepted once).
@@ -307,6 +319,10 @@ impl State {
             c.flags |= FLAG_RATELIMIT;
             c.rl_cost_ns = cost;
             c.rl_cap_ns = cap;
+        }
+        // First-seen events start inline DNSBL lookups; nothing else needs them.
+        if s.dnsbl.as_ref().is_some_and(|d| d.inline) {
+            c.flags |= FLAG_FIRST_SEEN;
         }
         c.set_events_per_sec(s.events_per_second);
         self.filter.set_config(c)?;
@@ -408,6 +424,12 @@ impl Daemon {
     /// The latest published summary.
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()
+    }
+
+    /// The DNSBL engine when `[dnsbl]` is configured. `score(ip)` also puts a listed
+    /// address's `repeat_action` into the kernel's dynamic map.
+    pub fn dnsbl(&self) -> Option<Arc<crate::dnsbl::Dnsbl>> {
+        self.dnsbl.clone()
     }
 
     /// The kernel maps, read without the writer.
@@ -702,6 +724,11 @@ impl Daemon {
         })?;
         let mut st = self.lock();
         let old = std::mem::replace(&mut st.settings, new);
+        if old.dnsbl != st.settings.dnsbl || old.escalation != st.settings.escalation {
+            warn!(
+                "[dnsbl] or [escalation] changed: they keep their settings until the next restart"
+            );
+        }
         if old.proxy != st.settings.proxy {
             // Listeners and sessions are not moved under a running proxy.
             warn!("[proxy] changed: the running proxy keeps its settings until the next restart");
@@ -811,7 +838,7 @@ impl Daemon {
                 list: list(),
             };
         }
-        if let Some(d) = kernel.dynamic(&key).filter(|d| d.action != action::NONE) {
+        if let Some(d) = kernel.dynamic(&key).and_then(live) {
             return Verdict {
                 decision: decide(d.action),
                 list: Some("dynamic".to_owned()),
@@ -837,7 +864,7 @@ impl Daemon {
         let matches = self.store().explain(ip);
         let kernel = self.kernel();
         let (table, key) = kernel.lookup(ip);
-        let dynamic = kernel.dynamic(&key);
+        let dynamic = kernel.dynamic(&key).and_then(live);
         let act = verdict::action(table);
         let view = self.view();
         let list = view.list_name(verdict::list_id(table)).map(str::to_owned);
@@ -846,7 +873,7 @@ impl Daemon {
                 "pass",
                 format!("allowlisted by list {}", list.as_deref().unwrap_or("?")),
             )
-        } else if let Some(d) = dynamic.filter(|d| d.action != action::NONE) {
+        } else if let Some(d) = dynamic {
             (
                 action::NAMES[d.action as usize],
                 "dynamic verdict".to_owned(),
@@ -886,6 +913,11 @@ impl Daemon {
                 action: action::NAMES[d.action as usize].to_owned(),
                 expires_boottime_ns: d.expires_ns,
             }),
+            dnsbl: self
+                .dnsbl
+                .as_ref()
+                .and_then(|dn| dn.cached_score(ip))
+                .map(api::DnsblScore::from),
         }
     }
 }
@@ -985,6 +1017,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let socket = st.settings.socket.clone();
     let group = st.settings.socket_group.clone();
     let metrics_addr = st.settings.metrics;
+    let dnsbl_cfg = st.settings.dnsbl.clone();
+    let escalation_cfg = st.settings.escalation.clone();
     let (events_tx, _) = broadcast::channel(4096);
     let view = st.view(&read(&store));
     let d = Daemon {
@@ -995,6 +1029,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         events: events_tx,
         expiry_wake: Arc::new(tokio::sync::Notify::new()),
         learned: broadcast::channel(1024).0,
+        dnsbl: dnsbl_cfg.map(|c| Arc::new(crate::dnsbl::Dnsbl::new(c))),
+        escalation: escalation_cfg.map(|c| Arc::new(escalation::Escalation::new(c))),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -1024,6 +1060,22 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(events::forward_logs(l, stop_rx.clone())));
     }
     tasks.push(tokio::spawn(expiry_loop(d.clone(), stop_rx.clone())));
+    if let Some(dn) = d.dnsbl() {
+        let c = dn.config();
+        info!(
+            sites = %c.sites.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" "),
+            threshold = c.threshold,
+            inline = c.inline,
+            "DNSBL scoring on"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        dn.set_learner(tx);
+        tasks.push(tokio::spawn(learn_loop(d.clone(), rx, stop_rx.clone())));
+        tasks.push(tokio::spawn(dn.clone().run_probes(stop_rx.clone())));
+        if c.inline {
+            tasks.push(tokio::spawn(inline_dnsbl(d.clone(), dn, stop_rx.clone())));
+        }
+    }
     let proxy_cfg = d.lock().settings.proxy.clone();
     let mut proxy_task = None;
     if let Some(p) = proxy_cfg {
@@ -1074,6 +1126,65 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 impl crate::proxy::Verdicts for Daemon {
     fn verdict(&self, ip: IpAddr) -> crate::proxy::Verdict {
         self.proxy_verdict(ip)
+    }
+}
+
+/// Puts DNSBL listings into the kernel's dynamic map, off the lookup's task (the writer may
+/// be held by an import for seconds).
+async fn learn_loop(
+    d: Daemon,
+    mut rx: tokio::sync::mpsc::Receiver<learned::Learned>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let l = tokio::select! {
+            l = rx.recv() => match l { Some(l) => l, None => return },
+            _ = stop.changed() => return,
+        };
+        info!(client = %l.ip, action = %l.action, ttl_secs = l.ttl.as_secs(), reason = %l.reason,
+            "DNSBL listed: XDP verdict learned");
+        let d = d.clone();
+        let ip = l.ip;
+        match tokio::task::spawn_blocking(move || d.learn(l)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(client = %ip, "DNSBL listing not applied: {e}"),
+            Err(e) => warn!(client = %ip, "DNSBL listing not applied: {e}"),
+        }
+    }
+}
+
+/// Inline mode (no proxy): a lookup for each first-seen event of the XDP program, which
+/// fires on the client's first ACK to a judged port, never on a bare SYN, so spoofed sources
+/// cause no query.
+async fn inline_dnsbl(d: Daemon, dn: Arc<crate::dnsbl::Dnsbl>, mut stop: watch::Receiver<bool>) {
+    let mut rx = d.events.subscribe();
+    loop {
+        let ev = tokio::select! {
+            r = rx.recv() => match r {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "DNSBL: first-seen events missed (reader too slow)");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        if ev.kind != "first_seen" || !dn.judges_port(ev.port) {
+            continue;
+        }
+        let Ok(ip) = ev.source.parse::<IpAddr>() else {
+            continue;
+        };
+        let (d, dn) = (d.clone(), dn.clone());
+        tokio::spawn(async move {
+            let s = dn.score(ip).await;
+            if s.verdict.is_some() {
+                // The connection is already with the MTA; the listing still counts toward
+                // escalation, and its repeat_action stops the next SYN.
+                d.note_refusal(ip);
+            }
+        });
     }
 }
 

@@ -49,6 +49,10 @@ pub struct Settings {
     pub lists: Vec<ListSpec>,
     /// `[proxy]`; read at start only (a reload keeps the running proxy as it is).
     pub proxy: Option<crate::config::Proxy>,
+    /// `[dnsbl]`; read at start only.
+    pub dnsbl: Option<crate::config::Dnsbl>,
+    /// `[escalation]`; read at start only.
+    pub escalation: Option<crate::config::Escalation>,
 }
 
 /// Whether the interface exists in our network namespace.
@@ -112,6 +116,8 @@ impl From<Config> for Settings {
             metrics: c.metrics.listen,
             lists,
             proxy: c.proxy,
+            dnsbl: c.dnsbl,
+            escalation: c.escalation,
         }
     }
 }
