@@ -261,6 +261,50 @@ pub struct Proxy {
     pub max_connections: u32,
     /// Sessions at once from one address (one IPv6 /64).
     pub max_per_client: u32,
+    /// When a `reject` verdict is answered: at once, or (like postscreen's `enforce`) at
+    /// every RCPT TO after a dummy dialogue that logs the envelope.
+    pub reject_at: RejectAt,
+    /// Reply to each RCPT TO with `reject_at = "rcpt"` (`550 ...`), same placeholders.
+    pub rcpt_reply: String,
+    /// Pregreet test: how long to wait after `220-` for a client that talks first; `None`
+    /// turns the test off.
+    pub greet_wait: Option<std::time::Duration>,
+    /// What a pregreet violator becomes (a dynamic verdict) and is answered.
+    pub greet_action: Action,
+    /// How long that dynamic verdict lasts.
+    pub greet_ttl: std::time::Duration,
+    /// How sessions are spread over the backends.
+    pub balance: Balance,
+}
+
+/// When a `reject` verdict is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectAt {
+    /// `554 5.7.1` instead of the greeting, then close.
+    Connect,
+    /// Greet, accept HELO and MAIL, answer every RCPT TO with `550 5.7.1`, log the envelope.
+    Rcpt,
+}
+
+impl RejectAt {
+    const NAMES: [(RejectAt, &'static str); 2] =
+        [(RejectAt::Connect, "connect"), (RejectAt::Rcpt, "rcpt")];
+}
+
+/// How sessions are spread over the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// The first healthy backend in configured order.
+    Order,
+    /// The healthy backends in turn.
+    RoundRobin,
+}
+
+impl Balance {
+    const NAMES: [(Balance, &'static str); 2] = [
+        (Balance::Order, "order"),
+        (Balance::RoundRobin, "round-robin"),
+    ];
 }
 
 /// A backend as configured: a host (address or name) and a port.
@@ -602,6 +646,53 @@ struct RawProxy {
     shutdown_timeout: i64,
     max_connections: i64,
     max_per_client: i64,
+    reject_at: String,
+    rcpt_reply: String,
+    greet_wait: RawDuration,
+    greet_action: String,
+    greet_ttl: RawDuration,
+    balance: String,
+}
+
+/// A duration as whole seconds (`2`) or text with a unit (`"500ms"`, `"2s"`, `"1h"`).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawDuration {
+    Secs(i64),
+    Text(String),
+}
+
+impl RawDuration {
+    /// Milliseconds, or a message saying what is wrong.
+    fn millis(&self) -> Result<u64, String> {
+        let s = match self {
+            RawDuration::Secs(n) => {
+                return u64::try_from(*n)
+                    .ok()
+                    .and_then(|n| n.checked_mul(1000))
+                    .ok_or_else(|| format!("{n} is not a number of seconds"));
+            }
+            RawDuration::Text(s) => s.trim(),
+        };
+        let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(at);
+        let mult: u64 = match unit {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a duration such as \"500ms\", \"2s\", \"1h\""
+                ));
+            }
+        };
+        num.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .ok_or_else(|| format!("{s:?} is not a duration such as \"500ms\", \"2s\", \"1h\""))
+    }
 }
 
 impl Default for RawProxy {
@@ -634,6 +725,19 @@ impl Default for RawProxy {
             max_connections: 1000,
             // Postfix's smtpd_client_connection_count_limit default is 50; bots open many.
             max_per_client: 20,
+            // Refuse at once: the cheapest answer, and what most sites want from a list.
+            reject_at: "connect".into(),
+            // postscreen's enforce wording.
+            rcpt_reply: "550 5.7.1 Service unavailable; client [{client}] blocked ({list})".into(),
+            // Off: the wait delays every clean client's greeting (postscreen's default is
+            // 6s when on); sites turn it on knowingly.
+            greet_wait: RawDuration::Secs(0),
+            // A bot that talks first is not a real MTA: refuse it for good.
+            greet_action: "reject".into(),
+            // postscreen keeps a pregreet verdict about this long before testing again.
+            greet_ttl: RawDuration::Text("1h".into()),
+            // The first backend takes everything while it is up: a standby stays cold.
+            balance: "order".into(),
         }
     }
 }
@@ -978,6 +1082,7 @@ impl Validator<'_> {
         };
         let tempfail_reply = self.reply("proxy.tempfail_reply", r.tempfail_reply, b'4');
         let reject_reply = self.reply("proxy.reject_reply", r.reject_reply, b'5');
+        let rcpt_reply = self.reply("proxy.rcpt_reply", r.rcpt_reply, b'5');
         let secs = |v: &mut Self, key: &str, n: i64, hi: u32| {
             std::time::Duration::from_secs(v.int(key, n, 1, hi).into())
         };
@@ -998,6 +1103,50 @@ impl Validator<'_> {
             shutdown_timeout: secs(self, "proxy.shutdown_timeout", r.shutdown_timeout, 3600),
             max_connections: self.int("proxy.max_connections", r.max_connections, 1, 1_000_000),
             max_per_client: self.int("proxy.max_per_client", r.max_per_client, 1, 1_000_000),
+            reject_at: self.choice(
+                "proxy.reject_at",
+                &r.reject_at,
+                "a place to reject",
+                &RejectAt::NAMES,
+            ),
+            rcpt_reply,
+            greet_wait: match r.greet_wait.millis() {
+                Ok(0) => None,
+                Ok(ms) if ms <= 60_000 => Some(std::time::Duration::from_millis(ms)),
+                Ok(_) => {
+                    self.err("proxy.greet_wait", "at most 60s (0 turns the test off)");
+                    None
+                }
+                Err(e) => {
+                    self.err("proxy.greet_wait", e);
+                    None
+                }
+            },
+            greet_action: self.choice(
+                "proxy.greet_action",
+                &r.greet_action,
+                "an action for pregreet violators",
+                &ACTION_NAMES[..4],
+            ),
+            greet_ttl: match r.greet_ttl.millis() {
+                Ok(ms) if (1000..=30 * 86_400_000).contains(&ms) => {
+                    std::time::Duration::from_millis(ms)
+                }
+                Ok(_) => {
+                    self.err("proxy.greet_ttl", "from 1s to 30d");
+                    std::time::Duration::from_secs(3600)
+                }
+                Err(e) => {
+                    self.err("proxy.greet_ttl", e);
+                    std::time::Duration::from_secs(3600)
+                }
+            },
+            balance: self.choice(
+                "proxy.balance",
+                &r.balance,
+                "a balance mode",
+                &Balance::NAMES,
+            ),
         }
     }
 
