@@ -21,6 +21,11 @@ const BACKEND: &str = "127.0.0.1:10025";
 
 /// The daemon's `[proxy]` section with the header version `proto`.
 fn proxy_section(proto: &str) -> String {
+    proxy_section_with(proto, 2, "")
+}
+
+/// [`proxy_section`] with `max_per_client` and `extra` lines.
+fn proxy_section_with(proto: &str, max_per_client: u32, extra: &str) -> String {
     format!(
         "[proxy]\n\
          listen = [\"192.0.2.1:25\", \"[2001:db8::1]:25\"]\n\
@@ -29,12 +34,18 @@ fn proxy_section(proto: &str) -> String {
          hostname = \"mx.test\"\n\
          connect_timeout = 2\n\
          shutdown_timeout = 1\n\
-         max_per_client = 2\n"
+         max_per_client = {max_per_client}\n\
+         {extra}"
     )
 }
 
 /// swaks from `src` in the client namespace through the proxy; returns its whole output.
 fn swaks(lab: &Lab, src: IpAddr) -> String {
+    swaks_with(lab, src, &[])
+}
+
+/// [`swaks`] with more arguments (a later `--to` replaces the default one).
+fn swaks_with(lab: &Lab, src: IpAddr, extra: &[&str]) -> String {
     let server = match src {
         IpAddr::V4(_) => MX4.to_string(),
         IpAddr::V6(_) => prefilter_tests::daemon::MX6.to_string(),
@@ -44,7 +55,8 @@ fn swaks(lab: &Lab, src: IpAddr) -> String {
         .args(["--server", &server, "--port", "25"])
         .args(["--local-interface", &src.to_string()])
         .args(["--from", "sender@client.test", "--to", "user@sink.test"])
-        .args(["--helo", "client.test", "--timeout", "20"]);
+        .args(["--helo", "client.test", "--timeout", "20"])
+        .args(extra);
     if src.is_ipv6() {
         c.arg("-6");
     }
@@ -261,5 +273,272 @@ fn proxy_in_front_of_postfix() {
         log.lines()
             .any(|l| l.contains("proxy session") && l.contains("198.51.100.7")),
         "no session line for the rejected client:\n{log}"
+    );
+}
+
+/// The daemon's `proxy session` lines for client address `ip` (v4).
+fn sessions_of(d: &Daemon, ip: IpAddr) -> Vec<String> {
+    let needle = format!("client={ip}:");
+    d.log()
+        .lines()
+        .filter(|l| l.contains("proxy session") && l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits (bounded) for a session line of `ip` that contains every one of `parts`.
+fn wait_session(d: &Daemon, ip: IpAddr, parts: &[&str]) -> String {
+    prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+        sessions_of(d, ip)
+            .into_iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+    })
+    .unwrap_or_else(|| panic!("no session line of {ip} with {parts:?}:\n{}", d.log()))
+}
+
+/// The queue id in swaks' output (`250 2.0.0 Ok: queued as X`).
+fn queue_id(out: &str) -> String {
+    let at = out.find("queued as ").expect("a queued-as reply") + "queued as ".len();
+    out[at..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+#[test]
+fn reject_at_rcpt_logs_the_envelope_and_queue_ids_join_the_logs() {
+    require_root();
+    let lab = Lab::new();
+    let postfix = Postfix::start(&lab.mx, BACKEND);
+    let d = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &proxy_section_with("v2", 2, "reject_at = \"rcpt\"\n"),
+    );
+    d.cli_ok(&["block", "add", &BLOCKED4.to_string(), "--action", "reject"]);
+
+    // A rejected client is greeted, then every recipient is refused; the session line
+    // names the envelope that a list would have refused.
+    let out = swaks_with(
+        &lab,
+        IpAddr::V4(BLOCKED4),
+        &["--to", "first@sink.test,second@sink.test"],
+    );
+    assert!(out.contains("220 mx.test ESMTP"), "{out}");
+    assert_eq!(
+        out.matches("550 5.7.1 Service unavailable; client [198.51.100.7] blocked (cli)")
+            .count(),
+        2,
+        "one 550 per recipient: {out}"
+    );
+    let line = wait_session(
+        &d,
+        IpAddr::V4(BLOCKED4),
+        &[
+            "verdict=reject",
+            "helo=client.test",
+            "mail_from=<sender@client.test>",
+            "rcpt_to=<first@sink.test>,<second@sink.test>",
+        ],
+    );
+    assert!(line.contains("backend=-"), "{line}");
+
+    // A clean client delivers; the queue id Postfix gave is in the session line, and the
+    // same id is in Postfix's log with the client's real address.
+    let out = swaks(&lab, IpAddr::V4(CLEAN4));
+    assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
+    let qid = queue_id(&out);
+    wait_session(
+        &d,
+        IpAddr::V4(CLEAN4),
+        &[&format!("queue_id={qid}"), "verdict=pass"],
+    );
+    assert!(
+        postfix.wait_log(
+            &format!("{qid}: client=unknown[192.0.2.2]"),
+            Duration::from_secs(10)
+        ),
+        "postfix has no {qid} from the client:\n{}",
+        postfix.log()
+    );
+    assert!(
+        !postfix.log().contains("[198.51.100.7]"),
+        "postfix saw the rejected client:\n{}",
+        postfix.log()
+    );
+}
+
+#[test]
+fn pregreet_violators_are_caught_and_learned() {
+    require_root();
+    let lab = Lab::new();
+    let postfix = Postfix::start(&lab.mx, BACKEND);
+    let d = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &proxy_section_with("v2", 2, "greet_wait = \"1s\"\ngreet_ttl = \"10m\"\n"),
+    );
+
+    // A well-behaved client waits for the whole greeting, then delivers.
+    let out = swaks(&lab, IpAddr::V4(CLEAN4));
+    assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
+    assert!(
+        out.contains("220-mx.test ESMTP") && out.contains("220 backend.test ESMTP"),
+        "one multi-line greeting, ours then Postfix's: {out}"
+    );
+
+    // A bot talks first: refused, never relayed.
+    let s = connect(&lab, IpAddr::V4(BIG4));
+    (&s).write_all(b"EHLO bot.test\r\n").unwrap();
+    let mut got = String::new();
+    let _ = std::io::Read::read_to_string(&mut &s, &mut got);
+    assert!(
+        got.starts_with("220-mx.test ESMTP\r\n554 5.7.1 mx.test"),
+        "{got}"
+    );
+    wait_session(
+        &d,
+        IpAddr::V4(BIG4),
+        &[
+            "verdict=pregreet",
+            "end=pregreet: talked before the greeting",
+        ],
+    );
+    // Its next connection meets the learned verdict at once.
+    let (_s, line) = first_line(&lab, IpAddr::V4(BIG4));
+    assert!(line.starts_with("554 5.7.1 mx.test"), "{line}");
+    assert!(line.contains("(dynamic)"), "{line}");
+    let check = d.check(&BIG4.to_string());
+    assert!(
+        check.to_string().contains("dynamic"),
+        "check does not show the learned verdict: {check}"
+    );
+    assert!(
+        !postfix.log().contains("[198.51.100.77]"),
+        "postfix saw the violator:\n{}",
+        postfix.log()
+    );
+
+    // The proxy's metrics, live.
+    let m = d.metrics_text();
+    assert_eq!(metric(&m, "prefilter_proxy_pregreet_violations_total"), 1);
+    assert_eq!(
+        metric(
+            &m,
+            "prefilter_proxy_connections_total{verdict=\"pregreet\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&m, "prefilter_proxy_connections_total{verdict=\"pass\"}"),
+        1
+    );
+    assert!(metric(&m, "prefilter_proxy_bytes_total{direction=\"in\"}") > 0);
+    assert!(metric(&m, "prefilter_proxy_bytes_total{direction=\"out\"}") > 0);
+    assert_eq!(
+        metric(
+            &m,
+            "prefilter_proxy_backend_up{backend=\"127.0.0.1:10025\"}"
+        ),
+        1
+    );
+    assert!(metric(&m, "prefilter_proxy_backend_connect_seconds_count") >= 1);
+    assert!(m.contains("prefilter_proxy_active_sessions "), "{m}");
+    assert!(
+        d.log().contains("open files limit"),
+        "RLIMIT_NOFILE not logged:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn hostile_clients_end_their_own_sessions_and_memory_stays_flat() {
+    require_root();
+    let lab = Lab::new();
+    let postfix = Postfix::start(&lab.mx, BACKEND);
+    let d = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &proxy_section_with("v2", 100, "idle_timeout = 2\n"),
+    );
+    let payloads: [(&str, Vec<u8>); 5] = [
+        (
+            "bad input: command line over 1000 bytes",
+            vec![b'A'; 64 * 1024],
+        ),
+        (
+            "bad input: binary data in a command",
+            b"EHLO \0\x01\x02\x03\r\n".to_vec(),
+        ),
+        (
+            "bad input: PROXY header from the client",
+            b"PROXY TCP4 203.0.113.1 192.0.2.1 1 25\r\n".to_vec(),
+        ),
+        (
+            "bad input: PROXY header from the client",
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\0\x0c".to_vec(),
+        ),
+        // Never sends a byte: the idle timeout ends it.
+        ("idle timeout", Vec::new()),
+    ];
+    let round = || {
+        std::thread::scope(|sc| {
+            for _ in 0..8 {
+                for (_, p) in &payloads {
+                    sc.spawn(|| {
+                        let s = connect(&lab, IpAddr::V4(BIG4));
+                        let mut r = BufReader::new(&s);
+                        let mut greet = String::new();
+                        r.read_line(&mut greet).unwrap();
+                        assert!(greet.starts_with("220 "), "{greet}");
+                        // The proxy may close before all of it is written.
+                        let _ = (&s).write_all(p);
+                        // Closed by the proxy within its bounds (read times out after 20s).
+                        let mut rest = Vec::new();
+                        match std::io::Read::read_to_end(&mut r, &mut rest) {
+                            Ok(_) => {}
+                            Err(e) => assert_ne!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock,
+                                "a hostile session was left open"
+                            ),
+                        }
+                    });
+                }
+            }
+        });
+    };
+    round();
+    let base = d.rss_kib();
+    for _ in 0..6 {
+        round();
+        // Meanwhile a clean client still delivers.
+        let out = swaks(&lab, IpAddr::V4(CLEAN4));
+        assert!(
+            out.contains("250 2.0.0 Ok: queued as"),
+            "{out}\n{}",
+            postfix.log()
+        );
+    }
+    let end = d.rss_kib();
+    eprintln!("daemon RSS after the first round {base} KiB, after six more {end} KiB");
+    assert!(
+        end <= base + 4096,
+        "RSS grew from {base} KiB to {end} KiB over 240 hostile sessions"
+    );
+    let log = d.log();
+    for (why, _) in &payloads {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("proxy session") && l.contains(&format!("end={why}"))),
+            "no session ended with {why:?}:\n{log}"
+        );
+    }
+    assert!(
+        prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+            (metric(&d.metrics_text(), "prefilter_proxy_active_sessions") == 0).then_some(())
+        })
+        .is_some(),
+        "sessions left open"
     );
 }

@@ -761,7 +761,7 @@ async fn session(
     info!(
         session = %id,
         client = %peer,
-        verdict = i.verdict,
+        verdict = %i.verdict,
         list = %or_dash(&i.list),
         score = i.score,
         listed = %join(&i.listed),
