@@ -275,6 +275,11 @@ pub struct Proxy {
     pub greet_ttl: std::time::Duration,
     /// How sessions are spread over the backends.
     pub balance: Balance,
+    /// Implicit TLS listeners (port 465): the client speaks TLS first, so the proxy never
+    /// answers there itself (a refused client is closed) and relays to `smtps_backends`.
+    pub smtps_listen: Vec<SocketAddr>,
+    /// The backend's implicit TLS ports (Postfix smtps, `smtpd_tls_wrappermode = yes`).
+    pub smtps_backends: Vec<Backend>,
 }
 
 /// When a `reject` verdict is answered.
@@ -652,6 +657,8 @@ struct RawProxy {
     greet_action: String,
     greet_ttl: RawDuration,
     balance: String,
+    smtps_listen: Vec<String>,
+    smtps_backends: Vec<String>,
 }
 
 /// A duration as whole seconds (`2`) or text with a unit (`"500ms"`, `"2s"`, `"1h"`).
@@ -738,6 +745,9 @@ impl Default for RawProxy {
             greet_ttl: RawDuration::Text("1h".into()),
             // The first backend takes everything while it is up: a standby stays cold.
             balance: "order".into(),
+            // Off: port 465 carries submission (authenticated users), often not for an MX.
+            smtps_listen: Vec::new(),
+            smtps_backends: Vec::new(),
         }
     }
 }
@@ -1016,51 +1026,23 @@ impl Validator<'_> {
         if r.listen.is_empty() {
             self.err("proxy.listen", "at least one address:port is required");
         }
-        let mut listen = Vec::new();
-        for (i, a) in r.listen.iter().enumerate() {
-            let key = format!("proxy.listen[{i}]");
-            match a.parse::<SocketAddr>() {
-                Ok(s) if s.port() == 0 => self.err(&key, format!("{a:?} has port 0")),
-                Ok(s) if listen.contains(&s) => self.err(&key, format!("{a:?} is listed twice")),
-                Ok(s) => listen.push(s),
-                Err(_) => self.err(
-                    &key,
-                    format!("{a:?} is not an address:port such as \"0.0.0.0:25\" or \"[::]:25\""),
-                ),
-            }
-        }
+        let listen = self.listen_addrs("proxy.listen", &r.listen, &[]);
         if r.backends.is_empty() {
             self.err(
                 "proxy.backends",
                 "at least one backend host:port is required (the content filter's SMTP port)",
             );
         }
-        let mut backends = Vec::new();
-        for (i, b) in r.backends.iter().enumerate() {
-            let key = format!("proxy.backends[{i}]");
-            match parse_backend(b) {
-                Some(be) if backends.contains(&be) => {
-                    self.err(&key, format!("{b:?} is listed twice"))
-                }
-                Some(be) => {
-                    if let Ok(ip) = be.host.parse::<std::net::IpAddr>()
-                        && listen.iter().any(|l| l.port() == be.port && (l.ip() == ip))
-                    {
-                        self.err(
-                            &key,
-                            format!("{b:?} is one of proxy.listen: the proxy would loop"),
-                        );
-                    }
-                    backends.push(be);
-                }
-                None => self.err(
-                    &key,
-                    format!(
-                        "{b:?} is not a host:port such as \"127.0.0.1:10025\" or \"[::1]:10025\""
-                    ),
-                ),
-            }
+        let smtps_listen = self.listen_addrs("proxy.smtps_listen", &r.smtps_listen, &listen);
+        let all_listen: Vec<SocketAddr> = listen.iter().chain(&smtps_listen).copied().collect();
+        let backends = self.backends("proxy.backends", &r.backends, &all_listen);
+        if !smtps_listen.is_empty() && r.smtps_backends.is_empty() {
+            self.err(
+                "proxy.smtps_backends",
+                "required with proxy.smtps_listen: the content filter's implicit TLS port",
+            );
         }
+        let smtps_backends = self.backends("proxy.smtps_backends", &r.smtps_backends, &all_listen);
         let hostname = if r.hostname.is_empty() {
             system_hostname()
         } else {
@@ -1147,7 +1129,65 @@ impl Validator<'_> {
                 "a balance mode",
                 &Balance::NAMES,
             ),
+            smtps_listen,
+            smtps_backends,
         }
+    }
+
+    /// Listen addresses of `key`, none repeated here or in `taken`.
+    fn listen_addrs(
+        &mut self,
+        key: &str,
+        list: &[String],
+        taken: &[SocketAddr],
+    ) -> Vec<SocketAddr> {
+        let mut listen = Vec::new();
+        for (i, a) in list.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            match a.parse::<SocketAddr>() {
+                Ok(s) if s.port() == 0 => self.err(&key, format!("{a:?} has port 0")),
+                Ok(s) if listen.contains(&s) || taken.contains(&s) => {
+                    self.err(&key, format!("{a:?} is listed twice"))
+                }
+                Ok(s) => listen.push(s),
+                Err(_) => self.err(
+                    &key,
+                    format!("{a:?} is not an address:port such as \"0.0.0.0:25\" or \"[::]:25\""),
+                ),
+            }
+        }
+        listen
+    }
+
+    /// Backends of `key`, none repeated, none one of the proxy's own `listen` addresses.
+    fn backends(&mut self, key: &str, list: &[String], listen: &[SocketAddr]) -> Vec<Backend> {
+        let mut backends = Vec::new();
+        for (i, b) in list.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            match parse_backend(b) {
+                Some(be) if backends.contains(&be) => {
+                    self.err(&key, format!("{b:?} is listed twice"))
+                }
+                Some(be) => {
+                    if let Ok(ip) = be.host.parse::<std::net::IpAddr>()
+                        && listen.iter().any(|l| l.port() == be.port && (l.ip() == ip))
+                    {
+                        self.err(
+                            &key,
+                            format!("{b:?} is one of proxy.listen: the proxy would loop"),
+                        );
+                    }
+                    backends.push(be);
+                }
+                None => self.err(
+                    &key,
+                    format!(
+                        "{b:?} is not a host:port such as \"127.0.0.1:10025\" or \"[::1]:10025\""
+                    ),
+                ),
+            }
+        }
+        backends
     }
 
     /// A one-line SMTP reply whose code starts with `class` (4 or 5).

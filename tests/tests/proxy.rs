@@ -542,3 +542,100 @@ fn hostile_clients_end_their_own_sessions_and_memory_stays_flat() {
         "sessions left open"
     );
 }
+
+#[test]
+fn starttls_and_implicit_tls_pass_through_to_postfix() {
+    require_root();
+    let lab = Lab::new();
+    let postfix = Postfix::start_tls(&lab.mx, BACKEND, "127.0.0.1:10465");
+    let d = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &proxy_section_with(
+            "v2",
+            2,
+            "smtps_listen = [\"192.0.2.1:465\"]\nsmtps_backends = [\"127.0.0.1:10465\"]\n",
+        ),
+    );
+    // STARTTLS on port 25: Postfix terminates TLS (its certificate, its log) and delivers.
+    let out = swaks_with(&lab, IpAddr::V4(CLEAN4), &["--tls"]);
+    assert!(out.contains("220 2.0.0 Ready to start TLS"), "{out}");
+    assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
+    let qid = queue_id(&out);
+    wait_session(
+        &d,
+        IpAddr::V4(CLEAN4),
+        &["queue_id=-", "backend=127.0.0.1:10025"],
+    );
+    assert!(
+        postfix.wait_log(
+            "Anonymous TLS connection established from unknown[192.0.2.2]",
+            Duration::from_secs(10)
+        ) || postfix.wait_log(
+            "TLS connection established from unknown[192.0.2.2]",
+            Duration::from_secs(1)
+        ),
+        "postfix did not terminate TLS for the client:\n{}",
+        postfix.log()
+    );
+    assert!(
+        postfix.wait_log(
+            &format!("{qid}: client=unknown[192.0.2.2]"),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        postfix.log()
+    );
+
+    // Implicit TLS on 465, to Postfix's smtps service.
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &lab.client.name, "swaks"])
+        .args(["--server", &MX4.to_string(), "--port", "465", "--tlsc"])
+        .args(["--local-interface", &CLEAN4.to_string()])
+        .args(["--from", "sender@client.test", "--to", "user@sink.test"])
+        .args(["--helo", "client.test", "--timeout", "20"]);
+    let out = run_bounded(c, Duration::from_secs(60)).both();
+    assert!(
+        out.contains("250 2.0.0 Ok: queued as"),
+        "{out}\npostfix:\n{}\ndaemon:\n{}\nmaster.cf:\n{}",
+        postfix.log(),
+        d.log(),
+        std::fs::read_to_string(postfix.conf_dir().join("master.cf")).unwrap_or_default()
+    );
+    let qid = queue_id(&out);
+    assert!(
+        postfix.wait_log(
+            &format!("{qid}: client=unknown[192.0.2.2]"),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        postfix.log()
+    );
+    // A refused client on the TLS port is closed without a byte and never reaches Postfix.
+    d.cli_ok(&["block", "add", &BLOCKED4.to_string(), "--action", "reject"]);
+    let s = in_netns(&lab.client.name, || {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(BLOCKED4), 0)))
+            .unwrap();
+        sock.connect_timeout(
+            &SocketAddr::new(IpAddr::V4(MX4), 465).into(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        TcpStream::from(sock)
+    });
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &s, &mut got);
+    assert!(got.is_empty(), "plain text on the TLS port: {got:?}");
+    wait_session(
+        &d,
+        IpAddr::V4(BLOCKED4),
+        &["end=refused: closed (implicit TLS)"],
+    );
+    assert!(
+        !postfix.log().contains("[198.51.100.7]"),
+        "{}",
+        postfix.log()
+    );
+}

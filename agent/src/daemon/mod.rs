@@ -1037,8 +1037,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Err(e) => warn!("proxy: could not raise the open files limit: {e}"),
         }
         let listeners = crate::proxy::bind(&p.listen).context("proxy listen")?;
+        let smtps = crate::proxy::bind(&p.smtps_listen).context("proxy smtps_listen")?;
         info!(
             listen = ?p.listen,
+            smtps_listen = ?p.smtps_listen,
             backends = %p.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
             "proxy listening"
         );
@@ -1046,7 +1048,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let verdicts: Arc<dyn crate::proxy::Verdicts> = Arc::new(d.clone());
         proxy_task = Some((
             deadline,
-            tokio::spawn(crate::proxy::serve(p, verdicts, listeners, stop_rx.clone())),
+            tokio::spawn(crate::proxy::serve(
+                p,
+                verdicts,
+                listeners,
+                smtps,
+                stop_rx.clone(),
+            )),
         ));
     }
 

@@ -482,6 +482,8 @@ struct Shared {
     cfg: Config,
     verdicts: Arc<dyn Verdicts>,
     backends: Backends,
+    /// For the implicit TLS listeners.
+    smtps_backends: Backends,
     per_client: PerClient,
     slots: Arc<Semaphore>,
     /// Session ids: the start time's seconds, then a counter.
@@ -506,18 +508,21 @@ impl Shared {
     }
 }
 
-/// Serves the proxy on `listeners` until `stop` turns true; then stops accepting, lets the
-/// sessions finish for `shutdown_timeout`, and closes the rest.
+/// Serves the proxy on `listeners` (SMTP) and `smtps` (implicit TLS) until `stop` turns
+/// true; then stops accepting, lets the sessions finish for `shutdown_timeout`, and closes
+/// the rest.
 pub async fn serve(
     cfg: Config,
     verdicts: Arc<dyn Verdicts>,
     listeners: Vec<TcpListener>,
+    smtps: Vec<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
     let shutdown = cfg.shutdown_timeout;
     let sh = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(cfg.max_connections as usize)),
         backends: Backends::new(&cfg.backends, cfg.balance),
+        smtps_backends: Backends::new(&cfg.smtps_backends, cfg.balance),
         cfg,
         verdicts,
         per_client: Arc::default(),
@@ -527,16 +532,20 @@ pub async fn serve(
         next_id: AtomicU64::new(0),
     });
     // One accept task per listener feeds the session spawner.
-    let (tx, mut rx) = mpsc::channel::<(TcpStream, SocketAddr, SocketAddr)>(256);
+    let (tx, mut rx) = mpsc::channel::<(TcpStream, SocketAddr, SocketAddr, bool)>(256);
     let mut acceptors = JoinSet::new();
-    for l in listeners {
+    let tagged = listeners
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(smtps.into_iter().map(|l| (l, true)));
+    for (l, tls) in tagged {
         let tx = tx.clone();
         acceptors.spawn(async move {
             loop {
                 match l.accept().await {
                     Ok((s, peer)) => {
                         let local = s.local_addr().unwrap_or(peer);
-                        if tx.send((s, peer, local)).await.is_err() {
+                        if tx.send((s, peer, local, tls)).await.is_err() {
                             return;
                         }
                     }
@@ -555,7 +564,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             got = rx.recv() => match got {
-                Some((s, peer, local)) => admit(&sh, &mut sessions, s, peer, local, &hard_rx),
+                Some((s, peer, local, tls)) => {
+                    admit(&sh, &mut sessions, s, (peer, local, tls), &hard_rx)
+                }
                 None => break,
             },
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -596,8 +607,7 @@ fn admit(
     sh: &Arc<Shared>,
     sessions: &mut JoinSet<()>,
     s: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
     hard: &watch::Receiver<bool>,
 ) {
     let peer = header::canonical(peer);
@@ -611,7 +621,7 @@ fn admit(
             let sh = sh.clone();
             let hard = hard.clone();
             sessions.spawn(async move {
-                session(&sh, s, peer, local, hard).await;
+                session(&sh, s, (peer, local, tls), hard).await;
                 drop((permit, slot));
             });
         }
@@ -628,8 +638,13 @@ fn admit(
                 None,
             );
             // A fresh socket's send buffer is empty: one non-blocking write fits the line,
-            // and no task is spent on a client over a limit.
-            let sent = s.try_write(&reply).unwrap_or(0);
+            // and no task is spent on a client over a limit. A TLS client would not read
+            // plain text: closed.
+            let sent = if tls {
+                0
+            } else {
+                s.try_write(&reply).unwrap_or(0)
+            };
             BYTES.with_label_values(&["out"]).inc_by(sent as u64);
             info!(
                 session = %sh.session_id(),
@@ -719,8 +734,7 @@ async fn say(client: &mut TcpStream, reply: &[u8], rec: &Record) -> bool {
 async fn session(
     sh: &Shared,
     mut client: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
     mut hard: watch::Receiver<bool>,
 ) {
     let _active = Active::new();
@@ -729,7 +743,7 @@ async fn session(
     let _ = client.set_nodelay(true);
     let rec = Record::default();
     let stopped = {
-        let work = run(sh, &mut client, peer, local, &rec);
+        let work = run(sh, &mut client, (peer, local, tls), &rec);
         tokio::select! {
             () = work => false,
             _ = hard.wait_for(|&v| v) => true,
@@ -790,8 +804,7 @@ enum Refusal {
 async fn run(
     sh: &Shared,
     client: &mut TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
     rec: &Record,
 ) {
     let v = sh.verdicts.verdict(peer.ip());
@@ -813,7 +826,9 @@ async fn run(
                 }
             }
         };
-        let (screen, talked) = match sh.cfg.greet_wait {
+        // No pregreet on implicit TLS: the client speaks first there.
+        let greet_wait = sh.cfg.greet_wait.filter(|_| !tls);
+        let (screen, talked) = match greet_wait {
             None => (screen.await, None),
             Some(wait) => {
                 let first = format!("220-{} ESMTP\r\n", sh.cfg.hostname);
@@ -858,10 +873,15 @@ async fn run(
         Decision::Tempfail => Refusal::Tempfail,
         Decision::Reject => Refusal::Reject,
         Decision::Allow | Decision::Pass | Decision::Observe => {
-            return relay_session(sh, client, peer, local, decision, rec).await;
+            return relay_session(sh, client, (peer, local, tls), decision, rec).await;
         }
     };
     sh.verdicts.refused(peer.ip());
+    if tls {
+        // The client expects a TLS handshake: no plain-text reply it could read.
+        rec.end("refused: closed (implicit TLS)");
+        return;
+    }
     let text = match refusal {
         Refusal::Tempfail => &sh.cfg.tempfail_reply,
         Refusal::Reject => &sh.cfg.reject_reply,
@@ -991,11 +1011,15 @@ async fn dialogue(
 async fn relay_session(
     sh: &Shared,
     client: &mut TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
     decision: Decision,
     rec: &Record,
 ) {
+    let backends = if tls {
+        &sh.smtps_backends
+    } else {
+        &sh.backends
+    };
     let deadline = Instant::now() + sh.cfg.connect_timeout;
     let unavailable = || {
         sh.reply(
@@ -1004,10 +1028,13 @@ async fn relay_session(
             None,
         )
     };
-    let (mut b, name) = match sh.backends.connect(deadline).await {
+    let (mut b, name) = match backends.connect(deadline).await {
         Ok(x) => x,
         Err(e) => {
-            refuse(client, &unavailable(), rec).await;
+            // A TLS client cannot read a plain-text 421: it is closed and retries.
+            if !tls {
+                refuse(client, &unavailable(), rec).await;
+            }
             rec.end(format!("no backend: {e}"));
             return;
         }
@@ -1018,7 +1045,9 @@ async fn relay_session(
     let sent = tokio::time::timeout(sh.cfg.connect_timeout, b.write_all(&hdr)).await;
     if !matches!(sent, Ok(Ok(()))) {
         BACKEND_ERRORS.inc();
-        refuse(client, &unavailable(), rec).await;
+        if !tls {
+            refuse(client, &unavailable(), rec).await;
+        }
         rec.end("backend did not take the PROXY header");
         return;
     }

@@ -85,6 +85,8 @@ fn config(backend: SocketAddr) -> Config {
         greet_action: Action::Reject,
         greet_ttl: Duration::from_secs(3600),
         balance: Balance::Order,
+        smtps_listen: vec![],
+        smtps_backends: vec![],
     }
 }
 
@@ -135,7 +137,7 @@ async fn proxy_shared(
     let l = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
     let addr = l[0].local_addr().unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(serve(cfg, verdicts.clone(), l, stop_rx));
+    tokio::spawn(serve(cfg, verdicts.clone(), l, Vec::new(), stop_rx));
     (addr, stop_tx, verdicts)
 }
 
@@ -611,4 +613,62 @@ fn queue_ids_are_found_in_the_backend_stream() {
         w.feed(piece, |id| found.push(id));
     }
     assert_eq!(found, ["4XyzAb12", "C0FFEE"]);
+}
+
+#[tokio::test]
+async fn implicit_tls_listener_relays_bytes_untouched_and_refuses_by_closing() {
+    let (plain, mut plain_headers) = backend().await;
+    // The smtps backend: reads the header, then echoes raw bytes back.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut hdr = vec![0u8; 16];
+                s.read_exact(&mut hdr).await.unwrap();
+                let mut rest = vec![0u8; u16::from_be_bytes([hdr[14], hdr[15]]) as usize];
+                s.read_exact(&mut rest).await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let mut cfg = config(plain);
+    cfg.smtps_backends = vec![Backend {
+        host: tls_backend.ip().to_string(),
+        port: tls_backend.port(),
+    }];
+    cfg.greet_wait = Some(Duration::from_secs(1));
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    for (verdicts, relayed) in [(vec![], true), (vec![(lo, Decision::Reject)], false)] {
+        let smtps = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let p = smtps[0].local_addr().unwrap();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(
+            cfg.clone(),
+            Arc::new(table(verdicts)),
+            Vec::new(),
+            smtps,
+            stop_rx,
+        ));
+        let mut c = TcpStream::connect(p).await.unwrap();
+        // A ClientHello's first bytes, binary: no greeting is waited for, nothing is judged.
+        let hello = [0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00];
+        c.write_all(&hello).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        if relayed {
+            assert_eq!(back, hello);
+        } else {
+            assert!(
+                back.is_empty(),
+                "a plain-text reply on a TLS port: {back:?}"
+            );
+        }
+    }
+    assert!(plain_headers.try_recv().is_err());
 }
