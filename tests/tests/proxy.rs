@@ -639,3 +639,263 @@ fn starttls_and_implicit_tls_pass_through_to_postfix() {
         postfix.log()
     );
 }
+
+/// A sink backend in a namespace: reads the PROXY v2 header, greets, answers QUIT, closes
+/// at EOF. Runs on its own thread (a tokio runtime inside the namespace) until dropped.
+struct Sink {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn start(netns: &str, addr: SocketAddr) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let netns = netns.to_owned();
+        let thread = std::thread::spawn(move || {
+            let ns = std::fs::File::open(format!("/run/netns/{netns}")).expect("netns");
+            // SAFETY: setns on a valid namespace fd; affects only this thread.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {netns}");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .expect("sink bind");
+                ready_tx.send(()).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((mut s, _)) = l.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(async move {
+                            let mut hdr = [0u8; 16];
+                            if s.read_exact(&mut hdr).await.is_err() {
+                                return;
+                            }
+                            let mut rest = vec![0u8; u16::from_be_bytes([hdr[14], hdr[15]]).into()];
+                            if s.read_exact(&mut rest).await.is_err()
+                                || s.write_all(b"220 sink.test ESMTP\r\n").await.is_err()
+                            {
+                                return;
+                            }
+                            let (r, mut w) = s.split();
+                            let mut lines = tokio::io::BufReader::new(r).take(64 * 1024).lines();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l.eq_ignore_ascii_case("QUIT") {
+                                    let _ = w.write_all(b"221 bye\r\n").await;
+                                    return;
+                                }
+                                let _ = w.write_all(b"250 ok\r\n").await;
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the sink did not start");
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Open descriptors of process `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
+}
+
+#[test]
+fn thousands_of_sessions_none_lost_and_resources_return() {
+    require_root();
+    const SESSIONS: usize = 3000;
+    // Client and sink sockets of this process: raise our own soft limit to the hard one.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer, then a valid rlimit with soft <= hard.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    assert!(
+        lim.rlim_cur as usize > 2 * SESSIONS + 500,
+        "RLIMIT_NOFILE hard limit {} is too low for {SESSIONS} sessions",
+        lim.rlim_cur
+    );
+    let lab = Lab::new();
+    let _sink = Sink::start(&lab.mx.name, BACKEND.parse().unwrap());
+    let d = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &proxy_section_with(
+            "v2",
+            SESSIONS as u32 + 100,
+            "max_connections = 4000\nidle_timeout = 60\n",
+        ),
+    );
+    let pid = d.pid();
+    // One session first, so lazily made things (metrics, runtime threads) exist before
+    // the baseline.
+    let (warm, line) = first_line(&lab, IpAddr::V4(CLEAN4));
+    assert!(line.starts_with("220 sink.test"), "{line}");
+    drop(warm);
+    assert!(
+        prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+            (metric(&d.metrics_text(), "prefilter_proxy_active_sessions") == 0).then_some(())
+        })
+        .is_some()
+    );
+    let (fds0, rss0) = (fd_count(pid), d.rss_kib());
+
+    // Every session opened and greeted, all held at once, then each says QUIT and gets
+    // its 221; bounded by a timeout on the whole.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let client_ns = lab.client.name.clone();
+    let clients = std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/run/netns/{client_ns}")).expect("netns");
+        // SAFETY: setns on a valid namespace fd; affects only this thread.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+            let connecting = std::sync::Arc::new(tokio::sync::Semaphore::new(200));
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..SESSIONS {
+                let connecting = connecting.clone();
+                let tx = tx.clone();
+                let mut go = go_rx.clone();
+                set.spawn(async move {
+                    let permit = connecting.acquire_owned().await.unwrap();
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind(SocketAddr::new(IpAddr::V4(CLEAN4), 0)).unwrap();
+                    let mut s = sock
+                        .connect(SocketAddr::new(IpAddr::V4(MX4), 25))
+                        .await
+                        .map_err(|e| format!("connect: {e}"))?;
+                    let (r, mut w) = s.split();
+                    let mut r = tokio::io::BufReader::new(r);
+                    let mut line = String::new();
+                    r.read_line(&mut line).await.map_err(|e| e.to_string())?;
+                    drop(permit);
+                    if !line.starts_with("220 sink.test") {
+                        return Err(format!("greeting {line:?}"));
+                    }
+                    let _ = tx.send(());
+                    let _ = go.wait_for(|&g| g).await;
+                    w.write_all(b"QUIT\r\n").await.map_err(|e| e.to_string())?;
+                    line.clear();
+                    r.read_line(&mut line).await.map_err(|e| e.to_string())?;
+                    if !line.starts_with("221") {
+                        return Err(format!("quit answered {line:?}"));
+                    }
+                    Ok::<(), String>(())
+                });
+            }
+            let mut errors = Vec::new();
+            let all = async {
+                while let Some(r) = set.join_next().await {
+                    if let Err(e) = r.expect("client task") {
+                        errors.push(e);
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(180), all)
+                .await
+                .map_err(|_| "clients hung".to_owned())?;
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} sessions failed, e.g. {:?}",
+                    errors.len(),
+                    &errors[..1]
+                ))
+            }
+        })
+    });
+    let started = std::time::Instant::now();
+    let mut greeted = 0;
+    while greeted < SESSIONS {
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("only {greeted} of {SESSIONS} sessions were greeted"));
+        greeted += 1;
+    }
+    let opened_in = started.elapsed();
+    // All held open: the daemon's fds and memory at the peak.
+    let (fds_peak, rss_peak) = (fd_count(pid), d.rss_kib());
+    let active = metric(&d.metrics_text(), "prefilter_proxy_active_sessions");
+    go_tx.send(true).unwrap();
+    let r = clients.join().expect("client thread");
+    assert_eq!(r, Ok(()));
+    assert_eq!(active, SESSIONS as u64, "active sessions at the peak");
+    assert!(
+        prefilter_tests::daemon::poll(Duration::from_secs(30), || {
+            (metric(&d.metrics_text(), "prefilter_proxy_active_sessions") == 0).then_some(())
+        })
+        .is_some(),
+        "sessions left open"
+    );
+    let m = d.metrics_text();
+    assert_eq!(
+        metric(&m, "prefilter_proxy_connections_total{verdict=\"pass\"}"),
+        SESSIONS as u64 + 1
+    );
+    // The proxy gives freed memory back once idle (a moment later, off its threads).
+    let settled = rss0 + rss_peak.saturating_sub(rss0) / 4 + 1024;
+    let _ = prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+        (d.rss_kib() <= settled).then_some(())
+    });
+    let (fds1, rss1) = (fd_count(pid), d.rss_kib());
+    eprintln!(
+        "{SESSIONS} sessions opened and greeted in {opened_in:?}; daemon fds {fds0} -> peak \
+         {fds_peak} -> {fds1}; RSS {rss0} KiB -> peak {rss_peak} KiB ({} KiB per held \
+         session) -> {rss1} KiB",
+        rss_peak.saturating_sub(rss0) as usize / SESSIONS
+    );
+    assert!(
+        fds_peak + 2 >= fds0 + 2 * SESSIONS,
+        "two sockets a session at the peak"
+    );
+    assert!(
+        fds1 <= fds0 + 2,
+        "descriptors left behind: {fds0} -> {fds1}"
+    );
+    // At most a quarter of the peak's growth remains.
+    assert!(
+        rss1 <= settled,
+        "RSS {rss0} KiB -> peak {rss_peak} KiB -> {rss1} KiB after the sessions ended"
+    );
+}

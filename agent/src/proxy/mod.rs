@@ -33,8 +33,8 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, tcp::ReadHalf},
     sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
@@ -561,6 +561,7 @@ pub async fn serve(
     drop(tx);
     let (hard_tx, hard_rx) = watch::channel(false);
     let mut sessions = JoinSet::new();
+    let trim = Trim::default();
     loop {
         tokio::select! {
             got = rx.recv() => match got {
@@ -569,7 +570,11 @@ pub async fn serve(
                 }
                 None => break,
             },
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {
+                if sessions.is_empty() {
+                    trim.idle();
+                }
+            }
             _ = stop.changed() => break,
         }
     }
@@ -600,6 +605,35 @@ pub async fn serve(
         }
     }
     info!("proxy stopped");
+}
+
+/// Gives freed memory back to the system when the proxy goes idle after a burst.
+#[derive(Default)]
+struct Trim {
+    pending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Trim {
+    /// A second after the last session ended, at most once a second: glibc keeps the
+    /// memory of freed sessions in its per-thread arenas (only the main heap's top is
+    /// trimmed on free), so a burst of thousands of sessions would stay in the RSS for
+    /// good. No crate does this.
+    fn idle(&self) {
+        if self.pending.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pending = self.pending.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pending.store(false, Ordering::Relaxed);
+            #[cfg(target_env = "gnu")]
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only returns free memory; no pointer is involved.
+                unsafe { libc::malloc_trim(0) };
+            })
+            .await;
+        });
+    }
 }
 
 /// Checks the limits and starts a session, or refuses the client at once.
@@ -1057,26 +1091,25 @@ async fn relay_session(
 
 /// Copies the client's bytes to the backend until EOF, each read checked by the guard
 /// first (a possible PROXY header start is read whole before it is judged).
-async fn pipe_up<R, W>(
-    r: &mut R,
+async fn pipe_up<W>(
+    r: &ReadHalf<'_>,
     w: &mut W,
     rec: &Record,
     last: &AtomicU64,
     base: Instant,
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut guard = smtp::Guard::default();
-    let mut buf = vec![0u8; BUF];
-    let mut have = 0;
+    let mut buf = Vec::new();
     loop {
-        let n = r.read(&mut buf[have..]).await?;
+        let have = buf.len();
+        let n = read_fresh(r, &mut buf).await?;
         if n == 0 {
             if have > 0 {
-                guard.feed(&buf[..have]).map_err(bad)?;
-                w.write_all(&buf[..have]).await?;
+                guard.feed(&buf).map_err(bad)?;
+                w.write_all(&buf).await?;
             }
             // Half-close: the other side sees EOF and may still answer.
             let _ = w.shutdown().await;
@@ -1084,14 +1117,30 @@ where
         }
         last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
         rec.up.fetch_add(n as u64, Ordering::Relaxed);
-        have += n;
-        if smtp::maybe_proxy_header(&buf[..have]) {
+        if smtp::maybe_proxy_header(&buf) {
             continue;
         }
-        guard.feed(&buf[..have]).map_err(bad)?;
-        w.write_all(&buf[..have]).await?;
-        have = 0;
+        guard.feed(&buf).map_err(bad)?;
+        w.write_all(&buf).await?;
+        // Freed while the client is quiet.
+        buf = Vec::new();
         last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Waits until `r` has bytes, and only then grows `buf` to read them: an idle session
+/// (most of them, most of the time) holds no relay buffer. Returns the bytes read, 0 at EOF.
+async fn read_fresh(r: &ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let s: &TcpStream = r.as_ref();
+    loop {
+        s.readable().await?;
+        // Capacity only: the pages a short SMTP line does not fill are never touched.
+        buf.reserve(BUF);
+        match s.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -1100,21 +1149,20 @@ fn bad(b: smtp::Bad) -> io::Error {
 }
 
 /// Copies the backend's bytes to the client until EOF, noting queue ids as they pass.
-async fn pipe_down<R, W>(
-    r: &mut R,
+async fn pipe_down<W>(
+    r: &ReadHalf<'_>,
     w: &mut W,
     rec: &Record,
     last: &AtomicU64,
     base: Instant,
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut watch = smtp::QueueWatch::default();
-    let mut buf = vec![0u8; BUF];
     loop {
-        let n = r.read(&mut buf).await?;
+        let mut buf = Vec::new();
+        let n = read_fresh(r, &mut buf).await?;
         if n == 0 {
             let _ = w.shutdown().await;
             return Ok(());
@@ -1143,12 +1191,12 @@ async fn relay(
 ) -> String {
     let base = Instant::now();
     let last = AtomicU64::new(0);
-    let (mut cr, mut cw) = client.split();
-    let (mut br, mut bw) = backend.split();
+    let (cr, mut cw) = client.split();
+    let (br, mut bw) = backend.split();
     let both = async {
         tokio::try_join!(
-            pipe_up(&mut cr, &mut bw, rec, &last, base),
-            pipe_down(&mut br, &mut cw, rec, &last, base)
+            pipe_up(&cr, &mut bw, rec, &last, base),
+            pipe_down(&br, &mut cw, rec, &last, base)
         )
     };
     let idle_watch = async {
