@@ -169,26 +169,39 @@ mod tests {
 
     #[test]
     fn verdict_tlv_is_carried_and_parsed_back() {
-        let cases: [(&str, Option<&str>, i32, &[String], &str); 3] = [
-            ("pass", None, 0, &[], "decision=pass"),
-            (
-                "observe",
-                Some("spamhaus-drop"),
-                0,
-                &[],
-                "decision=observe;list=spamhaus-drop",
-            ),
-            (
-                "pass",
-                None,
-                2,
-                &["zen.example.org".to_owned(), "bl.example.net".to_owned()],
-                "decision=pass;score=2;listed=zen.example.org,bl.example.net",
-            ),
+        struct Case {
+            decision: &'static str,
+            list: Option<&'static str>,
+            score: i32,
+            listed: Vec<String>,
+            expected: &'static str,
+        }
+        let cases = [
+            Case {
+                decision: "pass",
+                list: None,
+                score: 0,
+                listed: vec![],
+                expected: "decision=pass",
+            },
+            Case {
+                decision: "observe",
+                list: Some("spamhaus-drop"),
+                score: 0,
+                listed: vec![],
+                expected: "decision=observe;list=spamhaus-drop",
+            },
+            Case {
+                decision: "pass",
+                list: None,
+                score: 2,
+                listed: vec!["zen.example.org".into(), "bl.example.net".into()],
+                expected: "decision=pass;score=2;listed=zen.example.org,bl.example.net",
+            },
         ];
-        for (decision, list, score, listed, want) in cases {
-            let s = summary(decision, list, score, listed);
-            assert_eq!(s, want.as_bytes());
+        for c in cases {
+            let s = summary(c.decision, c.list, c.score, &c.listed);
+            assert_eq!(s, c.expected.as_bytes());
             let h = build(
                 ProxyProtocol::V2,
                 "192.0.2.7:40000".parse().unwrap(),
