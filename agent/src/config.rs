@@ -280,6 +280,8 @@ pub struct Proxy {
     pub smtps_listen: Vec<SocketAddr>,
     /// The backend's implicit TLS ports (Postfix smtps, `smtpd_tls_wrappermode = yes`).
     pub smtps_backends: Vec<Backend>,
+    /// Accept queue length of each listening socket (the kernel caps it at somaxconn).
+    pub backlog: u32,
 }
 
 /// When a `reject` verdict is answered.
@@ -659,6 +661,7 @@ struct RawProxy {
     balance: String,
     smtps_listen: Vec<String>,
     smtps_backends: Vec<String>,
+    backlog: i64,
 }
 
 /// A duration as whole seconds (`2`) or text with a unit (`"500ms"`, `"2s"`, `"1h"`).
@@ -748,6 +751,8 @@ impl Default for RawProxy {
             // Off: port 465 carries submission (authenticated users), often not for an MX.
             smtps_listen: Vec::new(),
             smtps_backends: Vec::new(),
+            // Room for a burst while the accept task catches up; SYN cookies cover worse.
+            backlog: 1024,
         }
     }
 }
@@ -1131,6 +1136,7 @@ impl Validator<'_> {
             ),
             smtps_listen,
             smtps_backends,
+            backlog: self.int("proxy.backlog", r.backlog, 1, 65_535),
         }
     }
 

@@ -565,6 +565,7 @@ fn proxy_screening_keys() {
     assert_eq!(p.greet_action, Action::Reject);
     assert_eq!(p.greet_ttl, std::time::Duration::from_secs(3600));
     assert_eq!(p.balance, Balance::Order);
+    assert_eq!(p.backlog, 1024);
     assert!(p.rcpt_reply.starts_with("550 5.7.1 "));
 
     let p = parse(&format!(

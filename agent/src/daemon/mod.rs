@@ -1036,8 +1036,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Ok((limit, need)) => info!(limit, need, "proxy: open files limit"),
             Err(e) => warn!("proxy: could not raise the open files limit: {e}"),
         }
-        let listeners = crate::proxy::bind(&p.listen).context("proxy listen")?;
-        let smtps = crate::proxy::bind(&p.smtps_listen).context("proxy smtps_listen")?;
+        let listeners = crate::proxy::bind(&p.listen, p.backlog).context("proxy listen")?;
+        let smtps = crate::proxy::bind(&p.smtps_listen, p.backlog).context("proxy smtps_listen")?;
         info!(
             listen = ?p.listen,
             smtps_listen = ?p.smtps_listen,

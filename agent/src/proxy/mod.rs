@@ -243,9 +243,10 @@ pub fn raise_nofile(max_connections: u32) -> io::Result<(u64, u64)> {
 
 // ---- Listening ----------------------------------------------------------------------------
 
-/// Binds every `listen` address: IPv6 sockets are v6-only, so `0.0.0.0:25` and `[::]:25`
-/// can both be given. Fails on the first address that cannot be bound.
-pub fn bind(listen: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+/// Binds every `listen` address with an accept queue of `backlog`: IPv6 sockets are
+/// v6-only, so `0.0.0.0:25` and `[::]:25` can both be given. Fails on the first address that
+/// cannot be bound.
+pub fn bind(listen: &[SocketAddr], backlog: u32) -> io::Result<Vec<TcpListener>> {
     use socket2::{Domain, Socket, Type};
     let mut out = Vec::new();
     for &a in listen {
@@ -257,7 +258,7 @@ pub fn bind(listen: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
         s.set_nonblocking(true)?;
         s.bind(&a.into())
             .map_err(|e| io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
-        s.listen(1024)?;
+        s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         out.push(TcpListener::from_std(s.into())?);
     }
     Ok(out)

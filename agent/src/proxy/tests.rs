@@ -87,6 +87,7 @@ fn config(backend: SocketAddr) -> Config {
         balance: Balance::Order,
         smtps_listen: vec![],
         smtps_backends: vec![],
+        backlog: 128,
     }
 }
 
@@ -134,7 +135,7 @@ async fn proxy_shared(
     cfg: Config,
     verdicts: Arc<Table>,
 ) -> (SocketAddr, watch::Sender<bool>, Arc<Table>) {
-    let l = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+    let l = bind(&["127.0.0.1:0".parse().unwrap()], 128).unwrap();
     let addr = l[0].local_addr().unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(serve(cfg, verdicts.clone(), l, Vec::new(), stop_rx));
@@ -641,7 +642,7 @@ async fn implicit_tls_listener_relays_bytes_untouched_and_refuses_by_closing() {
     cfg.greet_wait = Some(Duration::from_secs(1));
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     for (verdicts, relayed) in [(vec![], true), (vec![(lo, Decision::Reject)], false)] {
-        let smtps = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let smtps = bind(&["127.0.0.1:0".parse().unwrap()], 128).unwrap();
         let p = smtps[0].local_addr().unwrap();
         let (_stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(serve(
