@@ -311,6 +311,57 @@ pub struct Proxy {
     pub max_connections: u32,
     /// Sessions at once from one address (one IPv6 /64).
     pub max_per_client: u32,
+    /// When a `reject` verdict is answered: at once, or (like postscreen's `enforce`) at
+    /// every RCPT TO after a dummy dialogue that logs the envelope.
+    pub reject_at: RejectAt,
+    /// Reply to each RCPT TO with `reject_at = "rcpt"` (`550 ...`), same placeholders.
+    pub rcpt_reply: String,
+    /// Pregreet test: how long to wait after `220-` for a client that talks first; `None`
+    /// turns the test off.
+    pub greet_wait: Option<std::time::Duration>,
+    /// What a pregreet violator becomes (a dynamic verdict) and is answered.
+    pub greet_action: Action,
+    /// How long that dynamic verdict lasts.
+    pub greet_ttl: std::time::Duration,
+    /// How sessions are spread over the backends.
+    pub balance: Balance,
+    /// Implicit TLS listeners (port 465): the client speaks TLS first, so the proxy never
+    /// answers there itself (a refused client is closed) and relays to `smtps_backends`.
+    pub smtps_listen: Vec<SocketAddr>,
+    /// The backend's implicit TLS ports (Postfix smtps, `smtpd_tls_wrappermode = yes`).
+    pub smtps_backends: Vec<Backend>,
+    /// Accept queue length of each listening socket (the kernel caps it at somaxconn).
+    pub backlog: u32,
+}
+
+/// When a `reject` verdict is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectAt {
+    /// `554 5.7.1` instead of the greeting, then close.
+    Connect,
+    /// Greet, accept HELO and MAIL, answer every RCPT TO with `550 5.7.1`, log the envelope.
+    Rcpt,
+}
+
+impl RejectAt {
+    const NAMES: [(RejectAt, &'static str); 2] =
+        [(RejectAt::Connect, "connect"), (RejectAt::Rcpt, "rcpt")];
+}
+
+/// How sessions are spread over the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Balance {
+    /// The first healthy backend in configured order.
+    Order,
+    /// The healthy backends in turn.
+    RoundRobin,
+}
+
+impl Balance {
+    const NAMES: [(Balance, &'static str); 2] = [
+        (Balance::Order, "order"),
+        (Balance::RoundRobin, "round-robin"),
+    ];
 }
 
 /// A backend as configured: a host (address or name) and a port.
@@ -656,6 +707,56 @@ struct RawProxy {
     shutdown_timeout: i64,
     max_connections: i64,
     max_per_client: i64,
+    reject_at: String,
+    rcpt_reply: String,
+    greet_wait: RawDuration,
+    greet_action: String,
+    greet_ttl: RawDuration,
+    balance: String,
+    smtps_listen: Vec<String>,
+    smtps_backends: Vec<String>,
+    backlog: i64,
+}
+
+/// A duration as whole seconds (`2`) or text with a unit (`"500ms"`, `"2s"`, `"1h"`).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawDuration {
+    Secs(i64),
+    Text(String),
+}
+
+impl RawDuration {
+    /// Milliseconds, or a message saying what is wrong.
+    fn millis(&self) -> Result<u64, String> {
+        let s = match self {
+            RawDuration::Secs(n) => {
+                return u64::try_from(*n)
+                    .ok()
+                    .and_then(|n| n.checked_mul(1000))
+                    .ok_or_else(|| format!("{n} is not a number of seconds"));
+            }
+            RawDuration::Text(s) => s.trim(),
+        };
+        let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(at);
+        let mult: u64 = match unit {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not a duration such as \"500ms\", \"2s\", \"1h\""
+                ));
+            }
+        };
+        num.parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(mult))
+            .ok_or_else(|| format!("{s:?} is not a duration such as \"500ms\", \"2s\", \"1h\""))
+    }
 }
 
 impl Default for RawProxy {
@@ -688,6 +789,24 @@ impl Default for RawProxy {
             max_connections: 1000,
             // Postfix's smtpd_client_connection_count_limit default is 50; bots open many.
             max_per_client: 20,
+            // Refuse at once: the cheapest answer, and what most sites want from a list.
+            reject_at: "connect".into(),
+            // postscreen's enforce wording.
+            rcpt_reply: "550 5.7.1 Service unavailable; client [{client}] blocked ({list})".into(),
+            // Off: the wait delays every clean client's greeting (postscreen's default is
+            // 6s when on); sites turn it on knowingly.
+            greet_wait: RawDuration::Secs(0),
+            // A bot that talks first is not a real MTA: refuse it for good.
+            greet_action: "reject".into(),
+            // postscreen keeps a pregreet verdict about this long before testing again.
+            greet_ttl: RawDuration::Text("1h".into()),
+            // The first backend takes everything while it is up: a standby stays cold.
+            balance: "order".into(),
+            // Off: port 465 carries submission (authenticated users), often not for an MX.
+            smtps_listen: Vec::new(),
+            smtps_backends: Vec::new(),
+            // Room for a burst while the accept task catches up; SYN cookies cover worse.
+            backlog: 1024,
         }
     }
 }
@@ -1153,12 +1272,130 @@ impl Validator<'_> {
         if r.listen.is_empty() {
             self.err("proxy.listen", "at least one address:port is required");
         }
+        let listen = self.listen_addrs("proxy.listen", &r.listen, &[]);
+        if r.backends.is_empty() {
+            self.err(
+                "proxy.backends",
+                "at least one backend host:port is required (the content filter's SMTP port)",
+            );
+        }
+        let smtps_listen = self.listen_addrs("proxy.smtps_listen", &r.smtps_listen, &listen);
+        let all_listen: Vec<SocketAddr> = listen.iter().chain(&smtps_listen).copied().collect();
+        let backends = self.backends("proxy.backends", &r.backends, &all_listen);
+        if !smtps_listen.is_empty() && r.smtps_backends.is_empty() {
+            self.err(
+                "proxy.smtps_backends",
+                "required with proxy.smtps_listen: the content filter's implicit TLS port",
+            );
+        }
+        let smtps_backends = self.backends("proxy.smtps_backends", &r.smtps_backends, &all_listen);
+        let hostname = if r.hostname.is_empty() {
+            system_hostname()
+        } else {
+            if r.hostname.len() > 253
+                || !r
+                    .hostname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            {
+                self.err(
+                    "proxy.hostname",
+                    format!(
+                        "{:?} is not a host name (letters, digits, - and .)",
+                        r.hostname
+                    ),
+                );
+            }
+            r.hostname
+        };
+        let tempfail_reply = self.reply("proxy.tempfail_reply", r.tempfail_reply, b'4');
+        let reject_reply = self.reply("proxy.reject_reply", r.reject_reply, b'5');
+        let rcpt_reply = self.reply("proxy.rcpt_reply", r.rcpt_reply, b'5');
+        let secs = |v: &mut Self, key: &str, n: i64, hi: u32| {
+            std::time::Duration::from_secs(v.int(key, n, 1, hi).into())
+        };
+        Proxy {
+            listen,
+            backends,
+            proxy_protocol: self.choice(
+                "proxy.proxy_protocol",
+                &r.proxy_protocol,
+                "a PROXY protocol version",
+                &ProxyProtocol::NAMES,
+            ),
+            hostname,
+            tempfail_reply,
+            reject_reply,
+            connect_timeout: secs(self, "proxy.connect_timeout", r.connect_timeout, 300),
+            idle_timeout: secs(self, "proxy.idle_timeout", r.idle_timeout, 86_400),
+            shutdown_timeout: secs(self, "proxy.shutdown_timeout", r.shutdown_timeout, 3600),
+            max_connections: self.int("proxy.max_connections", r.max_connections, 1, 1_000_000),
+            max_per_client: self.int("proxy.max_per_client", r.max_per_client, 1, 1_000_000),
+            reject_at: self.choice(
+                "proxy.reject_at",
+                &r.reject_at,
+                "a place to reject",
+                &RejectAt::NAMES,
+            ),
+            rcpt_reply,
+            greet_wait: match r.greet_wait.millis() {
+                Ok(0) => None,
+                Ok(ms) if ms <= 60_000 => Some(std::time::Duration::from_millis(ms)),
+                Ok(_) => {
+                    self.err("proxy.greet_wait", "at most 60s (0 turns the test off)");
+                    None
+                }
+                Err(e) => {
+                    self.err("proxy.greet_wait", e);
+                    None
+                }
+            },
+            greet_action: self.choice(
+                "proxy.greet_action",
+                &r.greet_action,
+                "an action for pregreet violators",
+                &ACTION_NAMES[..4],
+            ),
+            greet_ttl: match r.greet_ttl.millis() {
+                Ok(ms) if (1000..=30 * 86_400_000).contains(&ms) => {
+                    std::time::Duration::from_millis(ms)
+                }
+                Ok(_) => {
+                    self.err("proxy.greet_ttl", "from 1s to 30d");
+                    std::time::Duration::from_secs(3600)
+                }
+                Err(e) => {
+                    self.err("proxy.greet_ttl", e);
+                    std::time::Duration::from_secs(3600)
+                }
+            },
+            balance: self.choice(
+                "proxy.balance",
+                &r.balance,
+                "a balance mode",
+                &Balance::NAMES,
+            ),
+            smtps_listen,
+            smtps_backends,
+            backlog: self.int("proxy.backlog", r.backlog, 1, 65_535),
+        }
+    }
+
+    /// Listen addresses of `key`, none repeated here or in `taken`.
+    fn listen_addrs(
+        &mut self,
+        key: &str,
+        list: &[String],
+        taken: &[SocketAddr],
+    ) -> Vec<SocketAddr> {
         let mut listen = Vec::new();
-        for (i, a) in r.listen.iter().enumerate() {
-            let key = format!("proxy.listen[{i}]");
+        for (i, a) in list.iter().enumerate() {
+            let key = format!("{key}[{i}]");
             match a.parse::<SocketAddr>() {
                 Ok(s) if s.port() == 0 => self.err(&key, format!("{a:?} has port 0")),
-                Ok(s) if listen.contains(&s) => self.err(&key, format!("{a:?} is listed twice")),
+                Ok(s) if listen.contains(&s) || taken.contains(&s) => {
+                    self.err(&key, format!("{a:?} is listed twice"))
+                }
                 Ok(s) => listen.push(s),
                 Err(_) => self.err(
                     &key,
@@ -1166,15 +1403,14 @@ impl Validator<'_> {
                 ),
             }
         }
-        if r.backends.is_empty() {
-            self.err(
-                "proxy.backends",
-                "at least one backend host:port is required (the content filter's SMTP port)",
-            );
-        }
+        listen
+    }
+
+    /// Backends of `key`, none repeated, none one of the proxy's own `listen` addresses.
+    fn backends(&mut self, key: &str, list: &[String], listen: &[SocketAddr]) -> Vec<Backend> {
         let mut backends = Vec::new();
-        for (i, b) in r.backends.iter().enumerate() {
-            let key = format!("proxy.backends[{i}]");
+        for (i, b) in list.iter().enumerate() {
+            let key = format!("{key}[{i}]");
             match parse_backend(b) {
                 Some(be) if backends.contains(&be) => {
                     self.err(&key, format!("{b:?} is listed twice"))
@@ -1198,48 +1434,7 @@ impl Validator<'_> {
                 ),
             }
         }
-        let hostname = if r.hostname.is_empty() {
-            system_hostname()
-        } else {
-            if r.hostname.len() > 253
-                || !r
-                    .hostname
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
-            {
-                self.err(
-                    "proxy.hostname",
-                    format!(
-                        "{:?} is not a host name (letters, digits, - and .)",
-                        r.hostname
-                    ),
-                );
-            }
-            r.hostname
-        };
-        let tempfail_reply = self.reply("proxy.tempfail_reply", r.tempfail_reply, b'4');
-        let reject_reply = self.reply("proxy.reject_reply", r.reject_reply, b'5');
-        let secs = |v: &mut Self, key: &str, n: i64, hi: u32| {
-            std::time::Duration::from_secs(v.int(key, n, 1, hi).into())
-        };
-        Proxy {
-            listen,
-            backends,
-            proxy_protocol: self.choice(
-                "proxy.proxy_protocol",
-                &r.proxy_protocol,
-                "a PROXY protocol version",
-                &ProxyProtocol::NAMES,
-            ),
-            hostname,
-            tempfail_reply,
-            reject_reply,
-            connect_timeout: secs(self, "proxy.connect_timeout", r.connect_timeout, 300),
-            idle_timeout: secs(self, "proxy.idle_timeout", r.idle_timeout, 86_400),
-            shutdown_timeout: secs(self, "proxy.shutdown_timeout", r.shutdown_timeout, 3600),
-            max_connections: self.int("proxy.max_connections", r.max_connections, 1, 1_000_000),
-            max_per_client: self.int("proxy.max_per_client", r.max_per_client, 1, 1_000_000),
-        }
+        backends
     }
 
     /// A one-line SMTP reply whose code starts with `class` (4 or 5).

@@ -77,6 +77,18 @@ impl Postfix {
     /// Writes the config and starts Postfix in `netns`, smtpd on `listen` (an address of
     /// the namespace, `127.0.0.1:10025`), reading a PROXY header first.
     pub fn start(netns: &Netns, listen: &str) -> Self {
+        Self::start_with(netns, listen, None)
+    }
+
+    /// [`Postfix::start`] with TLS: a self-signed test certificate (made here with
+    /// `openssl req -x509`, `cert.pem` in the directory), STARTTLS offered on `listen`, and
+    /// an smtps service (`smtpd_tls_wrappermode = yes`, also reading a PROXY header
+    /// first) on `smtps`.
+    pub fn start_tls(netns: &Netns, listen: &str, smtps: &str) -> Self {
+        Self::start_with(netns, listen, Some(smtps))
+    }
+
+    fn start_with(netns: &Netns, listen: &str, smtps: Option<&str>) -> Self {
         let dir = PathBuf::from(format!("/tmp/prefilter-test-{}", unique("pfx")));
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -101,6 +113,31 @@ impl Postfix {
         );
         assert_eq!(out.code, 0, "chown data: {}", out.both());
         let d = p.dir.display();
+        let (mut tls_main, mut tls_master) = (String::new(), String::new());
+        if let Some(smtps) = smtps {
+            let mut c = Command::new("openssl");
+            c.args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=backend.test"])
+            .arg("-keyout")
+            .arg(p.dir.join("key.pem"))
+            .arg("-out")
+            .arg(p.dir.join("cert.pem"));
+            let out = run_bounded(c, Duration::from_secs(60));
+            assert_eq!(out.code, 0, "openssl req: {}", out.both());
+            tls_main = format!(
+                "smtpd_tls_cert_file = {d}/cert.pem\n\
+                 smtpd_tls_key_file = {d}/key.pem\n\
+                 smtpd_tls_security_level = may\n\
+                 smtpd_tls_loglevel = 1\n"
+            );
+            tls_master = format!(
+                "{smtps} inet n - n - - smtpd\n  -o smtpd_upstream_proxy_protocol=haproxy\n  \
+                 -o smtpd_tls_wrappermode=yes\n  -o smtpd_tls_security_level=encrypt\n\
+                 tlsmgr unix - - n 1000? 1 tlsmgr\n"
+            );
+        }
         fs::write(
             p.conf.join("main.cf"),
             format!(
@@ -128,7 +165,8 @@ impl Postfix {
                  smtp_dns_support_level = disabled\n\
                  biff = no\n\
                  smtputf8_enable = no\n\
-                 smtpd_banner = $myhostname ESMTP backend\n"
+                 smtpd_banner = $myhostname ESMTP backend\n\
+                 {tls_main}"
             ),
         )
         .expect("write main.cf");
@@ -152,7 +190,8 @@ impl Postfix {
                  discard unix - - n - - discard\n\
                  anvil unix - - n - 1 anvil\n\
                  scache unix - - n - 1 scache\n\
-                 postlog unix-dgram n - n - 1 postlogd\n"
+                 postlog unix-dgram n - n - 1 postlogd\n\
+                 {tls_master}"
             ),
         )
         .expect("write master.cf");

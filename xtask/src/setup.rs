@@ -32,6 +32,10 @@ const PEER_PACKAGES: &[&str] = &[
     "tcpdump",
     "postfix",
     "swaks",
+    // swaks --tls / --tlsc (STARTTLS and implicit TLS through the proxy).
+    "libnet-ssleay-perl",
+    "libio-socket-ssl-perl",
+    "openssl",
     "rbldnsd",
     "nftables",
     "xdp-tools",

@@ -637,4 +637,54 @@ fn deploy_dnsbl_example_parses_when_uncommented() {
     assert_eq!(d.sites.len(), 7);
     assert_eq!((d.threshold, d.allowlist_threshold), (3, -1));
     assert!(c.escalation.is_some());
+
+fn proxy_screening_keys() {
+    let base = "[xdp]\ninterfaces = [\"eth0\"]\n[proxy]\nbackends = [\"127.0.0.1:10025\"]\n";
+    // Defaults: reject at once, no pregreet test, backends in order.
+    let p = parse(base).unwrap().proxy.unwrap();
+    assert_eq!(p.reject_at, RejectAt::Connect);
+    assert_eq!(p.greet_wait, None);
+    assert_eq!(p.greet_action, Action::Reject);
+    assert_eq!(p.greet_ttl, std::time::Duration::from_secs(3600));
+    assert_eq!(p.balance, Balance::Order);
+    assert_eq!(p.backlog, 1024);
+    assert!(p.rcpt_reply.starts_with("550 5.7.1 "));
+
+    let p = parse(&format!(
+        "{base}reject_at = \"rcpt\"\ngreet_wait = \"1500ms\"\ngreet_action = \"drop\"\n\
+         greet_ttl = \"2h\"\nbalance = \"round-robin\"\nrcpt_reply = \"550 5.7.1 no ({{list}})\"\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+    .proxy
+    .unwrap();
+    assert_eq!(p.reject_at, RejectAt::Rcpt);
+    assert_eq!(p.greet_wait, Some(std::time::Duration::from_millis(1500)));
+    assert_eq!(p.greet_action, Action::Drop);
+    assert_eq!(p.greet_ttl, std::time::Duration::from_secs(7200));
+    assert_eq!(p.balance, Balance::RoundRobin);
+    // Whole seconds as a number work too.
+    let p = parse(&format!("{base}greet_wait = 6\n"))
+        .unwrap()
+        .proxy
+        .unwrap();
+    assert_eq!(p.greet_wait, Some(std::time::Duration::from_secs(6)));
+
+    let e = parse(&format!(
+        "{base}reject_at = \"data\"\ngreet_wait = \"2x\"\ngreet_action = \"observe\"\n\
+         greet_ttl = 0\nbalance = \"random\"\nrcpt_reply = \"450 4.7.1 later\"\n"
+    ))
+    .unwrap_err();
+    let got: Vec<(Option<usize>, &str)> =
+        e.errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(5), "proxy.reject_at"),
+            (Some(6), "proxy.greet_wait"),
+            (Some(7), "proxy.greet_action"),
+            (Some(8), "proxy.greet_ttl"),
+            (Some(9), "proxy.balance"),
+            (Some(10), "proxy.rcpt_reply"),
+        ]
+    );
 }

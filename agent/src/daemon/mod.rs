@@ -1079,9 +1079,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let proxy_cfg = d.lock().settings.proxy.clone();
     let mut proxy_task = None;
     if let Some(p) = proxy_cfg {
-        let listeners = crate::proxy::bind(&p.listen).context("proxy listen")?;
+        match crate::proxy::raise_nofile(p.max_connections) {
+            Ok((limit, need)) if limit < need => warn!(
+                limit,
+                need,
+                "proxy: the open files limit is below what max_connections needs (2 per session)"
+            ),
+            Ok((limit, need)) => info!(limit, need, "proxy: open files limit"),
+            Err(e) => warn!("proxy: could not raise the open files limit: {e}"),
+        }
+        let listeners = crate::proxy::bind(&p.listen, p.backlog).context("proxy listen")?;
+        let smtps = crate::proxy::bind(&p.smtps_listen, p.backlog).context("proxy smtps_listen")?;
         info!(
             listen = ?p.listen,
+            smtps_listen = ?p.smtps_listen,
             backends = %p.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
             "proxy listening"
         );
@@ -1089,7 +1100,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let verdicts: Arc<dyn crate::proxy::Verdicts> = Arc::new(d.clone());
         proxy_task = Some((
             deadline,
-            tokio::spawn(crate::proxy::serve(p, verdicts, listeners, stop_rx.clone())),
+            tokio::spawn(crate::proxy::serve(
+                p,
+                verdicts,
+                listeners,
+                smtps,
+                stop_rx.clone(),
+            )),
         ));
     }
 
@@ -1126,6 +1143,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 impl crate::proxy::Verdicts for Daemon {
     fn verdict(&self, ip: IpAddr) -> crate::proxy::Verdict {
         self.proxy_verdict(ip)
+    }
+
+    fn learn(
+        &self,
+        ip: IpAddr,
+        action: crate::policy::Action,
+        ttl: Duration,
+        source: &str,
+        reason: &str,
+    ) -> Result<(), String> {
+        Daemon::learn(
+            self,
+            learned::Learned {
+                ip,
+                action,
+                ttl,
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+            },
+        )
+        .map_err(|e| e.message)
     }
 }
 

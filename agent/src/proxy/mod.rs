@@ -7,30 +7,41 @@
 //! relayed to the first backend that answers, after a PROXY protocol header carrying the
 //! client's real address and port. Over a connection limit, or with no backend reachable
 //! within `connect_timeout`, the client gets a `421` at once, never a hung connection.
+//!
+//! Before relaying a client with no verdict, the daemon's screen (DNSBL) runs, and with
+//! `greet_wait` the pregreet test: `220-` first, and a client that talks before the wait
+//! ends is refused and learned as a dynamic verdict. With `reject_at = "rcpt"` a `reject`
+//! client gets a dummy dialogue that refuses every recipient and logs the envelope.
 
 pub mod header;
+pub mod smtp;
 
 use std::{
     collections::HashMap,
+    future::Future,
     io,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{
         Arc, LazyLock, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, tcp::ReadHalf},
     sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
 use tracing::{info, warn};
 
-use crate::config::{Backend, Proxy as Config};
+use crate::config::{Backend, Balance, Proxy as Config, RejectAt};
+use crate::policy::Action;
 
 /// What the proxy does with a client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,22 +80,58 @@ pub struct Verdict {
     pub list: Option<String>,
 }
 
+/// What the daemon's screen (DNSBL lookups) says about a client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Screen {
+    /// A decision that replaces the verdict's (e.g. `Reject` over the score threshold).
+    pub decision: Option<Decision>,
+    /// The weighted score.
+    pub score: i32,
+    /// The zones that listed the client.
+    pub listed: Vec<String>,
+}
+
+/// The screen's answer, awaited while the pregreet test waits.
+pub type ScreenFuture = Pin<Box<dyn Future<Output = Screen> + Send>>;
+
 /// Where verdicts come from: the daemon (its readers only), or a table in unit tests.
 pub trait Verdicts: Send + Sync + 'static {
     /// The verdict for a client address (IPv4-mapped addresses already made IPv4).
     fn verdict(&self, ip: IpAddr) -> Verdict;
+
+    /// Screens a client with no verdict (DNSBL); runs beside the pregreet wait. None here.
+    fn screen(&self, _client: SocketAddr) -> ScreenFuture {
+        Box::pin(std::future::ready(Screen::default()))
+    }
+
+    /// Makes `ip` a dynamic verdict for `ttl` (a pregreet violator). May wait on the
+    /// daemon's writer: the proxy calls it off the async threads.
+    fn learn(
+        &self,
+        ip: IpAddr,
+        action: Action,
+        ttl: Duration,
+        source: &str,
+        reason: &str,
+    ) -> Result<(), String>;
+
+    /// Told whenever the proxy answers a client with a tempfail or reject (escalation).
+    fn refused(&self, _ip: IpAddr) {}
 }
 
 // ---- Metrics ------------------------------------------------------------------------------
 
-/// Labels of `prefilter_proxy_connections_total`: the decisions, and `limit`.
-const VERDICT_LABELS: [&str; 6] = ["allow", "pass", "observe", "tempfail", "reject", "limit"];
+/// Labels of `prefilter_proxy_connections_total`: the decisions, `pregreet` and `limit`.
+const VERDICT_LABELS: [&str; 7] = [
+    "allow", "pass", "observe", "tempfail", "reject", "pregreet", "limit",
+];
 
 static CONNECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     IntCounterVec::new(
         Opts::new(
             "prefilter_proxy_connections_total",
-            "Connections accepted by the SMTP proxy, by verdict (limit: refused over a connection limit).",
+            "Connections accepted by the SMTP proxy, by final verdict (pregreet: failed the \
+             pregreet test; limit: refused over a connection limit).",
         ),
         &["verdict"],
     )
@@ -107,22 +154,99 @@ static BACKEND_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("constant metric definition")
 });
 
+static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "prefilter_proxy_bytes_total",
+            "Bytes relayed or answered by the SMTP proxy (in: from clients, out: to clients).",
+        ),
+        &["direction"],
+    )
+    .expect("constant metric definition")
+});
+
+static BACKEND_CONNECT: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "prefilter_proxy_backend_connect_seconds",
+            "Time to connect to a backend (successful connections).",
+        )
+        .buckets(vec![
+            0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]),
+    )
+    .expect("constant metric definition")
+});
+
+static BACKEND_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    IntGaugeVec::new(
+        Opts::new(
+            "prefilter_proxy_backend_up",
+            "1 while a backend is taking connections, 0 while it is marked down.",
+        ),
+        &["backend"],
+    )
+    .expect("constant metric definition")
+});
+
+static PREGREET: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "prefilter_proxy_pregreet_violations_total",
+        "Clients that talked before the greeting ended (the pregreet test).",
+    )
+    .expect("constant metric definition")
+});
+
 /// Adds the proxy's metrics to `r`, every verdict at 0 so rate() works from the start.
 pub fn register(r: &Registry) {
     for v in VERDICT_LABELS {
         CONNECTIONS.with_label_values(&[v]);
     }
+    for d in ["in", "out"] {
+        BYTES.with_label_values(&[d]);
+    }
     // Distinct names in a registry that holds none of them: cannot fail.
     let _ = r.register(Box::new(CONNECTIONS.clone()));
     let _ = r.register(Box::new(ACTIVE.clone()));
     let _ = r.register(Box::new(BACKEND_ERRORS.clone()));
+    let _ = r.register(Box::new(BYTES.clone()));
+    let _ = r.register(Box::new(BACKEND_CONNECT.clone()));
+    let _ = r.register(Box::new(BACKEND_UP.clone()));
+    let _ = r.register(Box::new(PREGREET.clone()));
+}
+
+/// Raises the soft RLIMIT_NOFILE to what `max_connections` sessions need (two sockets
+/// each, plus the daemon's own), up to the hard limit. Returns (soft limit now, needed).
+pub fn raise_nofile(max_connections: u32) -> io::Result<(u64, u64)> {
+    let need = u64::from(max_connections) * 2 + 256;
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if r.rlim_cur >= need {
+        return Ok((r.rlim_cur, need));
+    }
+    let want = libc::rlimit {
+        rlim_cur: need.min(r.rlim_max),
+        rlim_max: r.rlim_max,
+    };
+    // SAFETY: a valid rlimit, soft at most hard.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((want.rlim_cur, need))
 }
 
 // ---- Listening ----------------------------------------------------------------------------
 
-/// Binds every `listen` address: IPv6 sockets are v6-only, so `0.0.0.0:25` and `[::]:25`
-/// can both be given. Fails on the first address that cannot be bound.
-pub fn bind(listen: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+/// Binds every `listen` address with an accept queue of `backlog`: IPv6 sockets are
+/// v6-only, so `0.0.0.0:25` and `[::]:25` can both be given. Fails on the first address that
+/// cannot be bound.
+pub fn bind(listen: &[SocketAddr], backlog: u32) -> io::Result<Vec<TcpListener>> {
     use socket2::{Domain, Socket, Type};
     let mut out = Vec::new();
     for &a in listen {
@@ -134,7 +258,7 @@ pub fn bind(listen: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
         s.set_nonblocking(true)?;
         s.bind(&a.into())
             .map_err(|e| io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
-        s.listen(1024)?;
+        s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         out.push(TcpListener::from_std(s.into())?);
     }
     Ok(out)
@@ -162,6 +286,9 @@ impl BackendState {
 
     fn failed(&self, why: &str) {
         BACKEND_ERRORS.inc();
+        BACKEND_UP
+            .with_label_values(&[&self.cfg.to_string()])
+            .set(0);
         let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
         let n = d.map_or(0, |d| d.1) + 1;
         let wait = BACKOFF_MIN
@@ -174,6 +301,9 @@ impl BackendState {
     }
 
     fn succeeded(&self) {
+        BACKEND_UP
+            .with_label_values(&[&self.cfg.to_string()])
+            .set(1);
         let mut d = self.down.lock().unwrap_or_else(|p| p.into_inner());
         if d.take().is_some() {
             info!(backend = %self.cfg, "proxy backend up again");
@@ -194,33 +324,64 @@ impl BackendState {
 }
 
 /// The backends in configured order, each with its health.
-struct Backends(Vec<BackendState>);
+struct Backends {
+    list: Vec<BackendState>,
+    balance: Balance,
+    /// Round robin: where the next session starts.
+    next: AtomicUsize,
+}
 
 impl Backends {
-    /// The first backend that accepts before `deadline`: those up in configured order, then
-    /// those marked down, soonest retry first (a backend back from a restart is found
-    /// before its backoff ends, when every other one is down too).
+    fn new(cfg: &[Backend], balance: Balance) -> Self {
+        for b in cfg {
+            // Up until a connection fails: nothing is known to be wrong yet.
+            BACKEND_UP.with_label_values(&[&b.to_string()]).set(1);
+        }
+        Self {
+            list: cfg
+                .iter()
+                .map(|b| BackendState {
+                    cfg: b.clone(),
+                    down: Mutex::new(None),
+                })
+                .collect(),
+            balance,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The first backend that accepts before `deadline`: those up (in configured order, or
+    /// in turn for round robin), then those marked down, soonest retry first (a backend
+    /// back from a restart is found before its backoff ends, when every other one is down
+    /// too).
     async fn connect(&self, deadline: Instant) -> Result<(TcpStream, &Backend), String> {
         let now = Instant::now();
-        let mut order: Vec<(bool, Option<Instant>, usize)> = self
-            .0
+        let n = self.list.len();
+        let first = match self.balance {
+            Balance::Order => 0,
+            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        let mut order: Vec<(bool, Option<Instant>, usize, usize)> = self
+            .list
             .iter()
             .enumerate()
             .map(|(i, b)| {
                 let r = b.retry_at();
-                (r.is_some_and(|t| t > now), r, i)
+                (r.is_some_and(|t| t > now), r, (i + n - first) % n, i)
             })
             .collect();
         order.sort();
         let mut errors = Vec::new();
-        for (_, _, i) in order {
-            let b = &self.0[i];
+        for (_, _, _, i) in order {
+            let b = &self.list[i];
+            let started = Instant::now();
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 errors.push(format!("{}: not tried, out of time", b.cfg));
                 break;
             };
             match tokio::time::timeout(left, b.connect()).await {
                 Ok(Ok(s)) => {
+                    BACKEND_CONNECT.observe(started.elapsed().as_secs_f64());
                     b.succeeded();
                     let _ = s.set_nodelay(true);
                     return Ok((s, &b.cfg));
@@ -313,11 +474,17 @@ const REPLY_WRITE: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_secs(2);
 /// Relay buffer per direction.
 const BUF: usize = 16 * 1024;
+/// The screen (DNSBL) gets this long; then the client is relayed without it (fail open).
+const SCREEN_MAX: Duration = Duration::from_secs(10);
+/// Longest wait for one command in a dummy dialogue (the idle timeout, when shorter).
+const COMMAND_WAIT: Duration = Duration::from_secs(60);
 
 struct Shared {
     cfg: Config,
     verdicts: Arc<dyn Verdicts>,
     backends: Backends,
+    /// For the implicit TLS listeners.
+    smtps_backends: Backends,
     per_client: PerClient,
     slots: Arc<Semaphore>,
     /// Session ids: the start time's seconds, then a counter.
@@ -342,26 +509,21 @@ impl Shared {
     }
 }
 
-/// Serves the proxy on `listeners` until `stop` turns true; then stops accepting, lets the
-/// sessions finish for `shutdown_timeout`, and closes the rest.
+/// Serves the proxy on `listeners` (SMTP) and `smtps` (implicit TLS) until `stop` turns
+/// true; then stops accepting, lets the sessions finish for `shutdown_timeout`, and closes
+/// the rest.
 pub async fn serve(
     cfg: Config,
     verdicts: Arc<dyn Verdicts>,
     listeners: Vec<TcpListener>,
+    smtps: Vec<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
     let shutdown = cfg.shutdown_timeout;
     let sh = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(cfg.max_connections as usize)),
-        backends: Backends(
-            cfg.backends
-                .iter()
-                .map(|b| BackendState {
-                    cfg: b.clone(),
-                    down: Mutex::new(None),
-                })
-                .collect(),
-        ),
+        backends: Backends::new(&cfg.backends, cfg.balance),
+        smtps_backends: Backends::new(&cfg.smtps_backends, cfg.balance),
         cfg,
         verdicts,
         per_client: Arc::default(),
@@ -371,16 +533,20 @@ pub async fn serve(
         next_id: AtomicU64::new(0),
     });
     // One accept task per listener feeds the session spawner.
-    let (tx, mut rx) = mpsc::channel::<(TcpStream, SocketAddr, SocketAddr)>(256);
+    let (tx, mut rx) = mpsc::channel::<(TcpStream, SocketAddr, SocketAddr, bool)>(256);
     let mut acceptors = JoinSet::new();
-    for l in listeners {
+    let tagged = listeners
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(smtps.into_iter().map(|l| (l, true)));
+    for (l, tls) in tagged {
         let tx = tx.clone();
         acceptors.spawn(async move {
             loop {
                 match l.accept().await {
                     Ok((s, peer)) => {
                         let local = s.local_addr().unwrap_or(peer);
-                        if tx.send((s, peer, local)).await.is_err() {
+                        if tx.send((s, peer, local, tls)).await.is_err() {
                             return;
                         }
                     }
@@ -396,13 +562,20 @@ pub async fn serve(
     drop(tx);
     let (hard_tx, hard_rx) = watch::channel(false);
     let mut sessions = JoinSet::new();
+    let trim = Trim::default();
     loop {
         tokio::select! {
             got = rx.recv() => match got {
-                Some((s, peer, local)) => admit(&sh, &mut sessions, s, peer, local, &hard_rx),
+                Some((s, peer, local, tls)) => {
+                    admit(&sh, &mut sessions, s, (peer, local, tls), &hard_rx)
+                }
                 None => break,
             },
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {
+                if sessions.is_empty() {
+                    trim.idle();
+                }
+            }
             _ = stop.changed() => break,
         }
     }
@@ -435,13 +608,41 @@ pub async fn serve(
     info!("proxy stopped");
 }
 
+/// Gives freed memory back to the system when the proxy goes idle after a burst.
+#[derive(Default)]
+struct Trim {
+    pending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Trim {
+    /// A second after the last session ended, at most once a second: glibc keeps the
+    /// memory of freed sessions in its per-thread arenas (only the main heap's top is
+    /// trimmed on free), so a burst of thousands of sessions would stay in the RSS for
+    /// good. No crate does this.
+    fn idle(&self) {
+        if self.pending.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pending = self.pending.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pending.store(false, Ordering::Relaxed);
+            #[cfg(target_env = "gnu")]
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only returns free memory; no pointer is involved.
+                unsafe { libc::malloc_trim(0) };
+            })
+            .await;
+        });
+    }
+}
+
 /// Checks the limits and starts a session, or refuses the client at once.
 fn admit(
     sh: &Arc<Shared>,
     sessions: &mut JoinSet<()>,
     s: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
     hard: &watch::Receiver<bool>,
 ) {
     let peer = header::canonical(peer);
@@ -455,7 +656,7 @@ fn admit(
             let sh = sh.clone();
             let hard = hard.clone();
             sessions.spawn(async move {
-                session(&sh, s, peer, local, hard).await;
+                session(&sh, s, (peer, local, tls), hard).await;
                 drop((permit, slot));
             });
         }
@@ -472,8 +673,14 @@ fn admit(
                 None,
             );
             // A fresh socket's send buffer is empty: one non-blocking write fits the line,
-            // and no task is spent on a client over a limit.
-            let sent = s.try_write(&reply).unwrap_or(0);
+            // and no task is spent on a client over a limit. A TLS client would not read
+            // plain text: closed.
+            let sent = if tls {
+                0
+            } else {
+                s.try_write(&reply).unwrap_or(0)
+            };
+            BYTES.with_label_values(&["out"]).inc_by(sent as u64);
             info!(
                 session = %sh.session_id(),
                 client = %peer,
@@ -489,12 +696,49 @@ fn admit(
     }
 }
 
+/// What one session did, for its log line: filled as it goes, so a session ended by the
+/// stop still logs what it had.
+#[derive(Default)]
+struct Record {
+    up: AtomicU64,
+    down: AtomicU64,
+    info: Mutex<Info>,
+}
+
+#[derive(Default)]
+struct Info {
+    verdict: &'static str,
+    list: Option<String>,
+    score: i32,
+    listed: Vec<String>,
+    backend: Option<String>,
+    helo: Option<String>,
+    mail: Option<String>,
+    rcpts: Vec<String>,
+    rcpt_count: usize,
+    queue_ids: Vec<String>,
+    end: String,
+}
+
+impl Record {
+    fn with<T>(&self, f: impl FnOnce(&mut Info) -> T) -> T {
+        f(&mut self.info.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn end(&self, why: impl Into<String>) {
+        let why = why.into();
+        self.with(|i| i.end = why);
+    }
+}
+
 /// Writes `reply`, closes our side, and reads what the client still sends for a moment, so
-/// the reply is not lost to a reset. Returns the bytes written.
-async fn refuse(client: &mut TcpStream, reply: &[u8]) -> u64 {
-    let written = match tokio::time::timeout(REPLY_WRITE, client.write_all(reply)).await {
-        Ok(Ok(())) => reply.len() as u64,
-        _ => return 0,
+/// the reply is not lost to a reset.
+async fn refuse(client: &mut TcpStream, reply: &[u8], rec: &Record) {
+    match tokio::time::timeout(REPLY_WRITE, client.write_all(reply)).await {
+        Ok(Ok(())) => {
+            rec.down.fetch_add(reply.len() as u64, Ordering::Relaxed);
+        }
+        _ => return,
     };
     let _ = client.shutdown().await;
     let mut sink = [0u8; 1024];
@@ -508,130 +752,452 @@ async fn refuse(client: &mut TcpStream, reply: &[u8]) -> u64 {
         }
     })
     .await;
-    written
+}
+
+/// Writes one reply of a dialogue; false when the client is gone.
+async fn say(client: &mut TcpStream, reply: &[u8], rec: &Record) -> bool {
+    let ok = matches!(
+        tokio::time::timeout(REPLY_WRITE, client.write_all(reply)).await,
+        Ok(Ok(()))
+    );
+    if ok {
+        rec.down.fetch_add(reply.len() as u64, Ordering::Relaxed);
+    }
+    ok
 }
 
 async fn session(
     sh: &Shared,
     mut client: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
     mut hard: watch::Receiver<bool>,
 ) {
     let _active = Active::new();
     let started = Instant::now();
     let id = sh.session_id();
     let _ = client.set_nodelay(true);
-    let v = sh.verdicts.verdict(peer.ip());
-    CONNECTIONS.with_label_values(&[v.decision.name()]).inc();
-    let list = v.list.as_deref();
-    let (backend, up, down, end): (Option<String>, u64, u64, String) = match v.decision {
-        Decision::Tempfail | Decision::Reject => {
-            let text = if v.decision == Decision::Tempfail {
-                &sh.cfg.tempfail_reply
-            } else {
-                &sh.cfg.reject_reply
-            };
-            let n = refuse(&mut client, &sh.reply(text, peer.ip(), list)).await;
-            (None, 0, n, "refused".into())
-        }
-        Decision::Allow | Decision::Pass | Decision::Observe => {
-            let deadline = Instant::now() + sh.cfg.connect_timeout;
-            match sh.backends.connect(deadline).await {
-                Err(e) => {
-                    let reply = sh.reply(
-                        "421 4.4.2 {hostname} Service temporarily unavailable, try again later",
-                        peer.ip(),
-                        None,
-                    );
-                    let n = refuse(&mut client, &reply).await;
-                    (None, 0, n, format!("no backend: {e}"))
-                }
-                Ok((mut b, name)) => {
-                    let hdr = header::build(sh.cfg.proxy_protocol, peer, local);
-                    let sent =
-                        tokio::time::timeout(sh.cfg.connect_timeout, b.write_all(&hdr)).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        BACKEND_ERRORS.inc();
-                        let reply = sh.reply(
-                            "421 4.4.2 {hostname} Service temporarily unavailable, try again later",
-                            peer.ip(),
-                            None,
-                        );
-                        let n = refuse(&mut client, &reply).await;
-                        (
-                            Some(name.to_string()),
-                            0,
-                            n,
-                            "backend did not take the PROXY header".into(),
-                        )
-                    } else {
-                        let (up, down, end) =
-                            relay(&mut client, &mut b, sh.cfg.idle_timeout, &mut hard).await;
-                        (Some(name.to_string()), up, down, end)
-                    }
-                }
-            }
+    let rec = Record::default();
+    let stopped = {
+        let work = run(sh, &mut client, (peer, local, tls), &rec);
+        tokio::select! {
+            () = work => false,
+            _ = hard.wait_for(|&v| v) => true,
         }
     };
+    if stopped {
+        rec.end("shutdown");
+    }
+    let (up, down) = (
+        rec.up.load(Ordering::Relaxed),
+        rec.down.load(Ordering::Relaxed),
+    );
+    BYTES.with_label_values(&["in"]).inc_by(up);
+    BYTES.with_label_values(&["out"]).inc_by(down);
+    let i = rec.info.into_inner().unwrap_or_else(|p| p.into_inner());
+    CONNECTIONS.with_label_values(&[i.verdict]).inc();
+    let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let join = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.join(",")
+        }
+    };
+    let mut rcpts = join(&i.rcpts);
+    if i.rcpt_count > i.rcpts.len() {
+        rcpts.push_str(&format!(",+{}", i.rcpt_count - i.rcpts.len()));
+    }
     info!(
         session = %id,
         client = %peer,
-        verdict = v.decision.name(),
-        list = list.unwrap_or("-"),
-        backend = backend.as_deref().unwrap_or("-"),
+        verdict = %i.verdict,
+        list = %or_dash(&i.list),
+        score = i.score,
+        listed = %join(&i.listed),
+        helo = %or_dash(&i.helo),
+        mail_from = %or_dash(&i.mail),
+        rcpt_to = %rcpts,
+        queue_id = %join(&i.queue_ids),
+        backend = %or_dash(&i.backend),
         bytes_in = up,
         bytes_out = down,
         duration_ms = started.elapsed().as_millis() as u64,
-        end = %end,
+        end = %i.end,
         "proxy session"
     );
 }
 
-/// Copies one direction until EOF, then half-closes the other side.
-async fn pipe<R, W>(
-    r: &mut R,
+/// How a refused client is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Tempfail,
+    Reject,
+}
+
+/// The session's work: verdict, screen and pregreet, then a refusal, a dummy dialogue or
+/// the relay. Everything it learns goes into `rec`.
+async fn run(
+    sh: &Shared,
+    client: &mut TcpStream,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
+    rec: &Record,
+) {
+    let v = sh.verdicts.verdict(peer.ip());
+    rec.with(|i| {
+        i.verdict = v.decision.name();
+        i.list = v.list.clone();
+    });
+    let list = v.list.as_deref();
+    let mut decision = v.decision;
+    // Set once `220-` went out: every answer from then on completes that greeting.
+    let mut greeted = false;
+    if matches!(decision, Decision::Pass | Decision::Observe) {
+        let screen = async {
+            match tokio::time::timeout(SCREEN_MAX, sh.verdicts.screen(peer)).await {
+                Ok(s) => s,
+                Err(_) => {
+                    warn!(client = %peer, "proxy: the screen took over 10s; relaying without it");
+                    Screen::default()
+                }
+            }
+        };
+        // No pregreet on implicit TLS: the client speaks first there.
+        let greet_wait = sh.cfg.greet_wait.filter(|_| !tls);
+        let (screen, talked) = match greet_wait {
+            None => (screen.await, None),
+            Some(wait) => {
+                let first = format!("220-{} ESMTP\r\n", sh.cfg.hostname);
+                if !say(client, first.as_bytes(), rec).await {
+                    rec.end("client gone before the greeting");
+                    return;
+                }
+                greeted = true;
+                let mut byte = [0u8; 64];
+                let listen = async {
+                    match tokio::time::timeout(wait, client.read(&mut byte)).await {
+                        Err(_) => None,
+                        Ok(Ok(0) | Err(_)) => Some(0),
+                        Ok(Ok(n)) => Some(n),
+                    }
+                };
+                let (s, t) = tokio::join!(screen, listen);
+                (s, t)
+            }
+        };
+        rec.with(|i| {
+            i.score = screen.score;
+            i.listed = screen.listed.clone();
+        });
+        match talked {
+            Some(0) => {
+                rec.end("client closed during the greet wait");
+                return;
+            }
+            Some(n) => {
+                rec.up.fetch_add(n as u64, Ordering::Relaxed);
+                return pregreet_violation(sh, client, peer, rec).await;
+            }
+            None => {}
+        }
+        if let Some(d) = screen.decision {
+            decision = d;
+            rec.with(|i| i.verdict = d.name());
+        }
+    }
+    let refusal = match decision {
+        Decision::Tempfail => Refusal::Tempfail,
+        Decision::Reject => Refusal::Reject,
+        Decision::Allow | Decision::Pass | Decision::Observe => {
+            return relay_session(sh, client, (peer, local, tls), decision, rec).await;
+        }
+    };
+    sh.verdicts.refused(peer.ip());
+    if tls {
+        // The client expects a TLS handshake: no plain-text reply it could read.
+        rec.end("refused: closed (implicit TLS)");
+        return;
+    }
+    let text = match refusal {
+        Refusal::Tempfail => &sh.cfg.tempfail_reply,
+        Refusal::Reject => &sh.cfg.reject_reply,
+    };
+    let reply = sh.reply(text, peer.ip(), list);
+    if refusal == Refusal::Reject && sh.cfg.reject_at == RejectAt::Rcpt {
+        dialogue(sh, client, peer, list, None, rec).await;
+    } else if greeted {
+        // 220- went out: complete the greeting, refuse the first command.
+        dialogue(sh, client, peer, list, Some(&reply), rec).await;
+    } else {
+        refuse(client, &reply, rec).await;
+        rec.end("refused");
+    }
+}
+
+/// A client that talked before the greeting ended: refused and learned.
+async fn pregreet_violation(sh: &Shared, client: &mut TcpStream, peer: SocketAddr, rec: &Record) {
+    PREGREET.inc();
+    let action = sh.cfg.greet_action;
+    rec.with(|i| i.verdict = "pregreet");
+    let verdicts = sh.verdicts.clone();
+    let (ip, ttl) = (peer.ip(), sh.cfg.greet_ttl);
+    // The daemon's writer may be busy with an import: not on this thread.
+    let learned = tokio::task::spawn_blocking(move || {
+        verdicts.learn(ip, action, ttl, "pregreet", "talked before the greeting")
+    })
+    .await;
+    if let Ok(Err(e)) | Err(e) = learned.map_err(|e| e.to_string()) {
+        warn!(client = %peer, "proxy: could not learn the pregreet verdict: {e}");
+    }
+    sh.verdicts.refused(ip);
+    let text = if action == Action::Tempfail {
+        &sh.cfg.tempfail_reply
+    } else {
+        &sh.cfg.reject_reply
+    };
+    // After `220-` a different code is not well-formed, but the client broke the protocol
+    // first, and every SMTP client reads the last line's code.
+    refuse(client, &sh.reply(text, ip, Some("pregreet")), rec).await;
+    rec.end("pregreet: talked before the greeting");
+}
+
+/// The dummy SMTP dialogue: completes the greeting, then either refuses the first command
+/// with `first` (a refusal decided after `220-` went out), or (`first` = None, reject at
+/// RCPT) accepts HELO and MAIL and refuses every RCPT TO, logging the envelope. Bounded in
+/// line length, commands and time.
+async fn dialogue(
+    sh: &Shared,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    list: Option<&str>,
+    first: Option<&[u8]>,
+    rec: &Record,
+) {
+    let host = &sh.cfg.hostname;
+    if !say(client, format!("220 {host} ESMTP\r\n").as_bytes(), rec).await {
+        rec.end("client gone");
+        return;
+    }
+    let rcpt_reply = sh.reply(&sh.cfg.rcpt_reply, peer.ip(), list);
+    let wait = sh.cfg.idle_timeout.min(COMMAND_WAIT);
+    let mut lines = smtp::Lines::default();
+    let mut seen = 0u64;
+    let talk = async {
+        for _ in 0..smtp::MAX_COMMANDS {
+            let line = match tokio::time::timeout(wait, lines.next(client)).await {
+                Err(_) => return format!("no command within {}s", wait.as_secs()),
+                Ok(Ok(None)) => return "client closed".to_owned(),
+                Ok(Err(bad)) => {
+                    rec.up.fetch_add(lines.bytes - seen, Ordering::Relaxed);
+                    let _ = say(client, b"500 5.5.2 Error: bad input\r\n", rec).await;
+                    return bad.text().to_owned();
+                }
+                Ok(Ok(Some(l))) => l,
+            };
+            rec.up.fetch_add(lines.bytes - seen, Ordering::Relaxed);
+            seen = lines.bytes;
+            let cmd = smtp::command(&line);
+            if cmd == smtp::Cmd::Quit {
+                let _ = say(client, b"221 2.0.0 Bye\r\n", rec).await;
+                return "quit".to_owned();
+            }
+            if let Some(reply) = first {
+                let _ = say(client, reply, rec).await;
+                return "refused".to_owned();
+            }
+            let reply: Vec<u8> = match cmd {
+                smtp::Cmd::Helo(h) => {
+                    rec.with(|i| i.helo = Some(h));
+                    format!("250 {host}\r\n").into_bytes()
+                }
+                smtp::Cmd::Mail(m) => {
+                    rec.with(|i| i.mail = Some(m));
+                    b"250 2.1.0 Ok\r\n".to_vec()
+                }
+                smtp::Cmd::Rcpt(r) => {
+                    rec.with(|i| {
+                        i.rcpt_count += 1;
+                        if i.rcpts.len() < smtp::MAX_LOGGED_RCPTS {
+                            i.rcpts.push(r);
+                        }
+                    });
+                    rcpt_reply.clone()
+                }
+                smtp::Cmd::Data => b"554 5.5.1 Error: no valid recipients\r\n".to_vec(),
+                smtp::Cmd::Rset | smtp::Cmd::Noop => b"250 2.0.0 Ok\r\n".to_vec(),
+                smtp::Cmd::Quit => unreachable!("answered above"),
+                smtp::Cmd::Other => b"502 5.5.2 Error: command not recognized\r\n".to_vec(),
+            };
+            if !say(client, &reply, rec).await {
+                return "client gone".to_owned();
+            }
+        }
+        let _ = say(client, b"421 4.7.0 Too many commands\r\n", rec).await;
+        format!("over {} commands", smtp::MAX_COMMANDS)
+    };
+    let end = match tokio::time::timeout(smtp::DIALOGUE_MAX, talk).await {
+        Ok(e) => e,
+        Err(_) => format!("dialogue over {}s", smtp::DIALOGUE_MAX.as_secs()),
+    };
+    let _ = client.shutdown().await;
+    rec.end(format!("refused: {end}"));
+}
+
+/// Connects a backend, sends the PROXY header, and relays.
+async fn relay_session(
+    sh: &Shared,
+    client: &mut TcpStream,
+    (peer, local, tls): (SocketAddr, SocketAddr, bool),
+    decision: Decision,
+    rec: &Record,
+) {
+    let backends = if tls {
+        &sh.smtps_backends
+    } else {
+        &sh.backends
+    };
+    let deadline = Instant::now() + sh.cfg.connect_timeout;
+    let unavailable = || {
+        sh.reply(
+            "421 4.4.2 {hostname} Service temporarily unavailable, try again later",
+            peer.ip(),
+            None,
+        )
+    };
+    let (mut b, name) = match backends.connect(deadline).await {
+        Ok(x) => x,
+        Err(e) => {
+            // A TLS client cannot read a plain-text 421: it is closed and retries.
+            if !tls {
+                refuse(client, &unavailable(), rec).await;
+            }
+            rec.end(format!("no backend: {e}"));
+            return;
+        }
+    };
+    rec.with(|i| i.backend = Some(name.to_string()));
+    let tlv = rec.with(|i| header::summary(decision.name(), i.list.as_deref(), i.score, &i.listed));
+    let hdr = header::build(sh.cfg.proxy_protocol, peer, local, &tlv);
+    let sent = tokio::time::timeout(sh.cfg.connect_timeout, b.write_all(&hdr)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        BACKEND_ERRORS.inc();
+        if !tls {
+            refuse(client, &unavailable(), rec).await;
+        }
+        rec.end("backend did not take the PROXY header");
+        return;
+    }
+    let end = relay(client, &mut b, sh.cfg.idle_timeout, rec).await;
+    rec.end(end);
+}
+
+/// Copies the client's bytes to the backend until EOF, each read checked by the guard
+/// first (a possible PROXY header start is read whole before it is judged).
+async fn pipe_up<W>(
+    r: &ReadHalf<'_>,
     w: &mut W,
-    bytes: &AtomicU64,
+    rec: &Record,
     last: &AtomicU64,
     base: Instant,
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut guard = smtp::Guard::default();
+    let mut buf = Vec::new();
     loop {
-        let n = r.read(&mut buf).await?;
+        let have = buf.len();
+        let n = read_fresh(r, &mut buf).await?;
         if n == 0 {
+            if have > 0 {
+                guard.feed(&buf).map_err(bad)?;
+                w.write_all(&buf).await?;
+            }
             // Half-close: the other side sees EOF and may still answer.
             let _ = w.shutdown().await;
             return Ok(());
         }
         last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
-        w.write_all(&buf[..n]).await?;
-        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        rec.up.fetch_add(n as u64, Ordering::Relaxed);
+        if smtp::maybe_proxy_header(&buf) {
+            continue;
+        }
+        guard.feed(&buf).map_err(bad)?;
+        w.write_all(&buf).await?;
+        // Freed while the client is quiet.
+        buf = Vec::new();
         last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
-/// Relays both ways until both sides closed, an error, `idle` without a byte, or a hard
-/// stop. Returns (client to backend bytes, backend to client bytes, how it ended).
+/// Waits until `r` has bytes, and only then grows `buf` to read them: an idle session
+/// (most of them, most of the time) holds no relay buffer. Returns the bytes read, 0 at EOF.
+async fn read_fresh(r: &ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let s: &TcpStream = r.as_ref();
+    loop {
+        s.readable().await?;
+        // Capacity only: the pages a short SMTP line does not fill are never touched.
+        buf.reserve(BUF);
+        match s.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn bad(b: smtp::Bad) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, b.text())
+}
+
+/// Copies the backend's bytes to the client until EOF, noting queue ids as they pass.
+async fn pipe_down<W>(
+    r: &ReadHalf<'_>,
+    w: &mut W,
+    rec: &Record,
+    last: &AtomicU64,
+    base: Instant,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut watch = smtp::QueueWatch::default();
+    loop {
+        let mut buf = Vec::new();
+        let n = read_fresh(r, &mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        watch.feed(&buf[..n], |id| {
+            rec.with(|i| {
+                if i.queue_ids.len() < smtp::MAX_LOGGED_RCPTS {
+                    i.queue_ids.push(id);
+                }
+            })
+        });
+        w.write_all(&buf[..n]).await?;
+        rec.down.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Relays both ways until both sides closed, an error, bad input from the client, or
+/// `idle` without a byte. Returns how it ended.
 async fn relay(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     idle: Duration,
-    hard: &mut watch::Receiver<bool>,
-) -> (u64, u64, String) {
+    rec: &Record,
+) -> String {
     let base = Instant::now();
     let last = AtomicU64::new(0);
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (mut cr, mut cw) = client.split();
-    let (mut br, mut bw) = backend.split();
+    let (cr, mut cw) = client.split();
+    let (br, mut bw) = backend.split();
     let both = async {
         tokio::try_join!(
-            pipe(&mut cr, &mut bw, &up, &last, base),
-            pipe(&mut br, &mut cw, &down, &last, base)
+            pipe_up(&cr, &mut bw, rec, &last, base),
+            pipe_down(&br, &mut cw, rec, &last, base)
         )
     };
     let idle_watch = async {
@@ -644,19 +1210,14 @@ async fn relay(
             tokio::time::sleep(idle - quiet).await;
         }
     };
-    let end = tokio::select! {
+    tokio::select! {
         r = both => match r {
             Ok(_) => "closed".to_owned(),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => e.to_string(),
             Err(e) => format!("error: {e}"),
         },
         _ = idle_watch => "idle timeout".to_owned(),
-        _ = hard.wait_for(|&v| v) => "shutdown".to_owned(),
-    };
-    (
-        up.load(Ordering::Relaxed),
-        down.load(Ordering::Relaxed),
-        end,
-    )
+    }
 }
 
 #[cfg(test)]
