@@ -42,6 +42,12 @@ impl Rbldnsd {
     /// Starts rbldnsd on 127.0.0.1 of namespace `netns` (or of the host with `None`) on a free
     /// port, serving `zones`; returns once it answers.
     pub fn start(netns: Option<&str>, zones: &[Zone<'_>]) -> Self {
+        Self::start_on(netns, zones, None)
+    }
+
+    /// [`Rbldnsd::start`] on `port` when given (53 for resolvers that read resolv.conf,
+    /// such as Postfix's dnsblog).
+    pub fn start_on(netns: Option<&str>, zones: &[Zone<'_>], port: Option<u16>) -> Self {
         let dir = PathBuf::from(format!("/tmp/{}", unique("pfdn")));
         fs::create_dir(&dir).expect("rbldnsd dir");
         // rbldnsd refuses to run as root: it runs as `rbldns`, which must read the data and
@@ -59,9 +65,10 @@ impl Rbldnsd {
                 .expect("a free UDP port")
                 .port()
         };
-        let port = match netns {
-            Some(ns) => in_netns(ns, free_port),
-            None => free_port(),
+        let port = match (port, netns) {
+            (Some(p), _) => p,
+            (None, Some(ns)) => in_netns(ns, free_port),
+            (None, None) => free_port(),
         };
         let addr: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
         let log = dir.join("query.log");

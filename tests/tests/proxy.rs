@@ -899,3 +899,87 @@ fn thousands_of_sessions_none_lost_and_resources_return() {
         "RSS {rss0} KiB -> peak {rss_peak} KiB -> {rss1} KiB after the sessions ended"
     );
 }
+
+/// The DNSBL behind the proxy, with a real rbldnsd in the MX namespace: a listed client gets
+/// 554 naming the zone and never reaches Postfix, and its next SYN stops in XDP (the
+/// listing's `repeat_action` in the dynamic map); a clean client delivers. A client that keeps
+/// coming back under an SMTP-level verdict is escalated to an XDP drop.
+#[test]
+fn dnsbl_listed_clients_get_554_then_stop_in_xdp() {
+    use prefilter_tests::rbldnsd::{Rbldnsd, Zone, zone_head};
+    require_root();
+    let lab = Lab::new();
+    let listed = IpAddr::V4(BIG4);
+    let rbl = Rbldnsd::start(
+        Some(&lab.mx.name),
+        &[Zone {
+            name: "bl.test",
+            kind: "ip4set",
+            data: format!("{}{listed}\n", zone_head(300, 60)),
+        }],
+    );
+    let postfix = Postfix::start(&lab.mx, BACKEND);
+    let d = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &format!(
+            "{}\n[dnsbl]\nsites = [\"bl.test*2\"]\nthreshold = 2\nnameservers = [\"{}\"]\n\
+             timeout = 1\nprobe_interval = 3600\n\n[escalation]\nafter = 2\nwithin = 60\nttl = 600\n",
+            proxy_section_with("v2", 5, ""),
+            rbl.addr
+        ),
+    );
+    let healthy = prefilter_tests::daemon::poll(Duration::from_secs(10), || {
+        let st = d.status();
+        (st["dnsbl"]["zones"][0]["state"] == "healthy").then_some(())
+    });
+    assert!(healthy.is_some(), "zone not healthy: {}", d.status());
+
+    let out = swaks(&lab, IpAddr::V4(CLEAN4));
+    assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
+
+    let out = swaks(&lab, listed);
+    assert!(out.contains("554 5.7.1 mx.test"), "{out}\n{}", d.log());
+    assert!(out.contains("bl.test"), "the reply names the zone: {out}");
+    let line = wait_session(&d, listed, &["verdict=reject", "score=2"]);
+    assert!(line.contains("bl.test"), "{line}");
+    assert!(
+        !postfix.log().contains(&format!("[{listed}]")),
+        "Postfix saw the listed client:\n{}",
+        postfix.log()
+    );
+    // The next SYN stops in XDP: repeat_action (drop) for the listing's TTL.
+    let dynamic = prefilter_tests::daemon::poll(Duration::from_secs(5), || {
+        let c = d.check(&listed.to_string());
+        (c["dynamic"]["action"] == "drop").then_some(c)
+    });
+    assert!(dynamic.is_some(), "{}", d.check(&listed.to_string()));
+    let (r, _) = lab.connect(listed, Duration::from_secs(1));
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "the listed client's next SYN was not dropped: {r:?}"
+    );
+
+    // Escalation: a tempfail verdict answered again and again (after = 2) becomes a drop.
+    d.cli_ok(&["block", "add", &TTL4.to_string(), "--action", "tempfail"]);
+    for _ in 0..3 {
+        let out = swaks(&lab, IpAddr::V4(TTL4));
+        assert!(out.contains("421 4.7.0"), "{out}");
+    }
+    let escalated = prefilter_tests::daemon::poll(Duration::from_secs(5), || {
+        let c = d.check(&TTL4.to_string());
+        (c["dynamic"]["action"] == "drop").then_some(())
+    });
+    assert!(
+        escalated.is_some(),
+        "not escalated: {}\n{}",
+        d.check(&TTL4.to_string()),
+        d.log()
+    );
+    assert!(d.log().contains("escalated to XDP"), "{}", d.log());
+    let (r, _) = lab.connect(IpAddr::V4(TTL4), Duration::from_secs(1));
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "the escalated client's SYN was not dropped: {r:?}"
+    );
+}

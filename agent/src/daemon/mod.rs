@@ -10,7 +10,7 @@ mod settings;
 mod verify;
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{Duration, Instant},
@@ -1143,6 +1143,39 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 impl crate::proxy::Verdicts for Daemon {
     fn verdict(&self, ip: IpAddr) -> crate::proxy::Verdict {
         self.proxy_verdict(ip)
+    }
+
+    /// The DNSBL, when configured for the proxy (not inline) and judging the port the client
+    /// came to: a listing over the threshold gets `[dnsbl] action` now, and the dynamic map
+    /// its `repeat_action` (done by the DNSBL itself), so the next SYN stops in XDP.
+    fn screen(&self, client: SocketAddr, local: SocketAddr) -> crate::proxy::ScreenFuture {
+        use crate::proxy::{Decision, Screen};
+        let Some(dnsbl) = self.dnsbl() else {
+            return Box::pin(std::future::ready(Screen::default()));
+        };
+        if dnsbl.config().inline || !dnsbl.judges_port(local.port()) {
+            return Box::pin(std::future::ready(Screen::default()));
+        }
+        Box::pin(async move {
+            let s = dnsbl.score(client.ip()).await;
+            let decision = s.verdict.map(|a| match a {
+                crate::policy::Action::Tempfail => Decision::Tempfail,
+                crate::policy::Action::Observe => Decision::Observe,
+                // drop/reset reaching a socket: answer as a reject; the kernel takes the
+                // next SYN.
+                _ => Decision::Reject,
+            });
+            let decision = decision.or(s.allowlisted.then_some(Decision::Allow));
+            Screen {
+                decision,
+                score: s.score,
+                listed: s.listed,
+            }
+        })
+    }
+
+    fn refused(&self, ip: IpAddr) {
+        self.note_refusal(ip);
     }
 
     fn learn(

@@ -99,8 +99,9 @@ pub trait Verdicts: Send + Sync + 'static {
     /// The verdict for a client address (IPv4-mapped addresses already made IPv4).
     fn verdict(&self, ip: IpAddr) -> Verdict;
 
-    /// Screens a client with no verdict (DNSBL); runs beside the pregreet wait. None here.
-    fn screen(&self, _client: SocketAddr) -> ScreenFuture {
+    /// Screens a client with no verdict (DNSBL), connected to our `local` address; runs
+    /// beside the pregreet wait. None here.
+    fn screen(&self, _client: SocketAddr, _local: SocketAddr) -> ScreenFuture {
         Box::pin(std::future::ready(Screen::default()))
     }
 
@@ -847,13 +848,13 @@ async fn run(
         i.verdict = v.decision.name();
         i.list = v.list.clone();
     });
-    let list = v.list.as_deref();
+    let mut list = v.list;
     let mut decision = v.decision;
     // Set once `220-` went out: every answer from then on completes that greeting.
     let mut greeted = false;
     if matches!(decision, Decision::Pass | Decision::Observe) {
         let screen = async {
-            match tokio::time::timeout(SCREEN_MAX, sh.verdicts.screen(peer)).await {
+            match tokio::time::timeout(SCREEN_MAX, sh.verdicts.screen(peer, local)).await {
                 Ok(s) => s,
                 Err(_) => {
                     warn!(client = %peer, "proxy: the screen took over 10s; relaying without it");
@@ -902,8 +903,18 @@ async fn run(
         if let Some(d) = screen.decision {
             decision = d;
             rec.with(|i| i.verdict = d.name());
+            // The reply names the zones that listed it, as postscreen's does.
+            if !screen.listed.is_empty() {
+                let zones: Vec<&str> = screen
+                    .listed
+                    .iter()
+                    .map(|l| l.split('=').next().unwrap_or(l))
+                    .collect();
+                list = Some(zones.join(", "));
+            }
         }
     }
+    let list = list.as_deref();
     let refusal = match decision {
         Decision::Tempfail => Refusal::Tempfail,
         Decision::Reject => Refusal::Reject,

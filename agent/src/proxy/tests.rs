@@ -34,7 +34,7 @@ impl Verdicts for Table {
         }
     }
 
-    fn screen(&self, _client: SocketAddr) -> ScreenFuture {
+    fn screen(&self, _client: SocketAddr, _local: SocketAddr) -> ScreenFuture {
         let s = self.screen.clone();
         // Slower than the pregreet wait in the tests: both must run at once.
         Box::pin(async move {

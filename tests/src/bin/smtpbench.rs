@@ -13,9 +13,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
-    os::unix::fs::PermissionsExt,
     path::PathBuf,
-    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -28,6 +26,7 @@ use prefilter_tests::{
     daemon::{Daemon, poll},
     netns::Netns,
     postfix::Postfix,
+    rbldnsd::{Rbldnsd, Zone, zone_head},
     require_root,
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -57,45 +56,6 @@ enum Outcome {
     /// A 4xx/5xx answer instead of a greeting (a refused client).
     Refused,
     Failed,
-}
-
-/// The rbldnsd the bench started (by pid, stopped on drop).
-struct Rbldnsd {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Rbldnsd {
-    fn start(ns: &Netns) -> Self {
-        let dir = std::env::temp_dir().join(format!("pfsb-zone-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("zone dir");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
-        // ip4set: the RFC 5782 test point and the listed half of 198.51.100.0/24.
-        fs::write(
-            dir.join("bl"),
-            ":127.0.0.2:Listed by the bench zone\n127.0.0.2\n198.51.100.0/25\n",
-        )
-        .expect("zone file");
-        fs::set_permissions(dir.join("bl"), fs::Permissions::from_mode(0o644)).expect("chmod");
-        let child = ns
-            .command("rbldnsd")
-            .args(["-n", "-b", "127.0.0.1/53", "-w"])
-            .arg(&dir)
-            .arg(format!("{ZONE}:ip4set:bl"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rbldnsd");
-        Self { child, dir }
-    }
-}
-
-impl Drop for Rbldnsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// /etc/netns/NAME/resolv.conf, which `ip netns exec` mounts over /etc/resolv.conf: Postfix's
@@ -297,9 +257,6 @@ fn set_main_cf(conf: &std::path::Path, keys: &[(&str, &str)]) {
 
 /// prefilter's side of the same DNSBL check as postscreen's.
 fn dnsbl_config() -> String {
-    if std::env::var_os("SMTPBENCH_NO_DNSBL").is_some() {
-        return String::new();
-    }
     format!(
         "[dnsbl]\n\
          sites = [\"{ZONE}*2\"]\n\
@@ -344,7 +301,17 @@ fn main() {
     ]);
     ns.ip(&["link", "set", &dummy, "up"]);
     let _resolver = NetnsResolver::new(&ns);
-    let _rbldnsd = Rbldnsd::start(&ns);
+    // The RFC 5782 test point and the listed half of 198.51.100.0/24, on port 53: Postfix's
+    // dnsblog asks the resolv.conf nameserver.
+    let _rbldnsd = Rbldnsd::start_on(
+        Some(&ns.name),
+        &[Zone {
+            name: ZONE,
+            kind: "ip4set",
+            data: format!("{}198.51.100.0/25\n", zone_head(3600, 60)),
+        }],
+        Some(53),
+    );
 
     let postfix = Postfix::start(&ns, BACKEND);
     // postscreen as its documentation sets it up (postscreen(8), POSTSCREEN_README), with
