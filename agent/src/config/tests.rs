@@ -637,7 +637,9 @@ fn deploy_dnsbl_example_parses_when_uncommented() {
     assert_eq!(d.sites.len(), 7);
     assert_eq!((d.threshold, d.allowlist_threshold), (3, -1));
     assert!(c.escalation.is_some());
+}
 
+#[test]
 fn proxy_screening_keys() {
     let base = "[xdp]\ninterfaces = [\"eth0\"]\n[proxy]\nbackends = [\"127.0.0.1:10025\"]\n";
     // Defaults: reject at once, no pregreet test, backends in order.
