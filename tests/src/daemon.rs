@@ -238,6 +238,8 @@ pub struct Daemon {
     /// Run the daemon as this user with only these capabilities (setpriv, as systemd's
     /// `User=` and `AmbientCapabilities=` would), instead of as root.
     pub run_as: Option<RunAs>,
+    /// The `prefilter` binary to run (default: this build's, [`binary`]), e.g. a packaged one.
+    pub program: Option<PathBuf>,
 }
 
 /// An unprivileged user and the capabilities a unit grants it (setpriv names: `bpf`,
@@ -276,6 +278,7 @@ impl Daemon {
             run_args: Vec::new(),
             socket_group: String::new(),
             run_as: None,
+            program: None,
         };
         fs::create_dir(&d.bpffs).expect("create the bpffs mount point");
         let out = run_bounded(
@@ -352,7 +355,7 @@ impl Daemon {
                 .arg("--no-new-privs")
                 .arg("--");
         }
-        c.arg(binary())
+        c.arg(self.program.as_deref().unwrap_or(binary()))
             .arg("run")
             .arg("--config")
             .arg(config)

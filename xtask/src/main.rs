@@ -3,6 +3,7 @@ mod bench;
 mod build;
 mod cmd;
 mod lab;
+mod package;
 mod setup;
 mod test;
 
@@ -27,6 +28,8 @@ enum Task {
     Test(test::TestArgs),
     /// Build a two-namespace lab, show it carries traffic, and tear it down.
     Lab(lab::LabArgs),
+    /// Build, then the Debian package (target/debian/prefilter_*.deb) with cargo-deb.
+    Package,
     /// Build, then run the `bench` binary of prefilter-tests with the arguments after `--`.
     Bench(bench::BenchArgs),
 }
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run(args) => build::run(&args),
         Task::Test(args) => test::test(&args),
         Task::Lab(args) => lab::run(&args),
+        Task::Package => package::package().map(|_| ()),
         Task::Bench(args) => bench::bench(&args),
     }
 }

@@ -69,6 +69,7 @@ pub fn setup() -> Result<()> {
     );
     report("debian packages", ensure_packages()?);
     report("bpf-linker", ensure_bpf_linker()?);
+    report("cargo-deb", ensure_cargo_deb()?);
     Ok(())
 }
 
@@ -390,4 +391,14 @@ mod tests {
             assert_eq!(llvm_major(case.text), case.major, "{}", case.text);
         }
     }
+}
+
+/// cargo-deb for `cargo xtask package` (and the package test `cargo xtask test` runs).
+fn ensure_cargo_deb() -> Result<String> {
+    let have = probe(Command::new("cargo").args(["deb", "--version"]));
+    if have.is_ok_and(|o| o.status.success()) {
+        return Ok("ok".into());
+    }
+    run(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
+    Ok("installed".into())
 }

@@ -35,7 +35,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
     if !args.no_lint {
         lint()?;
     }
-    build::build_agent()?;
+    let bin = build::build_agent()?;
+    // tests/tests/package.rs installs it with dpkg.
+    crate::package::package_built(&bin)?;
     run(cargo()
         .args(["test", "--release", "--workspace", "--exclude", EBPF_CRATE])
         .args(cargo_test_args(args)))
