@@ -360,6 +360,16 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// cargo-deb for `cargo xtask package` (and the package test `cargo xtask test` runs).
+fn ensure_cargo_deb() -> Result<String> {
+    let have = probe(Command::new("cargo").args(["deb", "--version"]));
+    if have.is_ok_and(|o| o.status.success()) {
+        return Ok("ok".into());
+    }
+    run(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
+    Ok("installed".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::llvm_major;
@@ -391,14 +401,4 @@ mod tests {
             assert_eq!(llvm_major(case.text), case.major, "{}", case.text);
         }
     }
-}
-
-/// cargo-deb for `cargo xtask package` (and the package test `cargo xtask test` runs).
-fn ensure_cargo_deb() -> Result<String> {
-    let have = probe(Command::new("cargo").args(["deb", "--version"]));
-    if have.is_ok_and(|o| o.status.success()) {
-        return Ok("ok".into());
-    }
-    run(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
-    Ok("installed".into())
 }
