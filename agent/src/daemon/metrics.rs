@@ -99,6 +99,7 @@ pub fn registry(d: Daemon) -> Registry {
     if d.lock().settings.proxy.is_some() {
         crate::proxy::register(&r);
     }
+    super::feeds::register(&r);
     let _ = r.register(Box::new(DaemonCollector {
         d,
         descs: Families::new().descs(),
@@ -169,6 +170,7 @@ fn origin_name(o: Origin) -> &'static str {
         Origin::Config => "config",
         Origin::Cli => "cli",
         Origin::Import => "import",
+        Origin::Feed => "feed",
     }
 }
 

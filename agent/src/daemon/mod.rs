@@ -3,6 +3,7 @@
 
 mod control;
 mod events;
+pub mod feeds;
 pub mod learned;
 mod metrics;
 mod settings;
@@ -176,6 +177,7 @@ pub struct Daemon {
     events: broadcast::Sender<events::EventJson>,
     expiry_wake: Arc<tokio::sync::Notify>,
     learned: broadcast::Sender<learned::Learned>,
+    feeds: Arc<feeds::Feeds>,
 }
 
 fn mode_name(m: Option<XdpMode>) -> &'static str {
@@ -517,7 +519,7 @@ impl Daemon {
                 .store()
                 .lists()
                 .iter()
-                .filter(|(_, l)| l.kind == kind && l.origin != Origin::Config)
+                .filter(|(_, l)| l.kind == kind && matches!(l.origin, Origin::Cli | Origin::Import))
                 .filter(|(_, l)| prefixes.iter().any(|p| l.entries.contains_key(p)))
                 .map(|(n, _)| n.clone())
                 .collect(),
@@ -740,6 +742,7 @@ impl Daemon {
             let _ = detach_one(&mut st, &iface);
         }
         self.publish(&st);
+        self.feeds.set_config(st.settings.feeds.clone());
         info!(table_changes = n, "config reloaded");
         Ok(n)
     }
@@ -987,6 +990,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let metrics_addr = st.settings.metrics;
     let (events_tx, _) = broadcast::channel(4096);
     let view = st.view(&read(&store));
+    let feeds_init = feeds::Feeds::new(&st.settings.state_dir, st.settings.feeds.clone());
     let d = Daemon {
         writer: Arc::new(Mutex::new(st)),
         store: Arc::new(store),
@@ -995,6 +999,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         events: events_tx,
         expiry_wake: Arc::new(tokio::sync::Notify::new()),
         learned: broadcast::channel(1024).0,
+        feeds: Arc::new(feeds_init),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -1024,6 +1029,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(events::forward_logs(l, stop_rx.clone())));
     }
     tasks.push(tokio::spawn(expiry_loop(d.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(feeds::schedule(d.clone(), stop_rx.clone())));
     let proxy_cfg = d.lock().settings.proxy.clone();
     let mut proxy_task = None;
     if let Some(p) = proxy_cfg {

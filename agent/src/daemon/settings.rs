@@ -49,6 +49,10 @@ pub struct Settings {
     pub lists: Vec<ListSpec>,
     /// `[proxy]`; read at start only (a reload keeps the running proxy as it is).
     pub proxy: Option<crate::config::Proxy>,
+    /// `[[feeds]]`.
+    pub feeds: Vec<crate::config::Feed>,
+    /// `[crowdsec]`: where learned verdicts are reported.
+    pub crowdsec: Option<crate::config::CrowdSec>,
 }
 
 /// Whether the interface exists in our network namespace.
@@ -112,6 +116,8 @@ impl From<Config> for Settings {
             metrics: c.metrics.listen,
             lists,
             proxy: c.proxy,
+            feeds: c.feeds,
+            crowdsec: c.crowdsec,
         }
     }
 }

@@ -66,6 +66,9 @@ pub enum Origin {
     Cli,
     /// `prefilter block import`.
     Import,
+    /// A `[[feeds]]` source: replaced by each successful fetch, persisted like imports, and
+    /// written by nothing else.
+    Feed,
 }
 
 /// One entry of a list.
@@ -126,6 +129,9 @@ pub enum StoreError {
     /// The config owns this list; edit the config file instead.
     #[error("list {name} comes from the config file; change it there and reload")]
     ConfigOwned { name: String },
+    /// A feed owns this list; its next fetch replaces it.
+    #[error("list {name} is fed by the [[feeds]] entry of that name; change the feed instead")]
+    FeedOwned { name: String },
     /// All 4095 list ids are taken.
     #[error("too many lists (at most {})", verdict::MAX_LIST_ID)]
     TooManyLists,
@@ -388,6 +394,7 @@ impl Store {
         let origin = match h[7] {
             "cli" => Origin::Cli,
             "import" => Origin::Import,
+            "feed" => Origin::Feed,
             _ => return Err(corrupt(1, "bad list origin")),
         };
         let mut entries = Entries::default();
@@ -527,6 +534,12 @@ impl Store {
                     name: name.to_owned(),
                 })
             }
+            // A feed's next fetch would undo a hand edit: say so instead.
+            Some(l) if l.origin == Origin::Feed && origin != Origin::Feed => {
+                Err(StoreError::FeedOwned {
+                    name: name.to_owned(),
+                })
+            }
             l => Ok(l.map(|l| l.id)),
         }
     }
@@ -623,6 +636,11 @@ impl Store {
         };
         if l.origin == Origin::Config {
             return Err(StoreError::ConfigOwned {
+                name: name.to_owned(),
+            });
+        }
+        if l.origin == Origin::Feed {
+            return Err(StoreError::FeedOwned {
                 name: name.to_owned(),
             });
         }
@@ -1277,6 +1295,7 @@ fn write_list(dir: &Path, name: &str, l: &List) -> Result<(), StoreError> {
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let origin = match l.origin {
             Origin::Cli => "cli",
+            Origin::Feed => "feed",
             _ => "import",
         };
         writeln!(

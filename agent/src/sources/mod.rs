@@ -4,3 +4,4 @@
 //! engine applies them to the store, guarded by `policy::guard`.
 
 pub mod formats;
+pub mod feeds;
