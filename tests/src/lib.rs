@@ -2,6 +2,7 @@
 //! reference decision the randomized test compares the XDP program with.
 
 pub mod daemon;
+pub mod feedserver;
 pub mod netns;
 pub mod packet;
 pub mod postfix;
