@@ -14,6 +14,7 @@ use std::{
 
 use prefilter_tests::{
     daemon::{BIG4, BLOCKED4, CLEAN4, CONNECT_TIMEOUT, Daemon, Lab, Listener, in_netns, poll},
+    crowdsec::Lapi,
     feedserver::{FeedServer, Reply},
     require_root,
 };
@@ -392,6 +393,68 @@ fn bad_feed_config_is_named_by_key() {
         assert!(out.stderr.contains(want), "missing {want:?}: {}", out.both());
     }
     assert_eq!(feed_info(&d, "drop")["entries"], 4);
+}
+
+/// A free port on 127.0.0.1 inside namespace `ns`.
+fn free_port(ns: &str) -> u16 {
+    in_netns(ns, || {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    })
+}
+
+/// The CrowdSec LAPI's decision stream as a feed: a decision added with cscli reaches the
+/// kernel table (its SYN dropped, its expiry from the decision's duration), a deleted one
+/// leaves it and the sender connects again.
+#[test]
+fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let port = free_port(&lab.mx.name);
+    let lapi = Lapi::start(&lab.mx.name, (Ipv4Addr::LOCALHOST, port).into());
+    let key = lapi.add_bouncer("prefilter-mx");
+    let tail = format!(
+        "[[feeds]]\nname = \"crowdsec\"\nsource = \"{}\"\nformat = \"crowdsec\"\napi_key = \"{key}\"\ninterval = \"10s\"\n",
+        lapi.url()
+    );
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
+    let f = first_run(&d, "crowdsec");
+    assert_eq!(f["last_outcome"], "updated", "{f}\n{}", d.log());
+    assert_eq!(f["entries"], 0, "{f}");
+
+    lapi.add_decision(&BLOCKED4.to_string(), "1h");
+    let (code, r, err) = sync(&d, "crowdsec", &[]);
+    assert_eq!(code, 0, "{r} {err}\n{}", d.log());
+    assert_eq!(r["entries"], 1, "{r}\nLAPI holds: {}", lapi.decisions());
+    assert_eq!(
+        verdict(&d, &BLOCKED4.to_string()),
+        ("drop".into(), "crowdsec".into())
+    );
+    let c = d.check(&BLOCKED4.to_string());
+    let expires = c["matches"][0]["expires"].as_u64().expect("an expiry");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (now + 3500..=now + 3601).contains(&expires),
+        "expiry {expires} is not the decision's hour from {now}"
+    );
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        CONNECT_TIMEOUT,
+        "a CrowdSec decision",
+    );
+
+    lapi.delete_decision(&BLOCKED4.to_string());
+    let (code, r, err) = sync(&d, "crowdsec", &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(r["entries"], 0, "{r}");
+    lab.assert_connects(&listener, BLOCKED4.into(), "its decision was deleted");
 }
 
 /// Sync time of a 1M-line feed from a file: the first load, then a 1% delta. Printed, not
