@@ -13,9 +13,12 @@ use std::{
 };
 
 use prefilter_tests::{
-    daemon::{BIG4, BLOCKED4, CLEAN4, CONNECT_TIMEOUT, Daemon, Lab, Listener, in_netns, poll},
+    daemon::{
+        BIG4, BLOCKED4, CLEAN4, CONNECT_TIMEOUT, Daemon, Lab, Listener, RESET4, in_netns, poll,
+    },
     crowdsec::Lapi,
     feedserver::{FeedServer, Reply},
+    netns::Netns,
     require_root,
 };
 use serde_json::Value;
@@ -455,6 +458,110 @@ fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(r["entries"], 0, "{r}");
     lab.assert_connects(&listener, BLOCKED4.into(), "its decision was deleted");
+}
+
+/// Two gateways and one LAPI: agent A (its own namespace, joined to the MX namespace by a
+/// veth) reports a `block add ADDR --ttl` to the LAPI as an alert; agent B (the lab's MX)
+/// reads the LAPI's decision stream as a feed and drops that sender's SYN in XDP after its
+/// next poll. A keeps the entry in its dynamic map with its expiry.
+#[test]
+fn fleet_block_on_one_gateway_is_dropped_by_another() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let a_ns = Netns::new("pffa");
+    // Its own veth names: `veth()` names the MX end after the namespace, which the lab's
+    // veth already uses. Deleting namespace A removes the pair.
+    let (a_if, mx_if) = (format!("{}a", a_ns.name), format!("{}b", a_ns.name));
+    prefilter_tests::netns::run(
+        "ip",
+        &[
+            "link", "add", &a_if, "netns", &a_ns.name, "type", "veth", "peer", "name", &mx_if,
+            "netns", &lab.mx.name,
+        ],
+    );
+    for (ns, ifc, addr) in [(&a_ns, &a_if, "198.51.100.202/30"), (&lab.mx, &mx_if, "198.51.100.201/30")] {
+        ns.ip(&["addr", "add", addr, "dev", ifc]);
+        ns.ip(&["link", "set", ifc, "up"]);
+    }
+    let port = in_netns(&lab.mx.name, || {
+        TcpListener::bind(("198.51.100.201", 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port on the veth address")
+            .port()
+    });
+    let lapi = Lapi::start(&lab.mx.name, ([198, 51, 100, 201], port).into());
+    let key = lapi.add_bouncer("gateway-b");
+    let creds = lapi.add_machine("gateway-a", "gateway-a-password-0123456789");
+
+    let a = Daemon::start_new(
+        &a_ns,
+        &a_if,
+        &format!(
+            "[crowdsec]\nurl = \"{}\"\ncredentials_file = \"{}\"\nreport = [\"cli\", \"dnsbl\"]\n",
+            lapi.url(),
+            creds.display()
+        ),
+    );
+    let b = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &format!(
+            "[[feeds]]\nname = \"fleet\"\nsource = \"{}\"\nformat = \"crowdsec\"\napi_key = \"{key}\"\ninterval = \"10s\"\n",
+            lapi.url()
+        ),
+    );
+    first_run(&b, "fleet");
+    lab.assert_connects(&listener, RESET4.into(), "before any gateway blocked it");
+
+    let t = Instant::now();
+    a.cli_ok(&["block", "add", &RESET4.to_string(), "--ttl", "1h", "--reason", "fleet test"]);
+    // A: the dynamic map holds it, the store lists it with its expiry.
+    let c = a.check(&RESET4.to_string());
+    assert_eq!(c["verdict"], "drop", "{c}");
+    assert_eq!(c["explanation"], "dynamic verdict", "{c}");
+    assert!(c["dynamic"]["expires_boottime_ns"].as_u64().unwrap_or(0) > 0, "{c}");
+    let listed = a.block_list();
+    let e = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["prefix"] == format!("{RESET4}/32"))
+        .unwrap_or_else(|| panic!("A lists the entry: {listed}"));
+    assert_eq!(e["list"], "cli-ttl", "{e}");
+    assert_eq!(
+        e["expires"].as_u64().unwrap() - e["created"].as_u64().unwrap(),
+        3600,
+        "{e}"
+    );
+
+    // B: after its next poll of the stream (every 10 s), without anyone touching B.
+    let got = poll(Duration::from_secs(45), || {
+        let v = verdict(&b, &RESET4.to_string());
+        (v.0 == "drop").then_some(v)
+    });
+    let took = t.elapsed();
+    assert_eq!(
+        got,
+        Some(("drop".into(), "fleet".into())),
+        "B never got A's verdict\nA log:\n{}\nLAPI decisions: {}\nB log:\n{}",
+        a.log(),
+        lapi.decisions(),
+        b.log()
+    );
+    println!("fleet: block add on A to the table of B in {took:?}");
+    lab.assert_dropped(
+        &listener,
+        RESET4.into(),
+        CONNECT_TIMEOUT,
+        "blocked on another gateway",
+    );
+    let m = a.metrics_text();
+    assert_eq!(
+        sample(&m, "prefilter_fleet_reports_total{result=\"sent\"}"),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 /// Sync time of a 1M-line feed from a file: the first load, then a 1% delta. Printed, not

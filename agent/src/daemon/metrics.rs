@@ -100,6 +100,7 @@ pub fn registry(d: Daemon) -> Registry {
         crate::proxy::register(&r);
     }
     super::feeds::register(&r);
+    super::fleet::register(&r);
     let _ = r.register(Box::new(DaemonCollector {
         d,
         descs: Families::new().descs(),
@@ -171,6 +172,7 @@ fn origin_name(o: Origin) -> &'static str {
         Origin::Cli => "cli",
         Origin::Import => "import",
         Origin::Feed => "feed",
+        Origin::Dynamic => "dynamic",
     }
 }
 

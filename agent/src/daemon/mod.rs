@@ -4,6 +4,7 @@
 mod control;
 mod events;
 pub mod feeds;
+mod fleet;
 pub mod learned;
 mod metrics;
 mod settings;
@@ -35,6 +36,9 @@ use crate::{
 
 /// Name of the list that `block add` writes to when none is given.
 pub const CLI_LIST: &str = "cli";
+/// Name of the list that keeps `block add ADDR --ttl` entries of single addresses, whose
+/// verdicts live in the kernel's dynamic map.
+pub const CLI_TTL_LIST: &str = "cli-ttl";
 /// Name of the list that `allow add` writes to when none is given (a list holds one kind).
 pub const CLI_ALLOW_LIST: &str = "cli-allow";
 
@@ -459,6 +463,17 @@ impl Daemon {
                 )));
             }
         }
+        // A single address (IPv6: a /64) with a TTL in the default list goes to the kernel's
+        // dynamic map, so it ages out even while the agent is down, and can be reported.
+        if kind == Kind::Block
+            && list == CLI_LIST
+            && let Some(t) = ttl
+            && prefixes.iter().all(|p| {
+                (p.is_v4() && p.prefix_len() == 32) || (!p.is_v4() && p.prefix_len() == 64)
+            })
+        {
+            return self.add_dynamic(prefixes, act, t, reason, by);
+        }
         let at = store::now();
         let reason: Option<Arc<str>> = reason.map(Into::into);
         let entries: Vec<(Prefix, Entry)> = prefixes
@@ -504,6 +519,56 @@ impl Daemon {
         Ok(changes.len())
     }
 
+    /// `block add ADDR --ttl`: the store keeps the entries (list [`CLI_TTL_LIST`]) for
+    /// listings, `check` and restarts; the kernel's dynamic map enforces them.
+    fn add_dynamic(
+        &self,
+        prefixes: Vec<Prefix>,
+        act: u8,
+        ttl: u64,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<usize, OpError> {
+        let action = crate::policy::Action::from_code(act)
+            .ok_or_else(|| OpError::bad("a dynamic verdict needs a block action"))?;
+        let at = store::now();
+        let shared: Option<Arc<str>> = reason.as_deref().map(Into::into);
+        let entries: Vec<(Prefix, Entry)> = prefixes
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    Entry {
+                        action: act,
+                        reason: shared.clone(),
+                        created: at,
+                        expires: Some(at + ttl),
+                    },
+                )
+            })
+            .collect();
+        let mut st = self.lock();
+        st.mutate(
+            &self.store,
+            |s| s.set(CLI_TTL_LIST, Kind::Block, Origin::Dynamic, entries),
+            |s| s.commit_set(CLI_TTL_LIST, &prefixes),
+        )?;
+        self.publish(&st);
+        drop(st);
+        for p in &prefixes {
+            self.learn(learned::Learned {
+                ip: p.first(),
+                action,
+                ttl: Duration::from_secs(ttl),
+                source: "cli".to_owned(),
+                reason: reason.clone().unwrap_or_else(|| format!("block add by {by}")),
+            })?;
+            info!(prefix = %p, action = action.name(), list = CLI_TTL_LIST, by, ttl_secs = ttl, "dynamic verdict set");
+        }
+        self.expiry_wake.notify_one();
+        Ok(prefixes.len())
+    }
+
     /// Deletes prefixes from `list`, or from every CLI and imported list of `kind`.
     pub fn delete(
         &self,
@@ -519,7 +584,9 @@ impl Daemon {
                 .store()
                 .lists()
                 .iter()
-                .filter(|(_, l)| l.kind == kind && matches!(l.origin, Origin::Cli | Origin::Import))
+                .filter(|(_, l)| {
+                    l.kind == kind && matches!(l.origin, Origin::Cli | Origin::Import | Origin::Dynamic)
+                })
                 .filter(|(_, l)| prefixes.iter().any(|p| l.entries.contains_key(p)))
                 .map(|(n, _)| n.clone())
                 .collect(),
@@ -536,6 +603,16 @@ impl Daemon {
                 },
                 |s| s.commit_remove(&name, &prefixes),
             )?;
+            if removed > 0
+                && self.store().lists().get(&name).is_some_and(|l| l.origin == Origin::Dynamic)
+            {
+                for p in &prefixes {
+                    let (_, key) = self.kernel().lookup(as_seen(p.first()));
+                    if let Err(e) = st.filter.remove_dynamic(&key) {
+                        warn!(prefix = %p, error = %e, "removing a dynamic verdict");
+                    }
+                }
+            }
             out.push((name, removed));
         }
         self.publish(&st);
@@ -814,7 +891,12 @@ impl Daemon {
                 list: list(),
             };
         }
-        if let Some(d) = kernel.dynamic(&key).filter(|d| d.action != action::NONE) {
+        // The kernel ignores an expired entry until it is evicted: so does this answer.
+        let now = learned::boottime_ns();
+        if let Some(d) = kernel
+            .dynamic(&key)
+            .filter(|d| d.action != action::NONE && (d.expires_ns == 0 || d.expires_ns > now))
+        {
             return Verdict {
                 decision: decide(d.action),
                 list: Some("dynamic".to_owned()),
@@ -840,7 +922,11 @@ impl Daemon {
         let matches = self.store().explain(ip);
         let kernel = self.kernel();
         let (table, key) = kernel.lookup(ip);
-        let dynamic = kernel.dynamic(&key);
+        let now = learned::boottime_ns();
+        // An expired entry stays in the map until evicted; the program ignores it.
+        let dynamic = kernel
+            .dynamic(&key)
+            .filter(|d| d.expires_ns == 0 || d.expires_ns > now);
         let act = verdict::action(table);
         let view = self.view();
         let list = view.list_name(verdict::list_id(table)).map(str::to_owned);
@@ -1030,6 +1116,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     tasks.push(tokio::spawn(expiry_loop(d.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(feeds::schedule(d.clone(), stop_rx.clone())));
+    // Read at start only, like [proxy]: the reporter keeps its LAPI login until a restart.
+    let fleet_cfg = d.lock().settings.crowdsec.clone();
+    if let Some(c) = fleet_cfg {
+        tasks.push(tokio::spawn(fleet::report(d.clone(), c, stop_rx.clone())));
+    }
     let proxy_cfg = d.lock().settings.proxy.clone();
     let mut proxy_task = None;
     if let Some(p) = proxy_cfg {
