@@ -126,7 +126,11 @@ impl Lapi {
                 TcpStream::connect_timeout(&listen, Duration::from_millis(200)).ok()
             })
         });
-        assert!(up.is_some(), "the LAPI did not listen on {listen}:\n{}", lapi.log());
+        assert!(
+            up.is_some(),
+            "the LAPI did not listen on {listen}:\n{}",
+            lapi.log()
+        );
         lapi
     }
 

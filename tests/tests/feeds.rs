@@ -13,10 +13,10 @@ use std::{
 };
 
 use prefilter_tests::{
+    crowdsec::Lapi,
     daemon::{
         BIG4, BLOCKED4, CLEAN4, CONNECT_TIMEOUT, Daemon, Lab, Listener, RESET4, in_netns, poll,
     },
-    crowdsec::Lapi,
     feedserver::{FeedServer, Reply},
     netns::Netns,
     require_root,
@@ -151,8 +151,11 @@ fn feed_entries_are_dropped_in_xdp_and_304_keeps_them() {
         "{m}"
     );
     assert!(
-        sample(&m, "prefilter_feed_last_success_timestamp_seconds{feed=\"drop\"}")
-            .is_some_and(|t| t > 1.7e9),
+        sample(
+            &m,
+            "prefilter_feed_last_success_timestamp_seconds{feed=\"drop\"}"
+        )
+        .is_some_and(|t| t > 1.7e9),
         "{m}"
     );
 }
@@ -186,7 +189,10 @@ fn truncated_and_failed_downloads_keep_the_last_good_copy() {
         "{r}"
     );
     assert!(err.contains("last good copy stays in force"), "{err}");
-    assert_eq!(r["entries"], 51, "the truncated body replaced the list: {r}");
+    assert_eq!(
+        r["entries"], 51,
+        "the truncated body replaced the list: {r}"
+    );
 
     srv.set(FEED, Reply::Status(500));
     let (code, r, _) = sync(&d, "drop", &[]);
@@ -230,7 +236,9 @@ fn shrink_guard_refuses_until_forced() {
     assert_eq!(first_run(&d, "drop")["entries"], 100);
 
     // Ten of a hundred left, and BLOCKED4 gone.
-    let small: String = (0..10).map(|i| format!("203.0.113.{}\n", 100 + i)).collect();
+    let small: String = (0..10)
+        .map(|i| format!("203.0.113.{}\n", 100 + i))
+        .collect();
     srv.set(FEED, Reply::text(&small, "small"));
     let (code, r, err) = sync(&d, "drop", &[]);
     assert_ne!(code, 0, "{r}");
@@ -239,7 +247,10 @@ fn shrink_guard_refuses_until_forced() {
     assert_eq!(r["entries"], 100, "{r}");
     srv.set(FEED, Reply::text("# nothing today\n", "empty"));
     let (_, r, _) = sync(&d, "drop", &[]);
-    assert_eq!(r["outcome"], "refused", "an empty body must be refused: {r}");
+    assert_eq!(
+        r["outcome"], "refused",
+        "an empty body must be refused: {r}"
+    );
     assert!(
         r["error"].as_str().unwrap_or("").contains("leave it empty"),
         "{r}"
@@ -393,7 +404,11 @@ fn bad_feed_config_is_named_by_key() {
         "feeds[0].interval: 5s is too short for a csv feed (at least 60s)",
         "feeds[0].thresholds: a csv feed needs thresholds",
     ] {
-        assert!(out.stderr.contains(want), "missing {want:?}: {}", out.both());
+        assert!(
+            out.stderr.contains(want),
+            "missing {want:?}: {}",
+            out.both()
+        );
     }
     assert_eq!(feed_info(&d, "drop")["entries"], 4);
 }
@@ -476,11 +491,24 @@ fn fleet_block_on_one_gateway_is_dropped_by_another() {
     prefilter_tests::netns::run(
         "ip",
         &[
-            "link", "add", &a_if, "netns", &a_ns.name, "type", "veth", "peer", "name", &mx_if,
-            "netns", &lab.mx.name,
+            "link",
+            "add",
+            &a_if,
+            "netns",
+            &a_ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &mx_if,
+            "netns",
+            &lab.mx.name,
         ],
     );
-    for (ns, ifc, addr) in [(&a_ns, &a_if, "198.51.100.202/30"), (&lab.mx, &mx_if, "198.51.100.201/30")] {
+    for (ns, ifc, addr) in [
+        (&a_ns, &a_if, "198.51.100.202/30"),
+        (&lab.mx, &mx_if, "198.51.100.201/30"),
+    ] {
         ns.ip(&["addr", "add", addr, "dev", ifc]);
         ns.ip(&["link", "set", ifc, "up"]);
     }
@@ -515,12 +543,23 @@ fn fleet_block_on_one_gateway_is_dropped_by_another() {
     lab.assert_connects(&listener, RESET4.into(), "before any gateway blocked it");
 
     let t = Instant::now();
-    a.cli_ok(&["block", "add", &RESET4.to_string(), "--ttl", "1h", "--reason", "fleet test"]);
+    a.cli_ok(&[
+        "block",
+        "add",
+        &RESET4.to_string(),
+        "--ttl",
+        "1h",
+        "--reason",
+        "fleet test",
+    ]);
     // A: the dynamic map holds it, the store lists it with its expiry.
     let c = a.check(&RESET4.to_string());
     assert_eq!(c["verdict"], "drop", "{c}");
     assert_eq!(c["explanation"], "dynamic verdict", "{c}");
-    assert!(c["dynamic"]["expires_boottime_ns"].as_u64().unwrap_or(0) > 0, "{c}");
+    assert!(
+        c["dynamic"]["expires_boottime_ns"].as_u64().unwrap_or(0) > 0,
+        "{c}"
+    );
     let listed = a.block_list();
     let e = listed
         .as_array()
@@ -622,5 +661,8 @@ fn measure_million_line_feed_sync() {
         .map(str::to_owned)
         .unwrap_or_default();
     println!("1M-line feed: first load (start-up run, log): {first_load}");
-    println!("1M-line feed: unchanged body re-sync {same:?}; 1% delta (10k removed + 10k added) {delta:?}, table changes {}", r["table_changes"]);
+    println!(
+        "1M-line feed: unchanged body re-sync {same:?}; 1% delta (10k removed + 10k added) {delta:?}, table changes {}",
+        r["table_changes"]
+    );
 }

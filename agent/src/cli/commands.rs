@@ -670,7 +670,11 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
                     f.last_outcome
                         .map(|o| format!(" ({})", outcome_name(o)))
                         .unwrap_or_default(),
-                    if f.running { "now".to_owned() } else { ago(f.next_run) },
+                    if f.running {
+                        "now".to_owned()
+                    } else {
+                        ago(f.next_run)
+                    },
                 ))?;
                 out.line(format_args!(
                     "  failures {} ({} in a row), guard refusals {}, lines rejected {}, last body {} bytes",
@@ -687,7 +691,10 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
                     out.line(format_args!("  last refusal: {e}"))?;
                 }
                 for b in &f.bad_lines {
-                    out.line(format_args!("  bad line {}: {} ({})", b.line, b.message, b.text))?;
+                    out.line(format_args!(
+                        "  bad line {}: {} ({})",
+                        b.line, b.message, b.text
+                    ))?;
                 }
             }
             Ok(())
@@ -711,7 +718,10 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
                     r.lines_rejected
                 ))?;
                 for b in &r.bad_lines {
-                    out.line(format_args!("  bad line {}: {} ({})", b.line, b.message, b.text))?;
+                    out.line(format_args!(
+                        "  bad line {}: {} ({})",
+                        b.line, b.message, b.text
+                    ))?;
                 }
             }
             match r.outcome {

@@ -203,7 +203,11 @@ fn parse_secs(d: &RawDuration) -> Result<u64, String> {
                 "m" => 60,
                 "h" => 3600,
                 "d" => 86400,
-                _ => return Err(format!("{s:?} is not a duration such as \"90s\", \"30m\", \"1h\"")),
+                _ => {
+                    return Err(format!(
+                        "{s:?} is not a duration such as \"90s\", \"30m\", \"1h\""
+                    ));
+                }
             };
             num.parse::<u64>()
                 .ok()
@@ -269,11 +273,19 @@ impl Validator<'_> {
                     format!("name {:?} is already used by another list or feed", r.name),
                 );
             }
-            let format = self.choice(&key("format"), &r.format, "a feed format", &FeedFormat::NAMES);
+            let format = self.choice(
+                &key("format"),
+                &r.format,
+                "a feed format",
+                &FeedFormat::NAMES,
+            );
             let source = if let Some(p) = r.source.strip_prefix("file://") {
                 let p = base.join(p);
                 if format == FeedFormat::CrowdSec {
-                    self.err(&key("source"), "a crowdsec feed needs the LAPI's http(s):// URL");
+                    self.err(
+                        &key("source"),
+                        "a crowdsec feed needs the LAPI's http(s):// URL",
+                    );
                 }
                 FeedSource::File(p)
             } else if http_url_ok(&r.source) {
@@ -281,10 +293,7 @@ impl Validator<'_> {
             } else {
                 self.err(
                     &key("source"),
-                    format!(
-                        "{:?} is not an http://, https:// or file:// URL",
-                        r.source
-                    ),
+                    format!("{:?} is not an http://, https:// or file:// URL", r.source),
                 );
                 FeedSource::Http(String::new())
             };
@@ -298,7 +307,10 @@ impl Validator<'_> {
                 Ok(s) if s < min => {
                     self.err(
                         &key("interval"),
-                        format!("{s}s is too short for a {} feed (at least {min}s)", format.name()),
+                        format!(
+                            "{s}s is too short for a {} feed (at least {min}s)",
+                            format.name()
+                        ),
                     );
                     min
                 }
@@ -333,23 +345,36 @@ impl Validator<'_> {
                     1024
                 }
             };
-            let max_entries = r.max_entries.map(|n| {
-                self.int(&key("max_entries"), n, 1, u32::MAX) as usize
-            });
+            let max_entries = r
+                .max_entries
+                .map(|n| self.int(&key("max_entries"), n, 1, u32::MAX) as usize);
             let shrink = match r.max_shrink_percent {
                 Some(n) => self.int(&key("max_shrink_percent"), n, 0, 100),
                 None => max_shrink_percent,
             };
-            let bad = self.int(&key("max_bad_lines_percent"), r.max_bad_lines_percent, 0, 100);
+            let bad = self.int(
+                &key("max_bad_lines_percent"),
+                r.max_bad_lines_percent,
+                0,
+                100,
+            );
             let mut thresholds = Vec::new();
             for (j, t) in r.thresholds.iter().enumerate() {
                 let k = format!("feeds[{i}].thresholds[{j}]");
                 if !t.score.is_finite() {
                     self.err(&format!("{k}.score"), "not a number");
                 }
-                let a = self.choice(&format!("{k}.action"), &t.action, "an action", &ACTION_NAMES);
+                let a = self.choice(
+                    &format!("{k}.action"),
+                    &t.action,
+                    "an action",
+                    &ACTION_NAMES,
+                );
                 if thresholds.iter().any(|(s, _)| *s == t.score) {
-                    self.err(&format!("{k}.score"), format!("score {} is listed twice", t.score));
+                    self.err(
+                        &format!("{k}.score"),
+                        format!("score {} is listed twice", t.score),
+                    );
                 }
                 thresholds.push((t.score, a));
             }
@@ -367,7 +392,10 @@ impl Validator<'_> {
             }
             let api_key = match (r.api_key, r.api_key_file) {
                 (Some(_), Some(_)) => {
-                    self.err(&key("api_key_file"), "give api_key or api_key_file, not both");
+                    self.err(
+                        &key("api_key_file"),
+                        "give api_key or api_key_file, not both",
+                    );
                     None
                 }
                 (Some(k), None) => Some(k),
@@ -422,7 +450,10 @@ impl Validator<'_> {
 
     pub(super) fn crowdsec(&mut self, r: RawCrowdSec, base: &Path) -> CrowdSec {
         if !http_url_ok(&r.url) {
-            self.err("crowdsec.url", format!("{:?} is not an http:// or https:// URL", r.url));
+            self.err(
+                "crowdsec.url",
+                format!("{:?} is not an http:// or https:// URL", r.url),
+            );
         }
         let (mut machine_id, mut password) = (r.machine_id, r.password);
         if let Some(f) = r.credentials_file {
@@ -433,15 +464,15 @@ impl Validator<'_> {
                 );
             }
             let f = base.join(f);
-            match std::fs::read_to_string(&f).map_err(|e| e.to_string()).and_then(|t| read_credentials(&t)) {
+            match std::fs::read_to_string(&f)
+                .map_err(|e| e.to_string())
+                .and_then(|t| read_credentials(&t))
+            {
                 Ok((_, l, p)) => {
                     machine_id = Some(l);
                     password = Some(p);
                 }
-                Err(e) => self.err(
-                    "crowdsec.credentials_file",
-                    format!("{}: {e}", f.display()),
-                ),
+                Err(e) => self.err("crowdsec.credentials_file", format!("{}: {e}", f.display())),
             }
         }
         let machine_id = machine_id.unwrap_or_default();

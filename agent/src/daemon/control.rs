@@ -326,9 +326,7 @@ fn route_blocking(d: &Daemon, route: Route, q: &HashMap<String, String>, body: &
         | Route::AllowList
         | Route::FeedsSync
         | Route::WrongMethod
-        | Route::Other => {
-            Err(OpError::internal("not a blocking route").into())
-        }
+        | Route::Other => Err(OpError::internal("not a blocking route").into()),
     }
 }
 

@@ -54,7 +54,10 @@ pub struct Feeds {
 // Per-feed series: the label values are the config's feed names, a bounded set.
 static ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     IntGaugeVec::new(
-        Opts::new("prefilter_feed_entries", "Entries of the feed's list in force."),
+        Opts::new(
+            "prefilter_feed_entries",
+            "Entries of the feed's list in force.",
+        ),
         &["feed"],
     )
     .expect("constant metric definition")
@@ -160,7 +163,10 @@ impl Feeds {
     }
 
     fn run_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.locks).entry(name.to_owned()).or_default().clone()
+        lock(&self.locks)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut FeedState)) {
@@ -175,7 +181,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A failure reported to `feeds list`, the log and the metrics.
-fn failed(d: &Daemon, feed: &Feed, outcome: api::FeedOutcome, error: String) -> api::FeedSyncResult {
+fn failed(
+    d: &Daemon,
+    feed: &Feed,
+    outcome: api::FeedOutcome,
+    error: String,
+) -> api::FeedSyncResult {
     let refused = outcome == api::FeedOutcome::Refused;
     if refused {
         REFUSALS.with_label_values(&[&feed.name]).inc();
@@ -225,7 +236,13 @@ async fn apply(
         let at = store::now();
         let mut new = store::Entries::with_capacity(entries.len());
         for e in &entries {
-            new.insert_parts(e.prefix, e.action.code(), e.reason.as_deref(), at, e.expires);
+            new.insert_parts(
+                e.prefix,
+                e.action.code(),
+                e.reason.as_deref(),
+                at,
+                e.expires,
+            );
         }
         drop(entries);
         let mut st = d2.lock();
@@ -380,7 +397,8 @@ async fn apply_body(
                 if let Err(e) = d.feeds.cache.store(&feed.name, &body, &meta) {
                     warn!(feed = %feed.name, error = %e, "keeping the last good copy on disk failed");
                 }
-                d.feeds.update(&feed.name, |s| s.validators = Some(validators));
+                d.feeds
+                    .update(&feed.name, |s| s.validators = Some(validators));
             }
             succeeded(d, feed, api::FeedOutcome::Updated);
             api::FeedSyncResult {
@@ -597,7 +615,8 @@ async fn load_cached(d: &Daemon) {
         let _running = run.lock().await;
         // The copy was applied once already: no guard against itself.
         let r = apply_body(d, f, body, meta.validators.clone(), false, false).await;
-        d.feeds.update(&f.name, |s| s.validators = Some(meta.validators));
+        d.feeds
+            .update(&f.name, |s| s.validators = Some(meta.validators));
         ENTRIES
             .with_label_values(&[&f.name])
             .set(list_len(d, &f.name) as i64);
@@ -624,7 +643,8 @@ pub async fn schedule(d: Daemon, mut stop: watch::Receiver<bool>) {
             }
             if due <= now {
                 // Marked now so the loop does not start it twice before it begins.
-                d.feeds.update(&f.name, |s| s.next_run = now + f.interval.as_secs());
+                d.feeds
+                    .update(&f.name, |s| s.next_run = now + f.interval.as_secs());
                 next = next.min(now + f.interval.as_secs());
                 let d2 = d.clone();
                 let name = f.name.clone();

@@ -140,7 +140,10 @@ fn alert(l: &Learned) -> Alert {
         scenario: scenario.clone(),
         scenario_hash: "",
         scenario_version: "",
-        message: format!("prefilter {}: {} {} ({})", l.source, value, l.action, l.reason),
+        message: format!(
+            "prefilter {}: {} {} ({})",
+            l.source, value, l.action, l.reason
+        ),
         events_count: 1,
         events: [],
         capacity: 0,
@@ -266,7 +269,10 @@ pub async fn report(d: Daemon, cfg: CrowdSec, mut stop: watch::Receiver<bool>) {
                 Ok(l) => enqueue(&mut queue, &reporter.cfg, l),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
                     REPORTED.with_label_values(&["dropped"]).inc_by(n);
-                    warn!(lost = n, "fleet reporter fell behind: learned verdicts not reported");
+                    warn!(
+                        lost = n,
+                        "fleet reporter fell behind: learned verdicts not reported"
+                    );
                 }
                 Err(broadcast::error::TryRecvError::Empty) => break,
                 Err(broadcast::error::TryRecvError::Closed) => return,

@@ -561,7 +561,9 @@ impl Daemon {
                 action,
                 ttl: Duration::from_secs(ttl),
                 source: "cli".to_owned(),
-                reason: reason.clone().unwrap_or_else(|| format!("block add by {by}")),
+                reason: reason
+                    .clone()
+                    .unwrap_or_else(|| format!("block add by {by}")),
             })?;
             info!(prefix = %p, action = action.name(), list = CLI_TTL_LIST, by, ttl_secs = ttl, "dynamic verdict set");
         }
@@ -585,7 +587,8 @@ impl Daemon {
                 .lists()
                 .iter()
                 .filter(|(_, l)| {
-                    l.kind == kind && matches!(l.origin, Origin::Cli | Origin::Import | Origin::Dynamic)
+                    l.kind == kind
+                        && matches!(l.origin, Origin::Cli | Origin::Import | Origin::Dynamic)
                 })
                 .filter(|(_, l)| prefixes.iter().any(|p| l.entries.contains_key(p)))
                 .map(|(n, _)| n.clone())
@@ -604,7 +607,11 @@ impl Daemon {
                 |s| s.commit_remove(&name, &prefixes),
             )?;
             if removed > 0
-                && self.store().lists().get(&name).is_some_and(|l| l.origin == Origin::Dynamic)
+                && self
+                    .store()
+                    .lists()
+                    .get(&name)
+                    .is_some_and(|l| l.origin == Origin::Dynamic)
             {
                 for p in &prefixes {
                     let (_, key) = self.kernel().lookup(as_seen(p.first()));

@@ -137,7 +137,9 @@ pub enum StoreError {
     #[error("list {name} is fed by the [[feeds]] entry of that name; change the feed instead")]
     FeedOwned { name: String },
     /// A list of dynamic verdicts takes single addresses with a TTL only, and only it does.
-    #[error("list {name} holds dynamic verdicts (block add ADDR --ttl) or another kind of entries; use another list")]
+    #[error(
+        "list {name} holds dynamic verdicts (block add ADDR --ttl) or another kind of entries; use another list"
+    )]
     DynamicOnly { name: String },
     /// All 4095 list ids are taken.
     #[error("too many lists (at most {})", verdict::MAX_LIST_ID)]

@@ -30,7 +30,10 @@ pub enum Fetched {
     /// 304: the copy we have is current.
     NotModified,
     /// A whole body with its validators.
-    Body { body: Vec<u8>, validators: Validators },
+    Body {
+        body: Vec<u8>,
+        validators: Validators,
+    },
 }
 
 /// Why a fetch gave nothing usable. The last good copy stays in force for every one.
@@ -146,10 +149,12 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     match &feed.source {
         FeedSource::File(path) => {
-            let read = tokio::fs::read(path).await.map_err(|source| FetchError::File {
-                path: path.clone(),
-                source,
-            })?;
+            let read = tokio::fs::read(path)
+                .await
+                .map_err(|source| FetchError::File {
+                    path: path.clone(),
+                    source,
+                })?;
             if read.len() as u64 > feed.max_bytes {
                 return Err(FetchError::TooLarge {
                     max: feed.max_bytes,
@@ -346,14 +351,20 @@ impl Cache {
         std::fs::create_dir_all(&self.dir)?;
         let (b, m) = self.paths(name);
         atomic_write(&b, body)?;
-        atomic_write(&m, &serde_json::to_vec(meta).map_err(std::io::Error::other)?)
+        atomic_write(
+            &m,
+            &serde_json::to_vec(meta).map_err(std::io::Error::other)?,
+        )
     }
 
     /// Updates only the metadata (a 304 with new validators).
     pub fn store_meta(&self, name: &str, meta: &CacheMeta) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let (_, m) = self.paths(name);
-        atomic_write(&m, &serde_json::to_vec(meta).map_err(std::io::Error::other)?)
+        atomic_write(
+            &m,
+            &serde_json::to_vec(meta).map_err(std::io::Error::other)?,
+        )
     }
 }
 
@@ -407,7 +418,9 @@ pub async fn crowdsec_stream(
     startup: bool,
 ) -> Result<(Stream, u64), FetchError> {
     let FeedSource::Http(base) = &feed.source else {
-        return Err(FetchError::Request("a crowdsec feed needs an http(s) URL".into()));
+        return Err(FetchError::Request(
+            "a crowdsec feed needs an http(s) URL".into(),
+        ));
     };
     let url = format!("{base}/v1/decisions/stream?startup={startup}");
     let key = feed.api_key.clone().unwrap_or_default();
@@ -461,7 +474,9 @@ pub fn go_duration_secs(s: &str) -> Option<u64> {
             .filter(|&n| n > 0)?;
         let value: f64 = rest[..n].parse().ok()?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let mult = match &rest[..u] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -507,11 +522,17 @@ mod tests {
             origin: None,
         };
         assert_eq!(
-            decision_prefix(&d("Ip", "192.0.2.7")).unwrap().unwrap().to_string(),
+            decision_prefix(&d("Ip", "192.0.2.7"))
+                .unwrap()
+                .unwrap()
+                .to_string(),
             "192.0.2.7/32"
         );
         assert_eq!(
-            decision_prefix(&d("Range", "198.51.100.9/24")).unwrap().unwrap().to_string(),
+            decision_prefix(&d("Range", "198.51.100.9/24"))
+                .unwrap()
+                .unwrap()
+                .to_string(),
             "198.51.100.0/24"
         );
         assert!(decision_prefix(&d("Country", "FR")).is_none());
@@ -564,7 +585,10 @@ mod tests {
         assert_eq!(p.entries.len(), 3);
         assert_eq!(p.errors[0].line, 3);
         let e = parse_body(&f, b"192.0.2.1\nbad\nworse\n192.0.2.3\n").unwrap_err();
-        assert!(e.to_string().starts_with("2 of 4 lines are not plain"), "{e}");
+        assert!(
+            e.to_string().starts_with("2 of 4 lines are not plain"),
+            "{e}"
+        );
         let e = parse_body(&f, b"192.0.2.1\n192.0.2.2\n192.0.2.3\n192.0.2.4\n").unwrap_err();
         assert_eq!(e.to_string(), "4 entries, more than max_entries = 3");
     }

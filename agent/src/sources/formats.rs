@@ -200,7 +200,9 @@ pub fn parse_csv(text: &str) -> Scored {
         if data.is_empty() {
             continue;
         }
-        let mut fields = data.split([',', ';', '\t']).map(|f| f.trim().trim_matches('"'));
+        let mut fields = data
+            .split([',', ';', '\t'])
+            .map(|f| f.trim().trim_matches('"'));
         let addr = fields.next().unwrap_or("");
         let score = fields.next();
         let was_first = std::mem::replace(&mut first, false);
@@ -209,7 +211,13 @@ pub fn parse_csv(text: &str) -> Scored {
             (Ok(_), Some(_)) => Err(format!("score {:?} is not a number", score.unwrap_or(""))),
             (Ok(_), None) => Err("no score: expected address,score".to_owned()),
             // A first line naming its columns is a header.
-            (Err(_), _) if was_first && addr.parse::<f64>().is_err() && score.is_some_and(|s| s.parse::<f64>().is_err()) => continue,
+            (Err(_), _)
+                if was_first
+                    && addr.parse::<f64>().is_err()
+                    && score.is_some_and(|s| s.parse::<f64>().is_err()) =>
+            {
+                continue;
+            }
             (Err(e), _) => Err(e.to_string()),
         };
         match res {
