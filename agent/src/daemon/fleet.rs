@@ -330,7 +330,7 @@ pub async fn report(d: Daemon, cfg: CrowdSec, mut stop: watch::Receiver<bool>) {
 }
 
 fn enqueue(queue: &mut VecDeque<Learned>, cfg: &CrowdSec, l: Learned) {
-    if !cfg.report.iter().any(|s| *s == l.source) {
+    if !cfg.report.contains(&l.source) {
         return;
     }
     if queue.len() >= QUEUE {
