@@ -297,7 +297,8 @@ fn restart_without_the_server_filters_from_the_disk_copy() {
     srv.set(FEED, Reply::text(&list_text(5), "v1"));
     let url = srv.url(FEED);
     let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
-    assert_eq!(first_run(&d, "drop")["entries"], 6);
+    let before = first_run(&d, "drop");
+    assert_eq!(before["entries"], 6);
     d.terminate();
     drop(srv);
     // The new agent fills fresh tables from what it loads, then replaces the program.
@@ -305,6 +306,10 @@ fn restart_without_the_server_filters_from_the_disk_copy() {
     let f = first_run(&d, "drop");
     assert_eq!(f["last_outcome"], "failed", "the server is gone: {f}");
     assert_eq!(f["entries"], 6, "{f}");
+    assert_eq!(
+        f["last_success"], before["last_success"],
+        "the last success is the fetch before the restart: {f}"
+    );
     assert!(
         d.log().contains("feed's last good copy loaded from disk"),
         "{}",
@@ -661,6 +666,9 @@ fn measure_million_line_feed_sync() {
         .map(str::to_owned)
         .unwrap_or_default();
     println!("1M-line feed: first load (start-up run, log): {first_load}");
+    for l in d.log().lines().filter(|l| l.contains("list replaced")) {
+        println!("  {l}");
+    }
     println!(
         "1M-line feed: unchanged body re-sync {same:?}; 1% delta (10k removed + 10k added) {delta:?}, table changes {}",
         r["table_changes"]

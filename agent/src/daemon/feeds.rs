@@ -615,8 +615,15 @@ async fn load_cached(d: &Daemon) {
         let _running = run.lock().await;
         // The copy was applied once already: no guard against itself.
         let r = apply_body(d, f, body, meta.validators.clone(), false, false).await;
-        d.feeds
-            .update(&f.name, |s| s.validators = Some(meta.validators));
+        // Its success is the fetch that brought it, not this start.
+        LAST_SUCCESS
+            .with_label_values(&[&f.name])
+            .set(meta.fetched as i64);
+        d.feeds.update(&f.name, |s| {
+            s.validators = Some(meta.validators);
+            s.last_success = Some(meta.fetched);
+            s.last_outcome = None;
+        });
         ENTRIES
             .with_label_values(&[&f.name])
             .set(list_len(d, &f.name) as i64);
