@@ -139,10 +139,18 @@ impl Feeds {
 
     /// New feeds run at once; feeds gone from the config are forgotten.
     pub fn set_config(&self, feeds: Vec<Feed>) {
+        let old = lock(&self.config).clone();
         let mut st = lock(&self.state);
         st.retain(|n, _| feeds.iter().any(|f| &f.name == n));
         for f in &feeds {
             let s = st.entry(f.name.clone()).or_default();
+            // A changed source, format or action: the validators belong to the old one (a 304
+            // would keep its content), so fetch it whole, now.
+            if old.iter().any(|o| o.name == f.name && o != f) {
+                s.validators = None;
+                s.stream_started = false;
+                s.next_run = 0;
+            }
             // Series exist from the start, so rate() and absent() work before a failure.
             for c in [&*FAILURES, &*REJECTED, &*BYTES, &*REFUSALS] {
                 c.with_label_values(&[&f.name]);
