@@ -418,6 +418,40 @@ fn bad_feed_config_is_named_by_key() {
     assert_eq!(feed_info(&d, "drop")["entries"], 4);
 }
 
+/// A feed whose action changes on reload is fetched whole at once (its old validators would
+/// get a 304 and keep the old action) and the sender gets the new action: here a reset.
+#[test]
+fn reload_with_a_changed_feed_applies_it_now() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let srv = server(&lab);
+    srv.set(FEED, Reply::text(&list_text(3), "v1"));
+    let url = srv.url(FEED);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
+    assert_eq!(first_run(&d, "drop")["entries"], 4);
+    let fetches = srv.seen().len();
+    let text = d.config_text(
+        prefilter_tests::daemon::DEFAULT_XDP,
+        &feed_toml("drop", &url, "").replace("action = \"drop\"", "action = \"reset\""),
+    );
+    d.write_config(&text);
+    d.cli_ok(&["reload"]);
+    let got = poll(Duration::from_secs(20), || {
+        let v = verdict(&d, &BLOCKED4.to_string());
+        (v.0 == "reset").then_some(v)
+    });
+    assert_eq!(got, Some(("reset".into(), "drop".into())), "{}", d.log());
+    let refetch = srv.seen()[fetches..].to_vec();
+    assert!(
+        refetch
+            .iter()
+            .any(|r| r.status == 200 && r.header("if-none-match").is_none()),
+        "the changed feed was not fetched whole: {refetch:?}"
+    );
+    lab.assert_refused(&listener, BLOCKED4.into(), "the feed's new action");
+}
+
 /// A free port on 127.0.0.1 inside namespace `ns`.
 fn free_port(ns: &str) -> u16 {
     in_netns(ns, || {

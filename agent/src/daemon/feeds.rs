@@ -146,7 +146,8 @@ impl Feeds {
             let s = st.entry(f.name.clone()).or_default();
             // A changed source, format or action: the validators belong to the old one (a 304
             // would keep its content), so fetch it whole, now.
-            if old.iter().any(|o| o.name == f.name && o != f) {
+            let changed = old.iter().any(|o| o.name == f.name && o != f);
+            if changed {
                 s.validators = None;
                 s.stream_started = false;
                 s.next_run = 0;
@@ -155,7 +156,7 @@ impl Feeds {
             for c in [&*FAILURES, &*REJECTED, &*BYTES, &*REFUSALS] {
                 c.with_label_values(&[&f.name]);
             }
-            if s.validators.is_none() {
+            if !changed && s.validators.is_none() {
                 s.validators = self
                     .cache
                     .load(&f.name, &f.source.to_string())
