@@ -469,3 +469,69 @@ mod tests {
         assert_eq!(list_line(l).unwrap().unwrap().list, "cli");
     }
 }
+
+/// How a feed run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeedOutcome {
+    /// A new body (or stream delta) applied.
+    Updated,
+    /// 304: the copy in force is current.
+    NotModified,
+    /// The shrink guard refused it; `feeds sync NAME --force` applies it.
+    Refused,
+    /// Fetching or parsing failed; the last good copy stays in force.
+    Failed,
+}
+
+/// `POST /v1/feeds/sync?name=NAME[&force=true]`: answered when the run ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedSyncResult {
+    pub feed: String,
+    pub outcome: FeedOutcome,
+    /// Entries of the feed's list in force after the run.
+    pub entries: usize,
+    pub table_changes: usize,
+    pub lines_rejected: usize,
+    /// The first bad lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_lines: Vec<BadLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/feeds`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedList {
+    pub feeds: Vec<FeedInfo>,
+}
+
+/// One feed in [`FeedList`]; times are Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedInfo {
+    pub name: String,
+    pub source: String,
+    pub format: String,
+    pub action: String,
+    pub interval_secs: u64,
+    pub entries: usize,
+    pub last_attempt: Option<u64>,
+    pub last_success: Option<u64>,
+    pub next_run: Option<u64>,
+    pub running: bool,
+    pub last_outcome: Option<FeedOutcome>,
+    /// Failed runs since the agent started.
+    pub failures: u64,
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+    /// Bad lines of the last body read.
+    pub lines_rejected: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_lines: Vec<BadLine>,
+    /// Size of the last body fetched.
+    pub bytes: u64,
+    /// Updates refused by the shrink guard since the agent started.
+    pub guard_refusals: u64,
+    pub last_refusal: Option<String>,
+    pub etag: Option<String>,
+}

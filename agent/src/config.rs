@@ -102,6 +102,10 @@ pub struct Config {
     pub escalation: Option<Escalation>,
     /// Every `[[block]]` then every `[[allow]]`, each in file order.
     pub lists: Vec<ListDef>,
+    /// `[[feeds]]`, in file order.
+    pub feeds: Vec<Feed>,
+    /// `[crowdsec]`: the LAPI that learned verdicts are reported to; `None` when absent.
+    pub crowdsec: Option<CrowdSec>,
 }
 
 /// `[daemon]`: where the daemon keeps things.
@@ -407,6 +411,9 @@ pub const REPLY_PLACEHOLDERS: [&str; 3] = ["{hostname}", "{list}", "{client}"];
 
 pub use crate::policy::Action;
 
+mod feeds;
+pub use self::feeds::{CrowdSec, Feed, FeedFormat, FeedSource, REPORTABLE, read_credentials};
+
 /// The actions in the order the config's error messages name them.
 const ACTION_NAMES: [(Action, &str); 5] = [
     (Action::Drop, "drop"),
@@ -508,7 +515,12 @@ impl Config {
             escalation: raw.escalation.map(|e| v.escalation(e)),
             proxy: raw.proxy.map(|p| v.proxy(p)),
             lists: v.lists(raw.block, raw.allow, base),
+            feeds: Vec::new(),
+            crowdsec: raw.crowdsec.map(|c| v.crowdsec(c, base)),
         };
+        let names: HashSet<String> = config.lists.iter().map(|l| l.name.clone()).collect();
+        let mut config = config;
+        config.feeds = v.feeds(raw.feeds, &names, config.limits.max_shrink_percent, base);
         if v.errors.is_empty() {
             return Ok(config);
         }
@@ -567,6 +579,8 @@ struct RawFile {
     escalation: Option<RawEscalation>,
     block: Vec<RawBlock>,
     allow: Vec<RawAllow>,
+    feeds: Vec<feeds::RawFeed>,
+    crowdsec: Option<feeds::RawCrowdSec>,
 }
 
 #[derive(Deserialize)]

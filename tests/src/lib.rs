@@ -1,7 +1,9 @@
 //! Helpers for prefilter's privileged end-to-end tests: frames, namespaces, and the
 //! reference decision the randomized test compares the XDP program with.
 
+pub mod crowdsec;
 pub mod daemon;
+pub mod feedserver;
 pub mod netns;
 pub mod packet;
 pub mod postfix;

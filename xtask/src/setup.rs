@@ -70,7 +70,48 @@ pub fn setup() -> Result<()> {
     report("debian packages", ensure_packages()?);
     report("bpf-linker", ensure_bpf_linker()?);
     report("cargo-deb", ensure_cargo_deb()?);
+    report("crowdsec (extracted)", ensure_crowdsec()?);
     Ok(())
+}
+
+/// Where the CrowdSec tests find the package: `tests/src/crowdsec.rs` reads the same path.
+const CROWDSEC_CACHE: &str = "/var/cache/prefilter-tests/crowdsec";
+
+/// Debian's crowdsec, downloaded and extracted, never installed: its post-install step
+/// registers with the online Central API, which test machines cannot reach. The feed and
+/// fleet tests run its LAPI from the extraction.
+fn ensure_crowdsec() -> Result<String> {
+    let cache = Path::new(CROWDSEC_CACHE);
+    let root = cache.join("root");
+    if root.join("usr/bin/crowdsec").exists() && root.join("etc/crowdsec/config.yaml").exists() {
+        return Ok(format!("ok ({})", root.display()));
+    }
+    require_root("setup")?;
+    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let deb = || -> Option<PathBuf> {
+        fs::read_dir(cache)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+    };
+    if deb().is_none() {
+        if !has_candidate("crowdsec")? {
+            println!("setup: warning: crowdsec is not available from apt; the CrowdSec tests fail");
+            return Ok("NOT available".into());
+        }
+        run(apt_get().args(["download", "crowdsec"]).current_dir(cache))?;
+    }
+    let deb = deb().context("apt-get download crowdsec left no .deb")?;
+    let tmp = cache.join("root.setup");
+    let _ = fs::remove_dir_all(&tmp);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    fs::rename(&tmp, &root).with_context(|| format!("renaming to {}", root.display()))?;
+    Ok(format!(
+        "extracted {} into {}",
+        deb.display(),
+        root.display()
+    ))
 }
 
 fn report(item: &str, outcome: String) {

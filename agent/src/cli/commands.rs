@@ -10,7 +10,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    AllowCmd, BlockCmd, Cli, Command, LogFormat,
+    AllowCmd, BlockCmd, Cli, Command, FeedsCmd, LogFormat,
     client::{CliError, Client, Lines},
 };
 use crate::{api, http::encode};
@@ -40,6 +40,7 @@ pub fn execute(cli: Cli) -> i32 {
             message: format!("writing to {}: {e}", a.dir.display()),
             details: Vec::new(),
         }),
+        Command::Feeds(c) => with_client(&cli.socket, |cl, out| feeds(cl, out, c)),
     };
     match r {
         Ok(()) => 0,
@@ -663,5 +664,116 @@ fn detach(
             ))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Unix seconds as "Ns ago" / "in Ns": the reader's question is how stale or how soon.
+fn ago(t: Option<u64>) -> String {
+    let Some(t) = t else {
+        return "never".into();
+    };
+    let now = crate::policy::store::now();
+    if t > now {
+        format!("in {}s", t - now)
+    } else {
+        format!("{}s ago", now - t)
+    }
+}
+
+fn outcome_name(o: api::FeedOutcome) -> &'static str {
+    match o {
+        api::FeedOutcome::Updated => "updated",
+        api::FeedOutcome::NotModified => "not modified",
+        api::FeedOutcome::Refused => "refused by the shrink guard",
+        api::FeedOutcome::Failed => "failed",
+    }
+}
+
+fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
+    match c {
+        FeedsCmd::List(a) => {
+            let v: api::FeedList = client.get("/v1/feeds")?;
+            if a.json {
+                return out.json(&v);
+            }
+            if v.feeds.is_empty() {
+                return out.line("no [[feeds]] in the config");
+            }
+            for f in &v.feeds {
+                out.line(format_args!(
+                    "{} ({} {}, every {}s) {}",
+                    f.name, f.format, f.action, f.interval_secs, f.source
+                ))?;
+                out.line(format_args!(
+                    "  entries {}, last success {}, last run {}{}, next run {}",
+                    f.entries,
+                    ago(f.last_success),
+                    ago(f.last_attempt),
+                    f.last_outcome
+                        .map(|o| format!(" ({})", outcome_name(o)))
+                        .unwrap_or_default(),
+                    if f.running {
+                        "now".to_owned()
+                    } else {
+                        ago(f.next_run)
+                    },
+                ))?;
+                out.line(format_args!(
+                    "  failures {} ({} in a row), guard refusals {}, lines rejected {}, last body {} bytes",
+                    f.failures, f.consecutive_failures, f.guard_refusals, f.lines_rejected, f.bytes
+                ))?;
+                if let Some(e) = &f.last_error {
+                    out.line(format_args!("  last error: {e}"))?;
+                }
+                if let Some(e) = f
+                    .last_refusal
+                    .as_ref()
+                    .filter(|r| f.last_error.as_ref() != Some(*r))
+                {
+                    out.line(format_args!("  last refusal: {e}"))?;
+                }
+                for b in &f.bad_lines {
+                    out.line(format_args!(
+                        "  bad line {}: {} ({})",
+                        b.line, b.message, b.text
+                    ))?;
+                }
+            }
+            Ok(())
+        }
+        FeedsCmd::Sync(a) => {
+            let target = format!(
+                "/v1/feeds/sync?name={}{}",
+                encode(&a.name),
+                if a.force { "&force=true" } else { "" }
+            );
+            let r: api::FeedSyncResult = client.post(&target, &serde_json::json!({}))?;
+            if a.json {
+                out.json(&r)?;
+            } else {
+                out.line(format_args!(
+                    "feed {}: {}, {} entries in force, {} table changes, {} lines rejected",
+                    r.feed,
+                    outcome_name(r.outcome),
+                    r.entries,
+                    r.table_changes,
+                    r.lines_rejected
+                ))?;
+                for b in &r.bad_lines {
+                    out.line(format_args!(
+                        "  bad line {}: {} ({})",
+                        b.line, b.message, b.text
+                    ))?;
+                }
+            }
+            match r.outcome {
+                api::FeedOutcome::Updated | api::FeedOutcome::NotModified => Ok(()),
+                o => Err(CliError::new(format!(
+                    "feed {}: {}; the last good copy stays in force",
+                    r.feed,
+                    r.error.unwrap_or_else(|| outcome_name(o).to_owned())
+                ))),
+            }
+        }
     }
 }

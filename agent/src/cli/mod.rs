@@ -60,6 +60,9 @@ pub enum Command {
     Reload,
     /// Remove the XDP filter from an interface (all if none given).
     Detach(DetachArgs),
+    /// Reputation feeds: their state, or a run now.
+    #[command(subcommand)]
+    Feeds(FeedsCmd),
     /// Write man pages and shell completions into DIR (for packagers).
     #[command(hide = true)]
     Assets(AssetsArgs),
@@ -69,6 +72,25 @@ pub enum Command {
 pub struct AssetsArgs {
     /// Output directory: man/ and completions/ are created in it.
     pub dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FeedsCmd {
+    /// Each feed: entries, last success, errors, next run, guard refusals.
+    List(JsonArg),
+    /// Fetch and apply one feed now, and print what happened.
+    Sync(FeedsSyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FeedsSyncArgs {
+    /// The feed's name in the config.
+    pub name: String,
+    /// Apply even when the update would shrink the list past its limit or empty it.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -196,7 +196,7 @@ fn refusals() {
         Case {
             name: "unknown section",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\n\n[metric]\nlisten = \"\"\n",
-            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `proxy`, `dnsbl`, `escalation`, `block`, `allow`")],
+            expected: &[(Some(4), "metric", "unknown field `metric`, expected one of `daemon`, `xdp`, `limits`, `metrics`, `proxy`, `dnsbl`, `escalation`, `block`, `allow`, `feeds`, `crowdsec`")],
         },
         Case {
             name: "unknown key in a list",
@@ -689,4 +689,131 @@ fn proxy_screening_keys() {
             (Some(10), "proxy.rcpt_reply"),
         ]
     );
+}
+
+#[test]
+fn feeds_and_crowdsec() {
+    let dir = TempDir::new("feeds");
+    let key = dir.file("bouncer.key", "abc123\n");
+    let creds = dir.file(
+        "creds.yaml",
+        "url: http://127.0.0.1:8080\nlogin: mx1\npassword: s3cret\n",
+    );
+    let text = format!(
+        r#"
+[xdp]
+interfaces = ["eth0"]
+
+[limits]
+max_shrink_percent = 30
+
+[[feeds]]
+name = "drop"
+source = "https://www.example.net/drop_v4.json"
+format = "spamhaus-drop-json"
+
+[[feeds]]
+name = "scores"
+source = "file:///var/lib/lists/scores.csv"
+format = "csv"
+interval = 600
+max_entries = 1000
+max_shrink_percent = 10
+thresholds = [{{ score = 50, action = "tempfail" }}, {{ score = 90, action = "drop" }}]
+
+[[feeds]]
+name = "lapi"
+source = "http://127.0.0.1:8080/"
+format = "crowdsec"
+action = "reset"
+interval = "10s"
+api_key_file = "{}"
+
+[crowdsec]
+url = "http://127.0.0.1:8080"
+credentials_file = "{}"
+report = ["dnsbl", "cli"]
+"#,
+        key.display(),
+        creds.display()
+    );
+    let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.feeds.len(), 3);
+    let f = &c.feeds[0];
+    assert_eq!(f.format, FeedFormat::List(Format::SpamhausDrop));
+    assert_eq!(f.interval, std::time::Duration::from_secs(3600));
+    assert_eq!(f.action, Action::Drop);
+    assert!((f.max_shrink - 0.3).abs() < 1e-9, "the [limits] default");
+    let f = &c.feeds[1];
+    assert_eq!(
+        f.source,
+        FeedSource::File("/var/lib/lists/scores.csv".into())
+    );
+    assert_eq!(
+        f.thresholds,
+        [(90.0, Action::Drop), (50.0, Action::Tempfail)]
+    );
+    assert_eq!(f.max_entries, Some(1000));
+    assert!((f.max_shrink - 0.1).abs() < 1e-9);
+    let f = &c.feeds[2];
+    assert_eq!(f.source, FeedSource::Http("http://127.0.0.1:8080".into()));
+    assert_eq!(f.api_key.as_deref(), Some("abc123"));
+    assert_eq!(f.interval, std::time::Duration::from_secs(10));
+    let cs = c.crowdsec.expect("[crowdsec]");
+    assert_eq!(
+        (cs.machine_id.as_str(), cs.password.as_str()),
+        ("mx1", "s3cret")
+    );
+    assert_eq!(cs.report, ["dnsbl", "cli"]);
+}
+
+#[test]
+fn feed_refusals_name_every_key() {
+    let text = r#"[xdp]
+interfaces = ["eth0"]
+[[block]]
+name = "drop"
+[[feeds]]
+name = "drop"
+source = "ftp://example.net/x"
+format = "csv"
+interval = "5m"
+[[feeds]]
+name = "cs"
+source = "https://lapi.example.net"
+format = "crowdsec"
+interval = "1s"
+thresholds = [{ score = 1, action = "drop" }]
+[[feeds]]
+name = "p"
+source = "http://example.net/p"
+format = "plain"
+interval = "1 hour"
+api_key = "k"
+[crowdsec]
+url = "lapi:8080"
+report = ["everything"]
+"#;
+    let e = parse(text).unwrap_err();
+    let got: Vec<(Option<usize>, &str, &str)> = e
+        .errors
+        .iter()
+        .map(|e| (e.line, e.key.as_str(), e.message.as_str()))
+        .collect();
+    #[rustfmt::skip]
+    let want: Vec<(Option<usize>, &str, &str)> = vec![
+        // A missing key is named at its table's line.
+        (Some(5), "feeds[0].thresholds", "a csv feed needs thresholds, e.g. [{ score = 80, action = \"drop\" }]"),
+        (Some(6), "feeds[0].name", "name \"drop\" is already used by another list or feed"),
+        (Some(7), "feeds[0].source", "\"ftp://example.net/x\" is not an http://, https:// or file:// URL"),
+        (Some(10), "feeds[1].api_key", "a crowdsec feed needs a bouncer key (api_key or api_key_file; cscli bouncers add NAME)"),
+        (Some(14), "feeds[1].interval", "1s is too short for a crowdsec feed (at least 10s)"),
+        (Some(15), "feeds[1].thresholds", "thresholds apply to csv feeds only"),
+        (Some(20), "feeds[2].interval", "\"1 hour\" is not a duration such as \"90s\", \"30m\", \"1h\""),
+        (Some(21), "feeds[2].api_key", "api_key applies to crowdsec feeds only"),
+        (Some(22), "crowdsec", "needs machine_id and password, or credentials_file (cscli machines add NAME -f FILE)"),
+        (Some(23), "crowdsec.url", "\"lapi:8080\" is not an http:// or https:// URL"),
+        (Some(24), "crowdsec.report[0]", "\"everything\" is not a learned source (dnsbl, escalation, pregreet, cli)"),
+    ];
+    assert_eq!(got, want);
 }

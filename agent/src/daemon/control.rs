@@ -128,6 +128,8 @@ pub enum Route {
     AllowList,
     AllowAdd,
     AllowDelete,
+    FeedsList,
+    FeedsSync,
     /// A path that exists, with a method it does not take.
     WrongMethod,
     /// No such path.
@@ -152,6 +154,8 @@ impl Route {
             "/v1/allow" if get => Some(Self::AllowList),
             "/v1/allow" => post.then_some(Self::AllowAdd),
             "/v1/allow/delete" => post.then_some(Self::AllowDelete),
+            "/v1/feeds" => get.then_some(Self::FeedsList),
+            "/v1/feeds/sync" => post.then_some(Self::FeedsSync),
             _ => return Self::Other,
         };
         r.unwrap_or(Self::WrongMethod)
@@ -173,6 +177,8 @@ impl Route {
             Self::AllowList => "allow_list",
             Self::AllowAdd => "allow_add",
             Self::AllowDelete => "allow_delete",
+            Self::FeedsList => "feeds_list",
+            Self::FeedsSync => "feeds_sync",
             Self::WrongMethod => "wrong_method",
             Self::Other => "other",
         }
@@ -255,6 +261,19 @@ async fn dispatch(
         _ => {}
     }
     let query = http::parse_query(parts.uri.query().unwrap_or(""));
+    if route == Route::FeedsSync {
+        // A fetch is network I/O: awaited here, its apply step runs on a blocking thread.
+        let name = query.get("name").cloned().unwrap_or_default();
+        let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
+        return match super::feeds::sync(&d, &name, force).await {
+            Ok(r) => http::response(
+                StatusCode::OK,
+                JSON,
+                serde_json::to_vec(&r).unwrap_or_default(),
+            ),
+            Err(e) => error_response(e),
+        };
+    }
     let body = if parts.method == Method::POST {
         match http::read_body(body, &limits).await {
             Ok(b) => b,
@@ -301,9 +320,13 @@ fn route_blocking(d: &Daemon, route: Route, q: &HashMap<String, String>, body: &
         Route::BlockDelete => delete(d, Kind::Block, body),
         Route::AllowDelete => delete(d, Kind::Allow, body),
         Route::BlockImport => import(d, &api::ImportParams::from_query(q), body),
-        Route::Watch | Route::BlockList | Route::AllowList | Route::WrongMethod | Route::Other => {
-            Err(OpError::internal("not a blocking route").into())
-        }
+        Route::FeedsList => ok(&super::feeds::list(d)),
+        Route::Watch
+        | Route::BlockList
+        | Route::AllowList
+        | Route::FeedsSync
+        | Route::WrongMethod
+        | Route::Other => Err(OpError::internal("not a blocking route").into()),
     }
 }
 

@@ -102,6 +102,8 @@ pub fn registry(d: Daemon) -> Registry {
     if let Some(dn) = d.dnsbl() {
         dn.register(&r);
     }
+    super::feeds::register(&r);
+    super::fleet::register(&r);
     let _ = r.register(Box::new(DaemonCollector {
         d,
         descs: Families::new().descs(),
@@ -172,6 +174,8 @@ fn origin_name(o: Origin) -> &'static str {
         Origin::Config => "config",
         Origin::Cli => "cli",
         Origin::Import => "import",
+        Origin::Feed => "feed",
+        Origin::Dynamic => "dynamic",
     }
 }
 

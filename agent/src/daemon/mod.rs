@@ -4,6 +4,8 @@
 mod control;
 mod escalation;
 mod events;
+pub mod feeds;
+mod fleet;
 pub mod learned;
 mod metrics;
 mod settings;
@@ -35,6 +37,9 @@ use crate::{
 
 /// Name of the list that `block add` writes to when none is given.
 pub const CLI_LIST: &str = "cli";
+/// Name of the list that keeps `block add ADDR --ttl` entries of single addresses, whose
+/// verdicts live in the kernel's dynamic map.
+pub const CLI_TTL_LIST: &str = "cli-ttl";
 /// Name of the list that `allow add` writes to when none is given (a list holds one kind).
 pub const CLI_ALLOW_LIST: &str = "cli-allow";
 
@@ -181,6 +186,7 @@ pub struct Daemon {
     dnsbl: Option<Arc<crate::dnsbl::Dnsbl>>,
     /// `[escalation]`, when configured.
     escalation: Option<Arc<escalation::Escalation>>,
+    feeds: Arc<feeds::Feeds>,
 }
 
 fn mode_name(m: Option<XdpMode>) -> &'static str {
@@ -479,6 +485,17 @@ impl Daemon {
                 )));
             }
         }
+        // A single address (IPv6: a /64) with a TTL in the default list goes to the kernel's
+        // dynamic map, so it ages out even while the agent is down, and can be reported.
+        if kind == Kind::Block
+            && list == CLI_LIST
+            && let Some(t) = ttl
+            && prefixes.iter().all(|p| {
+                (p.is_v4() && p.prefix_len() == 32) || (!p.is_v4() && p.prefix_len() == 64)
+            })
+        {
+            return self.add_dynamic(prefixes, act, t, reason, by);
+        }
         let at = store::now();
         let reason: Option<Arc<str>> = reason.map(Into::into);
         let entries: Vec<(Prefix, Entry)> = prefixes
@@ -524,6 +541,58 @@ impl Daemon {
         Ok(changes.len())
     }
 
+    /// `block add ADDR --ttl`: the store keeps the entries (list [`CLI_TTL_LIST`]) for
+    /// listings, `check` and restarts; the kernel's dynamic map enforces them.
+    fn add_dynamic(
+        &self,
+        prefixes: Vec<Prefix>,
+        act: u8,
+        ttl: u64,
+        reason: Option<String>,
+        by: &str,
+    ) -> Result<usize, OpError> {
+        let action = crate::policy::Action::from_code(act)
+            .ok_or_else(|| OpError::bad("a dynamic verdict needs a block action"))?;
+        let at = store::now();
+        let shared: Option<Arc<str>> = reason.as_deref().map(Into::into);
+        let entries: Vec<(Prefix, Entry)> = prefixes
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    Entry {
+                        action: act,
+                        reason: shared.clone(),
+                        created: at,
+                        expires: Some(at + ttl),
+                    },
+                )
+            })
+            .collect();
+        let mut st = self.lock();
+        st.mutate(
+            &self.store,
+            |s| s.set(CLI_TTL_LIST, Kind::Block, Origin::Dynamic, entries),
+            |s| s.commit_set(CLI_TTL_LIST, &prefixes),
+        )?;
+        self.publish(&st);
+        drop(st);
+        for p in &prefixes {
+            self.learn(learned::Learned {
+                ip: p.first(),
+                action,
+                ttl: Duration::from_secs(ttl),
+                source: "cli".to_owned(),
+                reason: reason
+                    .clone()
+                    .unwrap_or_else(|| format!("block add by {by}")),
+            })?;
+            info!(prefix = %p, action = action.name(), list = CLI_TTL_LIST, by, ttl_secs = ttl, "dynamic verdict set");
+        }
+        self.expiry_wake.notify_one();
+        Ok(prefixes.len())
+    }
+
     /// Deletes prefixes from `list`, or from every CLI and imported list of `kind`.
     pub fn delete(
         &self,
@@ -539,7 +608,10 @@ impl Daemon {
                 .store()
                 .lists()
                 .iter()
-                .filter(|(_, l)| l.kind == kind && l.origin != Origin::Config)
+                .filter(|(_, l)| {
+                    l.kind == kind
+                        && matches!(l.origin, Origin::Cli | Origin::Import | Origin::Dynamic)
+                })
                 .filter(|(_, l)| prefixes.iter().any(|p| l.entries.contains_key(p)))
                 .map(|(n, _)| n.clone())
                 .collect(),
@@ -556,6 +628,20 @@ impl Daemon {
                 },
                 |s| s.commit_remove(&name, &prefixes),
             )?;
+            if removed > 0
+                && self
+                    .store()
+                    .lists()
+                    .get(&name)
+                    .is_some_and(|l| l.origin == Origin::Dynamic)
+            {
+                for p in &prefixes {
+                    let (_, key) = self.kernel().lookup(as_seen(p.first()));
+                    if let Err(e) = st.filter.remove_dynamic(&key) {
+                        warn!(prefix = %p, error = %e, "removing a dynamic verdict");
+                    }
+                }
+            }
             out.push((name, removed));
         }
         self.publish(&st);
@@ -767,6 +853,7 @@ impl Daemon {
             let _ = detach_one(&mut st, &iface);
         }
         self.publish(&st);
+        self.feeds.set_config(st.settings.feeds.clone());
         info!(table_changes = n, "config reloaded");
         Ok(n)
     }
@@ -1021,6 +1108,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let escalation_cfg = st.settings.escalation.clone();
     let (events_tx, _) = broadcast::channel(4096);
     let view = st.view(&read(&store));
+    let feeds_init = feeds::Feeds::new(&st.settings.state_dir, st.settings.feeds.clone());
     let d = Daemon {
         writer: Arc::new(Mutex::new(st)),
         store: Arc::new(store),
@@ -1031,6 +1119,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         learned: broadcast::channel(1024).0,
         dnsbl: dnsbl_cfg.map(|c| Arc::new(crate::dnsbl::Dnsbl::new(c))),
         escalation: escalation_cfg.map(|c| Arc::new(escalation::Escalation::new(c))),
+        feeds: Arc::new(feeds_init),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -1075,6 +1164,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         if c.inline {
             tasks.push(tokio::spawn(inline_dnsbl(d.clone(), dn, stop_rx.clone())));
         }
+    }
+    tasks.push(tokio::spawn(feeds::schedule(d.clone(), stop_rx.clone())));
+    // Read at start only, like [proxy]: the reporter keeps its LAPI login until a restart.
+    let fleet_cfg = d.lock().settings.crowdsec.clone();
+    if let Some(c) = fleet_cfg {
+        tasks.push(tokio::spawn(fleet::report(d.clone(), c, stop_rx.clone())));
     }
     let proxy_cfg = d.lock().settings.proxy.clone();
     let mut proxy_task = None;

@@ -53,6 +53,10 @@ pub struct Settings {
     pub dnsbl: Option<crate::config::Dnsbl>,
     /// `[escalation]`; read at start only.
     pub escalation: Option<crate::config::Escalation>,
+    /// `[[feeds]]`.
+    pub feeds: Vec<crate::config::Feed>,
+    /// `[crowdsec]`: where learned verdicts are reported.
+    pub crowdsec: Option<crate::config::CrowdSec>,
 }
 
 /// Whether the interface exists in our network namespace.
@@ -118,6 +122,8 @@ impl From<Config> for Settings {
             proxy: c.proxy,
             dnsbl: c.dnsbl,
             escalation: c.escalation,
+            feeds: c.feeds,
+            crowdsec: c.crowdsec,
         }
     }
 }

@@ -66,6 +66,13 @@ pub enum Origin {
     Cli,
     /// `prefilter block import`.
     Import,
+    /// A `[[feeds]]` source: replaced by each successful fetch, persisted like imports, and
+    /// written by nothing else.
+    Feed,
+    /// Single addresses whose verdict lives in the kernel's dynamic map (`block add ADDR
+    /// --ttl`): kept here for listings, `check` and persistence, never compiled into the
+    /// prefix tables.
+    Dynamic,
 }
 
 /// One entry of a list.
@@ -126,6 +133,14 @@ pub enum StoreError {
     /// The config owns this list; edit the config file instead.
     #[error("list {name} comes from the config file; change it there and reload")]
     ConfigOwned { name: String },
+    /// A feed owns this list; its next fetch replaces it.
+    #[error("list {name} is fed by the [[feeds]] entry of that name; change the feed instead")]
+    FeedOwned { name: String },
+    /// A list of dynamic verdicts takes single addresses with a TTL only, and only it does.
+    #[error(
+        "list {name} holds dynamic verdicts (block add ADDR --ttl) or another kind of entries; use another list"
+    )]
+    DynamicOnly { name: String },
     /// All 4095 list ids are taken.
     #[error("too many lists (at most {})", verdict::MAX_LIST_ID)]
     TooManyLists,
@@ -388,6 +403,8 @@ impl Store {
         let origin = match h[7] {
             "cli" => Origin::Cli,
             "import" => Origin::Import,
+            "feed" => Origin::Feed,
+            "dynamic" => Origin::Dynamic,
             _ => return Err(corrupt(1, "bad list origin")),
         };
         let mut entries = Entries::default();
@@ -486,7 +503,7 @@ impl Store {
         let entries = self
             .lists
             .values()
-            .filter(|l| l.kind == kind)
+            .filter(|l| l.kind == kind && l.origin != Origin::Dynamic)
             .filter_map(|l| l.entries.rule(prefix).map(|r| (l.id, r)));
         strongest(kind, at, entries)
     }
@@ -495,7 +512,7 @@ impl Store {
     pub fn compiled(&self, at: u64) -> Vec<Change> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for l in self.lists.values() {
+        for l in self.lists.values().filter(|l| l.origin != Origin::Dynamic) {
             for p in l.entries.keys() {
                 if seen.insert((p, l.kind))
                     && let Some(v) = self.effective(&p, l.kind, at)
@@ -524,6 +541,19 @@ impl Store {
             }),
             Some(l) if l.origin == Origin::Config && origin != Origin::Config => {
                 Err(StoreError::ConfigOwned {
+                    name: name.to_owned(),
+                })
+            }
+            // A feed's next fetch would undo a hand edit: say so instead.
+            Some(l) if l.origin == Origin::Feed && origin != Origin::Feed => {
+                Err(StoreError::FeedOwned {
+                    name: name.to_owned(),
+                })
+            }
+            // Its entries are never compiled into the tables: a prefix added here from
+            // elsewhere would be listed yet not enforced.
+            Some(l) if (l.origin == Origin::Dynamic) != (origin == Origin::Dynamic) => {
+                Err(StoreError::DynamicOnly {
                     name: name.to_owned(),
                 })
             }
@@ -623,6 +653,11 @@ impl Store {
         };
         if l.origin == Origin::Config {
             return Err(StoreError::ConfigOwned {
+                name: name.to_owned(),
+            });
+        }
+        if l.origin == Origin::Feed {
+            return Err(StoreError::FeedOwned {
                 name: name.to_owned(),
             });
         }
@@ -1004,7 +1039,7 @@ impl Store {
         let others: Vec<(u16, &Entries)> = self
             .lists
             .iter()
-            .filter(|(n, l)| l.kind == kind && n.as_str() != name)
+            .filter(|(n, l)| l.kind == kind && n.as_str() != name && l.origin != Origin::Dynamic)
             .map(|(_, l)| (l.id, &l.entries))
             .collect();
         // A new list is written whole; an existing one by its delta while that is small.
@@ -1277,6 +1312,8 @@ fn write_list(dir: &Path, name: &str, l: &List) -> Result<(), StoreError> {
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let origin = match l.origin {
             Origin::Cli => "cli",
+            Origin::Feed => "feed",
+            Origin::Dynamic => "dynamic",
             _ => "import",
         };
         writeln!(

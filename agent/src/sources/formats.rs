@@ -179,6 +179,59 @@ pub fn parse(text: &str, format: Format) -> Parsed {
     out
 }
 
+/// What a CSV `address,score` list holds: each prefix with its score.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scored {
+    /// In file order.
+    pub entries: Vec<(Prefix, f64)>,
+    /// Unusable lines, in file order.
+    pub errors: Vec<LineError>,
+}
+
+/// Parses `address,score` lines (`#` comments, blank lines, an optional header line such
+/// as `ip,score` before the first entry; further columns are ignored). Host bits are
+/// cleared like everywhere else.
+pub fn parse_csv(text: &str) -> Scored {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = Scored::default();
+    let mut first = true;
+    for (i, line) in text.lines().enumerate() {
+        let data = line.find('#').map_or(line, |at| &line[..at]).trim();
+        if data.is_empty() {
+            continue;
+        }
+        let mut fields = data
+            .split([',', ';', '\t'])
+            .map(|f| f.trim().trim_matches('"'));
+        let addr = fields.next().unwrap_or("");
+        let score = fields.next();
+        let was_first = std::mem::replace(&mut first, false);
+        let res = match (addr.parse::<Prefix>(), score.map(str::parse::<f64>)) {
+            (Ok(p), Some(Ok(s))) if s.is_finite() => Ok((p, s)),
+            (Ok(_), Some(_)) => Err(format!("score {:?} is not a number", score.unwrap_or(""))),
+            (Ok(_), None) => Err("no score: expected address,score".to_owned()),
+            // A first line naming its columns is a header.
+            (Err(_), _)
+                if was_first
+                    && addr.parse::<f64>().is_err()
+                    && score.is_some_and(|s| s.parse::<f64>().is_err()) =>
+            {
+                continue;
+            }
+            (Err(e), _) => Err(e.to_string()),
+        };
+        match res {
+            Ok(e) => out.entries.push(e),
+            Err(message) => out.errors.push(LineError {
+                line: i + 1,
+                text: cut(line),
+                message,
+            }),
+        }
+    }
+    out
+}
+
 fn cut(line: &str) -> String {
     match line.char_indices().nth(MAX_LINE_SHOWN) {
         Some((at, _)) => line[..at].to_owned(),

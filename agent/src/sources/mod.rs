@@ -3,4 +3,5 @@
 //! text or answers into `(prefix, reason)` entries and bad-line reports; the daemon's
 //! engine applies them to the store, guarded by `policy::guard`.
 
+pub mod feeds;
 pub mod formats;

@@ -623,3 +623,52 @@ fn rbldnsd_resolves_a_million_entries_fast() {
         assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
 }
+
+#[test]
+fn csv_scores() {
+    struct Case {
+        name: &'static str,
+        input: &'static str,
+        entries: &'static [(&'static str, f64)],
+        errors: &'static [(usize, &'static str)],
+    }
+    #[rustfmt::skip]
+    let cases = [
+        Case { name: "header, comments, host bits", input: "ip,score\n# c\n192.0.2.1,90\n198.51.100.7/24, 55.5 ,extra\n\n2001:db8::1,10\n", entries: &[("192.0.2.1/32", 90.0), ("198.51.100.0/24", 55.5), ("2001:db8::1/128", 10.0)], errors: &[] },
+        Case { name: "no header", input: "203.0.113.5;70\n", entries: &[("203.0.113.5/32", 70.0)], errors: &[] },
+        Case {
+            name: "bad lines are named, the rest kept",
+            input: "192.0.2.1,90\nip,score\n192.0.2.300,5\n192.0.2.2\n192.0.2.3,high\n192.0.2.4,80\n",
+            entries: &[("192.0.2.1/32", 90.0), ("192.0.2.4/32", 80.0)],
+            errors: &[(2, "invalid prefix \"ip\": not an IP address"), (3, "invalid prefix \"192.0.2.300\": not an IP address"), (4, "no score: expected address,score"), (5, "score \"high\" is not a number")],
+        },
+    ];
+    for c in cases {
+        let got = parse_csv(c.input);
+        let entries: Vec<(String, f64)> = got
+            .entries
+            .iter()
+            .map(|(p, s)| (p.to_string(), *s))
+            .collect();
+        let want: Vec<(String, f64)> = c.entries.iter().map(|(p, s)| (p.to_string(), *s)).collect();
+        assert_eq!(entries, want, "{}", c.name);
+        let errs: Vec<(usize, &str)> = got
+            .errors
+            .iter()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(errs, c.errors, "{}", c.name);
+    }
+}
+
+#[test]
+fn rbldnsd_ip4tset_is_read_as_ip4set() {
+    // ip4tset: one address per line, a single value (the `:` line) for the whole zone.
+    let text = "$SOA 1h ns.example.net hostmaster.example.net 0 1h 1h 1w 1h\n$TTL 300\n:127.0.0.2:Listed in tset\n192.0.2.1\n192.0.2.9\n# gone\n198.51.100.77\n";
+    let got = parse(text, Format::Rbldnsd);
+    assert!(got.errors.is_empty(), "{:?}", got.errors);
+    assert_eq!(
+        entries(&got),
+        ["192.0.2.1/32", "192.0.2.9/32", "198.51.100.77/32"]
+    );
+}
