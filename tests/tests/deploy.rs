@@ -216,12 +216,63 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
 /// read from its live /metrics, not from the agent's source.
 #[test]
 fn dashboard_and_rules_use_exported_metrics() {
+    use prefilter_tests::rbldnsd::{Rbldnsd, Zone, zone_head};
     require_root();
     let lab = Lab::new();
-    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
-    // Something in every family that only shows samples once used.
+    // Every part the rules and the dashboard watch: the proxy (its backend down), a DNSBL
+    // zone on a real rbldnsd, a feed (its source missing, so it fails), and the fleet
+    // reporter (its LAPI unreachable, so reports fail).
+    let rbl = Rbldnsd::start(
+        Some(&lab.mx.name),
+        &[Zone {
+            name: "bl.test",
+            kind: "ip4set",
+            data: format!("{}203.0.113.9\n", zone_head(300, 60)),
+        }],
+    );
+    let feed_dir = std::env::temp_dir().join(format!("pf-deploy-feed-{}", std::process::id()));
+    std::fs::create_dir_all(&feed_dir).unwrap();
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _feed_dir = RemoveDir(feed_dir.clone());
+    let tail = format!(
+        "[proxy]\nlisten = [\"192.0.2.1:25\"]\nbackends = [\"127.0.0.1:9\"]\nconnect_timeout = 1\n\n\
+         [dnsbl]\nsites = [\"bl.test*2\"]\nthreshold = 2\nnameservers = [\"{}\"]\ntimeout = 1\n\n\
+         [[feeds]]\nname = \"local-drop\"\nsource = \"file://{}/drop.txt\"\nformat = \"spamhaus-drop\"\n\n\
+         [crowdsec]\nurl = \"http://127.0.0.1:9\"\nmachine_id = \"mx1\"\npassword = \"x\"\nreport = [\"cli\"]\n",
+        rbl.addr,
+        feed_dir.display()
+    );
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
+    // Something in every family that only shows samples once used: a list hit, a learned
+    // verdict to report, a DNSBL lookup (a client through the proxy, whose backend is down).
     d.cli_ok(&["block", "add", "198.51.100.7"]);
-    let exported = exposed_names(&d.metrics_text());
+    d.cli_ok(&["block", "add", "192.0.2.50", "--ttl", "1h"]);
+    let _ = lab.connect(
+        "203.0.113.9".parse().unwrap(),
+        std::time::Duration::from_secs(2),
+    );
+    let _ = lab.connect(
+        "192.0.2.2".parse().unwrap(),
+        std::time::Duration::from_secs(2),
+    );
+    let mut exported = BTreeSet::new();
+    // Reports and feed runs are asynchronous: wait (bounded) until the families show.
+    let _ = prefilter_tests::daemon::poll(std::time::Duration::from_secs(20), || {
+        exported = exposed_names(&d.metrics_text());
+        [
+            "prefilter_fleet_reports_total",
+            "prefilter_feed_failures_total",
+            "prefilter_dnsbl_queries_total",
+        ]
+        .iter()
+        .all(|n| exported.contains(*n))
+        .then_some(())
+    });
     assert!(
         exported
             .iter()

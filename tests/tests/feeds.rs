@@ -517,7 +517,8 @@ fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
 /// Two gateways and one LAPI: agent A (its own namespace, joined to the MX namespace by a
 /// veth) reports a `block add ADDR --ttl` to the LAPI as an alert; agent B (the lab's MX)
 /// reads the LAPI's decision stream as a feed and drops that sender's SYN in XDP after its
-/// next poll. A keeps the entry in its dynamic map with its expiry.
+/// next poll. A keeps the entry in its dynamic map with its expiry. Then the same for a
+/// DNSBL listing A learns from a client's handshake.
 #[test]
 fn fleet_block_on_one_gateway_is_dropped_by_another() {
     require_root();
@@ -561,13 +562,24 @@ fn fleet_block_on_one_gateway_is_dropped_by_another() {
     let key = lapi.add_bouncer("gateway-b");
     let creds = lapi.add_machine("gateway-a", "gateway-a-password-0123456789");
 
+    // A's DNSBL: a real rbldnsd in A's namespace listing BIG4.
+    let rbl = prefilter_tests::rbldnsd::Rbldnsd::start(
+        Some(&a_ns.name),
+        &[prefilter_tests::rbldnsd::Zone {
+            name: "bl.test",
+            kind: "ip4set",
+            data: format!("{}{BIG4}\n", prefilter_tests::rbldnsd::zone_head(300, 60)),
+        }],
+    );
     let a = Daemon::start_new(
         &a_ns,
         &a_if,
         &format!(
-            "[crowdsec]\nurl = \"{}\"\ncredentials_file = \"{}\"\nreport = [\"cli\", \"dnsbl\"]\n",
+            "[crowdsec]\nurl = \"{}\"\ncredentials_file = \"{}\"\nreport = [\"cli\", \"dnsbl\"]\n\n\
+             [dnsbl]\nsites = [\"bl.test*2\"]\nthreshold = 2\nnameservers = [\"{}\"]\ntimeout = 1\n",
             lapi.url(),
-            creds.display()
+            creds.display(),
+            rbl.addr
         ),
     );
     let b = Daemon::start_new(
@@ -639,6 +651,61 @@ fn fleet_block_on_one_gateway_is_dropped_by_another() {
         sample(&m, "prefilter_fleet_reports_total{result=\"sent\"}"),
         Some(1.0),
         "{m}"
+    );
+
+    // A DNSBL listing learned by A (inline mode: a client completed a handshake with A's
+    // port 25) reaches B the same way. The client namespace reaches A through the MX
+    // namespace, which forwards; B's XDP passes that SYN (nothing lists it yet).
+    lab.mx.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    lab.client
+        .ip(&["route", "add", "198.51.100.202/32", "via", "192.0.2.1"]);
+    for net in ["192.0.2.0/24", &format!("{BIG4}/32")] {
+        a_ns.ip(&["route", "add", net, "via", "198.51.100.201"]);
+    }
+    let _a_port25 = in_netns(&a_ns.name, || {
+        TcpListener::bind(("198.51.100.202", 25)).expect("A's port 25")
+    });
+    let t = Instant::now();
+    let shook = in_netns(&lab.client.name, || {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        s.bind(&SockAddr::from(std::net::SocketAddr::from((BIG4, 0))))
+            .unwrap();
+        let to = std::net::SocketAddr::from(([198, 51, 100, 202], 25));
+        s.connect_timeout(&to.into(), Duration::from_secs(5))
+    });
+    assert!(shook.is_ok(), "handshake with A: {shook:?}");
+    let learned = poll(Duration::from_secs(15), || {
+        let c = a.check(&BIG4.to_string());
+        (c["dynamic"]["action"] == "drop").then_some(c)
+    });
+    assert!(
+        learned.is_some(),
+        "A did not learn the DNSBL listing: {}\n{}",
+        a.check(&BIG4.to_string()),
+        a.log()
+    );
+    let got = poll(Duration::from_secs(45), || {
+        let v = verdict(&b, &BIG4.to_string());
+        (v.0 == "drop").then_some(v)
+    });
+    assert_eq!(
+        got,
+        Some(("drop".into(), "fleet".into())),
+        "B never got A's DNSBL listing\nA log:\n{}\nLAPI decisions: {}\nB log:\n{}",
+        a.log(),
+        lapi.decisions(),
+        b.log()
+    );
+    println!(
+        "fleet: DNSBL listing on A to the table of B in {:?}",
+        t.elapsed()
+    );
+    lab.assert_dropped(
+        &listener,
+        BIG4.into(),
+        CONNECT_TIMEOUT,
+        "listed by a DNSBL on another gateway",
     );
 }
 

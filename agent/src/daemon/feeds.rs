@@ -156,6 +156,8 @@ impl Feeds {
             for c in [&*FAILURES, &*REJECTED, &*BYTES, &*REFUSALS] {
                 c.with_label_values(&[&f.name]);
             }
+            // 0 (1970) until the first success: a feed that never worked is the stalest.
+            LAST_SUCCESS.with_label_values(&[&f.name]);
             if !changed && s.validators.is_none() {
                 s.validators = self
                     .cache

@@ -50,6 +50,10 @@ static QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
 /// Adds the reporter's metrics to a registry.
 pub fn register(r: &Registry) {
     let _ = r.register(Box::new(REPORTED.clone()));
+    // Every result at 0 from the start: the failing-reports alert needs the series.
+    for result in ["sent", "dropped", "failed"] {
+        REPORTED.with_label_values(&[result]);
+    }
     let _ = r.register(Box::new(QUEUED.clone()));
 }
 

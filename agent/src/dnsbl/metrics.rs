@@ -77,6 +77,10 @@ impl Metrics {
             m.queries.with_label_values(&[z]);
             m.listings.with_label_values(&[z]);
             m.quarantined.with_label_values(&[z]);
+            // At 0 from the start, so a rate() or an alert on them works before the first.
+            for kind in ["timeout", "servfail", "refused", "error_code", "other"] {
+                m.errors.with_label_values(&[z, kind]);
+            }
         }
         m
     }
