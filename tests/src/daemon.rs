@@ -242,6 +242,40 @@ pub struct Daemon {
     pub program: Option<PathBuf>,
 }
 
+/// A system user of the test's own (with its own group, plus `groups`), removed on drop.
+pub struct TestUser(pub String);
+
+impl TestUser {
+    pub fn create(name: &str, groups: &[&str]) -> Self {
+        let mut c = Command::new("useradd");
+        c.args(["--system", "--user-group", "--no-create-home"])
+            .args(["--shell", "/usr/sbin/nologin"]);
+        if !groups.is_empty() {
+            c.arg("--groups").arg(groups.join(","));
+        }
+        let out = run_bounded(
+            {
+                c.arg(name);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.code, 0, "useradd {name}: {}", out.both());
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+        // userdel removes the user's own group; this is for a run that stopped in between.
+        let _ = Command::new("groupdel")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// An unprivileged user and the capabilities a unit grants it (setpriv names: `bpf`,
 /// `net_admin`, ...).
 #[derive(Clone, Debug)]
@@ -291,6 +325,23 @@ impl Daemon {
         );
         assert_eq!(out.code, 0, "mount bpffs: {}", out.both());
         d.mounted = true;
+        d
+    }
+
+    /// [`Daemon::prepare`] for a daemon run as `run_as.user` with only its capabilities,
+    /// after what systemd does before the unit's ExecStart: StateDirectory=/RuntimeDirectory=
+    /// and the ExecStartPre= line give the user its directories and the pin directory.
+    pub fn prepare_as(netns: &Netns, iface: &str, run_as: RunAs) -> Self {
+        let mut d = Self::prepare(netns, iface);
+        let pins = d.bpffs.join("prefilter");
+        fs::create_dir(&pins).expect("pin directory");
+        for dir in [&d.dir, &pins] {
+            let mut c = Command::new("chown");
+            c.arg(format!("{0}:{0}", run_as.user)).arg(dir);
+            let out = run_bounded(c, Duration::from_secs(10));
+            assert_eq!(out.code, 0, "chown {}: {}", dir.display(), out.both());
+        }
+        d.run_as = Some(run_as);
         d
     }
 

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use prefilter_tests::{
-    daemon::{DEFAULT_XDP, Daemon, Lab, Listener, RunAs},
+    daemon::{DEFAULT_XDP, Daemon, Lab, Listener, RunAs, TestUser},
     require_root,
 };
 
@@ -90,32 +90,6 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("the unit sets no {key}="))
 }
 
-/// A system user of our own, removed (with its group) on drop.
-struct TestUser(String);
-
-impl TestUser {
-    fn create(name: &str) -> Self {
-        let ok = Command::new("useradd")
-            .args(["--system", "--user-group", "--no-create-home"])
-            .args(["--shell", "/usr/sbin/nologin", name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "useradd {name}");
-        Self(name.to_owned())
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).status();
-        // userdel removes the user's own group; this is for a run that stopped in between.
-        let _ = Command::new("groupdel")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 /// The unit's user and capabilities are enough: the daemon, run as an unprivileged user
 /// with exactly the unit's ambient capabilities (and the pin directory its ExecStartPre=
 /// hands over), loads and attaches the filter, and a blocked SYN is dropped.
@@ -132,26 +106,17 @@ fn the_units_capabilities_suffice_without_root() {
         .collect();
     assert!(!caps.iter().any(|c| c == "sys_admin"), "{caps:?}");
     // A user of the test's own, not `prefilter`: this host may have a real one.
-    let user = TestUser::create(&format!("pfu{}", std::process::id()));
+    let user = TestUser::create(&format!("pfu{}", std::process::id()), &[]);
     let lab = Lab::new();
     let listener = Listener::start(&lab.mx);
-    let mut d = Daemon::prepare(&lab.mx, &lab.mx_if);
-    // What systemd does before ExecStart: StateDirectory=/RuntimeDirectory= and the
-    // ExecStartPre= line give the user its directories and the pin directory.
-    let pins = d.bpffs.join("prefilter");
-    std::fs::create_dir(&pins).unwrap();
-    for dir in [&d.dir, &pins] {
-        let ok = Command::new("chown")
-            .arg(format!("{0}:{0}", user.0))
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "chown {}", dir.display());
-    }
-    d.run_as = Some(RunAs {
-        user: user.0.clone(),
-        caps,
-    });
+    let mut d = Daemon::prepare_as(
+        &lab.mx,
+        &lab.mx_if,
+        RunAs {
+            user: user.0.clone(),
+            caps,
+        },
+    );
     d.write_config(&d.config_text(DEFAULT_XDP, ""));
     d.start();
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();

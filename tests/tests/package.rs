@@ -11,7 +11,7 @@ use std::{
 };
 
 use prefilter_tests::{
-    daemon::{DEFAULT_XDP, Daemon, Lab, Listener, RunAs, run_bounded},
+    daemon::{DEFAULT_XDP, Daemon, Lab, Listener, RunAs, TestUser, run_bounded},
     require_root,
 };
 
@@ -53,19 +53,6 @@ impl Drop for Purge {
         let _ = Command::new("dpkg")
             .args(["--purge", "prefilter"])
             .stdout(Stdio::null())
-            .status();
-    }
-}
-
-/// A user of the test's own, removed on drop.
-struct TestUser(String);
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).status();
-        let _ = Command::new("groupdel")
-            .arg(&self.0)
-            .stderr(Stdio::null())
             .status();
     }
 }
@@ -139,19 +126,15 @@ fn the_debian_package_installs_runs_and_purges() {
 
     let lab = Lab::new();
     let listener = Listener::start(&lab.mx);
-    let mut d = Daemon::prepare(&lab.mx, &lab.mx_if);
-    // What systemd does before ExecStart (directories, the ExecStartPre= pin directory).
-    let pins = d.bpffs.join("prefilter");
-    std::fs::create_dir(&pins).unwrap();
-    for dir in [&d.dir, &pins] {
-        let (ok, out) = sh("chown", &[&format!("{user}:{user}"), dir.to_str().unwrap()]);
-        assert!(ok, "chown: {out}");
-    }
+    let mut d = Daemon::prepare_as(
+        &lab.mx,
+        &lab.mx_if,
+        RunAs {
+            user: user.to_owned(),
+            caps,
+        },
+    );
     d.program = Some(program.clone());
-    d.run_as = Some(RunAs {
-        user: user.to_owned(),
-        caps,
-    });
     d.socket_group = "prefilter".into();
     d.write_config(&d.config_text(DEFAULT_XDP, ""));
     let (ok, out) = sh(
@@ -162,23 +145,11 @@ fn the_debian_package_installs_runs_and_purges() {
     d.start();
 
     // A member of the group uses the CLI (the packaged binary); the daemon is not root.
-    let member = format!("pfm{}", std::process::id());
-    let (ok, out) = sh(
-        "useradd",
-        &[
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--groups",
-            "prefilter",
-            &member,
-        ],
-    );
-    assert!(ok, "useradd: {out}");
-    let _member = TestUser(member.clone());
+    let member_user = TestUser::create(&format!("pfm{}", std::process::id()), &["prefilter"]);
+    let member = member_user.0.as_str();
     let cli = |args: &[&str]| {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid", &member, "--regid", &member, "--init-groups"])
+        c.args(["--reuid", member, "--regid", member, "--init-groups"])
             .arg(&program)
             .arg("--socket")
             .arg(&d.socket)
