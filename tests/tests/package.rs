@@ -30,11 +30,17 @@ fn built_deb() -> PathBuf {
     debs[0].clone()
 }
 
+/// Runs a command (bounded): whether it succeeded, and its standard output on success or
+/// everything it said on failure.
 fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
     let mut c = Command::new(cmd);
     c.args(args);
     let out = run_bounded(c, Duration::from_secs(120));
-    (out.code == 0, out.both())
+    if out.code == 0 {
+        (true, out.stdout)
+    } else {
+        (false, out.both())
+    }
 }
 
 fn installed() -> bool {
