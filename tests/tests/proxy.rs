@@ -983,3 +983,35 @@ fn dnsbl_listed_clients_get_554_then_stop_in_xdp() {
         "the escalated client's SYN was not dropped: {r:?}"
     );
 }
+
+/// The total limit: with `max_connections = 3`, a fourth client (another address, under its
+/// own per-client limit) gets `421 4.7.0` at once, and a slot freed is a slot again.
+#[test]
+fn total_limit_holds() {
+    require_root();
+    let lab = Lab::new();
+    let _postfix = Postfix::start(&lab.mx, BACKEND);
+    let d = Daemon::start_new(
+        &lab.mx,
+        &lab.mx_if,
+        &proxy_section_with("v2", 5, "max_connections = 3\n"),
+    );
+    let mut held = Vec::new();
+    for src in [CLEAN4, BIG4, TTL4] {
+        let (s, l) = first_line(&lab, IpAddr::V4(src));
+        assert!(l.starts_with("220 backend.test"), "{src}: {l}");
+        held.push(s);
+    }
+    let fourth = IpAddr::V4(prefilter_tests::daemon::RESET4);
+    let (_s, l) = first_line(&lab, fourth);
+    assert!(l.starts_with("421 4.7.0 "), "over the total limit: {l}");
+    wait_session(&d, fourth, &["verdict=limit"]);
+    // One leaves; the next client is relayed again (the slot is freed when the session
+    // ends, which the daemon sees within its poll of the closed socket).
+    drop(held.pop());
+    let again = prefilter_tests::daemon::poll(Duration::from_secs(5), || {
+        let (_s, l) = first_line(&lab, fourth);
+        l.starts_with("220 backend.test").then_some(())
+    });
+    assert!(again.is_some(), "a freed slot was not reused:\n{}", d.log());
+}

@@ -685,8 +685,9 @@ fn admit(
             info!(
                 session = %sh.session_id(),
                 client = %peer,
-                verdict = "limit",
-                limit = which,
+                // Unquoted like every other session line's verdict (`%`: Display).
+                verdict = %"limit",
+                limit = %which,
                 bytes_in = 0u64,
                 bytes_out = sent as u64,
                 duration_ms = 0u64,
