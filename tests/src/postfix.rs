@@ -22,6 +22,37 @@ use crate::netns::{Netns, unique};
 
 const MAIN_CF: &str = "/etc/postfix/main.cf";
 
+/// The smtpd service of deploy/postfix/master.cf, the one the README tells administrators to
+/// use behind the proxy, moved to `listen` and out of chroot (a private instance has no chroot
+/// tree): the tests exercise the shipped snippet, not a copy of it.
+fn deploy_service(listen: &str) -> String {
+    let text = include_str!("../../deploy/postfix/master.cf");
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            if !out.is_empty() {
+                break;
+            }
+        } else if line.starts_with(char::is_whitespace) {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            // service type private unpriv chroot wakeup maxproc command
+            let mut f: Vec<&str> = line.split_whitespace().collect();
+            assert!(f.len() >= 8, "deploy/postfix/master.cf: {line}");
+            f[0] = listen;
+            f[4] = "n";
+            out.push_str(&f.join(" "));
+            out.push('\n');
+        }
+    }
+    assert!(
+        out.contains("smtpd_upstream_proxy_protocol=haproxy"),
+        "deploy/postfix/master.cf has no smtpd reading the PROXY header:\n{out}"
+    );
+    out
+}
+
 /// Edits /etc/postfix/main.cf's `alternate_config_directories` under an exclusive lock:
 /// `f` gets the directories listed and returns the new list.
 fn edit_alternates(f: impl FnOnce(Vec<String>) -> Vec<String>) {
@@ -173,7 +204,7 @@ impl Postfix {
         fs::write(
             p.conf.join("master.cf"),
             format!(
-                "{listen} inet n - n - - smtpd\n  -o smtpd_upstream_proxy_protocol=haproxy\n\
+                "{}\
                  pickup unix n - n 60 1 pickup\n\
                  cleanup unix n - n - 0 cleanup\n\
                  qmgr unix n - n 300 1 qmgr\n\
@@ -191,7 +222,8 @@ impl Postfix {
                  anvil unix - - n - 1 anvil\n\
                  scache unix - - n - 1 scache\n\
                  postlog unix-dgram n - n - 1 postlogd\n\
-                 {tls_master}"
+                 {tls_master}",
+                deploy_service(listen)
             ),
         )
         .expect("write master.cf");

@@ -616,7 +616,8 @@ struct Trim {
 }
 
 impl Trim {
-    /// A second after the last session ended, at most once a second: glibc keeps the
+    /// A second after the last session ended, if none is open by then, at most once a
+    /// second: glibc keeps the
     /// memory of freed sessions in its per-thread arenas (only the main heap's top is
     /// trimmed on free), so a burst of thousands of sessions would stay in the RSS for
     /// good. No crate does this.
@@ -628,6 +629,11 @@ impl Trim {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
             pending.store(false, Ordering::Relaxed);
+            // Only when still idle: malloc_trim takes the arenas' locks, and a session
+            // allocating meanwhile would wait milliseconds for its greeting.
+            if ACTIVE.get() > 0 {
+                return;
+            }
             #[cfg(target_env = "gnu")]
             let _ = tokio::task::spawn_blocking(|| {
                 // SAFETY: malloc_trim only returns free memory; no pointer is involved.
