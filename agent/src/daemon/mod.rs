@@ -199,10 +199,21 @@ fn mode_name(m: Option<XdpMode>) -> &'static str {
 }
 
 /// Applies table changes; on failure reverts the ones already made and reports the error.
+/// IPv4 removals go first, as one batch (they cannot fail, and the table depends only on
+/// the rules it ends up with, not on their order).
 fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
-    for (i, c) in changes.iter().enumerate() {
+    let v4_removal = |c: &&Change| c.verdict.is_none() && matches!(c.prefix, Prefix::V4 { .. });
+    let removed: Vec<&Change> = changes.iter().filter(v4_removal).collect();
+    filter
+        .v4
+        .remove_batch(removed.iter().filter_map(|c| match c.prefix {
+            Prefix::V4 { addr, len } => Some((addr, len, c.kind)),
+            Prefix::V6 { .. } => None,
+        }));
+    let rest: Vec<&Change> = changes.iter().filter(|c| !v4_removal(c)).collect();
+    for (i, c) in rest.iter().enumerate() {
         if let Err(e) = apply_one(filter, c.prefix, c.kind, c.verdict) {
-            for c in changes[..i].iter().rev() {
+            for c in rest[..i].iter().rev().chain(removed.iter()) {
                 let _ = apply_one(filter, c.prefix, c.kind, c.old);
             }
             return Err(OpError {
