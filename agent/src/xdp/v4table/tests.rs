@@ -213,19 +213,13 @@ fn random_operations_match_reference() {
 #[test]
 fn batch_equals_one_by_one() {
     let mut rng = Rng(0xba7c4);
-    let base = 0xc000_0000u32;
-    let rules: Vec<(u32, u8, Kind, u16)> = (0..3000)
-        .map(|_| {
-            let len = [10u8, 16, 22, 24, 25, 29, 31, 32, 32, 32][rng.next() as usize % 10];
-            let addr = (base | (rng.next() as u32 & 0x003f_ffff)) & mask(len);
-            let kind = if rng.next().is_multiple_of(5) {
-                Kind::Allow
-            } else {
-                Kind::Block
-            };
-            (addr, len, kind, verdict::pack(2, (rng.next() % 3) as u16))
-        })
-        .collect();
+    let span = 0x003f_ffff;
+    let rules = random_rules(
+        &mut rng,
+        3000,
+        &[10, 16, 22, 24, 25, 29, 31, 32, 32, 32],
+        span,
+    );
     let mut one = table(4096);
     for &(a, l, k, v) in &rules {
         one.set(a, l, k, v).unwrap();
@@ -234,14 +228,39 @@ fn batch_equals_one_by_one() {
     let mut batch = table(4096);
     batch.set_batch(rules[..1000].to_vec()).unwrap();
     batch.set_batch(rules[1000..].to_vec()).unwrap();
-    assert_eq!(batch.len(Kind::Block), one.len(Kind::Block));
-    assert_eq!(batch.len(Kind::Allow), one.len(Kind::Allow));
-    assert!(batch.rules().eq(one.rules()));
+    assert_same(&batch, &one, &mut rng, span);
+}
+
+/// The base of the addresses `random_rules` draws.
+const RANDOM_BASE: u32 = 0xc000_0000;
+
+/// `n` rules under RANDOM_BASE (`span` the varying address bits) of the given lengths, one in
+/// five an allow, three verdicts.
+fn random_rules(rng: &mut Rng, n: usize, lens: &[u8], span: u32) -> Vec<(u32, u8, Kind, u16)> {
+    (0..n)
+        .map(|_| {
+            let len = lens[rng.next() as usize % lens.len()];
+            let addr = (RANDOM_BASE | (rng.next() as u32 & span)) & mask(len);
+            let kind = if rng.next().is_multiple_of(5) {
+                Kind::Allow
+            } else {
+                Kind::Block
+            };
+            (addr, len, kind, verdict::pack(2, (rng.next() % 3) as u16))
+        })
+        .collect()
+}
+
+/// Both tables hold the same rules, answer the same and use as many groups.
+fn assert_same(a: &V4Table, b: &V4Table, rng: &mut Rng, span: u32) {
+    assert_eq!(a.len(Kind::Block), b.len(Kind::Block));
+    assert_eq!(a.len(Kind::Allow), b.len(Kind::Allow));
+    assert!(a.rules().eq(b.rules()));
     for _ in 0..20_000 {
-        let a = base | (rng.next() as u32 & 0x003f_ffff);
-        assert_eq!(batch.lookup(a), one.lookup(a), "{a:#x}");
+        let addr = RANDOM_BASE | (rng.next() as u32 & span);
+        assert_eq!(a.lookup(addr), b.lookup(addr), "{addr:#x}");
     }
-    assert_eq!(batch.groups_used(), one.groups_used());
+    assert_eq!(a.groups_used(), b.groups_used());
 }
 
 #[test]
@@ -337,20 +356,10 @@ fn a_short_rule_that_needs_a_group_in_a_full_table_is_undone() {
 #[test]
 fn batch_removal_equals_one_by_one() {
     let mut rng = Rng(0x0dd_ba7c4);
-    let base = 0xc000_0000u32;
+    let span = 0x00ff_ffff;
     // Nested and overlapping: allows hiding blocks, long rules beside leaves.
-    let rules: Vec<(u32, u8, Kind, u16)> = (0..4000)
-        .map(|_| {
-            let len = [8u8, 12, 16, 20, 22, 24, 24, 25, 29, 31, 32, 32][rng.next() as usize % 12];
-            let addr = (base | (rng.next() as u32 & 0x00ff_ffff)) & mask(len);
-            let kind = if rng.next().is_multiple_of(5) {
-                Kind::Allow
-            } else {
-                Kind::Block
-            };
-            (addr, len, kind, verdict::pack(2, (rng.next() % 3) as u16))
-        })
-        .collect();
+    let lens = [8, 12, 16, 20, 22, 24, 24, 25, 29, 31, 32, 32];
+    let rules = random_rules(&mut rng, 4000, &lens, span);
     let mut one = table(8192);
     let mut batch = table(8192);
     one.set_batch(rules.clone()).unwrap();
@@ -362,14 +371,7 @@ fn batch_removal_equals_one_by_one() {
             one.remove(a, l, k);
         }
         batch.remove_batch(part.iter().map(|&(a, l, k, _)| (a, l, k)));
-        assert_eq!(batch.len(Kind::Block), one.len(Kind::Block));
-        assert_eq!(batch.len(Kind::Allow), one.len(Kind::Allow));
-        assert!(batch.rules().eq(one.rules()));
-        for _ in 0..20_000 {
-            let a = base | (rng.next() as u32 & 0x00ff_ffff);
-            assert_eq!(batch.lookup(a), one.lookup(a), "{a:#x}");
-        }
-        assert_eq!(batch.groups_used(), one.groups_used());
+        assert_same(&batch, &one, &mut rng, span);
     }
     assert_eq!(batch.runs_used().0, 0);
     assert!(batch.t24().iter().all(|e| e.load(Ordering::Relaxed) == 0));
