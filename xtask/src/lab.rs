@@ -7,8 +7,8 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use crate::{
-    build,
     cmd::{cargo, display, require_root, run, target_dir},
+    setup,
 };
 
 #[derive(Args, Default)]
@@ -22,8 +22,12 @@ pub fn run_lab(args: &LabArgs) -> Result<()> {
     // Checked first: nothing of the lab works without it, so fail before a long build.
     require_root("lab")?;
     // Setup installs the lab's parts too (Postfix, rbldnsd, swaks, the CrowdSec extraction).
-    build::build()?;
-    run(cargo().args(["build", "--release", "-p", "prefilter-tests", "--bin", "lab"]))?;
+    setup::setup()?;
+    // The agent and the lab in one build: built apart, their dependencies' features differ
+    // and each build would redo the other's (minutes on a small machine).
+    run(cargo()
+        .args(["build", "--release", "-p", "prefilter", "-p", "prefilter-tests"])
+        .args(["--bin", "prefilter", "--bin", "lab"]))?;
     let mut lab = std::process::Command::new(target_dir().join("release/lab"));
     if args.hold {
         lab.arg("--hold");
