@@ -26,7 +26,8 @@ pub fn run_lab(args: &LabArgs) -> Result<()> {
     // The agent and the lab in one build: built apart, their dependencies' features differ
     // and each build would redo the other's (minutes on a small machine).
     run(cargo()
-        .args(["build", "--release", "-p", "prefilter", "-p", "prefilter-tests"])
+        .args(["build", "--release"])
+        .args(["-p", "prefilter", "-p", "prefilter-tests"])
         .args(["--bin", "prefilter", "--bin", "lab"]))?;
     let mut lab = std::process::Command::new(target_dir().join("release/lab"));
     if args.hold {

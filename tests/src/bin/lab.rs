@@ -626,13 +626,14 @@ fn remove_leftovers() -> Vec<String> {
             },
             Duration::from_secs(10),
         );
-        for pid in pids
+        let pids: Vec<libc::pid_t> = pids
             .stdout
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
-        {
-            stop_pid(pid);
-            found.push(format!("pid {pid} in {ns}"));
+            .collect();
+        if !pids.is_empty() {
+            stop_pids(&pids);
+            found.push(format!("{} processes in {ns}", pids.len()));
         }
     }
     let bpffs = Path::new(ROOT).join("daemon/bpf");
@@ -658,16 +659,21 @@ fn remove_leftovers() -> Vec<String> {
     found
 }
 
-/// SIGTERM, up to 5 s to exit, then SIGKILL.
-fn stop_pid(pid: libc::pid_t) {
-    // SAFETY: kill(2) on a pid read from the lab's own namespace.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+/// SIGTERM, up to 5 s to exit, then SIGKILL for those still there.
+fn stop_pids(pids: &[libc::pid_t]) {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let alive = |pid: &libc::pid_t| unsafe { libc::kill(*pid, 0) } == 0;
+    for &pid in pids {
+        // SAFETY: kill(2) on a pid read from the lab's own namespace.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
     let gone = poll(Duration::from_secs(5), || {
-        // SAFETY: signal 0 only checks that the process exists.
-        (unsafe { libc::kill(pid, 0) } != 0).then_some(())
+        (!pids.iter().any(alive)).then_some(())
     });
     if gone.is_none() {
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        for &pid in pids.iter().filter(|p| alive(p)) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
