@@ -42,6 +42,7 @@ use prefilter_tests::{
     smtp::{connect, first_line, swaks, wait_session},
 };
 
+/// Under /tmp: Postfix writes its log only below `maillog_file_prefixes` (/tmp).
 const ROOT: &str = "/tmp/pflab";
 const MX_NS: &str = "pflab-mx";
 const NET_NS: &str = "pflab-net";
@@ -62,6 +63,8 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// The first panic message of the running step: the harness reports failures by panicking,
 /// sometimes in a helper thread whose own message the step would otherwise lose.
 static PANIC: Mutex<Option<String>> = Mutex::new(None);
+/// Whether a step runs: a panic outside one (leftovers, teardown) is printed at once.
+static IN_STEP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -84,6 +87,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     panic::set_hook(Box::new(|info| {
+        if !IN_STEP.load(Ordering::SeqCst) {
+            eprintln!("lab: {info}");
+            return;
+        }
         let mut first = PANIC.lock().unwrap_or_else(|e| e.into_inner());
         if first.is_none() {
             *first = Some(info.to_string());
@@ -160,7 +167,10 @@ impl Story {
         }
         *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let started = Instant::now();
-        let result = panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        IN_STEP.store(true, Ordering::SeqCst);
+        let result = panic::catch_unwind(AssertUnwindSafe(f));
+        IN_STEP.store(false, Ordering::SeqCst);
+        let result = result.unwrap_or_else(|payload| {
             let first = PANIC.lock().unwrap_or_else(|e| e.into_inner()).take();
             Err(first.unwrap_or_else(|| panic_text(&*payload)))
         });
