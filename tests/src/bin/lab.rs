@@ -415,7 +415,7 @@ impl World {
         })?;
         Ok(format!(
             "connect from {src}: no answer in {took:.1?}; XDP {reason}/drop counter \
-             {before} -> {after} (SYN and its retry); Postfix never saw it"
+             {before} -> {after} (its SYN and the kernel's retries); Postfix never saw it"
         ))
     }
 
