@@ -199,12 +199,50 @@ fn mode_name(m: Option<XdpMode>) -> &'static str {
 }
 
 /// Applies table changes; on failure reverts the ones already made and reports the error.
+/// IPv4 removals go first, then IPv4 additions, each as one batch (removals cannot fail, and
+/// the table depends only on the rules it ends up with, not on their order).
 fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
-    for (i, c) in changes.iter().enumerate() {
+    let v4_removal = |c: &&Change| c.verdict.is_none() && matches!(c.prefix, Prefix::V4 { .. });
+    let removed: Vec<&Change> = changes.iter().filter(v4_removal).collect();
+    filter
+        .v4
+        .remove_batch(removed.iter().filter_map(|c| match c.prefix {
+            Prefix::V4 { addr, len } => Some((addr, len, c.kind)),
+            Prefix::V6 { .. } => None,
+        }));
+    // Then IPv4 additions and changes as one batch: each /24 computed once.
+    let set: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.verdict.is_some() && matches!(c.prefix, Prefix::V4 { .. }))
+        .collect();
+    let batch = set
+        .iter()
+        .filter_map(|c| match (c.prefix, c.verdict) {
+            (Prefix::V4 { addr, len }, Some(v)) => Some((addr, len, c.kind, v)),
+            _ => None,
+        })
+        .collect();
+    if let Err(e) = filter.v4.set_batch(batch) {
+        undo(filter, set.iter().chain(removed.iter()).copied());
+        return Err(OpError {
+            status: 507,
+            message: format!("nothing applied: {e}"),
+        });
+    }
+    let rest: Vec<&Change> = changes
+        .iter()
+        .filter(|c| matches!(c.prefix, Prefix::V6 { .. }))
+        .collect();
+    for (i, c) in rest.iter().enumerate() {
         if let Err(e) = apply_one(filter, c.prefix, c.kind, c.verdict) {
-            for c in changes[..i].iter().rev() {
-                let _ = apply_one(filter, c.prefix, c.kind, c.old);
-            }
+            undo(
+                filter,
+                rest[..i]
+                    .iter()
+                    .chain(set.iter())
+                    .chain(removed.iter())
+                    .copied(),
+            );
             return Err(OpError {
                 status: 507,
                 message: format!("nothing applied: {e}"),
@@ -212,6 +250,23 @@ fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
         }
     }
     Ok(())
+}
+
+/// Puts back the old verdicts of changes already applied (best effort: they were accepted
+/// once). IPv4 rules that did not exist before are removed as one batch: undoing a big
+/// import that did not fit must not take longer than the import.
+fn undo<'a>(filter: &mut Filter, done: impl Iterator<Item = &'a Change>) {
+    let (gone, back): (Vec<&Change>, Vec<&Change>) =
+        done.partition(|c| c.old.is_none() && matches!(c.prefix, Prefix::V4 { .. }));
+    filter
+        .v4
+        .remove_batch(gone.iter().filter_map(|c| match c.prefix {
+            Prefix::V4 { addr, len } => Some((addr, len, c.kind)),
+            Prefix::V6 { .. } => None,
+        }));
+    for c in back {
+        let _ = apply_one(filter, c.prefix, c.kind, c.old);
+    }
 }
 
 /// An address as the program sees it: `::ffff:a.b.c.d` is the IPv4 address.

@@ -504,9 +504,94 @@ impl V4Table {
             }
             return true;
         }
+        if let Err(e) = self.uncover(addr, len, kind, u64::MAX) {
+            log::error!("IPv4 table: after removing {addr:#x}/{len}: {e}");
+        }
+        true
+    }
+
+    /// Removes many rules; the same result as removing them one by one, in any order, but
+    /// every rule is forgotten first, so each leaf it owned is written once with what
+    /// covers it among the rules that stay, and each /24 with longer rules is recomputed
+    /// once. A list of a million /24s replaced by a short one costs seconds one by one:
+    /// each removal looks up every shorter length for a cover.
+    pub fn remove_batch(&mut self, rules: impl IntoIterator<Item = (u32, u8, Kind)>) {
+        let mut batch: Vec<(u32, u8, Kind)> = rules
+            .into_iter()
+            .filter(|&(_, len, _)| len <= 32)
+            .map(|(addr, len, kind)| (addr & mask(len), len, kind))
+            .collect();
+        let mut removed = Vec::with_capacity(batch.len());
+        if batch.len() > self.rules.len() / 8 {
+            // A large share: one ordered pass over the rules beside the sorted batch
+            // instead of a search from the root per rule.
+            batch.sort_unstable_by_key(|&(a, l, _)| (a, l));
+            let mut next = batch.iter().peekable();
+            self.rules.retain(|&key, r| {
+                while next.next_if(|&&(a, l, _)| (a, l) < key).is_some() {}
+                while let Some(&(a, l, kind)) = next.next_if(|&&(a, l, _)| (a, l) == key) {
+                    if r.slot(kind).take().is_some() {
+                        removed.push((a, l, kind));
+                    }
+                }
+                r.block.is_some() || r.allow.is_some()
+            });
+        } else {
+            for (addr, len, kind) in batch {
+                let Some(rule) = self.rules.get_mut(&(addr, len)) else {
+                    continue;
+                };
+                if rule.slot(kind).take().is_none() {
+                    continue;
+                }
+                if rule.block.is_none() && rule.allow.is_none() {
+                    self.rules.remove(&(addr, len));
+                }
+                removed.push((addr, len, kind));
+            }
+        }
+        let mut short = Vec::new();
+        let mut dirty = Vec::new();
+        for (addr, len, kind) in removed {
+            self.counts[kind as usize] -= 1;
+            if len > 24 {
+                dirty.push(addr >> 8);
+            } else {
+                short.push((addr, len, kind));
+            }
+        }
+        // The lengths that still hold rules: a cover is looked up at those only. Finding
+        // them walks the rules, worth it only when the batch is large beside them.
+        let lens = if short.len() * 25 > self.rules.len() {
+            self.rules.keys().fold(0u64, |m, &(_, l)| m | 1 << l)
+        } else {
+            u64::MAX
+        };
+        self.deferred = Some(dirty);
+        for (addr, len, kind) in short {
+            if let Err(e) = self.uncover(addr, len, kind, lens) {
+                log::error!("IPv4 table: after removing {addr:#x}/{len}: {e}");
+            }
+        }
+        let mut dirty = self.deferred.take().unwrap_or_default();
+        dirty.sort_unstable();
+        dirty.dedup();
+        for i in dirty {
+            if self.long_rules(i).next().is_none() {
+                self.set_long(i, false);
+            }
+            // Fewer verdicts never need more room; an error here would be a bug.
+            if let Err(e) = self.refresh(i) {
+                log::error!("IPv4 table: rewriting {i:#x}/24 after a removal: {e}");
+            }
+        }
+    }
+
+    /// Gives the leaves a removed rule `addr/len` (len <= 24) of `kind` owned to the best
+    /// remaining rule covering its range.
+    fn uncover(&mut self, addr: u32, len: u8, kind: Kind, lens: u64) -> Result<(), V4Error> {
         let p = prio(len, kind);
-        // The leaves this rule owned go to the best rule covering its whole range.
-        let (rv, rp) = self.best_cover(addr, len, p);
+        let (rv, rp) = self.best_cover(addr, len, p, lens);
         let mut result = self.write(addr, len, rp, rv, |old, _| old == p);
         // An allow hid shorter-than-/25 rules inside it: put them back, lowest priority
         // first (longer ones are recomputed with their /24).
@@ -529,16 +614,17 @@ impl V4Table {
                 result = result.and(r);
             }
         }
-        if let Err(e) = result {
-            log::error!("IPv4 table: after removing {addr:#x}/{len}: {e}");
-        }
-        true
+        result
     }
 
-    /// Highest-priority rule other than (len, prio `below`) covering all of `addr/len`.
-    fn best_cover(&self, addr: u32, len: u8, below: u8) -> (u16, u8) {
+    /// Highest-priority rule other than (len, prio `below`) covering all of `addr/len`;
+    /// only lengths set in `lens` (bit l = some rule has length l) are looked up.
+    fn best_cover(&self, addr: u32, len: u8, below: u8, lens: u64) -> (u16, u8) {
         let mut best = (0u16, 0u8);
         for l in 0..=len {
+            if lens & (1 << l) == 0 {
+                continue;
+            }
             let Some(r) = self.rules.get(&(addr & mask(l), l)) else {
                 continue;
             };

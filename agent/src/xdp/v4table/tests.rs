@@ -333,3 +333,44 @@ fn a_short_rule_that_needs_a_group_in_a_full_table_is_undone() {
         "uniform again: the group is given back"
     );
 }
+
+#[test]
+fn batch_removal_equals_one_by_one() {
+    let mut rng = Rng(0x0dd_ba7c4);
+    let base = 0xc000_0000u32;
+    // Nested and overlapping: allows hiding blocks, long rules beside leaves.
+    let rules: Vec<(u32, u8, Kind, u16)> = (0..4000)
+        .map(|_| {
+            let len = [8u8, 12, 16, 20, 22, 24, 24, 25, 29, 31, 32, 32][rng.next() as usize % 12];
+            let addr = (base | (rng.next() as u32 & 0x00ff_ffff)) & mask(len);
+            let kind = if rng.next().is_multiple_of(5) {
+                Kind::Allow
+            } else {
+                Kind::Block
+            };
+            (addr, len, kind, verdict::pack(2, (rng.next() % 3) as u16))
+        })
+        .collect();
+    let mut one = table(8192);
+    let mut batch = table(8192);
+    one.set_batch(rules.clone()).unwrap();
+    batch.set_batch(rules.clone()).unwrap();
+    // A small batch (one search per rule), a large one (one pass), then the rest.
+    let (a, b) = (rules.len() / 20, rules.len() * 2 / 3);
+    for part in [&rules[..a], &rules[a..b], &rules[b..]] {
+        for &(a, l, k, _) in part {
+            one.remove(a, l, k);
+        }
+        batch.remove_batch(part.iter().map(|&(a, l, k, _)| (a, l, k)));
+        assert_eq!(batch.len(Kind::Block), one.len(Kind::Block));
+        assert_eq!(batch.len(Kind::Allow), one.len(Kind::Allow));
+        assert!(batch.rules().eq(one.rules()));
+        for _ in 0..20_000 {
+            let a = base | (rng.next() as u32 & 0x00ff_ffff);
+            assert_eq!(batch.lookup(a), one.lookup(a), "{a:#x}");
+        }
+        assert_eq!(batch.groups_used(), one.groups_used());
+    }
+    assert_eq!(batch.runs_used().0, 0);
+    assert!(batch.t24().iter().all(|e| e.load(Ordering::Relaxed) == 0));
+}
