@@ -17,7 +17,6 @@ use std::{
 };
 
 use crate::daemon::{CmdOutput, poll, run_bounded};
-use crate::netns::unique;
 
 /// Where the .deb and its extraction are kept between runs.
 pub const CACHE: &str = "/var/cache/prefilter-tests/crowdsec";
@@ -73,7 +72,7 @@ impl Lapi {
     /// accepts connections. Adds a machine `cscli` for the cscli commands.
     pub fn start(netns: &str, listen: SocketAddr) -> Self {
         let root = ensure_extracted();
-        let dir = PathBuf::from(format!("/tmp/prefilter-test-{}", unique("pfcs")));
+        let dir = crate::scratch_dir("crowdsec", "pfcs");
         for sub in ["etc", "data", "hub", "log"] {
             fs::create_dir_all(dir.join(sub)).expect("create the LAPI directories");
         }

@@ -287,16 +287,11 @@ pub struct RunAs {
 impl Daemon {
     /// A private directory with a bpffs mounted in it, and nothing running yet.
     pub fn prepare(netns: &Netns, iface: &str) -> Self {
-        let dir = PathBuf::from(format!("/tmp/prefilter-test-{}", unique("pfd")));
+        let dir = crate::scratch_dir("daemon", "pfd");
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         // Traversable by anyone, so a socket's own mode is what a non-root CLI runs into.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod test dir");
-        let metrics_port = in_netns(&netns.name, || {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .expect("a free port in the MX namespace")
-                .port()
-        });
+        let metrics_port = free_port(&netns.name);
         let mut d = Self {
             bpffs: dir.join("bpf"),
             socket: dir.join("control.sock"),
@@ -675,6 +670,39 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Feed `name` as `feeds list --json` shows it.
+    pub fn feed_info(&self, name: &str) -> Value {
+        let v = self.json(&["feeds", "list", "--json"]);
+        v["feeds"]
+            .as_array()
+            .expect("feeds is an array")
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("feed {name} missing from feeds list: {v}"))
+    }
+
+    /// Waits (bounded) for the run the daemon starts by itself at start-up to end.
+    pub fn feed_first_run(&self, name: &str) -> Value {
+        poll(Duration::from_secs(20), || {
+            let f = self.feed_info(name);
+            (!f["last_outcome"].is_null() && f["running"] == false).then_some(f)
+        })
+        .unwrap_or_else(|| panic!("feed {name} never ran:\n{}", self.log()))
+    }
+}
+
+/// A free TCP port on 127.0.0.1 of namespace `ns`.
+pub fn free_port(ns: &str) -> u16 {
+    in_netns(ns, || {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    })
+}
+
 /// The XDP counter (reason, action) of a `status --json` document; 0 when absent.
 pub fn counter(status: &Value, reason: &str, action: &str) -> u64 {
     status["counters"]
@@ -703,24 +731,28 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         if self.mounted {
-            // Remove the pinned links (the daemon is gone: the CLI does it from the pins),
-            // then the bpffs with everything pinned in it.
-            let mut c = Command::new(binary());
-            c.arg("--socket")
-                .arg(self.dir.join("no-daemon.sock"))
-                .arg("detach")
-                .arg("--pin-dir")
-                .arg(self.bpffs.join("prefilter"));
-            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
-            let ok = Command::new("umount")
-                .arg(&self.bpffs)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
-            }
+            remove_bpffs(&self.bpffs);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// With no daemon running on it: removes the XDP links pinned under `bpffs` (the CLI does
+/// it from the pins), then unmounts the bpffs with everything pinned in it.
+pub fn remove_bpffs(bpffs: &Path) {
+    let mut c = Command::new(binary());
+    c.arg("--socket")
+        .arg(bpffs.join("no-daemon.sock"))
+        .arg("detach")
+        .arg("--pin-dir")
+        .arg(bpffs.join("prefilter"));
+    let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let ok = Command::new("umount")
+        .arg(bpffs)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(bpffs).status();
     }
 }
 
@@ -739,8 +771,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Self {
-        let mx = Netns::new("pdm");
-        let client = Netns::new("pdc");
+        Self::on(Netns::new("pdm"), Netns::new("pdc"))
+    }
+
+    /// The lab on two namespaces of the caller's (fixed names, e.g. `cargo xtask lab`'s).
+    pub fn on(mx: Netns, client: Netns) -> Self {
         let (mx_if, client_if) = veth(
             &mx,
             &["192.0.2.1/24", "2001:db8::1/64"],
@@ -826,6 +861,68 @@ impl Lab {
             "{why}: {src} refused only after {took:?}"
         );
         assert_eq!(listener.count(src), seen, "{why}: the listener saw {src}");
+    }
+}
+
+impl Lab {
+    /// Sends up to `n` spoofed SYNs from random 240.0.0.0/4 sources (reserved, never routed)
+    /// to the MX's port 25 through the client's veth (AF_PACKET), for at most `within`, at no
+    /// more than `pps` a second when given; returns how many were sent.
+    pub fn spoofed_syn_flood(&self, n: u64, within: Duration, pps: Option<u64>) -> u64 {
+        let ifname = self.client_if.clone();
+        in_netns(&self.client.name, move || {
+            let c = std::ffi::CString::new(ifname).unwrap();
+            // SAFETY: if_nametoindex on a valid C string.
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            assert!(ifindex != 0, "client veth");
+            // SAFETY: plain socket(2); closed below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(fd >= 0, "AF_PACKET socket");
+            // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex as i32;
+            sll.sll_halen = 6;
+            let mut rng = crate::Rng(0x5eed_d45b);
+            let start = Instant::now();
+            let deadline = start + within;
+            let mut sent = 0;
+            while sent < n && Instant::now() < deadline {
+                // Paced in steps of 1000: ahead of the rate, wait until it catches up.
+                if let Some(pps) = pps.filter(|_| sent % 1000 == 0) {
+                    let due = start + Duration::from_secs_f64(sent as f64 / pps as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
+                    }
+                }
+                let r = rng.next() as u32;
+                let src = Ipv4Addr::from(0xf000_0000 | (r & 0x0fff_ffff));
+                let mut f = crate::packet::Frame::syn(IpAddr::V4(src), IpAddr::V4(MX4), 25);
+                f.dst_mac = [0xff; 6];
+                f.sport = 1024 + (r >> 20) as u16 % 60000;
+                let bytes = f.build();
+                // SAFETY: valid buffer and address for the call.
+                let rc = unsafe {
+                    libc::sendto(
+                        fd,
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        0,
+                        (&raw const sll).cast(),
+                        size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if rc < 0 {
+                    // A full send buffer: wait a little and retry this frame.
+                    thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                sent += 1;
+            }
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+            sent
+        })
     }
 }
 

@@ -9,6 +9,30 @@ pub mod packet;
 pub mod postfix;
 pub mod rbldnsd;
 pub mod reference;
+pub mod smtp;
+
+use std::{path::PathBuf, sync::OnceLock};
+
+static SCRATCH_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Puts every later [`scratch_dir`] under `root` with a fixed name per role, instead of a
+/// unique one under /tmp: the lab's, so that a run killed outright leaves its files where
+/// the next run finds and removes them by exact name. Set once, before anything starts.
+pub fn set_scratch_root(root: PathBuf) {
+    assert!(
+        SCRATCH_ROOT.set(root).is_ok(),
+        "the scratch root is set already"
+    );
+}
+
+/// The directory a component keeps its files in (not created here): `/tmp/prefilter-test-
+/// {unique(tag)}`, or `{root}/{role}` under [`set_scratch_root`].
+pub fn scratch_dir(role: &str, tag: &str) -> PathBuf {
+    match SCRATCH_ROOT.get() {
+        Some(root) => root.join(role),
+        None => PathBuf::from(format!("/tmp/prefilter-test-{}", netns::unique(tag))),
+    }
+}
 
 /// Whether we run as root.
 pub fn is_root() -> bool {

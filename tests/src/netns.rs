@@ -45,7 +45,13 @@ pub struct Netns {
 impl Netns {
     /// Creates `ip netns add {unique(tag)}` with loopback up.
     pub fn new(tag: &str) -> Self {
-        let name = unique(tag);
+        Self::create(&unique(tag))
+    }
+
+    /// Creates `ip netns add {name}` with loopback up: for a fixed name (the lab's), which
+    /// the caller makes sure is free.
+    pub fn create(name: &str) -> Self {
+        let name = name.to_owned();
         run("ip", &["netns", "add", &name]);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);

@@ -18,7 +18,7 @@ use std::{
 };
 
 use crate::daemon::{poll, run_bounded};
-use crate::netns::{Netns, unique};
+use crate::netns::Netns;
 
 const MAIN_CF: &str = "/etc/postfix/main.cf";
 
@@ -93,6 +93,13 @@ fn edit_alternates(f: impl FnOnce(Vec<String>) -> Vec<String>) {
     fs::rename(&tmp, MAIN_CF).expect("replace main.cf");
 }
 
+/// Takes `conf` out of main.cf's `alternate_config_directories`: what [`Postfix`]'s drop
+/// does, for a run that was killed before it could (the lab's leftovers).
+pub fn unregister(conf: &Path) {
+    let conf = conf.display().to_string();
+    edit_alternates(|dirs| dirs.into_iter().filter(|d| *d != conf).collect());
+}
+
 /// A running private Postfix.
 pub struct Postfix {
     /// Everything: `conf/`, `queue/`, `data/`, `maillog`.
@@ -120,7 +127,7 @@ impl Postfix {
     }
 
     fn start_with(netns: &Netns, listen: &str, smtps: Option<&str>) -> Self {
-        let dir = PathBuf::from(format!("/tmp/prefilter-test-{}", unique("pfx")));
+        let dir = crate::scratch_dir("postfix", "pfx");
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
         let mut p = Self {
@@ -301,8 +308,7 @@ impl Drop for Postfix {
             });
         }
         if self.registered {
-            let conf = self.conf.display().to_string();
-            edit_alternates(|dirs| dirs.into_iter().filter(|d| *d != conf).collect());
+            unregister(&self.conf);
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{daemon::in_netns, netns::unique};
+use crate::daemon::in_netns;
 
 /// One zone: its name, rbldnsd dataset type (`ip4set`, `ip6tset`...) and data lines.
 pub struct Zone<'a> {
@@ -48,7 +48,7 @@ impl Rbldnsd {
     /// [`Rbldnsd::start`] on `port` when given (53 for resolvers that read resolv.conf,
     /// such as Postfix's dnsblog).
     pub fn start_on(netns: Option<&str>, zones: &[Zone<'_>], port: Option<u16>) -> Self {
-        let dir = PathBuf::from(format!("/tmp/{}", unique("pfdn")));
+        let dir = crate::scratch_dir("rbldnsd", "pfdn");
         fs::create_dir(&dir).expect("rbldnsd dir");
         // rbldnsd refuses to run as root: it runs as `rbldns`, which must read the data and
         // write the query log here.

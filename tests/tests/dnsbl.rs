@@ -10,8 +10,7 @@ use std::{
 
 use prefilter::{config::Config, dnsbl::Dnsbl, policy::Action};
 use prefilter_tests::{
-    daemon::{self, Daemon, Lab, Listener, in_netns, poll},
-    packet::Frame,
+    daemon::{self, Daemon, Lab, Listener, poll},
     rbldnsd::{Rbldnsd, Zone, zone_head},
     require_root,
 };
@@ -530,57 +529,6 @@ fn listing_expires_with_the_clamped_ttl() {
     lab.assert_connects(&listener, listed, "the expired verdict no longer applies");
 }
 
-/// Sends `n` spoofed SYNs from random 240.0.0.0/4 sources to the MX's port 25 through the
-/// client's veth (AF_PACKET), bounded in count and time; returns how many were sent.
-fn spoofed_syn_flood(lab: &Lab, n: u64, within: Duration) -> u64 {
-    let ifname = lab.client_if.clone();
-    in_netns(&lab.client.name, move || {
-        let c = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: if_nametoindex on a valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        assert!(ifindex != 0, "client veth");
-        // SAFETY: plain socket(2); closed below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(fd >= 0, "AF_PACKET socket");
-        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        sll.sll_halen = 6;
-        let mut rng = prefilter_tests::Rng(0x5eed_d45b);
-        let deadline = Instant::now() + within;
-        let mut sent = 0;
-        while sent < n && Instant::now() < deadline {
-            let r = rng.next() as u32;
-            let src = Ipv4Addr::from(0xf000_0000 | (r & 0x0fff_ffff));
-            let mut f = Frame::syn(IpAddr::V4(src), IpAddr::V4(daemon::MX4), 25);
-            f.dst_mac = [0xff; 6];
-            f.sport = 1024 + (r >> 20) as u16 % 60000;
-            let bytes = f.build();
-            // SAFETY: valid buffer and address for the call.
-            let rc = unsafe {
-                libc::sendto(
-                    fd,
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    0,
-                    (&raw const sll).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if rc < 0 {
-                // A full send buffer: wait a little and retry this frame.
-                std::thread::sleep(Duration::from_micros(200));
-                continue;
-            }
-            sent += 1;
-        }
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(fd) };
-        sent
-    })
-}
-
 /// Inline mode: 20,000 SYNs from random spoofed 240.0.0.0/4 sources reach the XDP program
 /// (counted as judged) and make no DNS query; a real handshake afterwards makes its queries,
 /// so the count of zero is not an idle pipeline.
@@ -605,7 +553,7 @@ fn spoofed_syn_flood_makes_no_dns_query() {
     rbl.clear_log();
     let before = daemon::counter(&d.status(), "no_match", "pass");
     const N: u64 = 20_000;
-    let sent = spoofed_syn_flood(&lab, N, Duration::from_secs(30));
+    let sent = lab.spoofed_syn_flood(N, Duration::from_secs(30), None);
     assert_eq!(sent, N, "the flood was cut short");
     let judged = poll(Duration::from_secs(5), || {
         let n = daemon::counter(&d.status(), "no_match", "pass") - before;

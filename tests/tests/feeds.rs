@@ -15,7 +15,8 @@ use std::{
 use prefilter_tests::{
     crowdsec::Lapi,
     daemon::{
-        BIG4, BLOCKED4, CLEAN4, CONNECT_TIMEOUT, Daemon, Lab, Listener, RESET4, in_netns, poll,
+        BIG4, BLOCKED4, CLEAN4, CONNECT_TIMEOUT, Daemon, Lab, Listener, RESET4, free_port,
+        in_netns, poll,
     },
     feedserver::{FeedServer, Reply},
     netns::Netns,
@@ -38,27 +39,6 @@ fn feed_toml(name: &str, url: &str, extra: &str) -> String {
     format!(
         "[[feeds]]\nname = \"{name}\"\nsource = \"{url}\"\nformat = \"plain\"\naction = \"drop\"\ninterval = \"1h\"\n{extra}\n"
     )
-}
-
-/// Feed `name` as `feeds list --json` shows it.
-fn feed_info(d: &Daemon, name: &str) -> Value {
-    let v = d.json(&["feeds", "list", "--json"]);
-    v["feeds"]
-        .as_array()
-        .expect("feeds is an array")
-        .iter()
-        .find(|f| f["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("feed {name} missing from feeds list: {v}"))
-}
-
-/// Waits (bounded) for the run the daemon starts by itself at start-up to end.
-fn first_run(d: &Daemon, name: &str) -> Value {
-    poll(Duration::from_secs(20), || {
-        let f = feed_info(d, name);
-        (!f["last_outcome"].is_null() && f["running"] == false).then_some(f)
-    })
-    .unwrap_or_else(|| panic!("feed {name} never ran:\n{}", d.log()))
 }
 
 /// `feeds sync NAME [args] --json`, whatever its exit status.
@@ -109,7 +89,7 @@ fn feed_entries_are_dropped_in_xdp_and_304_keeps_them() {
     let srv = server(&lab);
     srv.set(FEED, Reply::text(&list_text(20), "v1"));
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &srv.url(FEED), ""));
-    let f = first_run(&d, "drop");
+    let f = d.feed_first_run("drop");
     assert_eq!(f["last_outcome"], "updated", "{f}\n{}", d.log());
     assert_eq!(f["entries"], 21, "{f}");
     let first = srv.last(FEED).expect("the daemon fetched the feed");
@@ -170,7 +150,7 @@ fn truncated_and_failed_downloads_keep_the_last_good_copy() {
     let srv = server(&lab);
     srv.set(FEED, Reply::text(&list_text(50), "good"));
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &srv.url(FEED), ""));
-    assert_eq!(first_run(&d, "drop")["entries"], 51);
+    assert_eq!(d.feed_first_run("drop")["entries"], 51);
 
     // The first three lines of a new version, then the connection closes.
     let cut = b"# new\n203.0.113.200\n203.0.113.201\n".to_vec();
@@ -207,7 +187,7 @@ fn truncated_and_failed_downloads_keep_the_last_good_copy() {
         CONNECT_TIMEOUT,
         "listed by the last good copy",
     );
-    let f = feed_info(&d, "drop");
+    let f = d.feed_info("drop");
     assert_eq!(f["failures"], 2, "{f}");
     assert_eq!(f["consecutive_failures"], 2, "{f}");
     assert_eq!(f["last_error"], "HTTP status 500", "{f}");
@@ -233,7 +213,7 @@ fn shrink_guard_refuses_until_forced() {
     let srv = server(&lab);
     srv.set(FEED, Reply::text(&list_text(99), "full"));
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &srv.url(FEED), ""));
-    assert_eq!(first_run(&d, "drop")["entries"], 100);
+    assert_eq!(d.feed_first_run("drop")["entries"], 100);
 
     // Ten of a hundred left, and BLOCKED4 gone.
     let small: String = (0..10)
@@ -261,7 +241,7 @@ fn shrink_guard_refuses_until_forced() {
         CONNECT_TIMEOUT,
         "the guard kept the list",
     );
-    let f = feed_info(&d, "drop");
+    let f = d.feed_info("drop");
     assert_eq!(f["guard_refusals"], 2, "{f}");
     assert!(
         f["last_refusal"]
@@ -297,13 +277,13 @@ fn restart_without_the_server_filters_from_the_disk_copy() {
     srv.set(FEED, Reply::text(&list_text(5), "v1"));
     let url = srv.url(FEED);
     let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
-    let before = first_run(&d, "drop");
+    let before = d.feed_first_run("drop");
     assert_eq!(before["entries"], 6);
     d.terminate();
     drop(srv);
     // The new agent fills fresh tables from what it loads, then replaces the program.
     d.start();
-    let f = first_run(&d, "drop");
+    let f = d.feed_first_run("drop");
     assert_eq!(f["last_outcome"], "failed", "the server is gone: {f}");
     assert_eq!(f["entries"], 6, "{f}");
     assert_eq!(
@@ -336,7 +316,7 @@ fn bad_feed_lines_are_named_and_the_rest_applied() {
     text.push_str(&format!("{BIG4}/24\n"));
     srv.set(FEED, Reply::text(&text, "v1"));
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &srv.url(FEED), ""));
-    let f = first_run(&d, "drop");
+    let f = d.feed_first_run("drop");
     assert_eq!(f["last_outcome"], "updated", "{f}");
     assert_eq!(f["entries"], 20, "{f}");
     assert_eq!(f["lines_rejected"], 1, "{f}");
@@ -396,7 +376,7 @@ fn bad_feed_config_is_named_by_key() {
     let srv = server(&lab);
     srv.set(FEED, Reply::text(&list_text(3), "v1"));
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &srv.url(FEED), ""));
-    first_run(&d, "drop");
+    d.feed_first_run("drop");
     let bad = d.config_text(
         prefilter_tests::daemon::DEFAULT_XDP,
         "[[feeds]]\nname = \"x\"\nsource = \"ftp://192.0.2.9/list\"\nformat = \"csv\"\ninterval = \"5s\"\n",
@@ -415,7 +395,7 @@ fn bad_feed_config_is_named_by_key() {
             out.both()
         );
     }
-    assert_eq!(feed_info(&d, "drop")["entries"], 4);
+    assert_eq!(d.feed_info("drop")["entries"], 4);
 }
 
 /// A feed whose action changes on reload is fetched whole at once (its old validators would
@@ -429,7 +409,7 @@ fn reload_with_a_changed_feed_applies_it_now() {
     srv.set(FEED, Reply::text(&list_text(3), "v1"));
     let url = srv.url(FEED);
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
-    assert_eq!(first_run(&d, "drop")["entries"], 4);
+    assert_eq!(d.feed_first_run("drop")["entries"], 4);
     let fetches = srv.seen().len();
     let text = d.config_text(
         prefilter_tests::daemon::DEFAULT_XDP,
@@ -453,15 +433,6 @@ fn reload_with_a_changed_feed_applies_it_now() {
 }
 
 /// A free port on 127.0.0.1 inside namespace `ns`.
-fn free_port(ns: &str) -> u16 {
-    in_netns(ns, || {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port()
-    })
-}
-
 /// The CrowdSec LAPI's decision stream as a feed: a decision added with cscli reaches the
 /// kernel table (its SYN dropped, its expiry from the decision's duration), a deleted one
 /// leaves it and the sender connects again.
@@ -478,7 +449,7 @@ fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
         lapi.url()
     );
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
-    let f = first_run(&d, "crowdsec");
+    let f = d.feed_first_run("crowdsec");
     assert_eq!(f["last_outcome"], "updated", "{f}\n{}", d.log());
     assert_eq!(f["entries"], 0, "{f}");
 
@@ -590,7 +561,7 @@ fn fleet_block_on_one_gateway_is_dropped_by_another() {
             lapi.url()
         ),
     );
-    first_run(&b, "fleet");
+    b.feed_first_run("fleet");
     lab.assert_connects(&listener, RESET4.into(), "before any gateway blocked it");
 
     let t = Instant::now();
@@ -743,7 +714,7 @@ fn measure_million_line_feed_sync() {
     );
     d.write_config(&d.config_text(prefilter_tests::daemon::DEFAULT_XDP, &tail));
     d.start();
-    let f = first_run(&d, "big");
+    let f = d.feed_first_run("big");
     assert_eq!(f["entries"], 1_000_000, "{f}");
     // The start-up run loaded it; time a sync of the same list forced from a fresh state.
     let t = Instant::now();

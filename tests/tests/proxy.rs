@@ -14,6 +14,7 @@ use prefilter_tests::{
     daemon::{BIG4, BLOCKED4, CLEAN4, CLEAN6, Daemon, Lab, MX4, TTL4, in_netns, run_bounded},
     postfix::Postfix,
     require_root,
+    smtp::{connect, first_line, metric, swaks, swaks_with, wait_session},
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -37,31 +38,6 @@ fn proxy_section_with(proto: &str, max_per_client: u32, extra: &str) -> String {
          max_per_client = {max_per_client}\n\
          {extra}"
     )
-}
-
-/// swaks from `src` in the client namespace through the proxy; returns its whole output.
-fn swaks(lab: &Lab, src: IpAddr) -> String {
-    swaks_with(lab, src, &[])
-}
-
-/// [`swaks`] with more arguments (a later `--to` replaces the default one).
-fn swaks_with(lab: &Lab, src: IpAddr, extra: &[&str]) -> String {
-    let server = match src {
-        IpAddr::V4(_) => MX4.to_string(),
-        IpAddr::V6(_) => prefilter_tests::daemon::MX6.to_string(),
-    };
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &lab.client.name, "swaks"])
-        .args(["--server", &server, "--port", "25"])
-        .args(["--local-interface", &src.to_string()])
-        .args(["--from", "sender@client.test", "--to", "user@sink.test"])
-        .args(["--helo", "client.test", "--timeout", "20"])
-        .args(extra);
-    if src.is_ipv6() {
-        c.arg("-6");
-    }
-    let out = run_bounded(c, Duration::from_secs(60));
-    out.both()
 }
 
 /// One message from `src` through the proxy, SMTP spoken line by line; returns the
@@ -99,37 +75,6 @@ fn deliver_by_hand(lab: &Lab, src: IpAddr) -> String {
         reply(&mut r, &mut talk);
     }
     talk
-}
-
-/// A TCP connection from `src` in the client namespace to the proxy on the MX's port 25.
-fn connect(lab: &Lab, src: IpAddr) -> TcpStream {
-    let dst = Lab::smtp_of(src);
-    let s = in_netns(&lab.client.name, || {
-        let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
-            .expect("socket");
-        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-            .expect("bind the source");
-        sock.connect_timeout(&dst.into(), Duration::from_secs(5))
-            .expect("connect to the proxy");
-        TcpStream::from(sock)
-    });
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    s
-}
-
-/// A raw connection from `src` to the proxy, and its first line.
-fn first_line(lab: &Lab, src: IpAddr) -> (TcpStream, String) {
-    let s = connect(lab, src);
-    let mut line = String::new();
-    let _ = BufReader::new(&s).read_line(&mut line);
-    (s, line)
-}
-
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 #[test]
@@ -274,26 +219,6 @@ fn proxy_in_front_of_postfix() {
             .any(|l| l.contains("proxy session") && l.contains("198.51.100.7")),
         "no session line for the rejected client:\n{log}"
     );
-}
-
-/// The daemon's `proxy session` lines for client address `ip` (v4).
-fn sessions_of(d: &Daemon, ip: IpAddr) -> Vec<String> {
-    let needle = format!("client={ip}:");
-    d.log()
-        .lines()
-        .filter(|l| l.contains("proxy session") && l.contains(&needle))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits (bounded) for a session line of `ip` that contains every one of `parts`.
-fn wait_session(d: &Daemon, ip: IpAddr, parts: &[&str]) -> String {
-    prefilter_tests::daemon::poll(Duration::from_secs(10), || {
-        sessions_of(d, ip)
-            .into_iter()
-            .find(|l| parts.iter().all(|p| l.contains(p)))
-    })
-    .unwrap_or_else(|| panic!("no session line of {ip} with {parts:?}:\n{}", d.log()))
 }
 
 /// The queue id in swaks' output (`250 2.0.0 Ok: queued as X`).

@@ -26,7 +26,8 @@ enum Task {
     Run(build::RunArgs),
     /// Setup, lint, build, then `cargo test --release --workspace` as root.
     Test(test::TestArgs),
-    /// Build a two-namespace lab, show it carries traffic, and tear it down.
+    /// Setup and build, then the lab: the gateway, Postfix, rbldnsd, feeds and senders in
+    /// network namespaces, the story step by step, and teardown (`--hold` keeps it up).
     Lab(lab::LabArgs),
     /// Build, then the Debian package (target/debian/prefilter_*.deb) with cargo-deb.
     Package,
@@ -40,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build => build::build().map(|_| ()),
         Task::Run(args) => build::run(&args),
         Task::Test(args) => test::test(&args),
-        Task::Lab(args) => lab::run(&args),
+        Task::Lab(args) => lab::run_lab(&args),
         Task::Package => package::package().map(|_| ()),
         Task::Bench(args) => bench::bench(&args),
     }
