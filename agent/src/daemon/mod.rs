@@ -202,25 +202,20 @@ fn mode_name(m: Option<XdpMode>) -> &'static str {
 /// IPv4 removals go first, then IPv4 additions, each as one batch (removals cannot fail, and
 /// the table depends only on the rules it ends up with, not on their order).
 fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
-    let v4_removal = |c: &&Change| c.verdict.is_none() && matches!(c.prefix, Prefix::V4 { .. });
+    let v4_removal = |c: &&Change| c.verdict.is_none() && v4_rule(c).is_some();
     let removed: Vec<&Change> = changes.iter().filter(v4_removal).collect();
     filter
         .v4
-        .remove_batch(removed.iter().filter_map(|c| match c.prefix {
-            Prefix::V4 { addr, len } => Some((addr, len, c.kind)),
-            Prefix::V6 { .. } => None,
-        }));
+        .remove_batch(removed.iter().filter_map(|c| v4_rule(c)));
     // Then IPv4 additions and changes as one batch: each /24 computed once.
     let set: Vec<&Change> = changes
         .iter()
-        .filter(|c| c.verdict.is_some() && matches!(c.prefix, Prefix::V4 { .. }))
+        .filter(|c| c.verdict.is_some() && v4_rule(c).is_some())
         .collect();
     let batch = set
         .iter()
-        .filter_map(|c| match (c.prefix, c.verdict) {
-            (Prefix::V4 { addr, len }, Some(v)) => Some((addr, len, c.kind, v)),
-            _ => None,
-        })
+        .filter_map(|c| v4_rule(c).zip(c.verdict))
+        .map(|((addr, len, kind), v)| (addr, len, kind, v))
         .collect();
     if let Err(e) = filter.v4.set_batch(batch) {
         undo(filter, set.iter().chain(removed.iter()).copied());
@@ -257,15 +252,20 @@ fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
 /// import that did not fit must not take longer than the import.
 fn undo<'a>(filter: &mut Filter, done: impl Iterator<Item = &'a Change>) {
     let (gone, back): (Vec<&Change>, Vec<&Change>) =
-        done.partition(|c| c.old.is_none() && matches!(c.prefix, Prefix::V4 { .. }));
+        done.partition(|c| c.old.is_none() && v4_rule(c).is_some());
     filter
         .v4
-        .remove_batch(gone.iter().filter_map(|c| match c.prefix {
-            Prefix::V4 { addr, len } => Some((addr, len, c.kind)),
-            Prefix::V6 { .. } => None,
-        }));
+        .remove_batch(gone.iter().filter_map(|c| v4_rule(c)));
     for c in back {
         let _ = apply_one(filter, c.prefix, c.kind, c.old);
+    }
+}
+
+/// The IPv4 rule a change is about, as the v4 table names it.
+fn v4_rule(c: &Change) -> Option<(u32, u8, Kind)> {
+    match c.prefix {
+        Prefix::V4 { addr, len } => Some((addr, len, c.kind)),
+        Prefix::V6 { .. } => None,
     }
 }
 
