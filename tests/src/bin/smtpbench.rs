@@ -570,9 +570,9 @@ fn main() {
          proxy's header itself, so \"added to the smtpd reading a PROXY header\" is what \
          prefilter adds on its own. Every smtpd service starts a fresh process after 100 \
          sessions (Postfix's `max_use`), and the session it greets waits about 10 ms for it: \
-         1 in 100 sessions of every contender (most of the \"over 5 ms\"), so the p99 of {one_by_one} \
-         sessions sits on that edge and moves by milliseconds with one more slow session; \
-         compare several runs.\n\n\
+         1 in 100 sessions of every contender (most of the \"over 5 ms\"), so the p99 of \
+         {one_by_one} sessions sits on that edge and moves by milliseconds with one more slow \
+         session; compare several runs.\n\n\
          | contender | p50 ms | p90 ms | p99 ms | p99 added to the direct smtpd ms | p99 added \
          to the smtpd reading a PROXY header ms | sessions over 5 ms |\n\
          |---|---:|---:|---:|---:|---:|---:|",
