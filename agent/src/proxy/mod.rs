@@ -271,10 +271,18 @@ pub fn bind(listen: &[SocketAddr], backlog: u32) -> io::Result<Vec<TcpListener>>
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// How long a backend name's addresses are reused. Looking up a name (`localhost`, a
+/// content-filter host) is a blocking getaddrinfo on another thread: not for every session,
+/// but a change in DNS or /etc/hosts is still followed within this time, and at once after a
+/// failed connect.
+const RESOLVED_FOR: Duration = Duration::from_secs(30);
+
 struct BackendState {
     cfg: Backend,
     /// (retry no earlier than, consecutive failures) while marked down.
     down: Mutex<Option<(Instant, u32)>>,
+    /// The name's addresses and when they were looked up (IP literals are never cached).
+    resolved: Mutex<Option<(Instant, Vec<SocketAddr>)>>,
 }
 
 impl BackendState {
@@ -311,15 +319,34 @@ impl BackendState {
         }
     }
 
+    async fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        if let Ok(ip) = self.cfg.host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, self.cfg.port)]);
+        }
+        if let Some((at, addrs)) = &*self.resolved.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < RESOLVED_FOR
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs: Vec<SocketAddr> =
+            tokio::net::lookup_host((self.cfg.host.as_str(), self.cfg.port))
+                .await?
+                .collect();
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+
     async fn connect(&self) -> io::Result<TcpStream> {
-        let addrs = tokio::net::lookup_host((self.cfg.host.as_str(), self.cfg.port)).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        for a in addrs {
+        for a in self.addrs().await? {
             match TcpStream::connect(a).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }
         }
+        // The name may point elsewhere now: look it up again next time.
+        *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Err(last)
     }
 }
@@ -344,6 +371,7 @@ impl Backends {
                 .map(|b| BackendState {
                     cfg: b.clone(),
                     down: Mutex::new(None),
+                    resolved: Mutex::new(None),
                 })
                 .collect(),
             balance,

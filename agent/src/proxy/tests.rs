@@ -679,3 +679,26 @@ async fn implicit_tls_listener_relays_bytes_untouched_and_refuses_by_closing() {
     }
     assert!(plain_headers.try_recv().is_err());
 }
+
+#[tokio::test]
+async fn a_backend_name_is_looked_up_once_and_again_after_a_failure() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let b = BackendState {
+        cfg: Backend {
+            host: "localhost".into(),
+            port,
+        },
+        down: Mutex::new(None),
+        resolved: Mutex::new(None),
+    };
+    let cached = || b.resolved.lock().unwrap().as_ref().map(|(at, _)| *at);
+    b.connect().await.expect("connect to localhost");
+    let first = cached().expect("the name's addresses are kept");
+    b.connect().await.expect("connect again");
+    assert_eq!(cached(), Some(first), "looked up again within RESOLVED_FOR");
+    // Nothing listens any more: the failed connect forgets the addresses.
+    drop(listener);
+    assert!(b.connect().await.is_err());
+    assert_eq!(cached(), None);
+}
