@@ -317,6 +317,26 @@ fn succeeded(d: &Daemon, feed: &Feed, outcome: api::FeedOutcome) {
     });
 }
 
+/// A sync that applied the feed's new content: recorded as a success, and its result.
+fn updated(
+    d: &Daemon,
+    feed: &Feed,
+    table_changes: usize,
+    lines_rejected: usize,
+    bad_lines: Vec<api::BadLine>,
+) -> api::FeedSyncResult {
+    succeeded(d, feed, api::FeedOutcome::Updated);
+    api::FeedSyncResult {
+        feed: feed.name.clone(),
+        outcome: api::FeedOutcome::Updated,
+        entries: list_len(d, &feed.name),
+        table_changes,
+        lines_rejected,
+        bad_lines,
+        error: None,
+    }
+}
+
 fn refusal_or_failure(e: &OpError) -> api::FeedOutcome {
     if e.status == 409 {
         api::FeedOutcome::Refused
@@ -411,16 +431,7 @@ async fn apply_body(
                 d.feeds
                     .update(&feed.name, |s| s.validators = Some(validators));
             }
-            succeeded(d, feed, api::FeedOutcome::Updated);
-            api::FeedSyncResult {
-                feed: feed.name.clone(),
-                outcome: api::FeedOutcome::Updated,
-                entries: list_len(d, &feed.name),
-                table_changes: changes,
-                lines_rejected: rejected,
-                bad_lines,
-                error: None,
-            }
+            updated(d, feed, changes, rejected, bad_lines)
         }
         Err(e) => {
             let mut r = failed(d, feed, refusal_or_failure(&e), e.message);
@@ -527,16 +538,8 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
                 s.lines_rejected = n;
                 s.bad_lines = rejected.iter().take(BAD_LINES_SHOWN).cloned().collect();
             });
-            succeeded(d, feed, api::FeedOutcome::Updated);
-            api::FeedSyncResult {
-                feed: feed.name.clone(),
-                outcome: api::FeedOutcome::Updated,
-                entries: list_len(d, &feed.name),
-                table_changes: changes,
-                lines_rejected: n,
-                bad_lines: rejected.into_iter().take(BAD_LINES_SHOWN).collect(),
-                error: None,
-            }
+            let shown = rejected.into_iter().take(BAD_LINES_SHOWN).collect();
+            updated(d, feed, changes, n, shown)
         }
         Err(e) => failed(d, feed, refusal_or_failure(&e), e.message),
     }
