@@ -161,7 +161,7 @@ fn alert(l: &Learned) -> Alert {
             ip: (scope == "Ip").then(|| value.clone()),
         },
         decisions: [AlertDecision {
-            duration: format!("{}s", l.ttl.as_secs().max(1)),
+            duration: format!("{}s", l.ttl.as_millis().div_ceil(1000).max(1)),
             origin: "prefilter",
             scenario,
             scope,

@@ -632,11 +632,19 @@ impl Daemon {
         )?;
         self.publish(&st);
         drop(st);
+        // The store counts whole seconds from `at` (rounded down); the kernel's entry must
+        // end at that same instant, or `check` and XDP would keep dropping for up to a
+        // second after the store's sweeper removed the entry.
+        let remaining = Duration::from_secs(at + ttl).saturating_sub(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
         for p in &prefixes {
             self.learn(learned::Learned {
                 ip: p.first(),
                 action,
-                ttl: Duration::from_secs(ttl),
+                ttl: remaining,
                 source: "cli".to_owned(),
                 reason: reason
                     .clone()
