@@ -236,10 +236,86 @@ pub mod v4 {
 
 /// IPv6 prefix table: the kernel LPM trie, allow and block folded in by the agent.
 pub mod v6 {
-    /// LpmTrie<[u8; 16], u16 verdict>.
+    //! IPv6 prefixes by exact match on a few lengths instead of the kernel LPM trie: the /16
+    //! in an array, the /32, /48, /56 and /64 in one open-addressing hash of our own (one
+    //! cache line per probe, written by the agent through mmap), the /128 in a kernel hash,
+    //! and the kernel trie only for the lengths between that expansion would blow up. Every
+    //! entry holds the verdict of the longest match down to its length (leaf pushing) and
+    //! flags saying which longer lengths have entries inside it, so the walk probes only
+    //! those.
+
+    /// Array of 65536 [`Entry`] values, index: the address's first 16 bits.
+    pub const TOP: &str = "PF_V6_TOP";
+    /// Array of [`Bucket`]s: the /32, /48, /56 and /64 entries.
+    pub const HX: &str = "PF_V6_HX";
+    /// Hash map, key: the whole address.
+    pub const H128: &str = "PF_V6_H128";
+    /// LpmTrie<[u8; 16], u32>: prefixes of /17–/23, /33–/39 and /65–/127; value: the
+    /// verdict, and the prefix length in bits 24–31 (the walk must know which is longer).
     pub const LPM: &str = "PF_V6_LPM";
-    /// Default capacity.
+    /// Global (read-only data) of the program: log2 of the number of HX buckets, set by the
+    /// agent at load time with the map's size.
+    pub const HX_BITS_GLOBAL: &str = "PF_V6_HX_BITS";
+    /// Entries of TOP.
+    pub const TOP_ENTRIES: u32 = 1 << 16;
+    /// Default capacity: entries of HX (all its lengths together), of H128 and of the trie.
     pub const DEFAULT_ENTRIES: u32 = 1 << 18;
+    /// The lengths with entries; TOP is the first.
+    pub const LEVELS: [u8; 6] = [16, 32, 48, 56, 64, 128];
+    /// A prefix up to this many bits shorter than a level (other than /128) is written as
+    /// that many entries of the level (at most 256); a longer gap goes to the trie.
+    pub const MAX_EXPAND_BITS: u8 = 8;
+    /// Buckets probed at most, from the hashed one on; the agent never places an entry
+    /// further. Linear probing's clusters have a long tail: at half the slots in use, 32
+    /// buckets (128 slots) make a failed placement practically impossible, while a lookup
+    /// almost always ends in its first bucket.
+    pub const MAX_PROBE: u32 = 32;
+
+    /// An entry: the verdict (low 16 bits) and flags.
+    pub type Entry = u32;
+    /// Entries of level `LEVELS[i]` lie inside this one: `1 << (15 + i)`.
+    pub const fn inside(i: usize) -> u32 {
+        1 << (15 + i)
+    }
+    /// Trie prefixes lie inside this one (TOP: /17–/23; a /32: /33–/39, /65–/127).
+    pub const TRIE: u32 = 1 << 21;
+
+    /// One HX slot. `tag` is the prefix length (32, 48, 56, 64), [`TAG_EMPTY`] or
+    /// [`TAG_GONE`]; `key` the address's first 64 bits, masked to that length. `val` and
+    /// `tag` share one 64-bit word, written at once after the key.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Slot {
+        pub key: u64,
+        pub val: Entry,
+        pub tag: u32,
+    }
+
+    /// Never used: a lookup stops at the first one.
+    pub const TAG_EMPTY: u32 = 0;
+    /// Deleted: a lookup goes on past it. Reused only after a grace period.
+    pub const TAG_GONE: u32 = u32::MAX;
+
+    /// Slots per bucket: 4 × 16 bytes, one cache line.
+    pub const BUCKET_SLOTS: usize = 4;
+    pub type Bucket = [Slot; BUCKET_SLOTS];
+
+    /// log2 of the HX buckets for `entries` entries: half the slots free at most.
+    pub const fn hx_bits(entries: u32) -> u32 {
+        let slots = (entries as u64).saturating_mul(2);
+        let buckets = slots / BUCKET_SLOTS as u64;
+        let mut bits = 8;
+        while (1u64 << bits) < buckets && bits < 30 {
+            bits += 1;
+        }
+        bits
+    }
+
+    /// The hash of an HX key: multiply-shift (Dietzfelbinger); the bucket is its top bits.
+    #[inline(always)]
+    pub const fn hx_bucket(key: u64, tag: u32, bits: u32) -> u32 {
+        ((key ^ tag as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as u32
+    }
 }
 
 /// Address key of the dynamic, rate-limit and first-seen maps: IPv6, or IPv4-mapped

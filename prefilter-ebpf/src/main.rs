@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -40,8 +40,17 @@ static PF_V4_GROUPS: Array<v4::Group> =
 #[map(name = "PF_V4_RUNS")]
 static PF_V4_RUNS: Array<v4::Runs> =
     Array::with_max_entries(v4::runs_entries(v4::DEFAULT_GROUPS), BPF_F_MMAPABLE);
+#[map(name = "PF_V6_TOP")]
+static PF_V6_TOP: Array<v6::Entry> = Array::with_max_entries(v6::TOP_ENTRIES, 0);
+#[map(name = "PF_V6_HX")]
+static PF_V6_HX: Array<v6::Bucket> =
+    Array::with_max_entries(1 << v6::hx_bits(v6::DEFAULT_ENTRIES), BPF_F_MMAPABLE);
+// Not preallocated: an empty map costs its bucket array only, not max_entries elements.
+#[map(name = "PF_V6_H128")]
+static PF_V6_H128: HashMap<[u8; 16], v6::Entry> =
+    HashMap::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "PF_V6_LPM")]
-static PF_V6_LPM: LpmTrie<[u8; 16], u16> =
+static PF_V6_LPM: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "PF_DYNAMIC")]
 static PF_DYNAMIC: LruHashMap<AddrKey, DynVerdict> =
@@ -476,11 +485,100 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
 #[inline(always)]
 fn table_lookup(v6: bool, saddr: &[u8; 16]) -> u16 {
     if v6 {
-        let key = Key::new(128, *saddr);
-        PF_V6_LPM.get(&key).copied().unwrap_or(0)
+        v6_lookup(saddr)
     } else {
         v4_lookup(saddr)
     }
+}
+
+/// log2 of PF_V6_HX's buckets; the agent sets it with the map's size before loading.
+#[unsafe(no_mangle)]
+static PF_V6_HX_BITS: u32 = v6::hx_bits(v6::DEFAULT_ENTRIES);
+
+/// The HX entry of `key` masked to `tag` bits, if any: linear probing, one cache line per
+/// bucket, stopping at the first never-used slot.
+#[inline(always)]
+fn hx_find(key: u64, tag: u32) -> Option<v6::Entry> {
+    // SAFETY: a global the loader froze; volatile so it is read, not folded.
+    let bits = unsafe { core::ptr::read_volatile(&PF_V6_HX_BITS) };
+    let mask = (1u32 << bits) - 1;
+    let home = v6::hx_bucket(key, tag, bits);
+    for p in 0..v6::MAX_PROBE {
+        let b = PF_V6_HX.get_ptr(home.wrapping_add(p) & mask)?;
+        for i in 0..v6::BUCKET_SLOTS {
+            // SAFETY: a valid value pointer of the array. The tag (with the value) is read
+            // before the key: the agent writes the key first, so a tag seen means its key
+            // is in place.
+            let (word, k) = unsafe {
+                let s = (b as *const v6::Slot).add(i);
+                let w = core::ptr::read_volatile((s as *const u64).add(1));
+                (w, core::ptr::read_volatile(s as *const u64))
+            };
+            let t = (word >> 32) as u32;
+            if t == tag && k == key {
+                return Some(word as u32);
+            }
+            if t == v6::TAG_EMPTY {
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// IPv6: the /16 entry, then the /32, then only the longer lengths its flags name (and
+/// that the last entry found still names), keeping the last verdict found; the trie only
+/// where a flag says a prefix of an odd length lies inside.
+#[inline(always)]
+fn v6_lookup(a: &[u8; 16]) -> u16 {
+    let Some(top) = PF_V6_TOP.get(((a[0] as u32) << 8) | a[1] as u32) else {
+        return 0;
+    };
+    let mut e = *top;
+    let mut level = 16u32;
+    let mut trie = e & v6::TRIE != 0;
+    if e & v6::inside(1) != 0 {
+        let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+        if let Some(x) = hx_find(hi & 0xffff_ffff_0000_0000, 32) {
+            e = x;
+            level = 32;
+            trie = e & v6::TRIE != 0;
+            let mut flags = e;
+            if flags & v6::inside(2) != 0
+                && let Some(x) = hx_find(hi & 0xffff_ffff_ffff_0000, 48)
+            {
+                (e, level, flags) = (x, 48, x);
+            }
+            if flags & v6::inside(3) != 0
+                && let Some(x) = hx_find(hi & 0xffff_ffff_ffff_ff00, 56)
+            {
+                (e, level, flags) = (x, 56, x);
+            }
+            if flags & v6::inside(4) != 0
+                && let Some(x) = hx_find(hi, 64)
+            {
+                (e, level, flags) = (x, 64, x);
+            }
+            if flags & v6::inside(5) != 0
+                && let Some(x) = PF_V6_H128.get_ptr(a)
+            {
+                // SAFETY: value pointer from the kernel, read once.
+                e = unsafe { *x };
+                level = 128;
+            }
+        }
+    }
+    if trie {
+        let key = Key::new(128, *a);
+        // A trie prefix wins only where it is longer than the entry found: shorter ones
+        // are already pushed into that entry.
+        if let Some(&t) = PF_V6_LPM.get(&key)
+            && t >> 24 > level
+        {
+            return t as u16;
+        }
+    }
+    e as u16
 }
 
 /// The verdict for a frame we could not read to the TCP flags: what its source would get,

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -84,7 +84,7 @@ pub struct Options {
     /// Groups for IPv4 /24s holding several verdicts (40 bytes each, plus their share of
     /// the run verdicts); a /24 with one host in otherwise unlisted space needs none.
     pub v4_long_groups: u32,
-    /// Capacity of the IPv6 trie.
+    /// Capacity of the IPv6 table's parts: /32–/64 entries, /128 entries, trie prefixes.
     pub v6_entries: u32,
     /// Capacity of the dynamic verdict map.
     pub dynamic_entries: u32,
@@ -189,10 +189,14 @@ impl Filter {
     /// Loads the embedded object: creates (or, with `pin_dir`, adopts) the maps and loads
     /// the program into the kernel, not attached anywhere yet.
     pub fn load(opts: &Options) -> Result<Self, FilterError> {
+        let hx_bits = v6::hx_bits(opts.v6_entries);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(v4::GROUPS, v4::group_slots(opts.v4_long_groups))
             .map_max_entries(v4::RUNS, v4::runs_entries(opts.v4_long_groups))
+            .map_max_entries(v6::HX, 1 << hx_bits)
+            .override_global(v6::HX_BITS_GLOBAL, &hx_bits, true)
+            .map_max_entries(v6::H128, opts.v6_entries)
             .map_max_entries(v6::LPM, opts.v6_entries)
             .map_max_entries(dynamic::MAP, opts.dynamic_entries)
             .override_global(LOG_LEVEL_GLOBAL, &opts.log_level, true);
@@ -220,15 +224,32 @@ impl Filter {
             v4::runs_entries(opts.v4_long_groups) as usize * size_of::<v4::Runs>(),
         )?;
         let v4 = V4Table::new(tbl24, groups, runs, opts.v4_long_groups, slots);
+        let hx = std::sync::Arc::new(mmap_of(
+            &ebpf,
+            v6::HX,
+            (1usize << hx_bits) * size_of::<v6::Bucket>(),
+        )?);
         let kernel_view = KernelView {
             counters: typed_dup(&ebpf, counters::MAP, Map::PerCpuArray)?,
             list_hits: typed_dup(&ebpf, counters::LIST_HITS, Map::PerCpuArray)?,
             dynamic: typed_dup(&ebpf, dynamic::MAP, Map::LruHashMap)?,
             v4: v4.view(),
-            v6: v6table::V6View::new(typed_dup(&ebpf, v6::LPM, Map::LpmTrie)?),
+            v6: v6table::V6View::new(v6table::V6Maps::new(
+                typed_dup(&ebpf, v6::TOP, Map::Array)?,
+                hx.clone(),
+                hx_bits,
+                typed_dup(&ebpf, v6::H128, Map::HashMap)?,
+                typed_dup(&ebpf, v6::LPM, Map::LpmTrie)?,
+            )),
         };
-        let trie: LpmTrie<MapData, [u8; 16], u16> = take(&mut ebpf, v6::LPM)?;
-        let v6 = V6Table::new(trie);
+        let v6_maps = v6table::V6Maps::new(
+            take(&mut ebpf, v6::TOP)?,
+            hx,
+            hx_bits,
+            take(&mut ebpf, v6::H128)?,
+            take(&mut ebpf, v6::LPM)?,
+        );
+        let v6 = V6Table::new(v6_maps, opts.v6_entries);
         let dynamic = take(&mut ebpf, dynamic::MAP)?;
         let mut filter = Self {
             ebpf,
@@ -554,7 +575,7 @@ pub struct KernelView {
     dynamic: HashMap<MapData, AddrKey, DynVerdict>,
     /// The IPv4 table as the program reads it.
     pub v4: v4table::V4View,
-    /// The IPv6 trie as the program reads it.
+    /// The IPv6 table as the program reads it.
     pub v6: v6table::V6View,
 }
 

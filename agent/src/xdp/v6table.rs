@@ -1,15 +1,70 @@
-//! The IPv6 prefix table: the kernel LPM trie, with allow folded in by the agent.
+//! The IPv6 prefix table: exact matches on a few lengths instead of the kernel LPM trie,
+//! whose walk of up to 128 nodes cost 2–4× an IPv4 lookup hot and 1–2 µs cold at 100k–1M
+//! prefixes.
 //!
-//! IPv6 lists are short (a /32 or /48 per bad network) so the trie's cost is acceptable here.
-//! The trie answers "longest prefix", but an allow must beat a longer block: a block nested in
-//! an allow is written with the allow's verdict, so the longest match is always right.
+//! Real IPv6 lists are /32 (allocations), /48 (sites), /56 (homes, RFC 6177), /64
+//! (subscribers) and /128 (hosts), so each of those is one entry: the /16 in an array
+//! (`TOP`), the /32–/64 in one open-addressing hash of our own (`HX`: 16-byte slots, four to
+//! a cache line, so a probe costs one cache miss where a kernel hash costs a bucket and an
+//! element; written through mmap, no syscall per entry), the /128 in a kernel hash. Every
+//! entry holds the verdict of the longest match down to its length (leaf pushing, with
+//! allow folded in: an allow beats any block, however long), and flags naming the longer
+//! lengths that have entries inside it. The program reads the /16, the /32, then only the
+//! lengths flagged, each in the entry found last; a clean source costs one or two reads.
+//!
+//! Placement of a rule of length `l`: a level's own length is written there; up to
+//! [`MAX_EXPAND_BITS`] shorter is expanded into entries of the next level (/24–/31 → /32s,
+//! /40–/47 → /48s, /49–/55 → /56s, /57–/63 → /64s, /0–/15 → the /16 array); the rest
+//! (/17–/23, /33–/39, /65–/127, rare in real lists) goes to the kernel trie, asked only
+//! under a /16 or /32 entry flagged `TRIE`. A /32 entry also exists, as a marker, wherever
+//! something longer does. The trie's value carries its prefix length: the walk keeps the
+//! longer of the trie's match and the entry found.
+//!
+//! Concurrency: the program reads HX while the agent writes it. A slot's key is written
+//! before its tag and value (one 64-bit store), so a reader that sees the tag sees the key;
+//! a deleted slot is marked gone and reused only after [`GRACE`], far longer than any
+//! program run, so no reader can pair a reused slot's key with another value.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
-use prefilter_common::{action, verdict};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use prefilter_common::{
+    action,
+    v6::{
+        BUCKET_SLOTS, LEVELS, MAX_EXPAND_BITS, MAX_PROBE, TAG_EMPTY, TAG_GONE, TRIE, hx_bucket,
+        inside,
+    },
+    verdict,
+};
 
+use super::mmap::Mmap;
 use crate::policy::Kind;
+
+/// How long a deleted HX slot stays unused.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// Errors writing the IPv6 table.
+#[derive(Debug, thiserror::Error)]
+pub enum V6Error {
+    /// A part of the table has no room left.
+    #[error("IPv6 table full: the {what} holds {capacity} entries (raise [limits] v6_entries)")]
+    Full {
+        /// Which part, e.g. "/32–/64 hash".
+        what: &'static str,
+        /// Its capacity.
+        capacity: u32,
+    },
+    /// A map operation failed.
+    #[error("IPv6 table: {0}")]
+    Map(#[from] MapError),
+}
 
 #[derive(Clone, Copy, Default)]
 struct Rule {
@@ -25,37 +80,213 @@ fn mask(len: u8) -> u128 {
     }
 }
 
-/// The kernel trie as the program reads it, for readers on other threads.
+/// Where rules of one length go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Place {
+    /// Entries of level `LEVELS[i]`.
+    Level(usize),
+    /// The trie.
+    Trie,
+}
+
+fn place(len: u8) -> Place {
+    let i = LEVELS.iter().position(|&l| l >= len).expect("len <= 128");
+    let lv = LEVELS[i];
+    if i == 0 || lv == len || (lv != 128 && lv - len <= MAX_EXPAND_BITS) {
+        Place::Level(i)
+    } else {
+        Place::Trie
+    }
+}
+
+/// HX as the program reads it.
+#[derive(Clone)]
+struct HxView {
+    map: Arc<Mmap>,
+    bits: u32,
+}
+
+impl HxView {
+    fn words(&self) -> &[AtomicU64] {
+        self.map.as_slice()
+    }
+
+    /// The slot holding `key` of length `tag`: the program's probe sequence.
+    fn find(&self, key: u64, tag: u32) -> Option<usize> {
+        let w = self.words();
+        let buckets = 1usize << self.bits;
+        let home = hx_bucket(key, tag, self.bits) as usize;
+        for p in 0..MAX_PROBE as usize {
+            let b = (home + p) & (buckets - 1);
+            for i in 0..BUCKET_SLOTS {
+                let s = b * BUCKET_SLOTS + i;
+                let word = w[2 * s + 1].load(Ordering::Acquire);
+                let t = (word >> 32) as u32;
+                if t == tag && w[2 * s].load(Ordering::Relaxed) == key {
+                    return Some(s);
+                }
+                if t == TAG_EMPTY {
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    fn get(&self, key: u64, tag: u32) -> Option<u32> {
+        self.find(key, tag)
+            .map(|s| self.words()[2 * s + 1].load(Ordering::Acquire) as u32)
+    }
+}
+
+/// The kernel side of the table, for the walk the program does.
+pub struct V6Maps {
+    top: Array<MapData, u32>,
+    hx: HxView,
+    h128: HashMap<MapData, [u8; 16], u32>,
+    trie: LpmTrie<MapData, [u8; 16], u32>,
+}
+
+impl V6Maps {
+    pub(crate) fn new(
+        top: Array<MapData, u32>,
+        hx: Arc<Mmap>,
+        hx_bits: u32,
+        h128: HashMap<MapData, [u8; 16], u32>,
+        trie: LpmTrie<MapData, [u8; 16], u32>,
+    ) -> Self {
+        Self {
+            top,
+            hx: HxView {
+                map: hx,
+                bits: hx_bits,
+            },
+            h128,
+            trie,
+        }
+    }
+
+    /// What the program answers for `addr`: the same walk (0 = no match).
+    pub fn lookup(&self, addr: u128) -> u16 {
+        let mut e = self.top.get(&((addr >> 112) as u32), 0).unwrap_or(0);
+        let mut level = 16;
+        let mut trie = e & TRIE != 0;
+        let hi = (addr >> 64) as u64;
+        if e & inside(1) != 0
+            && let Some(x) = self.hx.get(hi & (u64::MAX << 32), 32)
+        {
+            (e, level, trie) = (x, 32, x & TRIE != 0);
+            let mut flags = x;
+            for (i, len) in [(2, 48u8), (3, 56), (4, 64)] {
+                if flags & inside(i) != 0
+                    && let Some(x) = self.hx.get(hi & (u64::MAX << (64 - len)), u32::from(len))
+                {
+                    (e, level, flags) = (x, len, x);
+                }
+            }
+            if flags & inside(5) != 0
+                && let Ok(x) = self.h128.get(&addr.to_be_bytes(), 0)
+            {
+                (e, level) = (x, 128);
+            }
+        }
+        if trie
+            && let Ok(t) = self.trie.get(&Key::new(128, addr.to_be_bytes()), 0)
+            && t >> 24 > u32::from(level)
+        {
+            return t as u16;
+        }
+        e as u16
+    }
+}
+
+/// The table as the program reads it, for readers on other threads.
 pub struct V6View {
-    trie: LpmTrie<MapData, [u8; 16], u16>,
+    maps: V6Maps,
 }
 
 impl V6View {
-    pub(crate) fn new(trie: LpmTrie<MapData, [u8; 16], u16>) -> Self {
-        Self { trie }
+    pub(crate) fn new(maps: V6Maps) -> Self {
+        Self { maps }
     }
 
-    /// What the kernel trie answers for `addr` (0 = no match).
+    /// What the kernel table answers for `addr` (0 = no match).
     pub fn lookup(&self, addr: u128) -> u16 {
-        self.trie
-            .get(&Key::new(128, addr.to_be_bytes()), 0)
-            .unwrap_or(0)
+        self.maps.lookup(addr)
     }
 }
 
-/// User-space rules plus the kernel trie holding their effective verdicts.
+/// One entry as the agent keeps it.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+struct Node {
+    verdict: u16,
+    /// A rule is placed on it (not only a /32 marker).
+    own: bool,
+    /// Entries of each longer level inside it (TOP counts only the /32s).
+    inside: [u32; 6],
+    /// Trie prefixes inside it (TOP: /17–/23; a /32: the longer ones).
+    trie: u32,
+    /// Its HX slot (/32–/64).
+    slot: u32,
+}
+
+impl Node {
+    /// The kernel's value for it on level `i`.
+    fn entry(&self, i: usize) -> u32 {
+        let mut e = u32::from(self.verdict);
+        for j in i + 1..LEVELS.len() {
+            if self.inside[j] > 0 {
+                e |= inside(j);
+            }
+        }
+        if self.trie > 0 {
+            e |= TRIE;
+        }
+        e
+    }
+
+    /// Whether level `i` needs it: a /32 also as the way to anything longer inside.
+    fn needed(&self, i: usize) -> bool {
+        self.own || (i == 1 && (self.trie > 0 || self.inside.iter().any(|&n| n > 0)))
+    }
+}
+
+/// User-space rules plus the kernel entries holding their effective verdicts.
 pub struct V6Table {
-    trie: LpmTrie<MapData, [u8; 16], u16>,
-    rules: BTreeMap<(u128, u8), Rule>,
+    maps: V6Maps,
+    capacity: u32,
+    /// HX slots deleted and when: reusable once [`GRACE`] has passed.
+    gone: StdHashMap<usize, Instant>,
+    hx_used: usize,
+    /// Hashed: the effective verdict probes it once per length in use, for every entry.
+    rules: StdHashMap<(u128, u8), Rule>,
     counts: [usize; 2],
+    /// Rules per length and kind, and the lengths in use (sorted), so the effective verdict
+    /// of an entry looks only at lengths that hold rules.
+    per_len: [[u32; 129]; 2],
+    lens: [Vec<u8>; 2],
+    /// TOP's entries.
+    top: Vec<Node>,
+    /// The other levels' entries (index 0 unused), ordered for the ones inside a prefix.
+    levels: [BTreeMap<u128, Node>; 6],
+    /// What the trie holds.
+    trie: BTreeMap<(u128, u8), u32>,
 }
 
 impl V6Table {
-    pub(crate) fn new(trie: LpmTrie<MapData, [u8; 16], u16>) -> Self {
+    pub(crate) fn new(maps: V6Maps, capacity: u32) -> Self {
         Self {
-            trie,
-            rules: BTreeMap::new(),
+            maps,
+            capacity,
+            gone: StdHashMap::new(),
+            hx_used: 0,
+            rules: StdHashMap::new(),
             counts: [0; 2],
+            per_len: [[0; 129]; 2],
+            lens: [Vec::new(), Vec::new()],
+            top: vec![Node::default(); 1 << 16],
+            levels: Default::default(),
+            trie: BTreeMap::new(),
         }
     }
 
@@ -64,100 +295,433 @@ impl V6Table {
         self.counts[kind as usize]
     }
 
-    /// Verdict the trie must hold for the prefix, if any.
-    fn effective(&self, addr: u128, len: u8) -> Option<u16> {
-        for l in (0..=len).rev() {
+    /// Entries the kernel holds: /16 (non-empty), /32, /48, /56, /64, /128, then the trie.
+    pub fn entries(&self) -> [usize; 7] {
+        let mut out = [self.trie.len(); 7];
+        out[0] = self.top.iter().filter(|n| n.entry(0) != 0).count();
+        for i in 1..LEVELS.len() {
+            out[i] = self.levels[i].len();
+        }
+        out
+    }
+
+    fn count(&mut self, kind: Kind, len: u8, add: bool) {
+        let k = kind as usize;
+        let c = &mut self.per_len[k][len as usize];
+        let was = *c;
+        if add {
+            *c += 1;
+            self.counts[k] += 1;
+        } else {
+            *c -= 1;
+            self.counts[k] -= 1;
+        }
+        if (was == 0) != (*c == 0) {
+            self.lens[k] = (0..=128u8)
+                .filter(|&l| self.per_len[k][l as usize] > 0)
+                .collect();
+        }
+    }
+
+    /// The verdict an address range `addr/len` gets from rules of length `len` or less.
+    fn effective(&self, addr: u128, len: u8) -> u16 {
+        for &l in self.lens[Kind::Allow as usize]
+            .iter()
+            .rev()
+            .skip_while(|&&l| l > len)
+        {
             if let Some(a) = self.rules.get(&(addr & mask(l), l)).and_then(|r| r.allow) {
-                return Some(verdict::pack(action::ALLOW, verdict::list_id(a)));
+                return verdict::pack(action::ALLOW, verdict::list_id(a));
             }
         }
-        self.rules.get(&(addr, len)).and_then(|r| r.block)
+        for &l in self.lens[Kind::Block as usize]
+            .iter()
+            .rev()
+            .skip_while(|&&l| l > len)
+        {
+            if let Some(b) = self.rules.get(&(addr & mask(l), l)).and_then(|r| r.block) {
+                return b;
+            }
+        }
+        0
     }
 
-    fn sync(&mut self, addr: u128, len: u8) -> Result<(), MapError> {
-        let key = Key::new(u32::from(len), addr.to_be_bytes());
-        match self.effective(addr, len) {
-            Some(v) => self.trie.insert(&key, v, 0),
-            None => match self.trie.remove(&key) {
-                Err(MapError::KeyNotFound) => Ok(()),
-                r => r,
-            },
+    /// Whether a rule placed on level `i` covers key `k` of that level.
+    fn owns(&self, i: usize, k: u128) -> bool {
+        (0..2).any(|kind| {
+            self.lens[kind]
+                .iter()
+                .any(|&l| place(l) == Place::Level(i) && self.rules.contains_key(&(k & mask(l), l)))
+        })
+    }
+
+    fn full(&self, what: &'static str) -> V6Error {
+        V6Error::Full {
+            what,
+            capacity: self.capacity,
         }
     }
 
-    /// Rewrites every rule strictly inside `addr/len` (after an allow changed).
-    fn sync_inner(&mut self, addr: u128, len: u8) -> Result<(), MapError> {
-        if len == 128 {
+    /// A new entry of level `i`: what already lies inside it, counted.
+    fn fresh(&self, i: usize, k: u128, verdict: u16) -> Node {
+        let end = k | !mask(LEVELS[i]);
+        let mut n = Node {
+            verdict,
+            ..Node::default()
+        };
+        for j in i + 1..LEVELS.len() {
+            n.inside[j] = self.levels[j].range(k..=end).count() as u32;
+        }
+        if i == 1 {
+            n.trie = self.trie.range((k, 33)..=(end, 128)).count() as u32;
+        }
+        n
+    }
+
+    fn hx_words(&self) -> &[AtomicU64] {
+        self.maps.hx.words()
+    }
+
+    /// Places a new HX entry: the first never-used or long-gone slot of its probe sequence.
+    fn hx_insert(&mut self, key: u64, tag: u32, val: u32) -> Result<u32, V6Error> {
+        if self.hx_used >= self.capacity as usize {
+            return Err(self.full("/32–/64 hash"));
+        }
+        let bits = self.maps.hx.bits;
+        let home = hx_bucket(key, tag, bits) as usize;
+        let now = Instant::now();
+        let mut found = None;
+        'probe: for p in 0..MAX_PROBE as usize {
+            let b = (home + p) & ((1 << bits) - 1);
+            for i in 0..BUCKET_SLOTS {
+                let s = b * BUCKET_SLOTS + i;
+                let t = (self.hx_words()[2 * s + 1].load(Ordering::Relaxed) >> 32) as u32;
+                let reusable = t == TAG_GONE
+                    && self
+                        .gone
+                        .get(&s)
+                        .is_some_and(|&at| now.duration_since(at) >= GRACE);
+                if t == TAG_EMPTY || reusable {
+                    found = Some(s);
+                    break 'probe;
+                }
+            }
+        }
+        let Some(s) = found else {
+            return Err(self.full("/32–/64 hash (no free slot near this key)"));
+        };
+        self.gone.remove(&s);
+        let w = self.hx_words();
+        w[2 * s].store(key, Ordering::Release);
+        w[2 * s + 1].store(u64::from(tag) << 32 | u64::from(val), Ordering::Release);
+        self.hx_used += 1;
+        Ok(s as u32)
+    }
+
+    /// Writes what level `i` holds for key `k`, then what the entries above count of it.
+    fn write_node(&mut self, i: usize, k: u128, new: Option<Node>) -> Result<(), V6Error> {
+        if i == 0 {
+            let idx = (k >> 112) as usize;
+            let n = new.unwrap_or_default();
+            if self.top[idx].entry(0) != n.entry(0) {
+                self.maps.top.set(idx as u32, n.entry(0), 0)?;
+            }
+            self.top[idx] = n;
             return Ok(());
         }
-        let end = addr | !mask(len);
-        let inner: Vec<_> = self
-            .rules
-            .range((addr, len + 1)..=(end, 128))
-            .map(|(k, _)| *k)
-            .filter(|(_, l)| *l > len)
-            .collect();
-        for (a, l) in inner {
-            self.sync(a, l)?;
+        let old = self.levels[i].get(&k).copied();
+        let lv = LEVELS[i];
+        let hi = (k >> 64) as u64;
+        match (old, new) {
+            (None, None) => {}
+            (None, Some(mut n)) => {
+                if i == 5 {
+                    if self.levels[5].len() >= self.capacity as usize {
+                        return Err(self.full("/128 hash"));
+                    }
+                    self.maps.h128.insert(k.to_be_bytes(), n.entry(i), 0)?;
+                } else {
+                    n.slot = self.hx_insert(hi, u32::from(lv), n.entry(i))?;
+                }
+                self.levels[i].insert(k, n);
+                self.counted(i, k, true)?;
+            }
+            (Some(o), Some(mut n)) => {
+                n.slot = o.slot;
+                if o.entry(i) != n.entry(i) {
+                    if i == 5 {
+                        self.maps.h128.insert(k.to_be_bytes(), n.entry(i), 0)?;
+                    } else {
+                        let s = n.slot as usize;
+                        self.hx_words()[2 * s + 1].store(
+                            u64::from(lv) << 32 | u64::from(n.entry(i)),
+                            Ordering::Release,
+                        );
+                    }
+                }
+                self.levels[i].insert(k, n);
+            }
+            (Some(o), None) => {
+                if i == 5 {
+                    match self.maps.h128.remove(&k.to_be_bytes()) {
+                        Ok(()) | Err(MapError::KeyNotFound) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    let s = o.slot as usize;
+                    self.hx_words()[2 * s + 1].store(u64::from(TAG_GONE) << 32, Ordering::Release);
+                    self.gone.insert(s, Instant::now());
+                    self.hx_used -= 1;
+                }
+                self.levels[i].remove(&k);
+                self.counted(i, k, false)?;
+            }
         }
         Ok(())
     }
 
-    /// Sets the rule `addr/len` of `kind`.
-    pub fn set(&mut self, addr: u128, len: u8, kind: Kind, v: u16) -> Result<(), MapError> {
-        let addr = addr & mask(len);
-        let r = self.rules.entry((addr, len)).or_default();
-        let slot = match kind {
+    /// Entry `k` of level `j` appeared (or went): the entries above it count it; a /32
+    /// marker appears for it, or goes with the last thing inside it.
+    fn counted(&mut self, j: usize, k: u128, added: bool) -> Result<(), V6Error> {
+        let step = |c: &mut u32| {
+            if added { *c += 1 } else { *c -= 1 }
+        };
+        if j == 1 {
+            let mut t = self.top[(k >> 112) as usize];
+            step(&mut t.inside[1]);
+            return self.write_node(0, k, Some(t));
+        }
+        for i in 1..j {
+            let a = k & mask(LEVELS[i]);
+            match self.levels[i].get(&a).copied() {
+                Some(mut n) => {
+                    step(&mut n.inside[j]);
+                    let keep = n.needed(i);
+                    self.write_node(i, a, keep.then_some(n))?;
+                }
+                // Counted in full as it is made (the entry below included).
+                None if i == 1 && added => {
+                    let n = self.fresh(1, a, self.effective(a, 32));
+                    self.write_node(1, a, Some(n))?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn write_trie(&mut self, addr: u128, len: u8) -> Result<(), V6Error> {
+        let want = self
+            .rules
+            .contains_key(&(addr, len))
+            .then(|| u32::from(self.effective(addr, len)) | u32::from(len) << 24);
+        let have = self.trie.get(&(addr, len)).copied();
+        if have == want {
+            return Ok(());
+        }
+        let key = Key::new(u32::from(len), addr.to_be_bytes());
+        match want {
+            Some(v) => {
+                if have.is_none() && self.trie.len() >= self.capacity as usize {
+                    return Err(self.full("trie (/17–/23, /33–/39, /65–/127)"));
+                }
+                self.maps.trie.insert(&key, v, 0)?;
+                self.trie.insert((addr, len), v);
+            }
+            None => {
+                match self.maps.trie.remove(&key) {
+                    Err(MapError::KeyNotFound) | Ok(()) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.trie.remove(&(addr, len));
+            }
+        }
+        if have.is_some() != want.is_some() {
+            // The entry above it, TOP or its /32, flags it.
+            let added = want.is_some();
+            if len < 32 {
+                let mut t = self.top[(addr >> 112) as usize];
+                if added {
+                    t.trie += 1
+                } else {
+                    t.trie -= 1
+                }
+                self.write_node(0, addr, Some(t))?;
+            } else {
+                let a = addr & mask(32);
+                let n = match self.levels[1].get(&a).copied() {
+                    Some(mut n) => {
+                        if added {
+                            n.trie += 1
+                        } else {
+                            n.trie -= 1
+                        }
+                        n
+                    }
+                    // Counted in full as it is made (this prefix included).
+                    None => self.fresh(1, a, self.effective(a, 32)),
+                };
+                let keep = n.needed(1);
+                self.write_node(1, a, keep.then_some(n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites everything a change of the rule `addr/len` can affect: trie prefixes and
+    /// entries inside it (inherited verdicts), and its own entries (with the /32 markers
+    /// and flags above them).
+    fn sync(&mut self, addr: u128, len: u8, kind: Kind) -> Result<(), V6Error> {
+        let end = addr | !mask(len);
+        let placed = place(len);
+        // A trie prefix's verdict is its own rule's, or an allow above it: only an allow
+        // changes those inside.
+        let mut trie: Vec<(u128, u8)> = Vec::new();
+        if kind == Kind::Allow {
+            trie.extend(
+                self.trie
+                    .range((addr, len)..=(end, 128))
+                    .map(|(&p, _)| p)
+                    .filter(|&(_, l)| l > len),
+            );
+        }
+        if placed == Place::Trie {
+            trie.push((addr, len));
+        }
+        for (a, l) in trie {
+            self.write_trie(a, l)?;
+        }
+        // Entries inside inherit from the rule: a new verdict (its own are rewritten below).
+        for i in 1..LEVELS.len() {
+            if LEVELS[i] < len || placed == Place::Level(i) {
+                continue;
+            }
+            let inner: Vec<u128> = self.levels[i].range(addr..=end).map(|(&k, _)| k).collect();
+            for k in inner {
+                let mut n = self.levels[i][&k];
+                n.verdict = self.effective(k, LEVELS[i]);
+                self.write_node(i, k, Some(n))?;
+            }
+        }
+        if let Place::Level(i) = placed {
+            let lv = LEVELS[i];
+            let n = 1u128 << (lv - len);
+            let step = if lv == 128 { 1 } else { 1u128 << (128 - lv) };
+            for j in 0..n {
+                let k = addr + j * step;
+                let verdict = self.effective(k, lv);
+                let own = self.owns(i, k);
+                let mut node = match i {
+                    0 => self.top[(k >> 112) as usize],
+                    _ => match self.levels[i].get(&k) {
+                        Some(&n) => n,
+                        None if own => self.fresh(i, k, verdict),
+                        None => continue,
+                    },
+                };
+                node.verdict = verdict;
+                node.own = own;
+                let keep = i == 0 || node.needed(i);
+                self.write_node(i, k, keep.then_some(node))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn slot(r: &mut Rule, kind: Kind) -> &mut Option<u16> {
+        match kind {
             Kind::Block => &mut r.block,
             Kind::Allow => &mut r.allow,
-        };
-        if slot.replace(v).is_none() {
-            self.counts[kind as usize] += 1;
         }
-        self.sync(addr, len)?;
-        if kind == Kind::Allow {
-            self.sync_inner(addr, len)?;
+    }
+
+    /// Puts back rule `addr/len` of `kind` as `old` after a failed write (best effort).
+    fn restore(&mut self, addr: u128, len: u8, kind: Kind, old: Option<u16>) {
+        let r = self.rules.entry((addr, len)).or_default();
+        let was = Self::slot(r, kind).is_some();
+        *Self::slot(r, kind) = old;
+        if r.block.is_none() && r.allow.is_none() {
+            self.rules.remove(&(addr, len));
+        }
+        match (was, old.is_some()) {
+            (true, false) => self.count(kind, len, false),
+            (false, true) => self.count(kind, len, true),
+            _ => {}
+        }
+        let _ = self.sync(addr, len, kind);
+    }
+
+    /// Sets the rule `addr/len` of `kind`.
+    pub fn set(&mut self, addr: u128, len: u8, kind: Kind, v: u16) -> Result<(), V6Error> {
+        let addr = addr & mask(len);
+        let r = self.rules.entry((addr, len)).or_default();
+        let old = Self::slot(r, kind).replace(v);
+        if old.is_none() {
+            self.count(kind, len, true);
+        }
+        if let Err(e) = self.sync(addr, len, kind) {
+            self.restore(addr, len, kind, old);
+            return Err(e);
         }
         Ok(())
     }
 
     /// Removes the rule; returns whether it existed.
-    pub fn remove(&mut self, addr: u128, len: u8, kind: Kind) -> Result<bool, MapError> {
+    pub fn remove(&mut self, addr: u128, len: u8, kind: Kind) -> Result<bool, V6Error> {
         let addr = addr & mask(len);
         let Some(r) = self.rules.get_mut(&(addr, len)) else {
             return Ok(false);
         };
-        let slot = match kind {
-            Kind::Block => &mut r.block,
-            Kind::Allow => &mut r.allow,
-        };
-        if slot.take().is_none() {
+        let Some(old) = Self::slot(r, kind).take() else {
             return Ok(false);
-        }
+        };
         if r.block.is_none() && r.allow.is_none() {
             self.rules.remove(&(addr, len));
         }
-        self.counts[kind as usize] -= 1;
-        self.sync(addr, len)?;
-        if kind == Kind::Allow {
-            self.sync_inner(addr, len)?;
+        self.count(kind, len, false);
+        if let Err(e) = self.sync(addr, len, kind) {
+            self.restore(addr, len, kind, Some(old));
+            return Err(e);
         }
         Ok(true)
     }
 
-    /// What the kernel trie answers for `addr` (0 = no match).
+    /// What the kernel table answers for `addr` (0 = no match).
     pub fn lookup(&self, addr: u128) -> u16 {
-        self.trie
-            .get(&Key::new(128, addr.to_be_bytes()), 0)
-            .unwrap_or(0)
+        self.maps.lookup(addr)
     }
 
-    /// Every rule, in address order.
+    /// Every rule.
     pub fn rules(&self) -> impl Iterator<Item = (u128, u8, Kind, u16)> + '_ {
         self.rules.iter().flat_map(|(&(a, l), r)| {
             [(Kind::Block, r.block), (Kind::Allow, r.allow)]
                 .into_iter()
                 .filter_map(move |(k, v)| v.map(|v| (a, l, k, v)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement() {
+        assert_eq!(place(0), Place::Level(0));
+        assert_eq!(place(16), Place::Level(0));
+        assert_eq!(place(17), Place::Trie);
+        assert_eq!(place(23), Place::Trie);
+        assert_eq!(place(24), Place::Level(1));
+        assert_eq!(place(32), Place::Level(1));
+        assert_eq!(place(39), Place::Trie);
+        assert_eq!(place(40), Place::Level(2));
+        assert_eq!(place(48), Place::Level(2));
+        assert_eq!(place(49), Place::Level(3));
+        assert_eq!(place(56), Place::Level(3));
+        assert_eq!(place(57), Place::Level(4));
+        assert_eq!(place(64), Place::Level(4));
+        assert_eq!(place(65), Place::Trie);
+        assert_eq!(place(127), Place::Trie);
+        assert_eq!(place(128), Place::Level(5));
     }
 }
