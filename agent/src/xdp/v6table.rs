@@ -362,18 +362,25 @@ impl V6Table {
         }
     }
 
-    /// A new entry of level `i`: what already lies inside it, counted.
+    /// A new entry of level `i`: what already lies inside it, counted. Anything inside hangs
+    /// below its /32, whose counts say which levels to look at; a /32 not there yet has
+    /// nothing inside (the caller counts the entry it is made for).
     fn fresh(&self, i: usize, k: u128, verdict: u16) -> Node {
-        let end = k | !mask(LEVELS[i]);
         let mut n = Node {
             verdict,
             ..Node::default()
         };
-        for j in i + 1..LEVELS.len() {
-            n.inside[j] = self.levels[j].range(k..=end).count() as u32;
+        if i < 2 {
+            return n;
         }
-        if i == 1 {
-            n.trie = self.trie.range((k, 33)..=(end, 128)).count() as u32;
+        let Some(above) = self.levels[1].get(&(k & mask(32))) else {
+            return n;
+        };
+        let end = k | !mask(LEVELS[i]);
+        for j in i + 1..LEVELS.len() {
+            if above.inside[j] > 0 {
+                n.inside[j] = self.levels[j].range(k..=end).count() as u32;
+            }
         }
         n
     }
@@ -499,9 +506,9 @@ impl V6Table {
                     let keep = n.needed(i);
                     self.write_node(i, a, keep.then_some(n))?;
                 }
-                // Counted in full as it is made (the entry below included).
                 None if i == 1 && added => {
-                    let n = self.fresh(1, a, self.effective(a, 32));
+                    let mut n = self.fresh(1, a, self.effective(a, 32));
+                    n.inside[j] = 1;
                     self.write_node(1, a, Some(n))?;
                 }
                 None => {}
@@ -558,8 +565,12 @@ impl V6Table {
                         }
                         n
                     }
-                    // Counted in full as it is made (this prefix included).
-                    None => self.fresh(1, a, self.effective(a, 32)),
+                    None if added => {
+                        let mut n = self.fresh(1, a, self.effective(a, 32));
+                        n.trie = 1;
+                        n
+                    }
+                    None => return Ok(()),
                 };
                 let keep = n.needed(1);
                 self.write_node(1, a, keep.then_some(n))?;
@@ -592,9 +603,16 @@ impl V6Table {
             self.write_trie(a, l)?;
         }
         // Entries inside inherit from the rule: a new verdict (its own are rewritten below).
+        // Inside a /32 or longer, its /32's counts say which levels have any.
+        let above = (len >= 32).then(|| self.levels[1].get(&(addr & mask(32))).copied());
         for i in 1..LEVELS.len() {
             if LEVELS[i] < len || placed == Place::Level(i) {
                 continue;
+            }
+            match above {
+                Some(None) => break,
+                Some(Some(n)) if n.inside[i] == 0 => continue,
+                _ => {}
             }
             let inner: Vec<u128> = self.levels[i].range(addr..=end).map(|(&k, _)| k).collect();
             for k in inner {
