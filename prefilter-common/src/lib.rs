@@ -234,7 +234,6 @@ pub mod v4 {
     }
 }
 
-/// IPv6 prefix table: the kernel LPM trie, allow and block folded in by the agent.
 pub mod v6 {
     //! IPv6 prefixes by exact match on a few lengths instead of the kernel LPM trie: the /16
     //! in an array, the /32, /48, /56 and /64 in one open-addressing hash of our own (one

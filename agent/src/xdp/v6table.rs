@@ -299,8 +299,8 @@ impl V6Table {
     pub fn entries(&self) -> [usize; 7] {
         let mut out = [self.trie.len(); 7];
         out[0] = self.top.iter().filter(|n| n.entry(0) != 0).count();
-        for i in 1..LEVELS.len() {
-            out[i] = self.levels[i].len();
+        for (o, l) in out.iter_mut().zip(&self.levels).skip(1) {
+            *o = l.len();
         }
         out
     }
@@ -498,8 +498,8 @@ impl V6Table {
             step(&mut t.inside[1]);
             return self.write_node(0, k, Some(t));
         }
-        for i in 1..j {
-            let a = k & mask(LEVELS[i]);
+        for (i, &lv) in LEVELS.iter().enumerate().take(j).skip(1) {
+            let a = k & mask(lv);
             match self.levels[i].get(&a).copied() {
                 Some(mut n) => {
                     step(&mut n.inside[j]);
@@ -605,8 +605,8 @@ impl V6Table {
         // Entries inside inherit from the rule: a new verdict (its own are rewritten below).
         // Inside a /32 or longer, its /32's counts say which levels have any.
         let above = (len >= 32).then(|| self.levels[1].get(&(addr & mask(32))).copied());
-        for i in 1..LEVELS.len() {
-            if LEVELS[i] < len || placed == Place::Level(i) {
+        for (i, &lv) in LEVELS.iter().enumerate().skip(1) {
+            if lv < len || placed == Place::Level(i) {
                 continue;
             }
             match above {
@@ -617,7 +617,7 @@ impl V6Table {
             let inner: Vec<u128> = self.levels[i].range(addr..=end).map(|(&k, _)| k).collect();
             for k in inner {
                 let mut n = self.levels[i][&k];
-                n.verdict = self.effective(k, LEVELS[i]);
+                n.verdict = self.effective(k, lv);
                 self.write_node(i, k, Some(n))?;
             }
         }
