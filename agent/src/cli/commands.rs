@@ -461,14 +461,15 @@ fn status(client: &Client, out: &mut Out, json_out: bool, verify: bool) -> Resul
     out.line(format_args!("  judged ports: {}", ports.join(",")))?;
     let m = &v.maps;
     out.line(format_args!(
-        "  tables: v4 {} block / {} allow ({} of {} long-prefix groups), v6 {} block / {} allow (capacity {})",
+        "  tables: v4 {} block / {} allow ({} of {} long-prefix groups), v6 {} block / {} allow ({} of {} entries)",
         m.v4_block,
         m.v4_allow,
         m.v4_long_groups.used,
         m.v4_long_groups.capacity,
         m.v6_block,
         m.v6_allow,
-        m.v6_capacity
+        m.v6_entries.used,
+        m.v6_entries.capacity
     ))?;
     for l in &v.lists {
         let origin = serde_json::to_value(l.origin)

@@ -322,8 +322,11 @@ impl Families {
         f.map_capacity
             .with_label_values(&["v4_long_groups"])
             .set(t.v4_groups_capacity.into());
+        f.map_entries
+            .with_label_values(&["v6_entries"])
+            .set(t.v6_entries_used.into());
         f.map_capacity
-            .with_label_values(&["v6_prefixes"])
+            .with_label_values(&["v6_entries"])
             .set(t.v6_capacity.into());
         for (origin, kind, n) in &s.store_entries {
             f.store_entries
@@ -408,7 +411,10 @@ pub fn status(d: &Daemon) -> api::Status {
             },
             v6_block: t.v6_block,
             v6_allow: t.v6_allow,
-            v6_capacity: t.v6_capacity,
+            v6_entries: api::Usage {
+                used: t.v6_entries_used,
+                capacity: t.v6_capacity,
+            },
             adopted: t.adopted,
         },
         lists,

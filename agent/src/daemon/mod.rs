@@ -139,6 +139,7 @@ pub struct TableFill {
     pub v4_groups_capacity: u32,
     pub v6_block: usize,
     pub v6_allow: usize,
+    pub v6_entries_used: u32,
     pub v6_capacity: u32,
     pub adopted: bool,
 }
@@ -366,6 +367,7 @@ impl State {
                 v4_groups_capacity: g_cap,
                 v6_block: self.filter.v6.len(Kind::Block),
                 v6_allow: self.filter.v6.len(Kind::Allow),
+                v6_entries_used: self.filter.v6.fullest() as u32,
                 v6_capacity: self.settings.limits.1,
                 adopted: self.filter.adopted,
             },

@@ -290,6 +290,12 @@ impl V6Table {
         }
     }
 
+    /// Entries of the fullest part (/32–/64 hash, /128 hash, trie), each of which holds
+    /// `[limits] v6_entries`.
+    pub fn fullest(&self) -> usize {
+        self.hx_used.max(self.levels[5].len()).max(self.trie.len())
+    }
+
     /// Number of rules of `kind`.
     pub fn len(&self, kind: Kind) -> usize {
         self.counts[kind as usize]
