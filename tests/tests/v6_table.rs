@@ -204,3 +204,44 @@ fn a_million_prefixes() {
         assert_eq!(program(&f, a), want, "{}", Ipv6Addr::from(a));
     }
 }
+
+/// Past `[limits] v6_entries`: a clear error naming the limit, the rule that did not fit is
+/// not half-written, and every rule accepted before still answers.
+#[test]
+fn full_table_refuses_cleanly() {
+    require_root();
+    let opts = Options {
+        v6_entries: 1000,
+        ..Options::default()
+    };
+    let mut f = Filter::load(&opts).expect("load");
+    let mut rng = Rng(0xf011);
+    let mut accepted: HashMap<(u128, u8, Kind), u16> = HashMap::new();
+    let err = loop {
+        let a = in_2000_3(&mut rng) & mask(48);
+        let v = verdict::pack(action::DROP, 1 + rng.below(100) as u16);
+        match f.v6.set(a, 48, Kind::Block, v) {
+            Ok(()) => {
+                accepted.insert((a, 48, Kind::Block), v);
+            }
+            Err(e) => break (a, e),
+        }
+        assert!(
+            accepted.len() <= 1000,
+            "no limit at {} prefixes",
+            accepted.len()
+        );
+    };
+    let msg = err.1.to_string();
+    assert!(
+        msg.contains("IPv6 table full") && msg.contains("v6_entries"),
+        "{msg}"
+    );
+    assert_eq!(f.v6.len(Kind::Block), accepted.len());
+    assert_eq!(f.v6.lookup(err.0), 0, "the refused prefix answers");
+    assert!(f.v6.fullest() <= 1000);
+    for (&(a, _, _), &v) in &accepted {
+        assert_eq!(f.v6.lookup(a | 0x1234), v, "{}", Ipv6Addr::from(a));
+        assert_eq!(program(&f, a | 0x1234), 1);
+    }
+}
