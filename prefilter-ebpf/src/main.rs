@@ -495,14 +495,18 @@ fn table_lookup(v6: bool, saddr: &[u8; 16]) -> u16 {
 #[unsafe(no_mangle)]
 static PF_V6_HX_BITS: u32 = v6::hx_bits(v6::DEFAULT_ENTRIES);
 
-/// The HX entry of `key` masked to `tag` bits, if any: linear probing, one cache line per
-/// bucket, stopping at the first never-used slot.
+/// log2 of the HX buckets, read once per lookup.
 #[inline(always)]
-fn hx_find(key: u64, tag: u32) -> Option<v6::Entry> {
+fn hx_bits() -> u32 {
     // SAFETY: a global the loader froze; volatile so it is read, not folded.
-    let bits = unsafe { core::ptr::read_volatile(&PF_V6_HX_BITS) };
+    unsafe { core::ptr::read_volatile(&PF_V6_HX_BITS) }
+}
+
+/// The HX entry of `key` masked to `tag` bits, if any, from its home bucket on: linear
+/// probing, one cache line per bucket, stopping at the first never-used slot.
+#[inline(always)]
+fn hx_find(key: u64, tag: u32, home: u32, bits: u32) -> Option<v6::Entry> {
     let mask = (1u32 << bits) - 1;
-    let home = v6::hx_bucket(key, tag, bits);
     for p in 0..v6::MAX_PROBE {
         let b = PF_V6_HX.get_ptr(home.wrapping_add(p) & mask)?;
         for i in 0..v6::BUCKET_SLOTS {
@@ -526,6 +530,16 @@ fn hx_find(key: u64, tag: u32) -> Option<v6::Entry> {
     None
 }
 
+/// Reads the first word of a bucket and drops it: the load is issued and nothing waits for
+/// it (BPF has no prefetch instruction).
+#[inline(always)]
+fn hx_touch(home: u32, bits: u32) {
+    if let Some(b) = PF_V6_HX.get_ptr(home & ((1u32 << bits) - 1)) {
+        // SAFETY: a valid value pointer of the array.
+        unsafe { core::ptr::read_volatile(b as *const u64) };
+    }
+}
+
 /// IPv6: the /16 entry, then the /32, then only the longer lengths its flags name (and
 /// that the last entry found still names), keeping the last verdict found; the trie only
 /// where a flag says a prefix of an odd length lies inside.
@@ -539,23 +553,34 @@ fn v6_lookup(a: &[u8; 16]) -> u16 {
     let mut trie = e & v6::TRIE != 0;
     if e & v6::inside(1) != 0 {
         let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-        if let Some(x) = hx_find(hi & 0xffff_ffff_0000_0000, 32) {
+        let bits = hx_bits();
+        let (k32, k48, k56) = (
+            hi & 0xffff_ffff_0000_0000,
+            hi & 0xffff_ffff_ffff_0000,
+            hi & 0xffff_ffff_ffff_ff00,
+        );
+        let (h48, h64) = (v6::hx_bucket(k48, 48, bits), v6::hx_bucket(hi, 64, bits));
+        // Cold, each probe below is a cache miss waiting for the one before it. Loading the
+        // /48 and /64 home buckets first lets the CPU fetch them while the /32's arrives.
+        hx_touch(h48, bits);
+        hx_touch(h64, bits);
+        if let Some(x) = hx_find(k32, 32, v6::hx_bucket(k32, 32, bits), bits) {
             e = x;
             level = 32;
             trie = e & v6::TRIE != 0;
             let mut flags = e;
             if flags & v6::inside(2) != 0
-                && let Some(x) = hx_find(hi & 0xffff_ffff_ffff_0000, 48)
+                && let Some(x) = hx_find(k48, 48, h48, bits)
             {
                 (e, level, flags) = (x, 48, x);
             }
             if flags & v6::inside(3) != 0
-                && let Some(x) = hx_find(hi & 0xffff_ffff_ffff_ff00, 56)
+                && let Some(x) = hx_find(k56, 56, v6::hx_bucket(k56, 56, bits), bits)
             {
                 (e, level, flags) = (x, 56, x);
             }
             if flags & v6::inside(4) != 0
-                && let Some(x) = hx_find(hi, 64)
+                && let Some(x) = hx_find(hi, 64, h64, bits)
             {
                 (e, level, flags) = (x, 64, x);
             }
