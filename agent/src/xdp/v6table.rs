@@ -80,6 +80,11 @@ fn mask(len: u8) -> u128 {
     }
 }
 
+/// Counts one more, or one less, of what lies inside an entry.
+fn bump(c: &mut u32, added: bool) {
+    if added { *c += 1 } else { *c -= 1 }
+}
+
 /// Where rules of one length go.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Place {
@@ -496,19 +501,16 @@ impl V6Table {
     /// Entry `k` of level `j` appeared (or went): the entries above it count it; a /32
     /// marker appears for it, or goes with the last thing inside it.
     fn counted(&mut self, j: usize, k: u128, added: bool) -> Result<(), V6Error> {
-        let step = |c: &mut u32| {
-            if added { *c += 1 } else { *c -= 1 }
-        };
         if j == 1 {
             let mut t = self.top[(k >> 112) as usize];
-            step(&mut t.inside[1]);
+            bump(&mut t.inside[1], added);
             return self.write_node(0, k, Some(t));
         }
         for (i, &lv) in LEVELS.iter().enumerate().take(j).skip(1) {
             let a = k & mask(lv);
             match self.levels[i].get(&a).copied() {
                 Some(mut n) => {
-                    step(&mut n.inside[j]);
+                    bump(&mut n.inside[j], added);
                     let keep = n.needed(i);
                     self.write_node(i, a, keep.then_some(n))?;
                 }
@@ -554,21 +556,13 @@ impl V6Table {
             let added = want.is_some();
             if len < 32 {
                 let mut t = self.top[(addr >> 112) as usize];
-                if added {
-                    t.trie += 1
-                } else {
-                    t.trie -= 1
-                }
+                bump(&mut t.trie, added);
                 self.write_node(0, addr, Some(t))?;
             } else {
                 let a = addr & mask(32);
                 let n = match self.levels[1].get(&a).copied() {
                     Some(mut n) => {
-                        if added {
-                            n.trie += 1
-                        } else {
-                            n.trie -= 1
-                        }
+                        bump(&mut n.trie, added);
                         n
                     }
                     None if added => {
