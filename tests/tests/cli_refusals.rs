@@ -612,3 +612,40 @@ fn bad_api_requests_change_nothing() {
     assert_eq!(d.block_list(), before, "nothing changed");
     assert_eq!(d.status()["interfaces"].as_array().unwrap().len(), 1);
 }
+
+/// An IPv6 list past `[limits] v6_entries` is refused whole, naming the limit; what was
+/// listed before stays listed and enforced, and the daemon keeps running and verifying.
+#[test]
+fn ipv6_import_past_the_limit_is_refused_whole() {
+    require_root();
+    let lab = Lab::new();
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "[limits]\nv6_entries = 1000\n");
+    d.cli_ok(&["block", "add", "2001:db8:bad::/48"]);
+    let before = d.block_list();
+    // 2000 /48s need 2000 entries of the /32–/64 hash (and one /32 marker): twice the limit.
+    let list = d.dir.join("big6.list");
+    let text: String = (0x1000..0x1000 + 2000)
+        .map(|n| format!("2001:db8:{n:x}::/48\n"))
+        .collect();
+    std::fs::write(&list, text).expect("write the list");
+    let out = d.cli(&["block", "import", list.to_str().unwrap(), "--list", "big6"]);
+    assert_ne!(
+        out.code, 0,
+        "an import past the limit succeeded: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("IPv6 table full") && out.stderr.contains("v6_entries"),
+        "the refusal does not name the limit: {}",
+        out.stderr
+    );
+    assert_eq!(
+        d.block_list(),
+        before,
+        "the refused import changed the lists"
+    );
+    assert_eq!(d.check("2001:db8:bad::7")["verdict"], "drop");
+    assert_eq!(d.check("2001:db8:1000::1")["verdict"], "pass");
+    let v = d.json(&["status", "--verify", "--json"]);
+    assert_eq!(v["verify"]["ok"], true, "{v:#}");
+}
