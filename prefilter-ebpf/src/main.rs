@@ -20,7 +20,7 @@ use prefilter_common::{
     events::{self, Event},
     ports,
     ratelimit::{self, Bucket},
-    reason, v4, v4_key, v6, verdict,
+    reason, v4, v6, verdict,
 };
 
 /// BPF_F_MMAPABLE: the agent writes the v4 tables through mmap, not a syscall per entry.
@@ -124,6 +124,50 @@ impl Why {
     }
 }
 
+/// An address as two big-endian 64-bit halves (IPv4 as `::ffff:a.b.c.d`, the AddrKey form):
+/// it travels in two registers. Sixteen bytes got spilled to the stack byte by byte at each
+/// move, which cost more than the lookup itself.
+#[derive(Clone, Copy)]
+struct Addr {
+    hi: u64,
+    lo: u64,
+}
+
+impl Addr {
+    #[inline(always)]
+    fn v4(a: u32) -> Addr {
+        Addr {
+            hi: 0,
+            lo: 0xffff_0000_0000 | a as u64,
+        }
+    }
+
+    /// The IPv4 address, host order.
+    #[inline(always)]
+    fn v4_addr(self) -> u32 {
+        self.lo as u32
+    }
+
+    /// The map key form, 8-byte aligned so that it is written with two stores.
+    #[inline(always)]
+    fn key(self) -> Key16 {
+        Key16([self.hi.to_be(), self.lo.to_be()])
+    }
+}
+
+/// An [`AddrKey`] in 8-byte aligned storage.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Key16([u64; 2]);
+
+impl Key16 {
+    #[inline(always)]
+    fn get(&self) -> &AddrKey {
+        // SAFETY: 16 bytes of plain data, more strictly aligned than AddrKey.
+        unsafe { &*(self as *const Key16 as *const AddrKey) }
+    }
+}
+
 /// Why a frame is not judged.
 #[derive(Clone, Copy)]
 enum Skip {
@@ -134,13 +178,13 @@ enum Skip {
     /// alone, so a blocked sender cannot slip a SYN through this way.
     SourceOnly {
         v6: bool,
-        saddr: [u8; 16],
+        saddr: Addr,
     },
     /// A pure ACK to a judged port while first-seen events are on: not judged, but maybe the
     /// first contact of a completed handshake. `dport` in host order.
     Ack {
         v6: bool,
-        saddr: [u8; 16],
+        saddr: Addr,
         dport: u16,
     },
 }
@@ -150,8 +194,8 @@ struct Syn {
     v6: bool,
     /// Offset of the L3 header (after Ethernet and VLAN tags).
     l3: usize,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    saddr: Addr,
+    daddr: Addr,
     /// Network byte order, as on the wire.
     sport: u16,
     dport: u16,
@@ -227,7 +271,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
     if frag & 0x1fff != 0 || h[9] != IPPROTO_TCP {
         return Err(Skip::NotJudged);
     }
-    let saddr = v4_key([h[12], h[13], h[14], h[15]]);
+    let saddr = Addr::v4(u32::from_be_bytes([h[12], h[13], h[14], h[15]]));
     let mut syn = match parse_tcp(ctx, l3 + ihl, l3 + total) {
         // More fragments follow: the kernel would reassemble what we could not read.
         Err(Skip::Malformed(_)) if frag & 0x2000 != 0 => {
@@ -244,7 +288,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
     };
     syn.l3 = l3;
     syn.saddr = saddr;
-    syn.daddr = v4_key([h[16], h[17], h[18], h[19]]);
+    syn.daddr = Addr::v4(u32::from_be_bytes([h[16], h[17], h[18], h[19]]));
     Ok(syn)
 }
 
@@ -259,10 +303,26 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Syn, Skip> {
         return Err(Skip::Malformed(Why::V6PayloadLength));
     }
     let mut nh = h[6];
-    let mut saddr = [0u8; 16];
-    saddr.copy_from_slice(&h[8..24]);
-    let mut daddr = [0u8; 16];
-    daddr.copy_from_slice(&h[24..40]);
+    let half = |i: usize| {
+        u64::from_be_bytes([
+            h[i],
+            h[i + 1],
+            h[i + 2],
+            h[i + 3],
+            h[i + 4],
+            h[i + 5],
+            h[i + 6],
+            h[i + 7],
+        ])
+    };
+    let saddr = Addr {
+        hi: half(8),
+        lo: half(16),
+    };
+    let daddr = Addr {
+        hi: half(24),
+        lo: half(32),
+    };
     let mut off = l3 + 40;
     for _ in 0..MAX_EXT_HEADERS {
         match nh {
@@ -329,7 +389,7 @@ fn parse_tcp(ctx: &XdpContext, l4: usize, end: usize) -> Result<Syn, Skip> {
         {
             return Err(Skip::Ack {
                 v6: false,
-                saddr: [0; 16],
+                saddr: Addr { hi: 0, lo: 0 },
                 dport,
             });
         }
@@ -348,8 +408,8 @@ fn parse_tcp(ctx: &XdpContext, l4: usize, end: usize) -> Result<Syn, Skip> {
     Ok(Syn {
         v6: false,
         l3: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
+        saddr: Addr { hi: 0, lo: 0 },
+        daddr: Addr { hi: 0, lo: 0 },
         sport: u16::from_ne_bytes([h[0], h[1]]),
         dport: u16::from_ne_bytes([h[2], h[3]]),
         seq,
@@ -365,37 +425,12 @@ struct Outcome {
 }
 
 #[xdp]
+// Inlined into the section's entry point: a BPF-to-BPF call per packet costs a frame setup.
+#[inline(always)]
 pub fn prefilter_v2(ctx: XdpContext) -> u32 {
-    let out = match parse(&ctx) {
-        Ok(syn) => judge(&ctx, &syn),
-        Err(Skip::NotJudged) => Outcome {
-            reason: reason::NOT_JUDGED,
-            action: action::PASS,
-            list_id: 0,
-        },
-        Err(Skip::Malformed(why)) => {
-            debug!(&ctx, "not judged: {}", why.text());
-            Outcome {
-                reason: reason::MALFORMED,
-                action: action::PASS,
-                list_id: 0,
-            }
-        }
-        Err(Skip::SourceOnly { v6, saddr }) => {
-            debug!(
-                &ctx,
-                "tiny fragment or long IPv6 header chain: judged by source only"
-            );
-            judge_source(v6, &saddr)
-        }
-        Err(Skip::Ack { v6, saddr, dport }) => {
-            first_contact(&ctx, v6, &saddr, dport);
-            Outcome {
-                reason: reason::NOT_JUDGED,
-                action: action::PASS,
-                list_id: 0,
-            }
-        }
+    let out = match fast(&ctx) {
+        Some(out) => out,
+        None => general(&ctx),
     };
     // The one exit: every verdict is counted here. Per-CPU slots need no atomics because
     // an XDP program runs to completion on one CPU without preemption by itself.
@@ -416,17 +451,156 @@ pub fn prefilter_v2(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The common frames in one pass: an untagged IPv4 SYN without IP options, or an untagged
+/// IPv6 SYN without extension headers, to a judged port. None for anything else, which the
+/// general parser takes; for the frames it takes, the outcome is the general path's. It
+/// exists because the verifier inlines array lookups but LLVM sees each as a call and spills
+/// every value live across it: the general parser keeps the whole header live and spent
+/// more on spills than on judging.
 #[inline(always)]
-fn v4_lookup(a: &[u8; 16]) -> u16 {
-    let idx = ((a[12] as u32) << 8) | a[13] as u32;
-    let Some(chunk) = PF_V4_TBL24.get(idx) else {
+fn fast(ctx: &XdpContext) -> Option<Outcome> {
+    let start = ctx.data();
+    // Ethernet 14 + IPv4 20 + TCP 20: the shortest frame taken.
+    if start + ETH_HLEN + 40 > ctx.data_end() {
+        return None;
+    }
+    let p = start as *const u8;
+    // SAFETY: within the 54 bytes checked above.
+    let ethertype = unsafe { u16::from_be_bytes([*p.add(12), *p.add(13)]) };
+    let (v6, l4, saddr) = if ethertype == ETH_P_IP {
+        const L3: usize = ETH_HLEN;
+        // SAFETY: within the 54 bytes checked above.
+        let (vihl, total, frag, proto) = unsafe {
+            let b = |o: usize| *p.add(L3 + o);
+            (
+                b(0),
+                u16::from_be_bytes([b(2), b(3)]) as usize,
+                b(6) & 0x1f | b(7),
+                b(9),
+            )
+        };
+        if vihl != 0x45 || frag != 0 || proto != IPPROTO_TCP || L3 + total > frame_len(ctx) {
+            return None;
+        }
+        // SAFETY: as above.
+        let a = unsafe {
+            let b = |o: usize| *p.add(L3 + o);
+            u32::from_be_bytes([b(12), b(13), b(14), b(15)])
+        };
+        (false, (L3 + 20, L3 + total), Addr::v4(a))
+    } else if ethertype == ETH_P_IPV6 {
+        const L3: usize = ETH_HLEN;
+        // Ethernet 14 + IPv6 40 + TCP 20.
+        if start + L3 + 60 > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: within the 74 bytes checked just above.
+        let (ver, plen, nh) = unsafe {
+            let b = |o: usize| *p.add(L3 + o);
+            (b(0) >> 4, u16::from_be_bytes([b(4), b(5)]) as usize, b(6))
+        };
+        if ver != 6 || nh != IPPROTO_TCP || L3 + 40 + plen > frame_len(ctx) {
+            return None;
+        }
+        // SAFETY: as above.
+        let half = |o: usize| unsafe {
+            let b = |i: usize| *p.add(L3 + o + i);
+            u64::from_be_bytes([b(0), b(1), b(2), b(3), b(4), b(5), b(6), b(7)])
+        };
+        let a = Addr {
+            hi: half(8),
+            lo: half(16),
+        };
+        (true, (L3 + 40, L3 + 40 + plen), a)
+    } else {
+        return None;
+    };
+    let (l4, end) = l4;
+    if start + l4 + 20 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: within the 20 bytes of TCP header checked just above.
+    let (flags, doff, dport) = unsafe {
+        let b = |o: usize| *p.add(l4 + o);
+        (
+            b(13),
+            ((b(12) >> 4) as usize) << 2,
+            u16::from_be_bytes([b(2), b(3)]),
+        )
+    };
+    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN || doff < 20 || l4 + doff > end {
+        return None;
+    }
+    match PF_PORTS.get(dport as u32) {
+        Some(&judged) if judged != 0 => {}
+        _ => {
+            return Some(Outcome {
+                reason: reason::NOT_JUDGED,
+                action: action::PASS,
+                list_id: 0,
+            });
+        }
+    }
+    let mut out = verdict_for(ctx, v6, saddr, dport);
+    // A reset needs the whole SYN: parsed again, which only refusals by reset pay for.
+    if out.action == action::RESET {
+        let sent = match parse(ctx) {
+            Ok(syn) => send_reset(ctx, &syn).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
+            out.action = action::DROP;
+        }
+    }
+    Some(out)
+}
+
+/// Every frame the fast path does not take.
+#[inline(always)]
+fn general(ctx: &XdpContext) -> Outcome {
+    match parse(ctx) {
+        Ok(syn) => judge(ctx, &syn),
+        Err(Skip::NotJudged) => Outcome {
+            reason: reason::NOT_JUDGED,
+            action: action::PASS,
+            list_id: 0,
+        },
+        Err(Skip::Malformed(why)) => {
+            debug!(ctx, "not judged: {}", why.text());
+            Outcome {
+                reason: reason::MALFORMED,
+                action: action::PASS,
+                list_id: 0,
+            }
+        }
+        Err(Skip::SourceOnly { v6, saddr }) => {
+            debug!(
+                ctx,
+                "tiny fragment or long IPv6 header chain: judged by source only"
+            );
+            judge_source(v6, saddr)
+        }
+        Err(Skip::Ack { v6, saddr, dport }) => {
+            first_contact(ctx, v6, saddr, dport);
+            Outcome {
+                reason: reason::NOT_JUDGED,
+                action: action::PASS,
+                list_id: 0,
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn v4_lookup(a: u32) -> u16 {
+    let Some(chunk) = PF_V4_TBL24.get(a >> 16) else {
         return 0;
     };
-    let e = chunk[a[14] as usize];
+    let e = chunk[((a >> 8) & 0xff) as usize];
     if e & v4::EXT == 0 {
         return e as u16;
     }
-    let o = a[15];
+    let o = a as u8;
     if e & v4::HOST != 0 {
         return if (e >> 16) as u8 == o { e as u16 } else { 0 };
     }
@@ -447,6 +621,16 @@ fn v4_lookup(a: &[u8; 16]) -> u16 {
 
 #[inline(always)]
 fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
+    let mut out = verdict_for(ctx, syn.v6, syn.saddr, u16::from_be(syn.dport));
+    if out.action == action::RESET && send_reset(ctx, syn).is_err() {
+        out.action = action::DROP;
+    }
+    out
+}
+
+/// The verdict for a SYN from `saddr` to `dport` (host order), with its event sample.
+#[inline(always)]
+fn verdict_for(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Outcome {
     let Some(cfg) = PF_CONFIG.get(0) else {
         return Outcome {
             reason: reason::NO_MATCH,
@@ -454,40 +638,30 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
             list_id: 0,
         };
     };
-    let table = table_lookup(syn.v6, &syn.saddr);
-    let mut out = if verdict::action(table) == action::ALLOW {
+    let table = table_lookup(v6, saddr);
+    let out = if verdict::action(table) == action::ALLOW {
         Outcome {
             reason: reason::ALLOW,
             action: action::PASS,
             list_id: verdict::list_id(table),
         }
     } else {
-        decide(cfg, syn.v6, &syn.saddr, table, true)
+        decide(cfg, v6, saddr, table, true)
     };
     // Verdict samples within the per-CPU time budget; a clean SYN (no match) is not
     // reported: first contact is the client's ACK.
     if out.reason != reason::NO_MATCH && out.reason != reason::ALLOW && event_token(cfg) {
-        emit(
-            ctx,
-            events::KIND_VERDICT,
-            syn.v6,
-            &syn.saddr,
-            u16::from_be(syn.dport),
-            &out,
-        );
-    }
-    if out.action == action::RESET && send_reset(ctx, syn).is_err() {
-        out.action = action::DROP;
+        emit(ctx, events::KIND_VERDICT, v6, saddr, dport, &out);
     }
     out
 }
 
 #[inline(always)]
-fn table_lookup(v6: bool, saddr: &[u8; 16]) -> u16 {
+fn table_lookup(v6: bool, saddr: Addr) -> u16 {
     if v6 {
         v6_lookup(saddr)
     } else {
-        v4_lookup(saddr)
+        v4_lookup(saddr.v4_addr())
     }
 }
 
@@ -544,15 +718,15 @@ fn hx_touch(home: u32, bits: u32) {
 /// that the last entry found still names), keeping the last verdict found; the trie only
 /// where a flag says a prefix of an odd length lies inside.
 #[inline(always)]
-fn v6_lookup(a: &[u8; 16]) -> u16 {
-    let Some(top) = PF_V6_TOP.get(((a[0] as u32) << 8) | a[1] as u32) else {
+fn v6_lookup(a: Addr) -> u16 {
+    let Some(top) = PF_V6_TOP.get((a.hi >> 48) as u32) else {
         return 0;
     };
     let mut e = *top;
     let mut level = 16u32;
     let mut trie = e & v6::TRIE != 0;
     if e & v6::inside(1) != 0 {
-        let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+        let hi = a.hi;
         let bits = hx_bits();
         let (k32, k48, k56) = (
             hi & 0xffff_ffff_0000_0000,
@@ -585,7 +759,7 @@ fn v6_lookup(a: &[u8; 16]) -> u16 {
                 (e, level, flags) = (x, 64, x);
             }
             if flags & v6::inside(5) != 0
-                && let Some(x) = PF_V6_H128.get_ptr(a)
+                && let Some(x) = PF_V6_H128.get_ptr(a.key().get())
             {
                 // SAFETY: value pointer from the kernel, read once.
                 e = unsafe { *x };
@@ -594,7 +768,7 @@ fn v6_lookup(a: &[u8; 16]) -> u16 {
         }
     }
     if trie {
-        let key = Key::new(128, *a);
+        let key = Key::new(128, *a.key().get());
         // A trie prefix wins only where it is longer than the entry found: shorter ones
         // are already pushed into that entry.
         if let Some(&t) = PF_V6_LPM.get(&key)
@@ -609,7 +783,7 @@ fn v6_lookup(a: &[u8; 16]) -> u16 {
 /// The verdict for a frame we could not read to the TCP flags: what its source would get,
 /// except that a refusal is always a drop (no ports for a reset) and nothing is rate-limited.
 #[inline(always)]
-fn judge_source(v6: bool, saddr: &[u8; 16]) -> Outcome {
+fn judge_source(v6: bool, saddr: Addr) -> Outcome {
     let table = table_lookup(v6, saddr);
     let mut out = match PF_CONFIG.get(0) {
         Some(cfg) if verdict::action(table) != action::ALLOW => {
@@ -633,23 +807,23 @@ fn judge_source(v6: bool, saddr: &[u8; 16]) -> Outcome {
 }
 
 #[inline(always)]
-fn addr_key(cfg: &Config, v6: bool, saddr: &[u8; 16]) -> AddrKey {
-    let mut k = *saddr;
+fn addr_key(cfg: &Config, v6: bool, saddr: Addr) -> Key16 {
+    let mut a = saddr;
     if v6 && cfg.flags & config::FLAG_V6_FULL == 0 {
         // One /64 is one subscriber: per-address state would be trivially evaded.
-        k[8..].fill(0);
+        a.lo = 0;
     }
-    k
+    a.key()
 }
 
 #[inline(always)]
-fn decide(cfg: &Config, v6: bool, saddr: &[u8; 16], table: u16, rate_limit: bool) -> Outcome {
+fn decide(cfg: &Config, v6: bool, saddr: Addr, table: u16, rate_limit: bool) -> Outcome {
     let rate_limit = rate_limit && cfg.flags & config::FLAG_RATELIMIT != 0;
     if rate_limit || cfg.dyn_entries != 0 {
         let key = addr_key(cfg, v6, saddr);
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_boot_ns() };
-        if rate_limit && !take_token(cfg, &key, now) {
+        if rate_limit && !take_token(cfg, key.get(), now) {
             return Outcome {
                 reason: reason::RATELIMIT,
                 action: action::DROP,
@@ -657,7 +831,7 @@ fn decide(cfg: &Config, v6: bool, saddr: &[u8; 16], table: u16, rate_limit: bool
             };
         }
         if cfg.dyn_entries != 0
-            && let Some(d) = PF_DYNAMIC.get_ptr(key)
+            && let Some(d) = PF_DYNAMIC.get_ptr(key.get())
         {
             // SAFETY: value pointer from the kernel; a concurrent update can at worst give
             // one packet the old or new verdict.
@@ -670,7 +844,7 @@ fn decide(cfg: &Config, v6: bool, saddr: &[u8; 16], table: u16, rate_limit: bool
                 };
             }
             // Expired: remove it here so verdicts age out even with no agent running.
-            let _ = PF_DYNAMIC.remove(key);
+            let _ = PF_DYNAMIC.remove(key.get());
         }
     }
     let act = verdict::action(table);
@@ -747,15 +921,17 @@ fn event_token(cfg: &Config) -> bool {
 /// A pure ACK to a judged port: reports its source once if nothing judged it, within the
 /// event budget. An ACK means a handshake completed, so spoofed sources never get here.
 #[inline(always)]
-fn first_contact(ctx: &XdpContext, v6: bool, saddr: &[u8; 16], dport: u16) {
+fn first_contact(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) {
     let Some(cfg) = PF_CONFIG.get(0) else {
         return;
     };
-    if verdict::action(table_lookup(v6, saddr)) != action::NONE || PF_SEEN.get_ptr(saddr).is_some()
+    let seen = saddr.key();
+    if verdict::action(table_lookup(v6, saddr)) != action::NONE
+        || PF_SEEN.get_ptr(seen.get()).is_some()
     {
         return;
     }
-    if cfg.dyn_entries != 0 && PF_DYNAMIC.get_ptr(addr_key(cfg, v6, saddr)).is_some() {
+    if cfg.dyn_entries != 0 && PF_DYNAMIC.get_ptr(addr_key(cfg, v6, saddr).get()).is_some() {
         return;
     }
     // Over budget: not marked seen either, so it is reported on a later ACK.
@@ -764,7 +940,7 @@ fn first_contact(ctx: &XdpContext, v6: bool, saddr: &[u8; 16], dport: u16) {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Err(e) = PF_SEEN.insert(saddr, now, 0) {
+    if let Err(e) = PF_SEEN.insert(seen.get(), now, 0) {
         debug!(ctx, "first-seen table insert failed: {}", e);
     }
     let out = Outcome {
@@ -778,14 +954,14 @@ fn first_contact(ctx: &XdpContext, v6: bool, saddr: &[u8; 16], dport: u16) {
 /// Writes one event without waking the reader (it polls on a timer), unless the ring is
 /// filling up: a wake-up per event would cost more than the packet's verdict.
 #[inline(always)]
-fn emit(ctx: &XdpContext, kind: u8, v6: bool, saddr: &[u8; 16], dport: u16, out: &Outcome) {
+fn emit(ctx: &XdpContext, kind: u8, v6: bool, saddr: Addr, dport: u16, out: &Outcome) {
     let slot = match PF_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
             // SAFETY: helper without arguments.
             let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
             e.write(Event {
                 ts_ns,
-                addr: *saddr,
+                addr: *saddr.key().get(),
                 kind,
                 action: out.action,
                 reason: out.reason,
@@ -833,6 +1009,12 @@ fn sum_words(b: &[u8]) -> u64 {
     s
 }
 
+/// Sum of the four big-endian 16-bit words of a host-order u64.
+#[inline(always)]
+fn sum64(x: u64) -> u64 {
+    (x >> 48) + ((x >> 32) & 0xffff) + ((x >> 16) & 0xffff) + (x & 0xffff)
+}
+
 /// Rewrites the SYN in place into a RST+ACK back to its sender (XDP_TX), keeping the
 /// Ethernet header and VLAN tags, dropping IP options, extension headers and TCP options.
 #[inline(always)]
@@ -866,26 +1048,29 @@ fn send_reset(ctx: &XdpContext, syn: &Syn) -> Result<(), ()> {
         core::ptr::write_unaligned(p.add(6) as *mut [u8; 6], dst);
         let ip = p.add(l3);
         if syn.v6 {
-            sum += sum_words(&syn.saddr) + sum_words(&syn.daddr);
+            sum += sum64(syn.saddr.hi)
+                + sum64(syn.saddr.lo)
+                + sum64(syn.daddr.hi)
+                + sum64(syn.daddr.lo);
             let mut h = [0u8; 8];
             h[0] = 0x60;
             h[4..6].copy_from_slice(&20u16.to_be_bytes());
             h[6] = IPPROTO_TCP;
             h[7] = 64;
             core::ptr::write_unaligned(ip as *mut [u8; 8], h);
-            core::ptr::write_unaligned(ip.add(8) as *mut [u8; 16], syn.daddr);
-            core::ptr::write_unaligned(ip.add(24) as *mut [u8; 16], syn.saddr);
+            core::ptr::write_unaligned(ip.add(8) as *mut [u8; 16], *syn.daddr.key().get());
+            core::ptr::write_unaligned(ip.add(24) as *mut [u8; 16], *syn.saddr.key().get());
         } else {
-            let (s4, d4) = (&syn.saddr[12..16], &syn.daddr[12..16]);
-            sum += sum_words(s4) + sum_words(d4);
+            let (s4, d4) = (syn.saddr.v4_addr(), syn.daddr.v4_addr());
+            sum += sum64(s4 as u64) + sum64(d4 as u64);
             let mut h = [0u8; 20];
             h[0] = 0x45;
             h[2..4].copy_from_slice(&40u16.to_be_bytes());
             h[6] = 0x40; // DF
             h[8] = 64;
             h[9] = IPPROTO_TCP;
-            h[12..16].copy_from_slice(d4);
-            h[16..20].copy_from_slice(s4);
+            h[12..16].copy_from_slice(&d4.to_be_bytes());
+            h[16..20].copy_from_slice(&s4.to_be_bytes());
             let c = fold(sum_words(&h));
             h[10..12].copy_from_slice(&c.to_be_bytes());
             core::ptr::write_unaligned(ip as *mut [u8; 20], h);

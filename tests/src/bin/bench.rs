@@ -800,7 +800,15 @@ fn main() -> ExitCode {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
 
     let quick = std::env::args().any(|a| a == "--quick");
-    let tables: Vec<Table> = if quick {
+    // `--table N` (an index into TABLES) measures that table alone, for a quick look.
+    let only = std::env::args()
+        .skip_while(|a| a != "--table")
+        .nth(1)
+        .and_then(|n| n.parse::<usize>().ok());
+    let tables: Vec<Table> = if let Some(i) = only {
+        ROUNDS.store(5, std::sync::atomic::Ordering::Relaxed);
+        TABLES[i.min(TABLES.len() - 1)..=i.min(TABLES.len() - 1)].to_vec()
+    } else if quick {
         ROUNDS.store(5, std::sync::atomic::Ordering::Relaxed);
         TABLES[2..].to_vec()
     } else {
@@ -818,6 +826,7 @@ fn main() -> ExitCode {
         eprintln!("bench: table {}...", label(t));
         sized.push(bench_table(t, &settings, floor1));
     }
+    let quick = quick || only.is_some();
     let (log, sizes) = if quick {
         (Vec::new(), [(0, 0); 2])
     } else {
