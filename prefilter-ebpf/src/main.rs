@@ -596,13 +596,19 @@ fn v4_lookup(a: u32) -> u16 {
     let Some(chunk) = PF_V4_TBL24.get(a >> 16) else {
         return 0;
     };
-    let e = chunk[((a >> 8) & 0xff) as usize];
+    let e64 = chunk[((a >> 8) & 0xff) as usize];
+    let e = e64 as u32;
     if e & v4::EXT == 0 {
         return e as u16;
     }
     let o = a as u8;
     if e & v4::HOST != 0 {
-        return if (e >> 16) as u8 == o { e as u16 } else { 0 };
+        if (e >> 16) as u8 == o {
+            return e as u16;
+        }
+        // The second host, or none (all zero: verdict 0).
+        let h = (e64 >> 32) as u32;
+        return if (h >> 16) as u8 == o { h as u16 } else { 0 };
     }
     let Some(g) = PF_V4_GROUPS.get(e & v4::GROUP_MASK) else {
         return 0;

@@ -206,6 +206,11 @@ pub fn xdp_return_program(action: u8, name: &str) -> std::io::Result<OwnedFd> {
         u64::from_le_bytes([0xb7, 0, 0, 0, action, 0, 0, 0]),
         u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
     ];
+    xdp_insns_program(&insns, name)
+}
+
+/// Loads an XDP program of raw instructions (as little-endian u64s) named `name`.
+pub fn xdp_insns_program(insns: &[u64], name: &str) -> std::io::Result<OwnedFd> {
     let license = c"GPL";
     #[repr(C)]
     #[derive(Default)]

@@ -650,7 +650,7 @@ fn corrupt_tbl24(lab: &Lab, addr: Ipv4Addr, value: u32) {
     let a = u32::from(addr);
     let (chunk, slot) = (a >> 16, ((a >> 8) & 0xff) as usize);
     let mut c = tbl.get(&chunk, 0).expect("read the chunk");
-    c[slot] = value;
+    c[slot] = u64::from(value);
     tbl.set(chunk, c, 0).expect("write the chunk");
 }
 

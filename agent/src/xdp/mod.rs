@@ -215,7 +215,11 @@ impl Filter {
             .try_into()?;
         prog.load()?;
 
-        let tbl24 = mmap_of(&ebpf, v4::TBL24, (v4::TBL24_CHUNKS as usize) << 10)?;
+        let tbl24 = mmap_of(
+            &ebpf,
+            v4::TBL24,
+            (v4::TBL24_CHUNKS as usize) * size_of::<v4::Chunk24>(),
+        )?;
         let slots = v4::group_slots(opts.v4_long_groups);
         let groups = mmap_of(&ebpf, v4::GROUPS, slots as usize * size_of::<v4::Group>())?;
         let runs = mmap_of(

@@ -6,7 +6,7 @@ fn table_with(groups: u32, spare: u32) -> V4Table {
     let slots = groups + spare;
     let runs = v4::runs_entries(groups);
     V4Table::new(
-        Mmap::anonymous(1 << 26).unwrap(),
+        Mmap::anonymous((v4::TBL24_CHUNKS as usize) * size_of::<v4::Chunk24>()).unwrap(),
         Mmap::anonymous(slots as usize * size_of::<v4::Group>()).unwrap(),
         Mmap::anonymous(runs as usize * size_of::<v4::Runs>()).unwrap(),
         groups,
@@ -76,11 +76,13 @@ fn group_encoding_round_trips() {
         Case { name: "empty /24", leaf: 0, spans: &[], expected: Content::Leaf(0) },
         Case { name: "uniform /24", leaf: D, spans: &[], expected: Content::Leaf(D) },
         Case { name: "long rule equal to its leaf", leaf: D, spans: &[(0, 128, D)], expected: Content::Leaf(D) },
-        Case { name: "lone host, first octet", leaf: 0, spans: &[(0, 1, D)], expected: Content::Host(0, D) },
-        Case { name: "lone host, middle", leaf: 0, spans: &[(77, 1, R)], expected: Content::Host(77, R) },
-        Case { name: "lone host, last octet", leaf: 0, spans: &[(255, 1, D)], expected: Content::Host(255, D) },
+        Case { name: "lone host, first octet", leaf: 0, spans: &[(0, 1, D)], expected: Content::Hosts(0, D, None) },
+        Case { name: "lone host, middle", leaf: 0, spans: &[(77, 1, R)], expected: Content::Hosts(77, R, None) },
+        Case { name: "lone host, last octet", leaf: 0, spans: &[(255, 1, D)], expected: Content::Hosts(255, D, None) },
         Case { name: "host in a listed /24", leaf: D, spans: &[(77, 1, A)], expected: Content::Runs(or(or(bit(0), bit(77)), bit(78)), vec![D, A, D]) },
-        Case { name: "two hosts", leaf: 0, spans: &[(1, 1, D), (2, 1, D)], expected: Content::Runs(or(or(bit(0), bit(1)), bit(3)), vec![0, D, 0]) },
+        Case { name: "two hosts", leaf: 0, spans: &[(1, 1, D), (2, 1, D)], expected: Content::Hosts(1, D, Some((2, D))) },
+        Case { name: "two hosts, first and last octet", leaf: 0, spans: &[(0, 1, R), (255, 1, D)], expected: Content::Hosts(0, R, Some((255, D))) },
+        Case { name: "three hosts", leaf: 0, spans: &[(1, 1, D), (2, 1, D), (9, 1, D)], expected: Content::Runs(or(or(bit(0), bit(1)), or(bit(3), or(bit(9), bit(10)))), vec![0, D, 0, D, 0]) },
         Case { name: "/25 low half", leaf: 0, spans: &[(0, 128, D)], expected: Content::Runs(or(bit(0), bit(128)), vec![D, 0]) },
         Case { name: "/31 across a word edge", leaf: 0, spans: &[(62, 2, D), (64, 2, R)], expected: Content::Runs(or(or(bit(0), bit(62)), or(bit(64), bit(66))), vec![0, D, R, 0]) },
         Case { name: "hosts on every word edge", leaf: R, spans: &[(63, 1, D), (127, 2, D), (191, 1, A), (255, 1, D)], expected: Content::Runs(or(or(or(bit(0), bit(63)), or(bit(64), bit(127))), or(or(bit(129), bit(191)), or(bit(192), bit(255)))), vec![R, D, R, D, R, A, R, D]) },
@@ -95,13 +97,11 @@ fn group_encoding_round_trips() {
         for o in 0..=255u8 {
             let v = match &got {
                 Content::Leaf(v) => *v,
-                Content::Host(h, v) => {
-                    if *h == o {
-                        *v
-                    } else {
-                        0
-                    }
-                }
+                Content::Hosts(h, v, second) => match second {
+                    _ if *h == o => *v,
+                    Some((h2, v2)) if *h2 == o => *v2,
+                    _ => 0,
+                },
                 Content::Runs(bits, runs) => decode(bits, runs, o),
             };
             assert_eq!(v, arr[o as usize], "{}: octet {o}", c.name);
@@ -294,9 +294,11 @@ fn lone_hosts_need_no_group_and_groups_share_their_runs() {
 fn a_rewritten_group_goes_to_a_fresh_slot() {
     let d = verdict::pack(action::DROP, 1);
     let mut t = table_with(2, 4);
-    t.set(0x0a00_0001, 32, Kind::Block, d).unwrap();
-    t.set(0x0a00_0002, 32, Kind::Block, d).unwrap();
-    let slot = |t: &V4Table| t.t24()[0x0a0000].load(Ordering::Relaxed) & v4::GROUP_MASK;
+    // Three hosts: two would fit in the TBL24 entry.
+    for o in [1, 2, 13] {
+        t.set(0x0a00_0000 | o, 32, Kind::Block, d).unwrap();
+    }
+    let slot = |t: &V4Table| t.t24()[0x0a0000].load(Ordering::Relaxed) as u32 & v4::GROUP_MASK;
     let mut seen = vec![slot(&t)];
     // Each change writes a new group; the old slot is reused only after every other.
     for o in 3..12u32 {
@@ -315,16 +317,19 @@ fn a_rewritten_group_goes_to_a_fresh_slot() {
 #[test]
 fn full_group_table_is_an_error_and_changes_nothing() {
     let mut t = table(1);
-    t.set(0x0a00_0001, 32, Kind::Block, 0x2001).unwrap();
-    t.set(0x0a00_0002, 32, Kind::Block, 0x2001).unwrap();
-    // A lone host needs no group.
+    for o in 1..=3 {
+        t.set(0x0a00_0000 | o, 32, Kind::Block, 0x2001).unwrap();
+    }
+    // One or two hosts need no group.
     t.set(0x0b00_0001, 32, Kind::Block, 0x2001).unwrap();
-    let err = t.set(0x0b00_0002, 32, Kind::Block, 0x2001).unwrap_err();
+    t.set(0x0b00_0002, 32, Kind::Block, 0x2001).unwrap();
+    let err = t.set(0x0b00_0003, 32, Kind::Block, 0x2001).unwrap_err();
     assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
-    assert_eq!(t.len(Kind::Block), 3);
-    assert_eq!(t.lookup(0x0b00_0002), 0);
+    assert_eq!(t.len(Kind::Block), 5);
+    assert_eq!(t.lookup(0x0b00_0003), 0);
     assert_eq!(t.lookup(0x0b00_0001), 0x2001);
-    assert_eq!(t.rules().count(), 3);
+    assert_eq!(t.lookup(0x0b00_0002), 0x2001);
+    assert_eq!(t.rules().count(), 5);
 }
 
 #[test]
@@ -334,13 +339,14 @@ fn a_short_rule_that_needs_a_group_in_a_full_table_is_undone() {
         verdict::pack(action::RESET, 2),
     );
     let mut t = table(1);
-    t.set(0x0a00_0001, 32, Kind::Block, d).unwrap();
-    t.set(0x0a00_0002, 32, Kind::Block, d).unwrap();
+    for o in 1..=3 {
+        t.set(0x0a00_0000 | o, 32, Kind::Block, d).unwrap();
+    }
     t.set(0x0b00_0001, 32, Kind::Block, d).unwrap();
     // The /24 around the lone host would need a group (reset, drop, reset): none is left.
     let err = t.set(0x0b00_0000, 24, Kind::Block, r).unwrap_err();
     assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
-    assert_eq!(t.rules().count(), 3);
+    assert_eq!(t.rules().count(), 4);
     assert_eq!(t.lookup(0x0b00_0001), d);
     assert_eq!(t.lookup(0x0b00_0005), 0);
     // A covering rule that changes nothing inside a group still applies.
