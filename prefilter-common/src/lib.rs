@@ -10,7 +10,7 @@
 pub const ABI_VERSION: u32 = 3;
 
 /// Name of the XDP program function; it carries the ABI so `bpftool prog` shows it too.
-pub const PROG_NAME: &str = "prefilter_v2";
+pub const PROG_NAME: &str = "prefilter_v3";
 
 /// Verdict actions, as stored in map values and used as counter indices.
 pub mod action {

@@ -427,7 +427,7 @@ struct Outcome {
 #[xdp]
 // Inlined into the section's entry point: a BPF-to-BPF call per packet costs a frame setup.
 #[inline(always)]
-pub fn prefilter_v2(ctx: XdpContext) -> u32 {
+pub fn prefilter_v3(ctx: XdpContext) -> u32 {
     let out = match fast(&ctx) {
         Some(out) => out,
         None => general(&ctx),

@@ -353,7 +353,9 @@ fn bench_table(table: Table, settings: &Settings, floor1: f64) -> Sized {
             (v4, h)
         }
     };
-    let v6 = random_v6(&mut rng, n6 - 1);
+    let mut v6 = random_v6(&mut rng, n6 - 1);
+    // In the order the daemon applies IPv6 changes: by length, then address.
+    v6.sort_unstable_by_key(|&(a, l)| (l, a));
     let drop = verdict::pack(action::DROP, 1);
     let reset = verdict::pack(action::RESET, 2);
 

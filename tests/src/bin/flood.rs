@@ -1700,9 +1700,9 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
          client shares the veth with the flood, so a full ring drops its SYNs too (a 1 s \
          retransmit, past its timeout); the XDP drop-all floor drops it by design. \
          *XDP read one byte, drop* reads the frame's source address and drops: the floor of \
-         any filter that looks at the packet. Its BPF ns/run over drop-all's is the cache miss \
-         on the frame itself (written on the sender's CPU), which a NIC's DMA into the cache \
-         would mostly spare; a filter's own cost is best read above that floor.\n"
+         any filter that looks at the packet. When its BPF ns/run matches drop-all's, the \
+         frame was already in cache, and what a filter costs above the floor is its own work \
+         and its tables' cache and TLB misses.\n"
     );
     let _ = writeln!(
         o,
