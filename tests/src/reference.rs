@@ -361,6 +361,12 @@ impl Prefixes {
             .copied()
     }
 
+    /// Removes a rule.
+    pub fn remove(&mut self, net: u128, len: u8, kind: Kind) {
+        self.rules
+            .retain(|r| !(r.net == net && r.len == len && r.kind == kind));
+    }
+
     /// Sets (or replaces) a rule.
     pub fn set(&mut self, net: u128, len: u8, kind: Kind, verdict: u16) {
         let net = if len == 0 {
@@ -863,6 +869,19 @@ impl Rig {
     /// Adds a block prefix with `act` from list `list`.
     pub fn block(&mut self, c: &str, act: u8, list: u16) {
         self.prefix(c, Kind::Block, verdict::pack(act, list));
+    }
+
+    /// Removes an IPv4 block prefix (given exactly as it was added).
+    pub fn unblock_v4(&mut self, c: &str) {
+        let (addr, len) = cidr(c);
+        let IpAddr::V4(a) = addr else {
+            panic!("{c}: not IPv4");
+        };
+        assert!(
+            self.filter.v4.remove(u32::from(a), len, AgentKind::Block),
+            "{c} was not in the table"
+        );
+        self.model.v4.remove(addr_u128(addr), len, Kind::Block);
     }
 
     /// Adds an allow prefix.

@@ -826,6 +826,71 @@ fn truncations() {
     run_table("truncations", &mut rig, &cases);
 }
 
+/// Hosts of one otherwise unlisted /24: one or two sit in the /24's own TBL24 entry (the
+/// second in its high half), a third moves them all to a group, and removing hosts moves
+/// them back. Octet 0 is probed and listed on purpose: an empty second slot reads as
+/// octet 0 with no verdict.
+#[test]
+fn hosts_sharing_a_24() {
+    let _one = privileged();
+    let mut rig = Rig::load();
+    let block = |a| judged(reason::BLOCK, a);
+    let probe = |label: &str, expect: [(&'static str, Expected); 5]| -> Vec<Case> {
+        expect
+            .into_iter()
+            .map(|(src, e)| case(format!("{label}: {src}"), syn(src, 25).build(), e))
+            .collect()
+    };
+    rig.block("198.51.100.7", action::DROP, 1);
+    let one = probe(
+        "one host",
+        [
+            ("198.51.100.7", block(action::DROP)),
+            ("198.51.100.0", NO_MATCH),
+            ("198.51.100.200", NO_MATCH),
+            ("198.51.100.8", NO_MATCH),
+            ("198.51.101.7", NO_MATCH),
+        ],
+    );
+    run_table("hosts_sharing_a_24 (one)", &mut rig, &one);
+    rig.block("198.51.100.200", action::RESET, 2);
+    let two = probe(
+        "two hosts",
+        [
+            ("198.51.100.7", block(action::DROP)),
+            ("198.51.100.200", block(action::RESET)),
+            ("198.51.100.0", NO_MATCH),
+            ("198.51.100.8", NO_MATCH),
+            ("198.51.100.199", NO_MATCH),
+        ],
+    );
+    run_table("hosts_sharing_a_24 (two)", &mut rig, &two);
+    rig.block("198.51.100.0", action::DROP, 3);
+    let three = probe(
+        "three hosts (a group)",
+        [
+            ("198.51.100.7", block(action::DROP)),
+            ("198.51.100.200", block(action::RESET)),
+            ("198.51.100.0", block(action::DROP)),
+            ("198.51.100.8", NO_MATCH),
+            ("198.51.100.255", NO_MATCH),
+        ],
+    );
+    run_table("hosts_sharing_a_24 (three)", &mut rig, &three);
+    rig.unblock_v4("198.51.100.7");
+    let back = probe(
+        "back to two, one at octet 0",
+        [
+            ("198.51.100.0", block(action::DROP)),
+            ("198.51.100.200", block(action::RESET)),
+            ("198.51.100.7", NO_MATCH),
+            ("198.51.100.1", NO_MATCH),
+            ("198.51.100.201", NO_MATCH),
+        ],
+    );
+    run_table("hosts_sharing_a_24 (back to two)", &mut rig, &back);
+}
+
 #[test]
 fn policy_order() {
     let _one = privileged();
