@@ -1275,50 +1275,39 @@ impl Drop for Nft<'_> {
     }
 }
 
-/// `return XDP_DROP` on the receiving veth (native), held by a BPF link: the floor.
-struct DropAll {
+/// A raw XDP program on the receiving veth (native), held by a BPF link: the floors,
+/// [`xdp_drop_program`] and [`xdp_read_drop_program`].
+struct Floor {
     _link: OwnedFd,
+    label: &'static str,
 }
 
-impl DropAll {
-    fn setup(lab: &Lab) -> Result<Self, String> {
-        let prog = xdp_drop_program().map_err(|e| format!("load xdp_drop_all: {e}"))?;
+impl Floor {
+    fn drop_all(lab: &Lab) -> Result<Self, String> {
+        Self::setup(lab, xdp_drop_program(), "XDP drop-all (floor)")
+    }
+
+    fn read_drop(lab: &Lab) -> Result<Self, String> {
+        Self::setup(lab, xdp_read_drop_program(), "XDP read one byte, drop")
+    }
+
+    fn setup(
+        lab: &Lab,
+        prog: std::io::Result<OwnedFd>,
+        label: &'static str,
+    ) -> Result<Self, String> {
+        let prog = prog.map_err(|e| format!("load {label}: {e}"))?;
         let link = lab
             .mx
             .attach_xdp_native(&prog, &lab.mx_if)
-            .map_err(|e| format!("attach: {e}"))?;
-        Ok(Self { _link: link })
+            .map_err(|e| format!("attach {label}: {e}"))?;
+        Ok(Self { _link: link, label })
     }
 }
 
-impl Contender for DropAll {
+impl Contender for Floor {
     fn label(&self) -> String {
-        "XDP drop-all (floor)".into()
-    }
-    fn is_xdp(&self) -> bool {
-        true
-    }
-}
-
-/// [`xdp_read_drop_program`] on the receiving veth (native): the floor of reading the frame.
-struct ReadDrop {
-    _link: OwnedFd,
-}
-
-impl ReadDrop {
-    fn setup(lab: &Lab) -> Result<Self, String> {
-        let prog = xdp_read_drop_program().map_err(|e| format!("load xdp_read_drop: {e}"))?;
-        let link = lab
-            .mx
-            .attach_xdp_native(&prog, &lab.mx_if)
-            .map_err(|e| format!("attach: {e}"))?;
-        Ok(Self { _link: link })
-    }
-}
-
-impl Contender for ReadDrop {
-    fn label(&self) -> String {
-        "XDP read one byte, drop".into()
+        self.label.into()
     }
     fn is_xdp(&self) -> bool {
         true
@@ -1487,11 +1476,11 @@ fn run_all(plan: &Plan, res: &mut Results) {
         standard_floods(res, &lab, &NoFilter, &cfgs, plan, true, true);
     });
     guarded(res, "XDP drop-all", |res| {
-        let c = DropAll::setup(&lab).expect("XDP drop-all");
+        let c = Floor::drop_all(&lab).expect("XDP drop-all");
         standard_floods(res, &lab, &c, &cfgs, plan, true, true);
     });
     guarded(res, "XDP read-drop", |res| {
-        let c = ReadDrop::setup(&lab).expect("XDP read-drop");
+        let c = Floor::read_drop(&lab).expect("XDP read-drop");
         standard_floods(res, &lab, &c, &cfgs, plan, true, false);
     });
     for mode in ["native", "skb"] {
@@ -1544,7 +1533,7 @@ fn run_all(plan: &Plan, res: &mut Results) {
         v6_floods(res, &lab, &NoFilter, &cfgs6, plan);
     });
     guarded(res, "XDP drop-all v6", |res| {
-        let c = DropAll::setup(&lab).expect("XDP drop-all");
+        let c = Floor::drop_all(&lab).expect("XDP drop-all");
         v6_floods(res, &lab, &c, &cfgs6, plan);
     });
     for mode in ["native", "skb"] {
