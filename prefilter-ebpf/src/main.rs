@@ -543,14 +543,8 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
     }
     let mut out = verdict_for(ctx, v6, saddr, dport);
     // A reset needs the whole SYN: parsed again, which only refusals by reset pay for.
-    if out.action == action::RESET {
-        let sent = match parse(ctx) {
-            Ok(syn) => send_reset(ctx, &syn).is_ok(),
-            Err(_) => false,
-        };
-        if !sent {
-            out.action = action::DROP;
-        }
+    if out.action == action::RESET && !parse(ctx).is_ok_and(|syn| send_reset(ctx, &syn).is_ok()) {
+        out.action = action::DROP;
     }
     Some(out)
 }
