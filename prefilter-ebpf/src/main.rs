@@ -451,9 +451,10 @@ pub fn prefilter_v3(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The common frames in one pass: an untagged IPv4 SYN without IP options, or an untagged
-/// IPv6 SYN without extension headers, to a judged port. None for anything else, which the
-/// general parser takes; for the frames it takes, the outcome is the general path's. It
+/// The common frames in one pass: untagged IPv4 without IP options or untagged IPv6 without
+/// extension headers, carrying a SYN to a judged port (judged) or any other TCP segment
+/// (passed; a pure ACK may be a first contact). None for anything else, which the general
+/// parser takes; for the frames it takes, the outcome is the general path's. It
 /// exists because the verifier inlines array lookups but LLVM sees each as a call and spills
 /// every value live across it: the general parser keeps the whole header live and spent
 /// more on spills than on judging.
@@ -528,7 +529,29 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
             u16::from_be_bytes([b(2), b(3)]),
         )
     };
-    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN || doff < 20 || l4 + doff > end {
+    let masked = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+    if masked != TCP_SYN {
+        // ACKs and data segments, most of an MX's frames: finished here with what was read
+        // rather than parsed again. A short TCP header goes on to the general parser,
+        // which names it.
+        if l4 + 20 > end {
+            return None;
+        }
+        if masked == TCP_ACK
+            && PF_CONFIG
+                .get(0)
+                .is_some_and(|c| c.flags & config::FLAG_FIRST_SEEN != 0)
+            && PF_PORTS.get(dport as u32).is_some_and(|&j| j != 0)
+        {
+            first_contact(ctx, v6, saddr, dport);
+        }
+        return Some(Outcome {
+            reason: reason::NOT_JUDGED,
+            action: action::PASS,
+            list_id: 0,
+        });
+    }
+    if doff < 20 || l4 + doff > end {
         return None;
     }
     match PF_PORTS.get(dport as u32) {
