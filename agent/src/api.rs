@@ -120,9 +120,11 @@ pub struct ImportParams {
     pub format: Option<String>,
     /// Replace the whole list instead of adding to it.
     pub replace: bool,
+    /// The body is a difference (`diff -u old new`): `+` lines added, `-` lines removed.
+    pub patch: bool,
     /// Apply nothing if any line is bad.
     pub strict: bool,
-    /// Allow `replace` to empty the list or shrink it past the configured share.
+    /// Allow `replace` or `patch` to empty the list or shrink it past the configured share.
     pub force: bool,
 }
 
@@ -149,6 +151,7 @@ impl ImportParams {
         }
         for (k, on) in [
             ("replace", self.replace),
+            ("patch", self.patch),
             ("strict", self.strict),
             ("force", self.force),
         ] {
@@ -168,6 +171,7 @@ impl ImportParams {
             action: text("action"),
             format: text("format"),
             replace: flag("replace"),
+            patch: flag("patch"),
             strict: flag("strict"),
             force: flag("force"),
         }
@@ -211,11 +215,20 @@ pub struct ImportResult {
     pub applied: usize,
     pub table_changes: usize,
     pub replaced: bool,
+    /// A `patch`: `applied` counts its `+` entries, `removed` the `-` ones that were listed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patched: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub removed: usize,
     /// Every bad line, skipped.
     pub errors: Vec<BadLine>,
     /// Lines that are valid but not listings (an rbldnsd entry under a DNSBL error code).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<BadLine>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `POST /v1/reload`.
@@ -455,6 +468,7 @@ mod tests {
             action: Some("reset".into()),
             format: None,
             replace: true,
+            patch: true,
             strict: false,
             force: true,
         };

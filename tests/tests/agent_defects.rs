@@ -213,6 +213,98 @@ fn replace_import_that_would_empty_a_list_needs_force() {
     assert_eq!(prefixes_in(&d, "l1"), host_set(&ten_ref[..4]));
 }
 
+/// `block import --patch`: an update sent as a difference. A patch as `diff -u` prints it
+/// adds its `+` lines and removes its `-` lines, ignoring headers and context; a bad line
+/// is named by its line in the patch and the others still apply; what is not a patch, an
+/// rbldnsd zone, and a patch with `--replace` are refused with nothing changed; a patch
+/// that would remove most of the list trips the shrink guard like a replacement does.
+#[test]
+fn patch_import_applies_a_difference() {
+    require_root();
+    let lab = Lab::new();
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    let ten: Vec<String> = (10..20).map(|i| format!("198.51.100.{i}")).collect();
+    let ten_ref: Vec<&str> = ten.iter().map(String::as_str).collect();
+    let full = file(&d, "ten.txt", &(ten.join("\n") + "\n"));
+    d.cli_ok(&["block", "import", &full, "--list", "l1"]);
+
+    let patch = file(
+        &d,
+        "l1.diff",
+        "--- ten.txt\n\
+         +++ ten-new.txt\n\
+         @@ -1,3 +1,4 @@\n\
+         \x20198.51.100.10\n\
+         -198.51.100.11\n\
+         +198.51.100.40\n\
+         +not-an-address\n\
+         +198.51.100.41 # a comment\n\
+         -198.51.100.99\n",
+    );
+    let out = d.cli(&["block", "import", &patch, "--list", "l1", "--patch"]);
+    assert_eq!(out.code, 0, "{}", out.both());
+    assert!(
+        out.stdout
+            .contains("patched list l1: 2 entries added or updated, 1 removed"),
+        "{}",
+        out.both()
+    );
+    assert!(
+        out.stderr.contains("line 7:") && out.stderr.contains("not-an-address"),
+        "the bad line is named by its line in the patch: {}",
+        out.both()
+    );
+    let mut want: Vec<&str> = ten_ref
+        .iter()
+        .copied()
+        .filter(|a| *a != "198.51.100.11")
+        .collect();
+    want.extend(["198.51.100.40", "198.51.100.41"]);
+    assert_eq!(prefixes_in(&d, "l1"), host_set(&want));
+    assert_eq!(d.check("198.51.100.11")["verdict"], "pass");
+    assert_eq!(d.check("198.51.100.40")["verdict"], "drop");
+
+    // A whole list sent as a patch by mistake.
+    refused(
+        &d,
+        &["block", "import", &full, "--list", "l1", "--patch"],
+        &["no line starts with + or -"],
+    );
+    let zone = file(&d, "zone.diff", "+:127.0.0.2:listed\n+198.51.100.50\n");
+    refused(
+        &d,
+        &[
+            "block", "import", &zone, "--list", "l1", "--patch", "--format", "rbldnsd",
+        ],
+        &["not rbldnsd"],
+    );
+    refused(
+        &d,
+        &[
+            "block",
+            "import",
+            &patch,
+            "--list",
+            "l1",
+            "--patch",
+            "--replace",
+        ],
+        &["--replace"],
+    );
+    // A patch against a truncated download removes nearly everything: refused unless forced.
+    let gone: String = want.iter().skip(1).map(|a| format!("-{a}\n")).collect();
+    let wipe = file(&d, "wipe.diff", &gone);
+    refused(
+        &d,
+        &["block", "import", &wipe, "--list", "l1", "--patch"],
+        &["would remove 10 of 11", "--force"],
+    );
+    d.cli_ok(&[
+        "block", "import", &wipe, "--list", "l1", "--patch", "--force",
+    ]);
+    assert_eq!(prefixes_in(&d, "l1"), host_set(&want[..1]));
+}
+
 // ---------------------------------------------------------------------------------------
 // b. Chunked request bodies on the control socket
 // ---------------------------------------------------------------------------------------

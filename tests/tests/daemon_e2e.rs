@@ -669,6 +669,77 @@ fn import_one_million_prefixes() {
     lab.assert_connects(&listener, CLEAN4.into(), "clean source, 1M list loaded");
     lab.assert_dropped(&listener, BIG4.into(), SHORT_TIMEOUT, "member of list big");
 
+    // A 1% update as a patch: 10,000 entries out (BIG4 among them), 10,000 new ones in.
+    let fmt = |&(a, len): &(u32, u8)| {
+        if len == 32 {
+            Ipv4Addr::from(a).to_string()
+        } else {
+            format!("{}/{len}", Ipv4Addr::from(a))
+        }
+    };
+    let out_of: Vec<(u32, u8)> = set
+        .iter()
+        .filter(|&&e| e != (u32::from(BIG4), 32))
+        .take(9_999)
+        .copied()
+        .chain([(u32::from(BIG4), 32)])
+        .collect();
+    let mut rng = Rng(0x5eed_9999);
+    let mut fresh = HashSet::new();
+    while fresh.len() < 10_000 {
+        let a = rng.next() as u32;
+        if !touches_lab(a, 32) && !set.contains(&(a, 32)) {
+            fresh.insert((a, 32u8));
+        }
+    }
+    let mut patch = String::from("--- big.txt\n+++ big-next.txt\n");
+    for e in &out_of {
+        let _ = writeln!(patch, "-{}", fmt(e));
+    }
+    for e in &fresh {
+        let _ = writeln!(patch, "+{}", fmt(e));
+    }
+    let patch_file = d.dir.join("big.diff");
+    std::fs::write(&patch_file, patch).unwrap();
+    let out = d.cli(&[
+        "block",
+        "import",
+        patch_file.to_str().unwrap(),
+        "--list",
+        "big",
+        "--patch",
+    ]);
+    assert_eq!(out.code, 0, "import --patch: {}", out.both());
+    assert!(
+        out.stdout
+            .contains("patched list big: 10000 entries added or updated, 10000 removed"),
+        "{}",
+        out.both()
+    );
+    eprintln!(
+        "a 1% patch of the 1M list through the CLI in {:?}",
+        out.took
+    );
+    assert_eq!(list_entries(&d.status(), "big"), Some(N as u64));
+    assert_tables_match_store(&d);
+    lab.assert_connects(&listener, BIG4.into(), "patched out of list big");
+    let back = d.dir.join("back.diff");
+    std::fs::write(&back, "+198.51.100.77\n").unwrap();
+    d.cli_ok(&[
+        "block",
+        "import",
+        back.to_str().unwrap(),
+        "--list",
+        "big",
+        "--patch",
+    ]);
+    lab.assert_dropped(
+        &listener,
+        BIG4.into(),
+        SHORT_TIMEOUT,
+        "patched back into list big",
+    );
+
     // --replace with ten lines: exactly those remain.
     let small: Vec<String> = [
         "192.0.2.128/25",

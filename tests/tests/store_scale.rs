@@ -133,13 +133,52 @@ fn a_delta_replace_and_a_shrink_survive_a_crash_with_exactly_the_new_content() {
     }
     assert_verified(&d, "after the restart");
 
+    // The next 1% as a patch, made by diff(1) from the two files, then killed again.
+    let mut third: Vec<String> = second[200..].to_vec();
+    third.extend((50_200..50_400).map(class_e24));
+    let f3 = file(&d, "third.txt", &lines(&third));
+    let diff = std::process::Command::new("diff")
+        .args(["-u", &f2, &f3])
+        .output()
+        .expect("diff(1) runs");
+    assert_eq!(diff.status.code(), Some(1), "diff found differences");
+    let p3 = d.dir.join("third.diff");
+    std::fs::write(&p3, &diff.stdout).unwrap();
+    let out = d.cli_ok(&[
+        "block",
+        "import",
+        p3.to_str().unwrap(),
+        "--list",
+        "feed",
+        "--patch",
+    ]);
+    assert!(
+        out.contains("200 entries added or updated, 200 removed"),
+        "{out}"
+    );
+    assert_eq!(prefixes(&d, "feed"), set(&third));
+    assert_verified(&d, "after the patch");
+    d.restart(libc::SIGKILL);
+    let after = listed(&d, "feed");
+    let got: BTreeSet<String> = after.iter().map(|(p, _)| p.clone()).collect();
+    assert!(
+        got == set(&third),
+        "after a crash following a patch the list differs from the patched content"
+    );
+    let kept = &first[1000];
+    assert!(
+        after.iter().any(|(p, c)| p == kept && *c == created_first),
+        "a line the patch did not touch kept its time"
+    );
+    assert_verified(&d, "after the patch and the restart");
+
     // The same list down to ten lines, then killed again.
     let ten: Vec<String> = (60_000..60_010).map(class_e24).collect();
-    let f3 = file(&d, "ten.txt", &lines(&ten));
+    let f4 = file(&d, "ten.txt", &lines(&ten));
     d.cli_ok(&[
         "block",
         "import",
-        &f3,
+        &f4,
         "--list",
         "feed",
         "--replace",
@@ -161,7 +200,9 @@ fn replaced_lines(d: &Daemon, from: usize) -> String {
     log.get(from..)
         .unwrap_or("")
         .lines()
-        .filter(|l| l.contains("list replaced") || l.contains("list imported"))
+        .filter(|l| {
+            l.contains("list replaced") || l.contains("list imported") || l.contains("list patched")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -245,6 +286,23 @@ fn measure_a_million_entries() {
         let t = Instant::now();
         d.cli_ok(&["block", "import", &f, "--list", &list, "--replace"]);
         println!("{kind}: 1% delta replace, CLI wall {:?}", t.elapsed());
+        // The same 1% the other way round, as a patch: 10k lines out, 10k back.
+        let mut patch = String::with_capacity(20_000 * 20);
+        for p in &spare {
+            let _ = writeln!(patch, "-{p}");
+        }
+        for p in &base[..10_000] {
+            let _ = writeln!(patch, "+{p}");
+        }
+        let f = file(&d, &format!("{}-patch.diff", &kind[1..]), &patch);
+        let t = Instant::now();
+        d.cli_ok(&["block", "import", &f, "--list", &list, "--patch"]);
+        println!("{kind}: 1% delta patch, CLI wall {:?}", t.elapsed());
+        assert_eq!(
+            prefixes(&d, &list).len(),
+            n as usize,
+            "{kind}: the patch restored the list's size"
+        );
         let f = file(&d, &format!("{}-ten.txt", &kind[1..]), &lines(&next[..10]));
         let t = Instant::now();
         d.cli_ok(&[

@@ -283,6 +283,7 @@ fn block(client: &Client, out: &mut Out, c: BlockCmd) -> Result<(), CliError> {
                 action: Some(a.action.to_string()),
                 format: a.format,
                 replace: a.replace,
+                patch: a.patch,
                 strict: a.strict,
                 force: a.force,
             };
@@ -290,18 +291,33 @@ fn block(client: &Client, out: &mut Out, c: BlockCmd) -> Result<(), CliError> {
             if a.json {
                 return out.json(&r);
             }
-            out.line(format_args!(
-                "imported {} entries into list {} (format {}, {}{})",
-                r.applied,
-                r.list,
-                r.format,
-                if r.replaced { "replaced" } else { "added" },
-                if r.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} bad lines skipped", r.errors.len())
-                }
-            ))?;
+            if r.patched {
+                out.line(format_args!(
+                    "patched list {}: {} entries added or updated, {} removed (format {}{})",
+                    r.list,
+                    r.applied,
+                    r.removed,
+                    r.format,
+                    if r.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} bad lines skipped", r.errors.len())
+                    }
+                ))?;
+            } else {
+                out.line(format_args!(
+                    "imported {} entries into list {} (format {}, {}{})",
+                    r.applied,
+                    r.list,
+                    r.format,
+                    if r.replaced { "replaced" } else { "added" },
+                    if r.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} bad lines skipped", r.errors.len())
+                    }
+                ))?;
+            }
             // The summary first, then the bad lines on stderr, in order.
             out.flush()?;
             let mut err = std::io::stderr().lock();

@@ -194,6 +194,7 @@ pub struct DelArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("shrinking").args(["replace", "patch"])))]
 pub struct ImportArgs {
     /// File to read, or - for standard input.
     pub file: String,
@@ -207,13 +208,18 @@ pub struct ImportArgs {
     #[arg(long)]
     pub list: Option<String>,
     /// Replace the whole list atomically instead of adding to it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "patch")]
     pub replace: bool,
+    /// FILE is a difference (`diff -u old.txt new.txt`): `+` lines are added, `-` lines
+    /// removed, in one change that costs what it touches, not what the list holds.
+    #[arg(long)]
+    pub patch: bool,
     /// Apply nothing if any line is bad (every bad line is listed).
     #[arg(long)]
     pub strict: bool,
-    /// With --replace: allow emptying the list or shrinking it past the configured share.
-    #[arg(long, requires = "replace")]
+    /// With --replace or --patch: allow emptying the list or shrinking it past the
+    /// configured share.
+    #[arg(long, requires = "shrinking")]
     pub force: bool,
     /// Machine-readable output.
     #[arg(long)]

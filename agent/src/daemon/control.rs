@@ -427,6 +427,9 @@ fn import(d: &Daemon, p: &api::ImportParams, body: &[u8]) -> Answer {
     let act = block_action(p.action.as_deref())?;
     let text = std::str::from_utf8(body)
         .map_err(|e| OpError::bad(format!("the list is not UTF-8 text: {e}")))?;
+    if p.patch {
+        return patch(d, p, list, act, text);
+    }
     let format = match p.format.as_deref() {
         None | Some("auto") => Format::detect(text),
         Some(f) => f.parse::<Format>().map_err(|_| {
@@ -471,8 +474,66 @@ fn import(d: &Daemon, p: &api::ImportParams, body: &[u8]) -> Answer {
         applied,
         table_changes,
         replaced: p.replace,
+        patched: false,
+        removed: 0,
         errors,
         skipped: parsed.skipped.iter().map(api::BadLine::from).collect(),
+    })
+}
+
+/// `import?patch=1`: the body is a difference of the list, applied as one change.
+fn patch(d: &Daemon, p: &api::ImportParams, list: &str, act: u8, text: &str) -> Answer {
+    if p.replace {
+        return Err(OpError::bad("patch and replace exclude each other").into());
+    }
+    let format = match p.format.as_deref() {
+        None | Some("auto") => None,
+        Some(f) => Some(f.parse::<Format>().map_err(|_| {
+            OpError::bad(format!(
+                "unknown format {f:?}: use plain, spamhaus-drop or rbldnsd"
+            ))
+        })?),
+    };
+    let parsed = import::parse_patch(text, format).map_err(OpError::bad)?;
+    let errors: Vec<api::BadLine> = parsed.errors.iter().map(api::BadLine::from).collect();
+    if p.strict && !errors.is_empty() {
+        let first = &parsed.errors[0];
+        return Err(Refusal {
+            status: 422,
+            body: api::ErrorBody {
+                error: format!(
+                    "--strict: {} bad line(s), nothing applied; first: line {}: {}",
+                    errors.len(),
+                    first.line,
+                    first.message
+                ),
+                errors,
+            },
+        });
+    }
+    if list_origin(d, list) == Some(Origin::Config) {
+        return Err(OpError::conflict(format!(
+            "list {list} comes from the config file; import into another name"
+        ))
+        .into());
+    }
+    let applied = parsed.adds.len();
+    let adds = parsed
+        .adds
+        .into_iter()
+        .map(|e| (e.prefix, e.reason))
+        .collect();
+    let (table_changes, removed) = d.patch(list, act, parsed.removes, adds, p.force)?;
+    ok(&api::ImportResult {
+        list: list.to_owned(),
+        format: parsed.format.unwrap_or(Format::Plain).name().to_owned(),
+        applied,
+        table_changes,
+        replaced: false,
+        patched: true,
+        removed,
+        errors,
+        skipped: Vec::new(),
     })
 }
 

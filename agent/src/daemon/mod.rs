@@ -776,6 +776,86 @@ impl Daemon {
         Ok(changes.len())
     }
 
+    /// Applies a difference to imported list `list`: `removes` taken out, then `adds` set
+    /// with action `act`. Costs what it touches, so a 1% update of a million-entry list is a
+    /// few milliseconds, where a replacement plans against the whole list. `force`: skip the
+    /// shrink guard, which a patch made against a truncated download would trip.
+    /// Returns (table changes, entries removed).
+    pub fn patch(
+        &self,
+        list: &str,
+        act: u8,
+        removes: Vec<Prefix>,
+        adds: Vec<(Prefix, Option<String>)>,
+        force: bool,
+    ) -> Result<(usize, usize), OpError> {
+        let started = Instant::now();
+        let at = store::now();
+        let mut st = self.lock();
+        if !force {
+            let store = self.store();
+            if let Some(l) = store.lists().get(list) {
+                let current = l.entries.len();
+                let gone: std::collections::HashSet<&Prefix> = removes
+                    .iter()
+                    .filter(|p| l.entries.contains_key(p))
+                    .collect();
+                let fresh = adds
+                    .iter()
+                    .filter(|(p, _)| !l.entries.contains_key(p) || gone.contains(p))
+                    .count();
+                crate::policy::guard::check_replace(
+                    list,
+                    current,
+                    current - gone.len() + fresh,
+                    gone.len(),
+                    st.settings.max_shrink,
+                )
+                .map_err(|e| OpError {
+                    status: 409,
+                    message: e.to_string(),
+                })?;
+            }
+        }
+        let added: Vec<Prefix> = adds.iter().map(|(p, _)| *p).collect();
+        let entries: Vec<(Prefix, Entry)> = adds
+            .into_iter()
+            .map(|(p, r)| {
+                (
+                    p,
+                    Entry {
+                        action: act,
+                        reason: r.map(Into::into),
+                        created: at,
+                        expires: None,
+                    },
+                )
+            })
+            .collect();
+        let mut removed = 0;
+        let changes = st.mutate(
+            &self.store,
+            |s| {
+                let (c, u, n) = s.patch(list, Kind::Block, Origin::Import, &removes, entries)?;
+                removed = n;
+                Ok((c, u))
+            },
+            |s| s.commit_patch(list, &removes, &added),
+        )?;
+        self.publish(&st);
+        drop(st);
+        info!(
+            list,
+            added = added.len(),
+            removed,
+            table_changes = changes.len(),
+            action = action::NAMES[act as usize],
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "list patched"
+        );
+        Ok((changes.len(), removed))
+    }
+
     /// Replaces a whole list: planned under the store's read lock, tables and list file (or
     /// journal records of a small delta) written holding no store write lock, swapped in
     /// under a brief write lock. Readers keep answering from the old content until the swap.

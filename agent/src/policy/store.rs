@@ -683,6 +683,56 @@ impl Store {
         Ok((changes, undo, n))
     }
 
+    /// Removes `removes` from list `name`, then sets `adds` in it (created if needed), as
+    /// one change: a list update sent as a difference (`block import --patch`), which costs
+    /// what it touches, not what the list holds. Returns the changes and how many of
+    /// `removes` were there. Not yet persisted: [`Self::commit_patch`] or [`Self::rollback`].
+    pub fn patch(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        origin: Origin,
+        removes: &[Prefix],
+        adds: Vec<(Prefix, Entry)>,
+    ) -> Result<(Vec<Change>, Undo, usize), StoreError> {
+        let created = self.writable(name, kind, origin)?.is_none();
+        if created && adds.is_empty() {
+            return Ok((Vec::new(), Undo::Nothing, 0));
+        }
+        self.list_for_write(name, kind, origin)?;
+        let mut touched: Vec<(Prefix, Kind)> = removes.iter().map(|p| (*p, kind)).collect();
+        touched.extend(adds.iter().map(|(p, _)| (*p, kind)));
+        // A prefix both removed and added is judged once.
+        touched.sort_unstable_by_key(|(p, _)| *p);
+        touched.dedup();
+        let ((undo, n), changes) = self.diff(&touched, |s| {
+            let l = s.lists.get_mut(name).expect("ensured");
+            // Undone in reverse order: a prefix removed then added comes back as it was.
+            let mut prev = Vec::with_capacity(removes.len() + adds.len());
+            for p in removes {
+                if let Some(e) = l.entries.remove(p) {
+                    prev.push((*p, Some(e)));
+                }
+            }
+            let n = prev.len();
+            for (p, e) in adds {
+                prev.push((p, l.entries.insert(p, e)));
+            }
+            let undo = if created {
+                Undo::Created {
+                    list: name.to_owned(),
+                }
+            } else {
+                Undo::Entries {
+                    list: name.to_owned(),
+                    prev,
+                }
+            };
+            (undo, n)
+        });
+        Ok((changes, undo, n))
+    }
+
     /// Replaces the whole content of list `name` (import --replace, config reload).
     pub fn replace(
         &mut self,
@@ -846,6 +896,34 @@ impl Store {
                 list: name.to_owned(),
                 prefix: *p,
             })?;
+        }
+        self.sync_journal()
+    }
+
+    /// Persists a [`Self::patch`]: the removals, then the entries set, in one fsynced
+    /// journal write.
+    pub fn commit_patch(
+        &mut self,
+        name: &str,
+        removes: &[Prefix],
+        adds: &[Prefix],
+    ) -> Result<(), StoreError> {
+        let Some(l) = self.lists.get(name) else {
+            return Ok(());
+        };
+        if l.origin == Origin::Config || self.dir.is_none() {
+            return Ok(());
+        }
+        let mut recs: Vec<Record> = removes
+            .iter()
+            .map(|p| Record::Del {
+                list: name.to_owned(),
+                prefix: *p,
+            })
+            .collect();
+        recs.extend(adds.iter().filter_map(|p| set_record(name, l, p)));
+        for r in &recs {
+            self.append(r)?;
         }
         self.sync_journal()
     }

@@ -179,6 +179,93 @@ pub fn parse(text: &str, format: Format) -> Parsed {
     out
 }
 
+/// A list update as a difference (`block import --patch`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Patch {
+    /// The format the changed lines were read in.
+    pub format: Option<Format>,
+    /// Entries of `+` lines, in file order.
+    pub adds: Vec<ImportEntry>,
+    /// Prefixes of `-` lines, in file order.
+    pub removes: Vec<Prefix>,
+    /// Unusable changed lines, numbered as in the patch.
+    pub errors: Vec<LineError>,
+}
+
+/// Parses a list update as `diff -u old new` prints it (headers, `@@` hunks and context
+/// lines are ignored) or as bare `+`/`-` lines: each changed line is a line of a plain or
+/// Spamhaus DROP list, `format` (detected from the changed lines when None). rbldnsd data
+/// is refused: its exclusions make a line removed from one place change a range elsewhere,
+/// so only a replacement says what the zone means. Err for input that holds no changed line
+/// yet is not empty: likely a whole list sent with `--patch` by mistake.
+pub fn parse_patch(text: &str, format: Option<Format>) -> Result<Patch, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // A header names the files; its content is never a list line, so it cannot hide one.
+    let changed = |line: &str| -> Option<(bool, usize)> {
+        if line.starts_with("--- ") || line.starts_with("+++ ") {
+            return None;
+        }
+        match line.as_bytes().first() {
+            Some(b'+') => Some((true, 1)),
+            Some(b'-') => Some((false, 1)),
+            _ => None,
+        }
+    };
+    let format = match format {
+        Some(f) => f,
+        None => {
+            let head: String = text
+                .lines()
+                .filter_map(|l| changed(l).map(|(_, at)| &l[at..]))
+                .take(64)
+                .flat_map(|l| [l, "\n"])
+                .collect();
+            Format::detect(&head)
+        }
+    };
+    if format == Format::Rbldnsd {
+        return Err(
+            "--patch takes plain or Spamhaus DROP lines, not rbldnsd data (its \
+                    exclusions change ranges elsewhere): replace the list with --replace"
+                .to_owned(),
+        );
+    }
+    let mut out = Patch {
+        format: Some(format),
+        ..Patch::default()
+    };
+    let mut seen_change = false;
+    let mut removed = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let Some((add, at)) = changed(line) else {
+            continue;
+        };
+        seen_change = true;
+        let body = &line[at..];
+        let into = if add { &mut out.adds } else { &mut removed };
+        let res = match format {
+            Format::SpamhausDrop => spamhaus_line(body, into),
+            _ => plain_line(body, into),
+        };
+        if let Err(message) = res {
+            out.errors.push(LineError {
+                line: i + 1,
+                text: cut(line),
+                message,
+            });
+        }
+        out.removes.extend(removed.drain(..).map(|e| e.prefix));
+    }
+    if !seen_change && text.lines().any(|l| !l.trim().is_empty()) {
+        return Err(
+            "no line starts with + or -: --patch takes a difference such as \
+                    `diff -u old new` prints (to add a whole list, import it without --patch)"
+                .to_owned(),
+        );
+    }
+    Ok(out)
+}
+
 /// What a CSV `address,score` list holds: each prefix with its score.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scored {

@@ -672,3 +672,67 @@ fn rbldnsd_ip4tset_is_read_as_ip4set() {
         ["192.0.2.1/32", "192.0.2.9/32", "198.51.100.77/32"]
     );
 }
+
+#[test]
+fn patch_cases() {
+    struct Case {
+        name: &'static str,
+        input: &'static str,
+        format: Option<Format>,
+        adds: &'static [&'static str],
+        removes: &'static [&'static str],
+        errors: &'static [usize],
+    }
+    #[rustfmt::skip]
+    let cases = [
+        Case {
+            name: "diff -u output: headers, hunk and context ignored",
+            input: "--- a.txt\t2026-11-30\n+++ b.txt\t2026-11-30\n@@ -1,3 +1,3 @@\n 192.0.2.1\n-192.0.2.2\n+192.0.2.3\n\\ No newline at end of file\n",
+            format: None, adds: &["192.0.2.3/32"], removes: &["192.0.2.2/32"], errors: &[],
+        },
+        Case {
+            name: "bare lines, comments and blanks in them",
+            input: "+198.51.100.0/24 # new\n-203.0.113.7\n+# only a comment\n-\n",
+            format: None, adds: &["198.51.100.0/24"], removes: &["203.0.113.7/32"], errors: &[],
+        },
+        Case {
+            name: "a bad line named by its line in the patch",
+            input: "+192.0.2.1\n 192.0.2.2\n+192.0.2.300\n-2001:db8::/32\n",
+            format: None, adds: &["192.0.2.1/32"], removes: &["2001:db8::/32"], errors: &[3],
+        },
+        Case {
+            name: "Spamhaus DROP lines keep their SBL reference",
+            input: "+1.10.16.0/20 ; SBL256894\n-2.56.192.0/22 ; SBL459831\n",
+            format: Some(Format::SpamhausDrop), adds: &["1.10.16.0/20 SBL256894"], removes: &["2.56.192.0/22"], errors: &[],
+        },
+        Case {
+            name: "Spamhaus detected from the changed lines",
+            input: "+; Spamhaus DROP List 2026/11/30\n+1.10.16.0/20 ; SBL256894\n",
+            format: None, adds: &["1.10.16.0/20 SBL256894"], removes: &[], errors: &[],
+        },
+        Case {
+            name: "an empty patch changes nothing",
+            input: "", format: None, adds: &[], removes: &[], errors: &[],
+        },
+    ];
+    for c in cases {
+        let got = parse_patch(c.input, c.format).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        let adds: Vec<String> = got
+            .adds
+            .iter()
+            .map(|e| match &e.reason {
+                Some(r) => format!("{} {r}", e.prefix),
+                None => e.prefix.to_string(),
+            })
+            .collect();
+        assert_eq!(adds, c.adds, "{}", c.name);
+        let removes: Vec<String> = got.removes.iter().map(|p| p.to_string()).collect();
+        assert_eq!(removes, c.removes, "{}", c.name);
+        let errs: Vec<usize> = got.errors.iter().map(|e| e.line).collect();
+        assert_eq!(errs, c.errors, "{}", c.name);
+    }
+    let whole = parse_patch("192.0.2.1\n192.0.2.2\n", None).unwrap_err();
+    assert!(whole.contains("no line starts with + or -"), "{whole}");
+    let zone = parse_patch("+192.0.2.1\n", Some(Format::Rbldnsd)).unwrap_err();
+    assert!(zone.contains("not rbldnsd"), "{zone}");
+}
