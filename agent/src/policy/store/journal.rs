@@ -136,6 +136,12 @@ impl Journal {
         self.pending_records += 1;
     }
 
+    /// `records` records already framed by [`frame`].
+    pub(super) fn push_framed(&mut self, bytes: &[u8], records: usize) {
+        self.pending.extend_from_slice(bytes);
+        self.pending_records += records;
+    }
+
     /// Writes and fsyncs the records pushed since the last commit; returns how many. On
     /// any error the file is cut back to its length before, so nothing of a refused commit
     /// replays at the next start.

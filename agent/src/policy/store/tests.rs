@@ -840,3 +840,79 @@ fn trim() {
         libc::malloc_trim(0);
     }
 }
+
+#[test]
+fn a_patch_removes_then_adds_survives_reopen_and_a_tripped_guard_undoes_it() {
+    let dir = std::env::temp_dir().join(format!("pf-store-patch-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let four = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"];
+    {
+        let mut s = Store::open(&dir).unwrap();
+        let adds = four.iter().map(|a| (p(a), entry(action::DROP))).collect();
+        let (c, _, gone, staged) = s
+            .patch("feed", Kind::Block, Origin::Import, &[], adds, None)
+            .unwrap();
+        assert_eq!((c.len(), gone), (4, 0));
+        s.commit_patch(staged.frame()).unwrap();
+        // .1 goes; .2 is removed and added again with another action; .9 is new; .8 was
+        // never listed.
+        let removes = [p("192.0.2.1"), p("192.0.2.2"), p("192.0.2.8")];
+        let adds = vec![
+            (p("192.0.2.2"), entry(action::RESET)),
+            (p("192.0.2.9"), entry(action::DROP)),
+        ];
+        let (c, _, gone, staged) = s
+            .patch(
+                "feed",
+                Kind::Block,
+                Origin::Import,
+                &removes,
+                adds,
+                Some(0.5),
+            )
+            .unwrap();
+        assert_eq!(gone, 2);
+        let changed: Vec<String> = c.iter().map(|c| c.prefix.to_string()).collect();
+        assert_eq!(changed, ["192.0.2.1/32", "192.0.2.2/32", "192.0.2.9/32"]);
+        s.commit_patch(staged.frame()).unwrap();
+        // Removing three of four trips the guard: nothing changes.
+        let before: Vec<Prefix> = s.lists()["feed"].entries.keys().collect();
+        let wipe = [p("192.0.2.2"), p("192.0.2.3"), p("192.0.2.4")];
+        let err = s
+            .patch(
+                "feed",
+                Kind::Block,
+                Origin::Import,
+                &wipe,
+                Vec::new(),
+                Some(0.5),
+            )
+            .err()
+            .expect("the guard trips");
+        assert!(err.to_string().contains("would remove 3 of 4"), "{err}");
+        let mut after: Vec<Prefix> = s.lists()["feed"].entries.keys().collect();
+        let mut before = before;
+        before.sort();
+        after.sort();
+        assert_eq!(after, before);
+    }
+    let s = Store::open(&dir).unwrap();
+    let l = &s.lists()["feed"];
+    let mut got: Vec<String> = l.entries.keys().map(|k| k.to_string()).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "192.0.2.2/32",
+            "192.0.2.3/32",
+            "192.0.2.4/32",
+            "192.0.2.9/32"
+        ]
+    );
+    assert_eq!(
+        l.entries.get(&p("192.0.2.2")).unwrap().action,
+        action::RESET
+    );
+    drop(s);
+    fs::remove_dir_all(&dir).unwrap();
+}
