@@ -264,6 +264,15 @@ fn patch_import_applies_a_difference() {
     assert_eq!(d.check("198.51.100.11")["verdict"], "pass");
     assert_eq!(d.check("198.51.100.40")["verdict"], "drop");
 
+    // --strict: one bad line and nothing of the patch applies.
+    let out = refused(
+        &d,
+        &[
+            "block", "import", &patch, "--list", "l1", "--patch", "--strict",
+        ],
+        &["--strict: 1 bad line(s), nothing applied", "line 7"],
+    );
+    assert!(out.stderr.contains("not-an-address"), "{}", out.both());
     // A whole list sent as a patch by mistake.
     refused(
         &d,
