@@ -65,6 +65,14 @@ fn file(d: &Daemon, name: &str, text: &str) -> String {
     p.to_str().expect("UTF-8 path").to_owned()
 }
 
+/// Imports ten hosts, 198.51.100.10 to .19, into list l1; returns them and the file.
+fn import_ten(d: &Daemon) -> (Vec<String>, String) {
+    let ten: Vec<String> = (10..20).map(|i| format!("198.51.100.{i}")).collect();
+    let full = file(d, "ten.txt", &(ten.join("\n") + "\n"));
+    d.cli_ok(&["block", "import", &full, "--list", "l1"]);
+    (ten, full)
+}
+
 /// A refused CLI command: non-zero exit, stderr containing every one of `all`, and the
 /// block list exactly as before. Returns the output for further checks.
 fn refused(d: &Daemon, args: &[&str], all: &[&str]) -> CmdOutput {
@@ -148,10 +156,8 @@ fn replace_import_that_would_empty_a_list_needs_force() {
     require_root();
     let lab = Lab::new();
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
-    let ten: Vec<String> = (10..20).map(|i| format!("198.51.100.{i}")).collect();
+    let (ten, full) = import_ten(&d);
     let ten_ref: Vec<&str> = ten.iter().map(String::as_str).collect();
-    let full = file(&d, "ten.txt", &(ten.join("\n") + "\n"));
-    d.cli_ok(&["block", "import", &full, "--list", "l1"]);
     assert_eq!(prefixes_in(&d, "l1"), host_set(&ten_ref));
 
     // Empty and comment-only files: refused, the list kept.
@@ -223,10 +229,8 @@ fn patch_import_applies_a_difference() {
     require_root();
     let lab = Lab::new();
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
-    let ten: Vec<String> = (10..20).map(|i| format!("198.51.100.{i}")).collect();
+    let (ten, full) = import_ten(&d);
     let ten_ref: Vec<&str> = ten.iter().map(String::as_str).collect();
-    let full = file(&d, "ten.txt", &(ten.join("\n") + "\n"));
-    d.cli_ok(&["block", "import", &full, "--list", "l1"]);
 
     let patch = file(
         &d,

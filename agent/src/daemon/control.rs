@@ -430,37 +430,10 @@ fn import(d: &Daemon, p: &api::ImportParams, body: &[u8]) -> Answer {
     if p.patch {
         return patch(d, p, list, act, text);
     }
-    let format = match p.format.as_deref() {
-        None | Some("auto") => Format::detect(text),
-        Some(f) => f.parse::<Format>().map_err(|_| {
-            OpError::bad(format!(
-                "unknown format {f:?}: use plain, spamhaus-drop or rbldnsd"
-            ))
-        })?,
-    };
+    let format = format_param(p)?.unwrap_or_else(|| Format::detect(text));
     let mut parsed = import::parse(text, format);
-    let errors: Vec<api::BadLine> = parsed.errors.iter().map(api::BadLine::from).collect();
-    if p.strict && !errors.is_empty() {
-        let first = &parsed.errors[0];
-        return Err(Refusal {
-            status: 422,
-            body: api::ErrorBody {
-                error: format!(
-                    "--strict: {} bad line(s), nothing applied; first: line {}: {}",
-                    errors.len(),
-                    first.line,
-                    first.message
-                ),
-                errors,
-            },
-        });
-    }
-    if list_origin(d, list) == Some(Origin::Config) {
-        return Err(OpError::conflict(format!(
-            "list {list} comes from the config file; import into another name"
-        ))
-        .into());
-    }
+    let errors = bad_lines(p, &parsed.errors)?;
+    importable(d, list)?;
     let applied = parsed.entries.len();
     let entries = parsed
         .entries
@@ -481,24 +454,26 @@ fn import(d: &Daemon, p: &api::ImportParams, body: &[u8]) -> Answer {
     })
 }
 
-/// `import?patch=1`: the body is a difference of the list, applied as one change.
-fn patch(d: &Daemon, p: &api::ImportParams, list: &str, act: u8, text: &str) -> Answer {
-    if p.replace {
-        return Err(OpError::bad("patch and replace exclude each other").into());
-    }
-    let format = match p.format.as_deref() {
-        None | Some("auto") => None,
-        Some(f) => Some(f.parse::<Format>().map_err(|_| {
+/// The `format` of an import; None: to be detected.
+fn format_param(p: &api::ImportParams) -> Result<Option<Format>, OpError> {
+    match p.format.as_deref() {
+        None | Some("auto") => Ok(None),
+        Some(f) => f.parse::<Format>().map(Some).map_err(|_| {
             OpError::bad(format!(
                 "unknown format {f:?}: use plain, spamhaus-drop or rbldnsd"
             ))
-        })?),
-    };
-    let parsed = import::parse_patch(text, format).map_err(OpError::bad)?;
-    let errors: Vec<api::BadLine> = parsed.errors.iter().map(api::BadLine::from).collect();
-    if p.strict && !errors.is_empty() {
-        let first = &parsed.errors[0];
-        return Err(Refusal {
+        }),
+    }
+}
+
+/// The bad lines of an import, to report; with `strict`, any of them refuses it whole.
+fn bad_lines(
+    p: &api::ImportParams,
+    bad: &[import::LineError],
+) -> Result<Vec<api::BadLine>, Refusal> {
+    let errors: Vec<api::BadLine> = bad.iter().map(api::BadLine::from).collect();
+    match bad.first() {
+        Some(first) if p.strict => Err(Refusal {
             status: 422,
             body: api::ErrorBody {
                 error: format!(
@@ -509,14 +484,29 @@ fn patch(d: &Daemon, p: &api::ImportParams, list: &str, act: u8, text: &str) -> 
                 ),
                 errors,
             },
-        });
+        }),
+        _ => Ok(errors),
     }
+}
+
+/// Refuses an import into a list the config file owns.
+fn importable(d: &Daemon, list: &str) -> Result<(), OpError> {
     if list_origin(d, list) == Some(Origin::Config) {
         return Err(OpError::conflict(format!(
             "list {list} comes from the config file; import into another name"
-        ))
-        .into());
+        )));
     }
+    Ok(())
+}
+
+/// `import?patch=1`: the body is a difference of the list, applied as one change.
+fn patch(d: &Daemon, p: &api::ImportParams, list: &str, act: u8, text: &str) -> Answer {
+    if p.replace {
+        return Err(OpError::bad("patch and replace exclude each other").into());
+    }
+    let parsed = import::parse_patch(text, format_param(p)?).map_err(OpError::bad)?;
+    let errors = bad_lines(p, &parsed.errors)?;
+    importable(d, list)?;
     let applied = parsed.adds.len();
     let adds = parsed
         .adds
