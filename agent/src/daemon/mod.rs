@@ -790,8 +790,8 @@ impl Daemon {
     }
 
     /// Applies a difference to imported list `list`: `removes` taken out, then `adds` set
-    /// with action `act`. Costs what it touches, so a 1% update of a million-entry list is a
-    /// few milliseconds, where a replacement plans against the whole list. `force`: skip the
+    /// with action `act`. Costs what it touches, so a 1% update of a million-entry list takes
+    /// tens of milliseconds, where a replacement plans against the whole list. `force`: skip the
     /// shrink guard, which a patch made against a truncated download would trip.
     /// Returns (table changes, entries removed).
     pub fn patch(
