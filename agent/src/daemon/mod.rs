@@ -760,15 +760,21 @@ impl Daemon {
             self.replace_list(&mut st, list, Kind::Block, Origin::Import, new, guard)
         } else {
             // Added to a copy of the list and planned as a replacement: readers never wait
-            // on it, and only the entries that changed are persisted.
-            let mut merged = self
+            // on it, and only the entries that changed are persisted. A new or empty list
+            // takes the parsed entries as they are: copying millions costs seconds.
+            let current = self
                 .store()
                 .lists()
                 .get(list)
-                .map(|l| l.entries.clone())
-                .unwrap_or_default();
-            merged.extend(new.iter());
-            drop(new);
+                .filter(|l| !l.entries.is_empty())
+                .map(|l| l.entries.clone());
+            let merged = match current {
+                Some(mut merged) => {
+                    merged.extend(new.iter());
+                    merged
+                }
+                None => new,
+            };
             self.replace_list(&mut st, list, Kind::Block, Origin::Import, merged, None)
         };
         self.publish(&st);
