@@ -516,7 +516,7 @@ fn patch(d: &Daemon, p: &api::ImportParams, list: &str, act: u8, text: &str) -> 
     let (table_changes, removed) = d.patch(list, act, parsed.removes, adds, p.force)?;
     ok(&api::ImportResult {
         list: list.to_owned(),
-        format: parsed.format.unwrap_or(Format::Plain).name().to_owned(),
+        format: parsed.format.name().to_owned(),
         applied,
         table_changes,
         replaced: false,

@@ -180,10 +180,10 @@ pub fn parse(text: &str, format: Format) -> Parsed {
 }
 
 /// A list update as a difference (`block import --patch`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Patch {
     /// The format the changed lines were read in.
-    pub format: Option<Format>,
+    pub format: Format,
     /// Entries of `+` lines, in file order.
     pub adds: Vec<ImportEntry>,
     /// Prefixes of `-` lines, in file order.
@@ -201,13 +201,14 @@ pub struct Patch {
 pub fn parse_patch(text: &str, format: Option<Format>) -> Result<Patch, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // A header names the files; its content is never a list line, so it cannot hide one.
-    let changed = |line: &str| -> Option<(bool, usize)> {
+    // Whether a line adds (true) or removes (false); None for the rest.
+    let changed = |line: &str| -> Option<bool> {
         if line.starts_with("--- ") || line.starts_with("+++ ") {
             return None;
         }
         match line.as_bytes().first() {
-            Some(b'+') => Some((true, 1)),
-            Some(b'-') => Some((false, 1)),
+            Some(b'+') => Some(true),
+            Some(b'-') => Some(false),
             _ => None,
         }
     };
@@ -216,7 +217,8 @@ pub fn parse_patch(text: &str, format: Option<Format>) -> Result<Patch, String> 
         None => {
             let head: String = text
                 .lines()
-                .filter_map(|l| changed(l).map(|(_, at)| &l[at..]))
+                .filter(|l| changed(l).is_some())
+                .map(|l| &l[1..])
                 .take(64)
                 .flat_map(|l| [l, "\n"])
                 .collect();
@@ -231,17 +233,20 @@ pub fn parse_patch(text: &str, format: Option<Format>) -> Result<Patch, String> 
         );
     }
     let mut out = Patch {
-        format: Some(format),
-        ..Patch::default()
+        format,
+        adds: Vec::new(),
+        removes: Vec::new(),
+        errors: Vec::new(),
     };
     let mut seen_change = false;
     let mut removed = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let Some((add, at)) = changed(line) else {
+        let Some(add) = changed(line) else {
             continue;
         };
         seen_change = true;
-        let body = &line[at..];
+        // The mark is one ASCII byte.
+        let body = &line[1..];
         let into = if add { &mut out.adds } else { &mut removed };
         let res = match format {
             Format::SpamhausDrop => spamhaus_line(body, into),
