@@ -336,7 +336,7 @@ impl V4Table {
     }
 
     /// Rules longer than /24 inside /24 `i`.
-    fn long_rules(&self, i: u32) -> impl Iterator<Item = (u32, u8, &Rule)> {
+    fn long_rules(&self, i: u32) -> impl Iterator<Item = (u32, u8, &Rule)> + Clone {
         let base = i << 8;
         self.rules
             .range((base, 25)..=(base | 0xff, 32))
@@ -470,13 +470,52 @@ impl V4Table {
         let mut dirty = self.deferred.take().unwrap_or_default();
         dirty.sort_unstable();
         dirty.dedup();
-        for i in dirty {
-            if let Err(e) = self.refresh(i) {
-                self.drop_long_rules(i);
-                first_err.get_or_insert(e);
-            }
+        for i in self.refresh_all(&dirty) {
+            self.drop_long_rules(i.0);
+            first_err.get_or_insert(i.1);
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Recomputes the sorted /24s `dirty`; returns those that could not be written, with
+    /// why. When they are many beside the rules (a first load of millions of hosts), the
+    /// rules are walked once in order beside them, rather than searched from the root of
+    /// the tree for each /24.
+    fn refresh_all(&mut self, dirty: &[u32]) -> Vec<(u32, V4Error)> {
+        let mut failed = Vec::new();
+        if dirty.len() < 4096 || dirty.len() * 8 < self.rules.len() {
+            for &i in dirty {
+                if let Err(e) = self.refresh(i) {
+                    failed.push((i, e));
+                }
+            }
+            return failed;
+        }
+        // Taken out for the walk: writing the entries needs the rest of `self`.
+        let rules = std::mem::take(&mut self.rules);
+        let mut walk = rules
+            .range((dirty[0] << 8, 25)..)
+            .filter(|((_, l), _)| *l > 24)
+            .peekable();
+        let mut here: Vec<(u32, u8, Rule)> = Vec::new();
+        for &i in dirty {
+            here.clear();
+            while walk.next_if(|((a, _), _)| a >> 8 < i).is_some() {}
+            while let Some((&(a, l), &r)) = walk.next_if(|((a, _), _)| a >> 8 == i) {
+                here.push((a, l, r));
+            }
+            let want = if self.has_long(i) {
+                self.content(i, here.iter().copied())
+            } else {
+                Content::Leaf(self.leaf[i as usize])
+            };
+            if let Err(e) = self.publish(i, want) {
+                failed.push((i, e));
+            }
+        }
+        drop(walk);
+        self.rules = rules;
+        failed
     }
 
     /// Forgets the longer-than-/24 rules of /24 `i` and writes its leaf back.
@@ -700,16 +739,48 @@ impl V4Table {
         }
     }
 
-    /// The 256 verdicts of /24 `i`: its leaf, then its longer rules by priority.
-    fn verdicts(&self, i: u32) -> [u16; 256] {
+    /// What /24 `i` should hold given `long`, its rules longer than /24 in address order:
+    /// `encode` of its 256 verdicts. The common case of a DNSBL dump, one or two hosts in a
+    /// /24 nothing else covers, is decided from the rules alone: building and scanning the
+    /// 256-entry arrays for each of millions of such /24s cost more than the rest of a load.
+    fn content(&self, i: u32, long: impl Iterator<Item = (u32, u8, Rule)> + Clone) -> Content {
+        let iu = i as usize;
+        if self.leaf[iu] == 0 && self.prio24[iu] == 0 {
+            let mut hosts = [(0u8, 0u16); 2];
+            let mut n = 0;
+            let mut simple = true;
+            for (a, l, r) in long.clone() {
+                // An allow beats a block on the same host (its priority is higher).
+                let v = r.allow.or(r.block).unwrap_or(0);
+                if l != 32 || (v != 0 && n == 2) {
+                    simple = false;
+                    break;
+                }
+                if v != 0 {
+                    hosts[n] = (a as u8, v);
+                    n += 1;
+                }
+            }
+            if simple {
+                return match n {
+                    0 => Content::Leaf(0),
+                    1 => Content::Hosts(hosts[0].0, hosts[0].1, None),
+                    _ => Content::Hosts(hosts[0].0, hosts[0].1, Some(hosts[1])),
+                };
+            }
+        }
+        encode(self.leaf[iu], &self.verdicts(i, long))
+    }
+
+    /// The 256 verdicts of /24 `i`: its leaf, then its longer rules `long` by priority.
+    fn verdicts(&self, i: u32, long: impl Iterator<Item = (u32, u8, Rule)>) -> [u16; 256] {
         let iu = i as usize;
         let mut arr = [self.leaf[iu]; 256];
         if !self.has_long(i) {
             return arr;
         }
         let mut pr = [self.prio24[iu]; 256];
-        let mut inner: Vec<(u8, u8, u8, u16)> = self
-            .long_rules(i)
+        let mut inner: Vec<(u8, u8, u8, u16)> = long
             .flat_map(|(a, l, r)| {
                 [(Kind::Block, r.block), (Kind::Allow, r.allow)]
                     .into_iter()
@@ -732,8 +803,18 @@ impl V4Table {
     /// Brings the kernel's entry for /24 `i` in line with the rules. On error nothing
     /// visible changed.
     fn refresh(&mut self, i: u32) -> Result<(), V4Error> {
+        let want = if self.has_long(i) {
+            self.content(i, self.long_rules(i).map(|(a, l, r)| (a, l, *r)))
+        } else {
+            Content::Leaf(self.leaf[i as usize])
+        };
+        self.publish(i, want)
+    }
+
+    /// Writes `want` as /24 `i`'s entry (a group first, then the entry that points to it).
+    /// On error nothing visible changed.
+    fn publish(&mut self, i: u32, want: Content) -> Result<(), V4Error> {
         let iu = i as usize;
-        let want = encode(self.leaf[iu], &self.verdicts(i));
         let e = self.t24()[iu].load(Ordering::Relaxed);
         let old_group =
             (e as u32 & (v4::EXT | v4::HOST) == v4::EXT).then_some(e as u32 & v4::GROUP_MASK);

@@ -231,6 +231,42 @@ fn batch_equals_one_by_one() {
     assert_same(&batch, &one, &mut rng, span);
 }
 
+/// A batch of thousands of /24s (a DNSBL dump: mostly lone hosts and pairs, some with a
+/// block and an allow on one host, some under shorter rules) walks the rules in order and
+/// decides lone hosts without the 256-verdict arrays: the same table as one by one.
+#[test]
+fn a_large_batch_equals_one_by_one() {
+    let mut rng = Rng(0x51c5);
+    let span = 0x00ff_ffff;
+    let mut rules = random_rules(&mut rng, 30_000, &[32, 32, 32, 32, 32, 32, 31, 27], span);
+    rules.extend(random_rules(&mut rng, 300, &[12, 16, 20, 24], span));
+    // Beyond the span, in /24s nothing else covers: one host of each kind (the allow wins),
+    // and a host given twice (the last verdict wins) beside another.
+    let (h, h2) = (RANDOM_BASE + 0x0100_0005, RANDOM_BASE + 0x0100_0107);
+    rules.push((h, 32, Kind::Allow, verdict::pack(2, 1)));
+    rules.push((h, 32, Kind::Block, verdict::pack(2, 2)));
+    rules.push((h2, 32, Kind::Block, verdict::pack(2, 1)));
+    rules.push((h2 + 1, 32, Kind::Block, verdict::pack(2, 1)));
+    rules.push((h2, 32, Kind::Block, verdict::pack(2, 2)));
+    let mut one = table(1 << 16);
+    for &(a, l, k, v) in &rules {
+        one.set(a, l, k, v).unwrap();
+    }
+    let mut batch = table(1 << 16);
+    batch.set_batch(rules[..20_000].to_vec()).unwrap();
+    batch.set_batch(rules[20_000..].to_vec()).unwrap();
+    assert_same(&batch, &one, &mut rng, span);
+    for &(a, ..) in &rules {
+        for x in [a, a ^ 1, a | 0xff] {
+            assert_eq!(batch.lookup(x), one.lookup(x), "{x:#x}");
+        }
+    }
+    assert_eq!(batch.lookup(h), verdict::pack(action::ALLOW, 1));
+    assert_eq!(batch.lookup(h2), verdict::pack(2, 2));
+    assert_eq!(batch.lookup(h2 + 1), verdict::pack(2, 1));
+    assert_eq!(batch.lookup(h2 + 2), 0);
+}
+
 /// The base of the addresses `random_rules` draws.
 const RANDOM_BASE: u32 = 0xc000_0000;
 
