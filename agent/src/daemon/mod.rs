@@ -900,10 +900,30 @@ impl Daemon {
         let mut changes = std::mem::take(&mut planned.changes);
         changes.sort_unstable_by_key(|c| c.prefix.prefix_len());
         let t1 = Instant::now();
-        apply(&mut st.filter, &changes)?;
-        let tables_in = t1.elapsed();
+        // A rewritten list file (seconds for millions of entries) is written on the other
+        // core while the tables are, and put in place only once both succeeded.
+        let (applied, tables_in, staged) = std::thread::scope(|scope| {
+            let planned = &planned;
+            let staging = scope.spawn(move || {
+                let t = Instant::now();
+                let staged = self.store().stage_planned(planned);
+                (staged, t.elapsed())
+            });
+            let applied = apply(&mut st.filter, &changes);
+            let tables_in = t1.elapsed();
+            let staged = staging
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (applied, tables_in, staged)
+        });
+        // An error drops the staged file, which removes it.
+        applied?;
+        let (staged, staged_in) = staged;
         let t2 = Instant::now();
-        let written = self.store().write_planned(&mut planned);
+        let written = match staged {
+            Some(file) => file.and_then(store::commit_list),
+            None => self.store().write_planned(&mut planned),
+        };
         if let Err(e) = written {
             revert(&mut st.filter, &changes);
             return Err(OpError::internal(format!(
@@ -946,6 +966,7 @@ impl Daemon {
             plan_ms = planned_in.as_millis() as u64,
             tables_ms = tables_in.as_millis() as u64,
             persist_ms = persisted_in.as_millis() as u64,
+            file_ms = staged_in.as_millis() as u64,
             journaled = delta.unwrap_or(0),
             file_rewritten = delta.is_none(),
             swap_us = swapped_in.as_micros() as u64,

@@ -231,6 +231,26 @@ impl Entries {
             .chain(self.v6.iter().map(|(&k, s)| (v6_prefix(k), self.entry(*s))))
     }
 
+    /// Every entry as (prefix, action, reason, created, expires), in no order, without
+    /// copying anything: what a list file is written from.
+    #[allow(clippy::type_complexity)]
+    pub fn parts(&self) -> impl Iterator<Item = (Prefix, u8, Option<&str>, u64, Option<u64>)> {
+        let part = |p: Prefix, s: &Slot| {
+            let r = s.rule();
+            (
+                p,
+                s.action,
+                self.reasons.text(s.reason),
+                u64::from(s.created),
+                r.expires,
+            )
+        };
+        self.v4
+            .iter()
+            .map(move |(&k, s)| part(v4_prefix(k), s))
+            .chain(self.v6.iter().map(move |(&k, s)| part(v6_prefix(k), s)))
+    }
+
     /// Sets the entry for `p` from its parts, interning `reason`.
     pub fn insert_parts(
         &mut self,
