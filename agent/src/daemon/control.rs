@@ -435,11 +435,7 @@ fn import(d: &Daemon, p: &api::ImportParams, body: &[u8]) -> Answer {
     let errors = bad_lines(p, &parsed.errors)?;
     importable(d, list)?;
     let applied = parsed.entries.len();
-    let entries = parsed
-        .entries
-        .drain(..)
-        .map(|e| (e.prefix, e.reason))
-        .collect();
+    let entries = std::mem::take(&mut parsed.entries);
     let table_changes = d.import(list, act, entries, p.replace, p.force)?;
     ok(&api::ImportResult {
         list: list.to_owned(),

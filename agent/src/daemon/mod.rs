@@ -32,6 +32,7 @@ use crate::{
     policy::Kind,
     policy::prefix::Prefix,
     policy::store::{self, Change, Entries, Entry, Origin, Store, Undo},
+    sources::formats::ImportEntry,
     xdp::{Filter, FilterError, KernelView, Options},
 };
 
@@ -740,7 +741,7 @@ impl Daemon {
         &self,
         list: &str,
         act: u8,
-        entries: Vec<(Prefix, Option<String>)>,
+        entries: Vec<ImportEntry>,
         replace: bool,
         force: bool,
     ) -> Result<usize, OpError> {
@@ -748,10 +749,12 @@ impl Daemon {
         let n = entries.len();
         let started = Instant::now();
         // Built before taking the writer: the compact form, reasons interned.
-        let mut new = Entries::with_capacity(n);
-        for (p, r) in &entries {
-            new.insert_parts(*p, act, r.as_deref(), at, None);
-        }
+        let mut new = Entries::default();
+        new.insert_many(
+            entries.iter().map(|e| (e.prefix, e.reason.as_deref())),
+            act,
+            at,
+        );
         drop(entries);
         let built = started.elapsed();
         let mut st = self.lock();

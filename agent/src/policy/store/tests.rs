@@ -969,3 +969,36 @@ fn a_list_file_reads_back_every_field_and_an_uncommitted_stage_leaves_nothing() 
         .collect();
     assert_eq!(got, want);
 }
+
+/// Many entries set at once (in the table's order) hold what setting them one by one
+/// holds: the last of equal prefixes wins, IPv6 beside IPv4, reasons interned.
+#[test]
+fn insert_many_equals_one_by_one() {
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut items: Vec<(Prefix, Option<String>)> = (0..200_000)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Few distinct addresses: many repeats, with different reasons.
+            let addr = 0xf000_0000 | (x as u32 & 0x0001_ffff);
+            let reason = (i % 3 != 0).then(|| format!("r{}", i % 7));
+            (Prefix::V4 { addr, len: 32 }, reason)
+        })
+        .collect();
+    items.push((p("2001:db8::/32"), Some("v6".into())));
+    items.push((p("2001:db8::/32"), None));
+    let mut one = Entries::default();
+    for (p, r) in &items {
+        one.insert_parts(*p, action::DROP, r.as_deref(), 9, None);
+    }
+    let mut many = Entries::default();
+    many.insert_many(
+        items.iter().map(|(p, r)| (*p, r.as_deref())),
+        action::DROP,
+        9,
+    );
+    let all = |e: &Entries| -> BTreeMap<Prefix, Entry> { e.iter().collect() };
+    assert_eq!(many.len(), one.len());
+    assert_eq!(all(&many), all(&one));
+}
