@@ -736,3 +736,42 @@ fn patch_cases() {
     let zone = parse_patch("+192.0.2.1\n", Some(Format::Rbldnsd)).unwrap_err();
     assert!(zone.contains("not rbldnsd"), "{zone}");
 }
+
+/// A list big enough to be parsed in two halves gives what one pass gives: every entry in
+/// file order, bad lines named by their number in the whole file, in both halves.
+#[test]
+fn a_big_list_parsed_in_halves_keeps_order_and_line_numbers() {
+    let mut text = String::new();
+    let mut n = 0u32;
+    let mut want_bad = Vec::new();
+    let mut line = 0usize;
+    while text.len() < PARALLEL_BYTES + (1 << 20) {
+        line += 1;
+        if line % 100_000 == 7 {
+            text.push_str("not-an-address\n");
+            want_bad.push(line);
+        } else if line % 1000 == 3 {
+            text.push_str("# comment\r\n");
+        } else {
+            text.push_str(&format!("{}\n", std::net::Ipv4Addr::from(0xf000_0000 | n)));
+            n += 1;
+        }
+    }
+    let parsed = parse(&text, Format::Plain);
+    assert_eq!(parsed.entries.len(), n as usize);
+    for (i, e) in parsed.entries.iter().enumerate() {
+        assert_eq!(
+            e.prefix,
+            Prefix::V4 {
+                addr: 0xf000_0000 | i as u32,
+                len: 32
+            }
+        );
+    }
+    let bad: Vec<usize> = parsed.errors.iter().map(|e| e.line).collect();
+    assert_eq!(bad, want_bad);
+    assert!(
+        *bad.last().unwrap() > line / 2,
+        "a bad line in the second half"
+    );
+}
