@@ -209,16 +209,20 @@ fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
     filter
         .v4
         .remove_batch(removed.iter().filter_map(|c| v4_rule(c)));
-    // Then IPv4 additions and changes as one batch: each /24 computed once.
-    let set: Vec<&Change> = changes
-        .iter()
-        .filter(|c| c.verdict.is_some() && v4_rule(c).is_some())
-        .collect();
-    let batch = set
-        .iter()
-        .filter_map(|c| v4_rule(c).zip(c.verdict))
-        .map(|((addr, len, kind), v)| (addr, len, kind, v))
-        .collect();
+    // Then IPv4 additions and changes as one batch: each /24 computed once. Sized at once:
+    // grown by doubling, millions of changes cost copies and fresh pages.
+    let mut set: Vec<&Change> = Vec::with_capacity(changes.len() - removed.len());
+    set.extend(
+        changes
+            .iter()
+            .filter(|c| c.verdict.is_some() && v4_rule(c).is_some()),
+    );
+    let mut batch = Vec::with_capacity(set.len());
+    batch.extend(
+        set.iter()
+            .filter_map(|c| v4_rule(c).zip(c.verdict))
+            .map(|((addr, len, kind), v)| (addr, len, kind, v)),
+    );
     if let Err(e) = filter.v4.set_batch(batch) {
         undo(filter, set.iter().chain(removed.iter()).copied());
         return Err(OpError {
@@ -900,8 +904,7 @@ impl Daemon {
                 message: e.to_string(),
             })?;
         }
-        let mut changes = std::mem::take(&mut planned.changes);
-        changes.sort_unstable_by_key(|c| c.prefix.prefix_len());
+        let changes = std::mem::take(&mut planned.changes);
         let t1 = Instant::now();
         // A rewritten list file (seconds for millions of entries) is written on the other
         // core while the tables are, and put in place only once both succeeded.

@@ -1174,7 +1174,8 @@ impl Store {
         let mut delta = Vec::new();
         let mut delta_ok = journal_delta;
         let mut removed = 0;
-        let mut changes = Vec::new();
+        // A new list changes a verdict for each of its entries, millions for a big one.
+        let mut changes = Vec::with_capacity(if old.is_empty() { entries.len() } else { 0 });
         entries.reconcile(old, |p, before, after| {
             if after.is_none() {
                 removed += 1;
