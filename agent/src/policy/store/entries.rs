@@ -274,10 +274,7 @@ impl Entries {
     }
 
     /// Sets many entries with one action and creation time and no expiry, the last of equal
-    /// prefixes winning, as [`Self::insert_parts`] one by one would. Millions of IPv4 entries
-    /// go in in the order of their place in the table: in input order every insert is a
-    /// cache and TLB miss in a table of hundreds of megabytes (6M entries took 2.4 s); in
-    /// table order the table fills front to back.
+    /// prefixes winning, as [`Self::insert_parts`] one by one would (see [`Bulk`]).
     pub fn insert_many<'a>(
         &mut self,
         items: impl IntoIterator<Item = (Prefix, Option<&'a str>)>,
@@ -285,51 +282,19 @@ impl Entries {
         created: u64,
     ) {
         let items = items.into_iter();
-        let mut v4: Vec<(u64, Slot)> = Vec::with_capacity(items.size_hint().0);
+        let mut bulk = self.bulk(items.size_hint().0);
         for (p, reason) in items {
-            let s = Slot {
-                action,
-                reason: self.reasons.intern(reason),
-                created: secs(created),
-                expires: 0,
-            };
-            match key(&p) {
-                Key::V4(k) => v4.push((k, s)),
-                Key::V6(k) => {
-                    self.v6.insert(k, s);
-                }
-            }
+            bulk.push(p, action, reason, created, None);
         }
-        self.v4.reserve(v4.len());
-        if v4.len() < 1 << 16 {
-            self.v4.extend(v4);
-            return;
+        bulk.finish();
+    }
+
+    /// A bulk insertion of about `n` entries: [`Bulk::push`] each, then [`Bulk::finish`].
+    pub fn bulk(&mut self, n: usize) -> Bulk<'_> {
+        Bulk {
+            v4: Vec::with_capacity(n),
+            entries: self,
         }
-        // hashbrown's layout: a power of two of buckets, 7/8 of them usable, probing from
-        // the hash's low bits. Only where inserts land depends on this, never what the
-        // table holds.
-        let buckets = (self.v4.capacity() / 7 * 8).next_power_of_two();
-        let shift = buckets.trailing_zeros().saturating_sub(16);
-        let hasher = self.v4.hasher().clone();
-        let pos = |k: u64| (hasher.hash_one(k) as usize & (buckets - 1)) >> shift;
-        // A stable counting sort on the top bits of each entry's bucket: two passes, where a
-        // comparison sort of millions takes longer than the misses it saves. Stable, so the
-        // last of equal prefixes is still inserted last.
-        let mut start = vec![0usize; (buckets >> shift) + 1];
-        for &(k, _) in &v4 {
-            start[pos(k) + 1] += 1;
-        }
-        for i in 1..start.len() {
-            start[i] += start[i - 1];
-        }
-        let mut ordered = vec![(0u64, Slot::default()); v4.len()];
-        for &(k, s) in &v4 {
-            let at = &mut start[pos(k)];
-            ordered[*at] = (k, s);
-            *at += 1;
-        }
-        drop(v4);
-        self.v4.extend(ordered);
     }
 
     /// Sets the entry for `p`; returns the one it replaces.
@@ -408,6 +373,77 @@ impl Entries {
         let index = self.reasons.index.capacity() * (size_of::<(Arc<str>, u32)>() + 1)
             + self.reasons.texts.capacity() * size_of::<Arc<str>>();
         v4 + v6 + texts + index
+    }
+}
+
+/// Many entries set at once, the last of equal prefixes winning, as
+/// [`Entries::insert_parts`] one by one would. Millions of IPv4 entries go in in the order of
+/// their place in the table: in input order every insert is a cache and TLB miss in a table
+/// of hundreds of megabytes (6M entries took 2.4 s); in table order the table fills front to
+/// back. Entries pushed but not finished are not inserted.
+pub struct Bulk<'e> {
+    entries: &'e mut Entries,
+    v4: Vec<(u64, Slot)>,
+}
+
+impl Bulk<'_> {
+    /// Adds an entry from its parts, interning `reason` at once.
+    pub fn push(
+        &mut self,
+        p: Prefix,
+        action: u8,
+        reason: Option<&str>,
+        created: u64,
+        expires: Option<u64>,
+    ) {
+        let s = Slot {
+            action,
+            reason: self.entries.reasons.intern(reason),
+            created: secs(created),
+            expires: expires.map_or(0, |x| secs(x).max(1)),
+        };
+        match key(&p) {
+            Key::V4(k) => self.v4.push((k, s)),
+            Key::V6(k) => {
+                self.entries.v6.insert(k, s);
+            }
+        }
+    }
+
+    /// Inserts the IPv4 entries pushed, in table order.
+    pub fn finish(self) {
+        let Bulk { entries, v4 } = self;
+        let table = &mut entries.v4;
+        table.reserve(v4.len());
+        if v4.len() < 1 << 16 {
+            table.extend(v4);
+            return;
+        }
+        // hashbrown's layout: a power of two of buckets, 7/8 of them usable, probing from
+        // the hash's low bits. Only where inserts land depends on this, never what the
+        // table holds.
+        let buckets = (table.capacity() / 7 * 8).next_power_of_two();
+        let shift = buckets.trailing_zeros().saturating_sub(16);
+        let hasher = table.hasher().clone();
+        let pos = |k: u64| (hasher.hash_one(k) as usize & (buckets - 1)) >> shift;
+        // A stable counting sort on the top bits of each entry's bucket: two passes, where a
+        // comparison sort of millions takes longer than the misses it saves. Stable, so the
+        // last of equal prefixes is still inserted last.
+        let mut start = vec![0usize; (buckets >> shift) + 1];
+        for &(k, _) in &v4 {
+            start[pos(k) + 1] += 1;
+        }
+        for i in 1..start.len() {
+            start[i] += start[i - 1];
+        }
+        let mut ordered = vec![(0u64, Slot::default()); v4.len()];
+        for &(k, s) in &v4 {
+            let at = &mut start[pos(k)];
+            ordered[*at] = (k, s);
+            *at += 1;
+        }
+        drop(v4);
+        table.extend(ordered);
     }
 }
 
