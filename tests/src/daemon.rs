@@ -776,10 +776,22 @@ impl Lab {
 
     /// The lab on two namespaces of the caller's (fixed names, e.g. `cargo xtask lab`'s).
     pub fn on(mx: Netns, client: Netns) -> Self {
+        let (mx_if, client_if, client_xdp) = Self::wire(&mx, &client);
+        Self {
+            mx,
+            client,
+            mx_if,
+            client_if,
+            _client_xdp: client_xdp,
+        }
+    }
+
+    /// The veth between the namespaces, its addresses and routes, the client's XDP program.
+    fn wire(mx: &Netns, client: &Netns) -> (String, String, OwnedFd) {
         let (mx_if, client_if) = veth(
-            &mx,
+            mx,
             &["192.0.2.1/24", "2001:db8::1/64"],
-            &client,
+            client,
             &[
                 "192.0.2.2/24",
                 "192.0.2.50/32",
@@ -796,13 +808,16 @@ impl Lab {
         // A `reset` verdict is XDP_TX on the MX veth, which reaches the client only when the
         // client's veth runs an XDP program too (see tests/tests/netns_xdp.rs).
         let client_xdp = client.attach_xdp_pass(&client_if);
-        Self {
-            mx,
-            client,
-            mx_if,
-            client_if,
-            _client_xdp: client_xdp,
-        }
+        (mx_if, client_if, client_xdp)
+    }
+
+    /// Deletes the veth and creates it again under the same names (as a driver reload or a
+    /// re-created bond does to an MX interface): whatever was attached to the old one is gone.
+    pub fn recreate_veth(&mut self) {
+        self.mx.ip(&["link", "del", &self.mx_if]);
+        let (mx_if, client_if, client_xdp) = Self::wire(&self.mx, &self.client);
+        assert_eq!((&mx_if, &client_if), (&self.mx_if, &self.client_if));
+        self._client_xdp = client_xdp;
     }
 
     /// The MX's port 25 in the family of `src`.

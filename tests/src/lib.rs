@@ -74,3 +74,33 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// The DNSBL-sized IPv4 list as (address, length): `hosts` distinct random host
+/// addresses over the whole space, then `mixed` distinct prefixes /8–/31, as many of each
+/// length /24–/31 and half as many per shorter length. List content only: no packet is
+/// ever sent to or from these addresses.
+pub fn dnsbl_prefixes(rng: &mut Rng, hosts: usize, mixed: usize) -> Vec<(u32, u8)> {
+    let mut seen = std::collections::HashSet::with_capacity(hosts + mixed);
+    let mut out = Vec::with_capacity(hosts + mixed);
+    while out.len() < hosts {
+        let a = rng.next() as u32;
+        if seen.insert((a, 32u8)) {
+            out.push((a, 32));
+        }
+    }
+    let weight = |l: u8| if l >= 24 { 1u64 << 16 } else { 1u64 << (l - 8) };
+    let total: u64 = (8..=31).map(weight).sum();
+    while out.len() < hosts + mixed {
+        let mut r = rng.below(total);
+        let mut len = 8u8;
+        while r >= weight(len) {
+            r -= weight(len);
+            len += 1;
+        }
+        let a = rng.next() as u32 & (u32::MAX << (32 - len));
+        if seen.insert((a, len)) {
+            out.push((a, len));
+        }
+    }
+    out
+}

@@ -706,6 +706,42 @@ fn rbldnsd_exclusions_are_honoured() {
     lab.assert_connects(&listener, BLOCKED4.into(), "excluded by !198.51.100.7");
 }
 
+/// The MX interface deleted and created again under its name while the daemon was stopped
+/// (a driver reload, a re-created bond or veth): the kernel cut the pinned link. The daemon
+/// starts anyway, says why it attaches anew, and the new interface drops a blocked sender.
+#[test]
+fn a_recreated_interface_gets_a_fresh_link() {
+    require_root();
+    let mut lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    d.cli_ok(&["block", "add", &BLOCKED4.to_string()]);
+    let wait = Duration::from_millis(1500);
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        wait,
+        "before the interface went",
+    );
+    d.terminate();
+    lab.recreate_veth();
+    let mark = d.log().len();
+    d.start();
+    let log = d.log();
+    assert!(
+        log[mark..].contains("lost its interface"),
+        "the start says why it attached anew: {}",
+        &log[mark..]
+    );
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        wait,
+        "on the re-created interface",
+    );
+    lab.assert_connects(&listener, "192.0.2.2".parse().unwrap(), "a clean sender");
+}
+
 // ---------------------------------------------------------------------------------------
 // g. status --verify in text mode
 // ---------------------------------------------------------------------------------------

@@ -1268,17 +1268,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     st.runtime_config()?;
     // Fill the fresh tables completely before any link points at this program.
     let at = store::now();
-    let mut compiled = read(&store).compiled(at);
-    compiled.sort_unstable_by_key(|c| c.prefix.prefix_len());
+    let compiled = read(&store).compiled(at);
     apply(&mut st.filter, &compiled).map_err(|e| anyhow::anyhow!("filling the tables: {e}"))?;
+    let compiled = compiled.len();
     let n = st
         .load_config_lists(&store)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(
-        entries = compiled.len() + n,
+        entries = compiled + n,
         adopted_maps = st.filter.adopted,
         "tables filled from the store"
     );
+    // Reading millions of entries and compiling them left hundreds of megabytes free.
+    trim_heap();
     for iface in st.settings.interfaces.clone() {
         attach_one(&mut st, &iface)?;
     }

@@ -363,10 +363,27 @@ impl Filter {
                             message: e.to_string(),
                         })?;
                     let prog = self.program();
-                    let id = prog.attach_to_link(link)?;
-                    // Keep only the pin as owner, so unpinning is all a detach takes.
-                    drop(prog.take_link(id)?);
-                    return Ok(None);
+                    match prog.attach_to_link(link) {
+                        Ok(id) => {
+                            // Keep only the pin as owner, so unpinning is all a detach takes.
+                            drop(prog.take_link(id)?);
+                            return Ok(None);
+                        }
+                        // The interface the link held went away (deleted and created again,
+                        // a driver reload): the kernel cut the link, and nothing filters
+                        // the new interface until a fresh link does.
+                        Err(ProgramError::SyscallError(e))
+                            if e.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+                        {
+                            log::warn!(
+                                "{}: the pinned link lost its interface ({}), attaching anew",
+                                pin.display(),
+                                e.io_error
+                            );
+                            let _ = std::fs::remove_file(pin);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Err(e) => {
                     // Not a link (stale file): replace it.

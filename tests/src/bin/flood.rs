@@ -68,6 +68,8 @@ const CLEAN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 2);
 const FULL: usize = 1 << 20;
 /// The IPv6 list: 2001:db8:0::/48 to 2001:db8:fffe::/48, all of 2001:db8::/32 but the MX's /48.
 const FULL6: usize = 0xffff;
+/// The control-plane row of the DNSBL-sized list.
+const DNSBL_SETUP: &str = "prefilter native (5M /32 + 1M mixed)";
 /// Hot sources: 240.0.0.0/23.
 const HOT_SOURCES: usize = 512;
 /// CPU of the sender, and of the receiving NAPI thread.
@@ -302,6 +304,25 @@ impl Family {
 }
 
 /// Writes the first `n` prefixes of `fam`, one per line, for `prefilter block import`.
+/// Lines of the DNSBL-sized list: 5M random host addresses and 1M mixed /8–/31 prefixes.
+const DNSBL: (usize, usize) = (5_000_000, 1_000_000);
+
+/// Writes the DNSBL-sized list (hosts as bare addresses, as dumps write them).
+fn write_dnsbl_list(dir: &Path) -> PathBuf {
+    let path = dir.join("list-dnsbl.txt");
+    let mut w = BufWriter::new(fs::File::create(&path).expect("create list"));
+    for (a, len) in prefilter_tests::dnsbl_prefixes(&mut Rng(0x5ca1e), DNSBL.0, DNSBL.1) {
+        if len == 32 {
+            writeln!(w, "{}", Ipv4Addr::from(a))
+        } else {
+            writeln!(w, "{}/{len}", Ipv4Addr::from(a))
+        }
+        .expect("write list");
+    }
+    w.flush().expect("flush list");
+    path
+}
+
 fn write_plain_list(dir: &Path, fam: Family, n: usize) -> PathBuf {
     let path = dir.join(format!("list{}-{n}.txt", fam.tag().trim()));
     let mut w = BufWriter::new(fs::File::create(&path).expect("create list"));
@@ -1493,6 +1514,20 @@ fn run_all(plan: &Plan, res: &mut Results) {
             standard_floods(res, &lab, &c, &cfgs, plan, true, true);
         });
     }
+    // The DNSBL-sized list: loading and restarting only (the floods above cover lookups).
+    guarded(res, "prefilter DNSBL-sized", |res| {
+        eprintln!("flood: writing the 6M-line list");
+        let list = write_dnsbl_list(&tmp.0);
+        let (mut c, mut info) = Prefilter::setup(&lab, "native", &list, Family::V4, FULL);
+        let restart = c.daemon.restart(libc::SIGTERM);
+        info.note = format!(
+            "5M random host addresses + 1M mixed /8–/31 prefixes, 6M lines; a restart with \
+             them takes {:.1} s until the daemon answers (the old program filters meanwhile)",
+            restart.as_secs_f64()
+        );
+        res.setups.insert(DNSBL_SETUP.into(), info);
+        let _ = fs::remove_file(list);
+    });
     guarded(res, "xdp-filter", |res| {
         let (c, info) = XdpFilter::setup(&lab).expect("xdp-filter");
         res.setups.insert(c.label(), info);
@@ -1830,6 +1865,14 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
             p.as_secs_f64(),
             n.as_secs_f64(),
             n.as_secs_f64() / p.as_secs_f64()
+        );
+    }
+    if let Some(d) = res.setups.get(DNSBL_SETUP).and_then(|s| s.load) {
+        let _ = writeln!(
+            o,
+            "\nLoading the DNSBL-sized list (5M host addresses + 1M mixed prefixes, 6M lines): \
+             `prefilter block import` {:.2} s.",
+            d.as_secs_f64()
         );
     }
     let _ = writeln!(
