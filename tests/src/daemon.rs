@@ -662,11 +662,21 @@ impl Daemon {
 
     /// VmRSS of the daemon in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// RssAnon of the daemon in KiB: its own memory, without mapped files and the pages of
+    /// the kernel's maps it touched through mmap (which VmRSS counts).
+    pub fn rss_anon_kib(&self) -> u64 {
+        self.status_kib("RssAnon")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 }
 

@@ -225,7 +225,7 @@ fn measure_a_million_entries() {
     let idle = d.rss_kib();
     // RSS also counts the pages of the kernel's maps the agent has touched through mmap
     // (the IPv4 tables), which are kernel memory; RssAnon is the agent's own heap.
-    let idle_anon = rss_anon_kib(&d);
+    let idle_anon = d.rss_anon_kib();
     println!(
         "idle RSS {:.1} MiB, heap (RssAnon) {:.1} MiB",
         mib(idle),
@@ -249,7 +249,7 @@ fn measure_a_million_entries() {
     ] {
         let list = format!("feed{}", &kind[1..]);
         // The allocator keeps some of an earlier round's memory: count from this round's start.
-        let round_anon = rss_anon_kib(&d);
+        let round_anon = d.rss_anon_kib();
         let (base, spare) = if kind == "/24" {
             (
                 all.clone(),
@@ -268,7 +268,7 @@ fn measure_a_million_entries() {
             continue;
         }
         let rss = d.rss_kib();
-        let anon = rss_anon_kib(&d);
+        let anon = d.rss_anon_kib();
         println!(
             "{kind}: 1M import {took:?}; RSS {:.1} MiB (+{:.1} MiB, {} B/entry over idle); \
              heap (RssAnon) {:.1} MiB (+{:.1} MiB, {} B/entry over the round's start)",
@@ -334,15 +334,6 @@ fn measure_a_million_entries() {
     println!("RSS after restart {:.1} MiB", mib(d.rss_kib()));
 }
 
-/// RssAnon of the daemon in KiB: its own memory, without mapped files and map pages.
-fn rss_anon_kib(d: &Daemon) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon")
-}
-
 /// The issue's DNSBL-sized list through the CLI: 5M random host /32s over the whole IPv4
 /// space plus 1M mixed /8–/31 prefixes, one 6M-line file, imported into a fresh daemon with
 /// the shipped limits. Prints the CLI's wall time and the daemon's breakdown; asserts only
@@ -372,12 +363,12 @@ fn measure_six_million_lines() {
     println!("6M lines: CLI wall {took:?}\n{}", replaced_lines(&d, mark));
     println!(
         "heap (RssAnon) after the import: {:.1} MiB",
-        mib(rss_anon_kib(&d))
+        mib(d.rss_anon_kib())
     );
     let ready = d.restart(libc::SIGTERM);
     println!(
         "restart with 6M entries until answering: {ready:?}; heap {:.1} MiB",
-        mib(rss_anon_kib(&d))
+        mib(d.rss_anon_kib())
     );
     assert_verified(&d, "after the 6M import and a restart");
 }

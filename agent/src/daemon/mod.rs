@@ -1268,9 +1268,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     st.runtime_config()?;
     // Fill the fresh tables completely before any link points at this program.
     let at = store::now();
-    let compiled = read(&store).compiled(at);
-    apply(&mut st.filter, &compiled).map_err(|e| anyhow::anyhow!("filling the tables: {e}"))?;
-    let compiled = compiled.len();
+    // Scoped: the changes (48 bytes per entry) must not live as long as the daemon.
+    let compiled = {
+        let changes = read(&store).compiled(at);
+        apply(&mut st.filter, &changes).map_err(|e| anyhow::anyhow!("filling the tables: {e}"))?;
+        changes.len()
+    };
     let n = st
         .load_config_lists(&store)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
