@@ -429,10 +429,7 @@ impl Store {
             let reason = next().ok().filter(|r| !r.is_empty());
             bulk.push(
                 prefix,
-                act,
-                reason,
-                created,
-                (expires != 0).then_some(expires),
+                (act, reason, created, (expires != 0).then_some(expires)),
             );
         }
         bulk.finish();
@@ -1539,7 +1536,7 @@ pub fn stage_list(dir: &Path, name: &str, l: &List) -> Result<StagedList, StoreE
         // most of it formatting addresses and numbers.
         let mut line = Vec::with_capacity(256);
         let mut num = itoa::Buffer::new();
-        for (p, action, reason, created, expires) in l.entries.parts() {
+        for (p, (action, reason, created, expires)) in l.entries.parts() {
             line.clear();
             push_prefix(&mut line, &p, &mut num);
             line.push(b'\t');

@@ -121,6 +121,9 @@ impl Reasons {
     }
 }
 
+/// An entry's parts as stored: action, reason, creation time, expiry (Unix seconds).
+pub type Parts<'a> = (u8, Option<&'a str>, u64, Option<u64>);
+
 /// The entries of one list.
 #[derive(Clone, Debug, Default)]
 pub struct Entries {
@@ -231,24 +234,35 @@ impl Entries {
             .chain(self.v6.iter().map(|(&k, s)| (v6_prefix(k), self.entry(*s))))
     }
 
-    /// Every entry as (prefix, action, reason, created, expires), in no order, without
-    /// copying anything: what a list file is written from.
-    #[allow(clippy::type_complexity)]
-    pub fn parts(&self) -> impl Iterator<Item = (Prefix, u8, Option<&str>, u64, Option<u64>)> {
+    /// Every entry with its parts, in no order, without copying anything: what a list file
+    /// is written from.
+    pub fn parts(&self) -> impl Iterator<Item = (Prefix, Parts<'_>)> {
         let part = |p: Prefix, s: &Slot| {
             let r = s.rule();
             (
                 p,
-                s.action,
-                self.reasons.text(s.reason),
-                u64::from(s.created),
-                r.expires,
+                (
+                    s.action,
+                    self.reasons.text(s.reason),
+                    u64::from(s.created),
+                    r.expires,
+                ),
             )
         };
         self.v4
             .iter()
             .map(move |(&k, s)| part(v4_prefix(k), s))
             .chain(self.v6.iter().map(move |(&k, s)| part(v6_prefix(k), s)))
+    }
+
+    /// The stored form of an entry's parts, `reason` interned.
+    fn new_slot(&mut self, (action, reason, created, expires): Parts<'_>) -> Slot {
+        Slot {
+            action,
+            reason: self.reasons.intern(reason),
+            created: secs(created),
+            expires: expires.map_or(0, |x| secs(x).max(1)),
+        }
     }
 
     /// Sets the entry for `p` from its parts, interning `reason`.
@@ -260,12 +274,7 @@ impl Entries {
         created: u64,
         expires: Option<u64>,
     ) -> Option<Entry> {
-        let s = Slot {
-            action,
-            reason: self.reasons.intern(reason),
-            created: secs(created),
-            expires: expires.map_or(0, |x| secs(x).max(1)),
-        };
+        let s = self.new_slot((action, reason, created, expires));
         let old = match key(&p) {
             Key::V4(k) => self.v4.insert(k, s),
             Key::V6(k) => self.v6.insert(k, s),
@@ -284,7 +293,7 @@ impl Entries {
         let items = items.into_iter();
         let mut bulk = self.bulk(items.size_hint().0);
         for (p, reason) in items {
-            bulk.push(p, action, reason, created, None);
+            bulk.push(p, (action, reason, created, None));
         }
         bulk.finish();
     }
@@ -387,21 +396,9 @@ pub struct Bulk<'e> {
 }
 
 impl Bulk<'_> {
-    /// Adds an entry from its parts, interning `reason` at once.
-    pub fn push(
-        &mut self,
-        p: Prefix,
-        action: u8,
-        reason: Option<&str>,
-        created: u64,
-        expires: Option<u64>,
-    ) {
-        let s = Slot {
-            action,
-            reason: self.entries.reasons.intern(reason),
-            created: secs(created),
-            expires: expires.map_or(0, |x| secs(x).max(1)),
-        };
+    /// Adds an entry from its parts, interning its reason at once.
+    pub fn push(&mut self, p: Prefix, parts: Parts<'_>) {
+        let s = self.entries.new_slot(parts);
         match key(&p) {
             Key::V4(k) => self.v4.push((k, s)),
             Key::V6(k) => {

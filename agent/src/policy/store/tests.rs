@@ -938,7 +938,7 @@ fn a_list_file_reads_back_every_field_and_an_uncommitted_stage_leaves_nothing() 
     e.insert_parts(p("2001:db8::1"), action::DROP, None, 9, None);
     let want: BTreeMap<String, (u8, Option<String>, u64, Option<u64>)> = e
         .parts()
-        .map(|(p, a, r, c, x)| {
+        .map(|(p, (a, r, c, x))| {
             (
                 p.to_string(),
                 (a, r.map(|r| r.replace(['\t', '\n'], " ")), c, x),
@@ -965,7 +965,7 @@ fn a_list_file_reads_back_every_field_and_an_uncommitted_stage_leaves_nothing() 
     let got: BTreeMap<String, (u8, Option<String>, u64, Option<u64>)> = s.lists()["feed"]
         .entries
         .parts()
-        .map(|(p, a, r, c, x)| (p.to_string(), (a, r.map(str::to_owned), c, x)))
+        .map(|(p, (a, r, c, x))| (p.to_string(), (a, r.map(str::to_owned), c, x)))
         .collect();
     assert_eq!(got, want);
 }
