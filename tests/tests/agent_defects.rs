@@ -620,6 +620,34 @@ fn full_disk_refuses_changes_and_loses_nothing() {
         !listed(&d, "198.51.100.80/32"),
         "a refused add is listed anyway"
     );
+    // A new list's file is written on another thread while the tables are: on a full disk
+    // the import is refused whole, nothing of it is enforced, no temporary file stays.
+    let lines: String = (0..5000u32)
+        .map(|i| format!("{}\n", Ipv4Addr::from(0xf000_0000 | i)))
+        .collect();
+    let big = file(&d, "big.txt", &lines);
+    let out = d.cli(&["block", "import", &big, "--list", "big"]);
+    assert_ne!(out.code, 0, "an import on a full disk: {}", out.both());
+    assert_eq!(
+        d.check("240.0.0.7")["verdict"],
+        "pass",
+        "a refused import is enforced"
+    );
+    assert!(
+        prefixes_in(&d, "big").is_empty(),
+        "a refused import is listed"
+    );
+    let lists = d.state_dir.join("lists");
+    let left: Vec<_> = std::fs::read_dir(&lists)
+        .expect("lists dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".big"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "temporary files left in {lists:?}: {left:?}"
+    );
 
     std::fs::remove_file(&filler_path).expect("remove the filler");
     d.cli_ok(&["block", "add", "198.51.100.81"]);
@@ -636,6 +664,10 @@ fn full_disk_refuses_changes_and_loses_nothing() {
             "after a restart (signal {sig}) the acknowledged entries are back, the refused \
              one is not\ndaemon log:\n{}",
             d.log()
+        );
+        assert!(
+            prefixes_in(&d, "big").is_empty(),
+            "the refused import came back"
         );
     }
 }

@@ -385,9 +385,9 @@ impl Store {
             message: message.to_owned(),
         };
         let f = File::open(path).map_err(io_err(path))?;
-        let mut lines = BufReader::with_capacity(1 << 20, f);
+        let mut reader = BufReader::with_capacity(1 << 20, f);
         let mut header = String::new();
-        if lines.read_line(&mut header).map_err(io_err(path))? == 0 {
+        if reader.read_line(&mut header).map_err(io_err(path))? == 0 {
             return Err(corrupt(1, "empty list file"));
         }
         let header = header.trim_end_matches('\n');
@@ -416,7 +416,7 @@ impl Store {
         let mut line = String::new();
         for i in 2.. {
             line.clear();
-            if lines.read_line(&mut line).map_err(io_err(path))? == 0 {
+            if reader.read_line(&mut line).map_err(io_err(path))? == 0 {
                 break;
             }
             let text = line.strip_suffix('\n').unwrap_or(&line);

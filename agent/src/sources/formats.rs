@@ -170,39 +170,38 @@ pub fn parse(text: &str, format: Format) -> Parsed {
         .map(|i| half + i + 1);
     let (first, second) = match split {
         Some(at) if text.len() >= PARALLEL_BYTES => text.split_at(at),
-        _ => return parse_lines(text, format, 0),
+        _ => return parse_lines(text, format).0,
     };
-    let (mut out, rest) = std::thread::scope(|s| {
-        let rest = s.spawn(|| {
-            // Line numbers go on from the first half's: it ends with a newline, so it
-            // holds as many lines as newlines.
-            let before = first.bytes().filter(|&b| b == b'\n').count();
-            parse_lines(second, format, before)
-        });
-        let out = parse_lines(first, format, 0);
+    let ((mut out, before), (rest, _)) = std::thread::scope(|s| {
+        let rest = s.spawn(|| parse_lines(second, format));
+        let out = parse_lines(first, format);
         let rest = rest
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (out, rest)
     });
     out.entries.extend(rest.entries);
-    out.errors.extend(rest.errors);
+    // The second half's line numbers go on from the first half's.
+    out.errors
+        .extend(rest.errors.into_iter().map(|e| LineError {
+            line: before + e.line,
+            ..e
+        }));
     out
 }
 
 /// Texts this long are parsed on two threads.
 const PARALLEL_BYTES: usize = 4 << 20;
 
-/// Parses plain or Spamhaus lines, numbering them from `before + 1`.
-fn parse_lines(text: &str, format: Format, before: usize) -> Parsed {
-    // About one entry per line: reserved at once rather than grown by copies of millions.
-    // Lines of a dozen bytes at the least bound it, so a body of empty lines cannot reserve
-    // gigabytes (untouched, but an allocation the kernel may refuse).
-    let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+/// Parses plain or Spamhaus lines; returns them and how many lines there were.
+fn parse_lines(text: &str, format: Format) -> (Parsed, usize) {
+    // About one entry per line of a dozen bytes or more: reserved at once rather than grown
+    // by copies of millions; untouched where lines are longer.
     let mut out = Parsed {
-        entries: Vec::with_capacity(lines.min(text.len() / 12 + 1)),
+        entries: Vec::with_capacity(text.len() / 12 + 1),
         ..Parsed::default()
     };
+    let mut lines = 0;
     for (i, line) in text.lines().enumerate() {
         let res = match format {
             Format::Plain => plain_line(line, &mut out.entries),
@@ -211,13 +210,14 @@ fn parse_lines(text: &str, format: Format, before: usize) -> Parsed {
         };
         if let Err(message) = res {
             out.errors.push(LineError {
-                line: before + i + 1,
+                line: i + 1,
                 text: cut(line),
                 message,
             });
         }
+        lines = i + 1;
     }
-    out
+    (out, lines)
 }
 
 /// A list update as a difference (`block import --patch`).
