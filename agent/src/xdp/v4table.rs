@@ -243,8 +243,10 @@ pub struct V4Table {
     groups: u32,
     /// Group slots in the map: `groups` plus spares for copy-on-write.
     slots: u32,
-    /// Verdict of each /24 as the rules up to /24 give it (its group's background).
-    leaf: Vec<u16>,
+    /// The leaf (the verdict the rules up to /24 give it, its group's background) of each
+    /// /24 that holds longer rules, where not 0. Any other /24's leaf is its TBL24 entry:
+    /// an array of 2^24 leaves beside it cost 32 MiB once a list spreads over the space.
+    long_leaf: HashMap<u32, u16>,
     /// Owner priority of each leaf.
     prio24: Vec<u8>,
     /// Bit per /24: it holds rules longer than /24.
@@ -281,7 +283,7 @@ impl V4Table {
             runs_map: Arc::new(runs_map),
             groups,
             slots,
-            leaf: vec![0; 1 << 24],
+            long_leaf: HashMap::new(),
             prio24: vec![0; 1 << 24],
             long: vec![0; (1 << 24) / 64],
             live: 0,
@@ -326,12 +328,36 @@ impl V4Table {
         self.long[(i >> 6) as usize] & (1 << (i & 63)) != 0
     }
 
+    /// Marks /24 `i` as holding rules longer than /24 or not, moving its leaf between its
+    /// TBL24 entry and `long_leaf`. Unmarked, the entry becomes that leaf at once.
     fn set_long(&mut self, i: u32, on: bool) {
+        if on == self.has_long(i) {
+            return;
+        }
         let b = 1u64 << (i & 63);
         if on {
+            let leaf = self.leaf(i);
+            if leaf != 0 {
+                self.long_leaf.insert(i, leaf);
+            }
             self.long[(i >> 6) as usize] |= b;
         } else {
+            let leaf = self.long_leaf.remove(&i).unwrap_or(0);
             self.long[(i >> 6) as usize] &= !b;
+            // A plain leaf takes no group or run verdicts: this cannot fail.
+            if let Err(e) = self.publish(i, Content::Leaf(leaf)) {
+                log::error!("IPv4 table: writing the leaf of {i:#x}/24: {e}");
+            }
+        }
+    }
+
+    /// The verdict of /24 `i` from the rules up to /24.
+    fn leaf(&self, i: u32) -> u16 {
+        if self.has_long(i) {
+            self.long_leaf.get(&i).copied().unwrap_or(0)
+        } else {
+            // Without longer rules the entry is always the plain leaf.
+            self.t24()[i as usize].load(Ordering::Relaxed) as u16
         }
     }
 
@@ -507,7 +533,7 @@ impl V4Table {
             let want = if self.has_long(i) {
                 self.content(i, here.iter().copied())
             } else {
-                Content::Leaf(self.leaf[i as usize])
+                Content::Leaf(self.leaf(i))
             };
             if let Err(e) = self.publish(i, want) {
                 failed.push((i, e));
@@ -715,13 +741,16 @@ impl V4Table {
             // A /24 with longer rules is recomputed even if its leaf verdict stays: the
             // leaf's priority decides which of them it hides.
             self.prio24[iu] = p;
-            let changed = self.leaf[iu] != v;
-            self.leaf[iu] = v;
             if self.has_long(i) {
+                if v == 0 {
+                    self.long_leaf.remove(&i);
+                } else {
+                    self.long_leaf.insert(i, v);
+                }
                 if let Err(e) = self.touch(i) {
                     result = result.and(Err(e));
                 }
-            } else if changed {
+            } else if self.leaf(i) != v {
                 self.t24()[iu].store(u64::from(v), Ordering::Release);
             }
         }
@@ -744,8 +773,8 @@ impl V4Table {
     /// /24 nothing else covers, is decided from the rules alone: building and scanning the
     /// 256-entry arrays for each of millions of such /24s cost more than the rest of a load.
     fn content(&self, i: u32, long: impl Iterator<Item = (u32, u8, Rule)> + Clone) -> Content {
-        let iu = i as usize;
-        if self.leaf[iu] == 0 && self.prio24[iu] == 0 {
+        let leaf = self.leaf(i);
+        if leaf == 0 && self.prio24[i as usize] == 0 {
             let mut hosts = [(0u8, 0u16); 2];
             let mut n = 0;
             let mut simple = true;
@@ -769,13 +798,13 @@ impl V4Table {
                 };
             }
         }
-        encode(self.leaf[iu], &self.verdicts(i, long))
+        encode(leaf, &self.verdicts(i, long))
     }
 
     /// The 256 verdicts of /24 `i`: its leaf, then its longer rules `long` by priority.
     fn verdicts(&self, i: u32, long: impl Iterator<Item = (u32, u8, Rule)>) -> [u16; 256] {
         let iu = i as usize;
-        let mut arr = [self.leaf[iu]; 256];
+        let mut arr = [self.leaf(i); 256];
         if !self.has_long(i) {
             return arr;
         }
@@ -806,7 +835,7 @@ impl V4Table {
         let want = if self.has_long(i) {
             self.content(i, self.long_rules(i).map(|(a, l, r)| (a, l, *r)))
         } else {
-            Content::Leaf(self.leaf[i as usize])
+            Content::Leaf(self.leaf(i))
         };
         self.publish(i, want)
     }

@@ -207,6 +207,10 @@ fn random_operations_match_reference() {
     assert_eq!(t.groups_used().0, 0);
     assert_eq!(t.runs_used().0, 0);
     assert!(t.intern.is_empty());
+    assert!(
+        t.long_leaf.is_empty(),
+        "leaves of /24s with longer rules given back"
+    );
     assert!(t.t24().iter().all(|e| e.load(Ordering::Relaxed) == 0));
 }
 
@@ -366,6 +370,17 @@ fn full_group_table_is_an_error_and_changes_nothing() {
     assert_eq!(t.lookup(0x0b00_0001), 0x2001);
     assert_eq!(t.lookup(0x0b00_0002), 0x2001);
     assert_eq!(t.rules().count(), 5);
+    // A host refused inside a listed /24: the /24 keeps its verdict (its leaf went aside
+    // for the longer rule and came back), and stays writable.
+    t.set(0x0c00_0000, 24, Kind::Block, 0x2001).unwrap();
+    let err = t.set(0x0c00_0005, 32, Kind::Allow, 0x2002).unwrap_err();
+    assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
+    assert_eq!(t.lookup(0x0c00_0005), 0x2001);
+    assert_eq!(t.lookup(0x0c00_00ff), 0x2001);
+    t.set(0x0c00_0000, 24, Kind::Block, 0x2003).unwrap();
+    assert_eq!(t.lookup(0x0c00_0005), 0x2003);
+    assert!(t.remove(0x0c00_0000, 24, Kind::Block));
+    assert_eq!(t.lookup(0x0c00_0005), 0);
 }
 
 #[test]
