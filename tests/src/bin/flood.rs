@@ -378,6 +378,58 @@ fn xdp_read_drop_program() -> std::io::Result<OwnedFd> {
     prefilter_tests::netns::xdp_insns_program(&insns, "xdp_read_drop")
 }
 
+/// Looks the frame's source /24 up in an array of `entries` u64s (2^20: 8 MiB, the size of
+/// prefilter's /24 table over 240.0.0.0/4) and drops, the result depending on the load: the
+/// floor of any table lookup that misses the cache, one dependent memory access.
+fn xdp_table_load_program(entries: u32) -> std::io::Result<OwnedFd> {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let mut attr = MapCreate {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size: 8,
+        max_entries: entries,
+        map_flags: 0,
+    };
+    let map = bpf(0 /* BPF_MAP_CREATE */, &mut attr)?;
+    let i = |op: u8, regs: u8, off: i16, imm: i32| {
+        let o = off.to_le_bytes();
+        let m = imm.to_le_bytes();
+        u64::from_le_bytes([op, regs, o[0], o[1], m[0], m[1], m[2], m[3]])
+    };
+    let insns = [
+        i(0x61, 0x12, 0, 0),                  // r2 = data
+        i(0x61, 0x13, 4, 0),                  // r3 = data_end
+        i(0xbf, 0x24, 0, 0),                  // r4 = r2
+        i(0x07, 0x04, 0, 34),                 // r4 += 34 (Ethernet + IPv4 header)
+        i(0x2d, 0x34, 15, 0),                 // if r4 > r3 goto drop
+        i(0x61, 0x26, 26, 0),                 // r6 = IPv4 source (wire order)
+        i(0xdc, 0x06, 0, 32),                 // r6 = be32(r6)
+        i(0x77, 0x06, 0, 8),                  // r6 >>= 8: the /24
+        i(0x57, 0x06, 0, entries as i32 - 1), // r6 &= entries - 1
+        i(0x63, 0x6a, -4, 0),                 // *(u32 *)(r10 - 4) = r6
+        i(0xbf, 0xa2, 0, 0),                  // r2 = r10
+        i(0x07, 0x02, 0, -4),                 // r2 += -4
+        i(0x18, 0x11, 0, map.as_raw_fd()),    // r1 = map (BPF_PSEUDO_MAP_FD) ...
+        0,                                    // ... upper half of the 64-bit immediate
+        i(0x85, 0, 0, 1),                     // call bpf_map_lookup_elem (inlined)
+        i(0x15, 0x00, 4, 0),                  // if r0 == 0 goto drop
+        i(0x79, 0x00, 0, 0),                  // r0 = *(u64 *)(r0 + 0)
+        i(0x57, 0x00, 0, 0),                  // r0 &= 0
+        i(0x07, 0x00, 0, 1),                  // r0 += 1: XDP_DROP, after the load
+        i(0x95, 0, 0, 0),                     // exit
+        i(0xb7, 0x00, 0, 1),                  // drop: r0 = XDP_DROP
+        i(0x95, 0, 0, 0),                     // exit
+    ];
+    prefilter_tests::netns::xdp_insns_program(&insns, "xdp_table_drop")
+}
+
 /// Kernel BPF run-time statistics on while this lives (BPF_ENABLE_STATS: the same switch as
 /// `sysctl kernel.bpf_stats_enabled=1`, but reference-counted and turned back off by the
 /// kernel when the descriptor closes, even if this process is killed).
@@ -1300,7 +1352,7 @@ impl Drop for Nft<'_> {
 }
 
 /// A raw XDP program on the receiving veth (native), held by a BPF link: the floors,
-/// [`xdp_drop_program`] and [`xdp_read_drop_program`].
+/// [`xdp_drop_program`], [`xdp_read_drop_program`] and [`xdp_table_load_program`].
 struct Floor {
     _link: OwnedFd,
     label: &'static str,
@@ -1313,6 +1365,10 @@ impl Floor {
 
     fn read_drop(lab: &Lab) -> Result<Self, String> {
         Self::setup(lab, xdp_read_drop_program(), "XDP read one byte, drop")
+    }
+
+    fn table_load(lab: &Lab, entries: u32) -> Result<Self, String> {
+        Self::setup(lab, xdp_table_load_program(entries), TABLE_LOAD)
     }
 
     fn setup(
@@ -1383,9 +1439,17 @@ struct Plan {
     v6_hot: bool,
 }
 
+/// The label of [`xdp_table_load_program`] over the full list's /24s.
+const TABLE_LOAD: &str = "XDP one load from an 8 MiB table, drop";
+
+/// Table sizes (u64 entries) for the one-load floor against size: 4 KiB to 8 MiB.
+const LOAD_CURVE: [u32; 4] = [1 << 9, 1 << 13, 1 << 16, 1 << 20];
+
 #[derive(Default)]
 struct Results {
     runs: Vec<Run>,
+    /// The one-load floor at each of [`LOAD_CURVE`]'s sizes, random sources, common rate.
+    load_curve: Vec<(u32, Run)>,
     setups: BTreeMap<String, SetupInfo>,
     failures: Vec<String>,
 }
@@ -1506,6 +1570,25 @@ fn run_all(plan: &Plan, res: &mut Results) {
     guarded(res, "XDP read-drop", |res| {
         let c = Floor::read_drop(&lab).expect("XDP read-drop");
         standard_floods(res, &lab, &c, &cfgs, plan, true, false);
+    });
+    // What one random memory access costs inside the flood, against the table's size: the
+    // floor of any lookup, which the per-packet work between two frames leaves cold.
+    guarded(res, "XDP table load", |res| {
+        for entries in LOAD_CURVE {
+            let c = Floor::table_load(&lab, entries).expect("XDP table load");
+            let run = flood(&lab, &c, &cfgs.random_full, Some(plan.common), plan);
+            let full = entries as usize == FULL;
+            match &run {
+                Ok(r) => res.load_curve.push((entries, r.clone())),
+                Err(e) if !full => res.failures.push(format!("{TABLE_LOAD}, {entries}: {e}")),
+                Err(_) => {}
+            }
+            // The 8 MiB one, the size of prefilter's /24 table over the list, is a contender.
+            if full {
+                res.record(&format!("{TABLE_LOAD} at {} pps", plan.common), run);
+                standard_floods(res, &lab, &c, &cfgs, plan, false, false);
+            }
+        }
     });
     for mode in ["native", "skb"] {
         guarded(res, &format!("prefilter {mode}"), |res| {
@@ -1738,6 +1821,41 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
         "xdp-filter has no prefixes (exact addresses in a hash of 10,000 in Debian's build), so \
          it has only the hot row, with the 512 sources listed one by one.\n"
     );
+
+    let _ = writeln!(o, "### One memory access inside the flood\n");
+    let _ = writeln!(
+        o,
+        "*{TABLE_LOAD}* and its smaller siblings: an XDP program of 22 instructions that looks \
+         the frame's source /24 up in a BPF array of u64s (masked to the array's size) and \
+         drops, its verdict depending on the loaded value; random sources at {} kpps. It \
+         measures what one random access to a table of that size costs here, between frames \
+         whose handling (the veth's copy, socket buffers, page pool) leaves the caches cold: \
+         the floor of any filter that looks the source up in a table that size. prefilter's \
+         /24 table over 240.0.0.0/4 is 8 MiB (2 KiB per /16).\n",
+        plan.common / 1000
+    );
+    let floor_bpf = at("XDP drop-all (floor)", "random 1Mi").and_then(|r| r.bpf_ns);
+    let _ = writeln!(o, "| table | BPF ns/run | above drop-all |");
+    let _ = writeln!(o, "|---:|---:|---:|");
+    for (entries, r) in &res.load_curve {
+        let _ = writeln!(
+            o,
+            "| {}B | {} | {} |",
+            size_label(*entries as usize * 8),
+            fmt_opt(r.bpf_ns, 1.0, 0),
+            fmt_opt(r.bpf_ns.zip(floor_bpf).map(|(a, b)| a - b), 1.0, 0),
+        );
+    }
+    let load_bpf = at(TABLE_LOAD, "random 1Mi").and_then(|r| r.bpf_ns);
+    if let Some(p) = at("prefilter native (1Mi /24s)", "random 1Mi").and_then(|r| r.bpf_ns) {
+        let _ = writeln!(
+            o,
+            "\nprefilter native (1Mi /24s), the same flood: {p:.0} ns/run, drop-all + {}, and {} \
+             ns against the one load from an 8 MiB table.\n",
+            fmt_opt(floor_bpf.map(|f| p - f), 1.0, 0),
+            load_bpf.map_or("—".into(), |f| format!("{:+.0}", p - f)),
+        );
+    }
 
     let _ = writeln!(
         o,
