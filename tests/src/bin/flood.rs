@@ -135,6 +135,10 @@ fn parse_args() -> Result<Opts, String> {
 // ---------------------------------------------------------------------------------------
 // Small helpers
 
+/// `nft -f` applying a 1 % change to the 1Mi interval set ran past 300 s here: it is
+/// stopped sooner and reported as such.
+const NFT_DELTA_WITHIN: Duration = Duration::from_secs(60);
+
 /// Bound on any external command (`nft -f` of a million elements included).
 const CMD_WITHIN: Duration = Duration::from_secs(300);
 
@@ -1135,9 +1139,24 @@ trait Contender {
 #[derive(Default, Clone)]
 struct SetupInfo {
     load: Option<Duration>,
+    /// How long a 1 % change of the list took to apply ([`delta_lines`]), as shown.
+    delta: Option<String>,
     rss_kib: Option<u64>,
     memlock: Option<(u64, usize)>,
     note: String,
+}
+
+/// A 1 % change of the IPv4 list of `n` /24s, as a feed's daily update brings: every 100th
+/// /24 goes (`-` lines) and a single host inside it comes (`+` lines).
+fn delta_lines(n: usize) -> Vec<(char, String)> {
+    (0..n)
+        .step_by(100)
+        .flat_map(|i| {
+            let net = net24(i);
+            let host = Ipv4Addr::from(u32::from(net) + 1);
+            [('-', format!("{net}/24")), ('+', host.to_string())]
+        })
+        .collect()
 }
 
 /// The prefilter daemon on the receiving veth, the list imported through the CLI.
@@ -1175,6 +1194,7 @@ impl Prefilter {
             } else {
                 String::new()
             },
+            delta: None,
         };
         (
             Self {
@@ -1185,6 +1205,23 @@ impl Prefilter {
             },
             info,
         )
+    }
+
+    /// Applies [`delta_lines`] with `block import --patch` (the way to send a difference),
+    /// after the floods: the list then has holes.
+    fn delta(&self, dir: &Path) -> String {
+        let path = dir.join("delta.diff");
+        let text: String = delta_lines(self.n)
+            .into_iter()
+            .map(|(op, p)| format!("{op}{p}\n"))
+            .collect();
+        fs::write(&path, text).expect("write the delta");
+        let file = path.to_str().expect("path");
+        let out = self
+            .daemon
+            .cli(&["block", "import", file, "--list", "bench", "--patch"]);
+        assert_eq!(out.code, 0, "import --patch: {}", out.both());
+        format!("{:.0} ms", out.took.as_secs_f64() * 1e3)
     }
 }
 
@@ -1326,6 +1363,39 @@ impl<'a> Nft<'a> {
                 ..SetupInfo::default()
             },
         ))
+    }
+}
+
+impl Nft<'_> {
+    /// Applies [`delta_lines`] with `nft -f` (delete and add elements in one transaction),
+    /// stopped after [`NFT_DELTA_WITHIN`].
+    fn delta(&self, dir: &Path) -> Result<String, String> {
+        let lines = delta_lines(self.n);
+        let set = |op: char| {
+            lines
+                .iter()
+                .filter(|(o, _)| *o == op)
+                .map(|(_, p)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let path = dir.join("delta.nft");
+        let table = &self.table;
+        let text = format!(
+            "delete element netdev {table} blocked {{ {} }}\nadd element netdev {table} blocked {{ {} }}\n",
+            set('-'),
+            set('+')
+        );
+        fs::write(&path, text).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.mx.name, "nft", "-f"])
+            .arg(&path);
+        let start = Instant::now();
+        match try_run_bounded(cmd, NFT_DELTA_WITHIN) {
+            None => Ok(format!("over {} s (stopped)", NFT_DELTA_WITHIN.as_secs())),
+            Some(out) if out.code != 0 => Err(format!("nft -f: {}", out.both())),
+            Some(_) => Ok(format!("{:.0} ms", start.elapsed().as_secs_f64() * 1e3)),
+        }
     }
 }
 
@@ -1592,9 +1662,11 @@ fn run_all(plan: &Plan, res: &mut Results) {
     });
     for mode in ["native", "skb"] {
         guarded(res, &format!("prefilter {mode}"), |res| {
-            let (c, info) = Prefilter::setup(&lab, mode, &full_list, Family::V4, FULL);
-            res.setups.insert(c.label(), info);
+            let (c, mut info) = Prefilter::setup(&lab, mode, &full_list, Family::V4, FULL);
+            res.setups.insert(c.label(), info.clone());
             standard_floods(res, &lab, &c, &cfgs, plan, true, true);
+            info.delta = Some(c.delta(&tmp.0));
+            res.setups.insert(c.label(), info);
         });
     }
     // The DNSBL-sized list: loading and restarting only (the floods above cover lookups).
@@ -1625,9 +1697,11 @@ fn run_all(plan: &Plan, res: &mut Results) {
     });
     guarded(res, "nftables", |res| {
         eprintln!("flood: nft -f with {FULL} elements");
-        let (c, info) = Nft::setup(&lab, &tmp.0, Family::V4, FULL).expect("nftables");
-        res.setups.insert(c.label(), info);
+        let (c, mut info) = Nft::setup(&lab, &tmp.0, Family::V4, FULL).expect("nftables");
+        res.setups.insert(c.label(), info.clone());
         standard_floods(res, &lab, &c, &cfgs, plan, true, true);
+        info.delta = Some(c.delta(&tmp.0).expect("nftables delta"));
+        res.setups.insert(c.label(), info);
     });
     // Cost against list size: random sources over the list, full speed.
     for &n in plan.sizes.iter().filter(|&&n| n != FULL) {
@@ -1949,15 +2023,16 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
     let _ = writeln!(o, "## Control plane\n");
     let _ = writeln!(
         o,
-        "| contender | load time | agent RSS | kernel map memory (memlock, maps) | note |"
+        "| contender | load time | 1 % delta | agent RSS | kernel map memory (memlock, maps) | note |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---|");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---|");
     for (name, s) in &res.setups {
         let _ = writeln!(
             o,
-            "| {name} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} |",
             s.load
                 .map_or("—".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+            s.delta.as_deref().unwrap_or("—"),
             s.rss_kib
                 .map_or("—".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
             s.memlock.map_or("—".into(), |(b, n)| format!(
@@ -1985,6 +2060,14 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
             n.as_secs_f64() / p.as_secs_f64()
         );
     }
+    let _ = writeln!(
+        o,
+        "\n*1 % delta*: after the floods, every 100th /24 of the 1Mi list removed and a single \
+         host inside each added ({} lines of each): `prefilter block import --patch` with \
+         `-`/`+` lines (what `diff -u` of the old and new list gives), `nft -f` with one \
+         `delete element` and one `add element`. Timed from the command's start to its end.",
+        FULL / 100 + 1
+    );
     if let Some(d) = res.setups.get(DNSBL_SETUP).and_then(|s| s.load) {
         let _ = writeln!(
             o,
