@@ -247,7 +247,7 @@ pub struct V4Table {
     /// The leaf (the verdict the rules up to /24 give it, its group's background) of each
     /// /24 that holds longer rules, where not 0. Any other /24's leaf is its TBL24 entry:
     /// an array of 2^24 leaves beside it cost 32 MiB once a list spreads over the space.
-    /// Keyed by /24 index: Fx (one multiply) instead of SipHash, looked up per dirty /24.
+    /// Fx-hashed (one multiply per /24 index, not SipHash); a large batch reads it sorted.
     long_leaf: FxHashMap<u32, u16>,
     /// Owner priority of each leaf.
     prio24: Vec<u8>,
@@ -782,10 +782,11 @@ impl V4Table {
         }
     }
 
-    /// What /24 `i` should hold given its `leaf` and `long`, its rules longer than /24 in address order:
-    /// `encode` of its 256 verdicts. The common case of a DNSBL dump, one or two hosts in a
-    /// /24 nothing else covers, is decided from the rules alone: building and scanning the
-    /// 256-entry arrays for each of millions of such /24s cost more than the rest of a load.
+    /// What /24 `i` should hold given its `leaf` and `long`, its rules longer than /24 in
+    /// address order: `encode` of its 256 verdicts. The common case of a DNSBL dump, one or
+    /// two hosts in a /24 nothing else covers, is decided from the rules alone: building and
+    /// scanning the 256-entry arrays for each of millions of such /24s cost more than the
+    /// rest of a load.
     fn content(
         &self,
         i: u32,
