@@ -566,8 +566,8 @@ impl V4Table {
             self.counts[1] -= usize::from(r.allow.is_some());
             self.rules.remove(&k);
         }
+        // Unmarked, the /24's entry is its leaf again.
         self.set_long(i, false);
-        let _ = self.refresh(i);
     }
 
     /// Removes the rule `addr/len` of `kind`; returns whether it existed.

@@ -357,15 +357,19 @@ fn xdp_drop_program() -> std::io::Result<OwnedFd> {
     prefilter_tests::netns::xdp_return_program(1, "xdp_drop_all")
 }
 
+/// One BPF instruction as the kernel reads it: opcode, registers (source << 4 | destination),
+/// offset, immediate.
+fn insn(op: u8, regs: u8, off: i16, imm: i32) -> u64 {
+    let o = off.to_le_bytes();
+    let m = imm.to_le_bytes();
+    u64::from_le_bytes([op, regs, o[0], o[1], m[0], m[1], m[2], m[3]])
+}
+
 /// Reads one byte of the frame's IP source address and drops, the result depending on the
 /// read: the floor of any filter that looks at the packet, which on a veth is a cache miss
 /// (the frame was written on the sender's CPU). Hand-assembled: nine instructions.
 fn xdp_read_drop_program() -> std::io::Result<OwnedFd> {
-    let i = |op: u8, regs: u8, off: i16, imm: i32| {
-        let o = off.to_le_bytes();
-        let m = imm.to_le_bytes();
-        u64::from_le_bytes([op, regs, o[0], o[1], m[0], m[1], m[2], m[3]])
-    };
+    let i = insn;
     let insns = [
         i(0x61, 0x12, 0, 0),  // r2 = *(u32 *)(r1 + 0): data
         i(0x61, 0x13, 4, 0),  // r3 = *(u32 *)(r1 + 4): data_end
@@ -402,11 +406,7 @@ fn xdp_table_load_program(entries: u32) -> std::io::Result<OwnedFd> {
         map_flags: 0,
     };
     let map = bpf(0 /* BPF_MAP_CREATE */, &mut attr)?;
-    let i = |op: u8, regs: u8, off: i16, imm: i32| {
-        let o = off.to_le_bytes();
-        let m = imm.to_le_bytes();
-        u64::from_le_bytes([op, regs, o[0], o[1], m[0], m[1], m[2], m[3]])
-    };
+    let i = insn;
     let insns = [
         i(0x61, 0x12, 0, 0),                  // r2 = data
         i(0x61, 0x13, 4, 0),                  // r3 = data_end

@@ -433,3 +433,37 @@ fn batch_removal_equals_one_by_one() {
     assert_eq!(batch.runs_used().0, 0);
     assert!(batch.t24().iter().all(|e| e.load(Ordering::Relaxed) == 0));
 }
+
+/// A batch that runs out of groups keeps what fit; a /24 that did not fit loses its longer
+/// rules and falls back to its leaf (here a listed /24), and stays writable.
+#[test]
+fn a_batch_past_the_group_limit_keeps_the_rest() {
+    let (d, r) = (
+        verdict::pack(action::DROP, 1),
+        verdict::pack(action::RESET, 2),
+    );
+    let mut t = table(1);
+    let mut rules = vec![(0x0c00_0000, 24, Kind::Block, d)];
+    // Three hosts in each of two /24s: a group each, and there is room for one.
+    for net in [0x0b00_0000u32, 0x0c00_0000] {
+        for o in 1..=3 {
+            rules.push((net | o, 32, Kind::Block, r));
+        }
+    }
+    let err = t.set_batch(rules).unwrap_err();
+    assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
+    assert_eq!(t.groups_used().0, 1);
+    let (kept, lost) = if t.lookup(0x0b00_0001) == r {
+        (0x0b00_0000, 0x0c00_0000)
+    } else {
+        (0x0c00_0000, 0x0b00_0000)
+    };
+    assert_eq!(t.lookup(kept | 2), r);
+    let leaf = if lost == 0x0c00_0000 { d } else { 0 };
+    for o in [1, 2, 3, 200] {
+        assert_eq!(t.lookup(lost | o), leaf, "{:#x}", lost | o);
+    }
+    assert_eq!(t.slot_kind(lost), SlotKind::Leaf);
+    t.set(0x0c00_0000, 24, Kind::Block, r).unwrap();
+    assert_eq!(t.lookup(0x0c00_0080), r);
+}
