@@ -29,7 +29,7 @@
 //! holding longer rules is recomputed from its leaf and those rules whenever either changes.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque, btree_map},
     sync::{
         Arc,
         atomic::{AtomicU16, AtomicU64, Ordering},
@@ -263,6 +263,9 @@ pub struct V4Table {
     next_run: u32,
     run_cap: u32,
     rules: BTreeMap<(u32, u8), Rule>,
+    /// Rules (keys of `rules`) per prefix length: a removal looks for a cover at the
+    /// lengths that hold rules only (a 1M list of /24s: one lookup, not 25).
+    per_len: [u32; 33],
     counts: [usize; 2],
     /// While a batch runs: /24s to recompute at its end instead of at once.
     deferred: Option<Vec<u32>>,
@@ -296,6 +299,7 @@ impl V4Table {
             next_run: 0,
             run_cap,
             rules: BTreeMap::new(),
+            per_len: [0; 33],
             counts: [0; 2],
             deferred: None,
         }
@@ -367,6 +371,31 @@ impl V4Table {
         }
     }
 
+    /// The rule `addr/len` (masked), added empty if there was none.
+    fn rule_entry(&mut self, addr: u32, len: u8) -> &mut Rule {
+        match self.rules.entry((addr, len)) {
+            btree_map::Entry::Occupied(e) => e.into_mut(),
+            btree_map::Entry::Vacant(e) => {
+                self.per_len[usize::from(len)] += 1;
+                e.insert(Rule::default())
+            }
+        }
+    }
+
+    /// Forgets the rule `addr/len` (masked) whole.
+    fn remove_key(&mut self, addr: u32, len: u8) {
+        if self.rules.remove(&(addr, len)).is_some() {
+            self.per_len[usize::from(len)] -= 1;
+        }
+    }
+
+    /// Bit l set: some rule has length l.
+    fn lens(&self) -> u64 {
+        (0..=32)
+            .filter(|&l| self.per_len[l] != 0)
+            .fold(0, |m, l| m | 1 << l)
+    }
+
     /// Rules longer than /24 inside /24 `i`.
     fn long_rules(&self, i: u32) -> impl Iterator<Item = (u32, u8, &Rule)> + Clone {
         let base = i << 8;
@@ -387,12 +416,7 @@ impl V4Table {
         } else {
             v
         };
-        let prev = self
-            .rules
-            .entry((addr, len))
-            .or_default()
-            .slot(kind)
-            .replace(v);
+        let prev = self.rule_entry(addr, len).slot(kind).replace(v);
         if prev.is_none() {
             self.counts[kind as usize] += 1;
         }
@@ -405,7 +429,7 @@ impl V4Table {
                 let r = self.rules.get_mut(&(addr, len)).expect("just set");
                 *r.slot(kind) = prev;
                 if r.block.is_none() && r.allow.is_none() {
-                    self.rules.remove(&(addr, len));
+                    self.remove_key(addr, len);
                 }
                 if prev.is_none() {
                     self.counts[kind as usize] -= 1;
@@ -461,7 +485,15 @@ impl V4Table {
             }
         }
         drop(rules);
+        // The longer-than-/24 rules of /24s that held none before: the batch holds all of
+        // them, so those /24s are computed from here without a search in the rules.
+        let mut fresh: Vec<(u32, u8, Rule)> = Vec::new();
         for &((a, l), r) in &merged {
+            if l > 24
+                && (fresh.last().is_some_and(|f| f.0 >> 8 == a >> 8) || !self.has_long(a >> 8))
+            {
+                fresh.push((a, l, r));
+            }
             for (k, v) in [(Kind::Block, r.block), (Kind::Allow, r.allow)] {
                 let Some(v) = v else { continue };
                 if l > 24 {
@@ -476,17 +508,23 @@ impl V4Table {
             // Built from sorted input in one pass: far faster than millions of inserts.
             self.counts[0] = merged.iter().filter(|(_, r)| r.block.is_some()).count();
             self.counts[1] = merged.iter().filter(|(_, r)| r.allow.is_some()).count();
+            for &((_, l), _) in &merged {
+                self.per_len[usize::from(l)] += 1;
+            }
             self.rules = merged.into_iter().collect();
         } else {
             for ((a, l), r) in merged {
-                let e = self.rules.entry((a, l)).or_default();
+                let e = self.rule_entry(a, l);
+                let mut new = [0; 2];
                 for k in [Kind::Block, Kind::Allow] {
                     if let Some(v) = r.get(k)
                         && e.slot(k).replace(v).is_none()
                     {
-                        self.counts[k as usize] += 1;
+                        new[k as usize] += 1;
                     }
                 }
+                self.counts[0] += new[0];
+                self.counts[1] += new[1];
             }
         }
         // Shortest first: each leaf is then written by the rule that ends up owning it,
@@ -502,7 +540,7 @@ impl V4Table {
         let mut dirty = self.deferred.take().unwrap_or_default();
         dirty.sort_unstable();
         dirty.dedup();
-        for i in self.refresh_all(&dirty) {
+        for i in self.refresh_all(&dirty, &fresh) {
             self.drop_long_rules(i.0);
             first_err.get_or_insert(i.1);
         }
@@ -513,11 +551,24 @@ impl V4Table {
     /// why. When they are many beside the rules (a first load of millions of hosts), the
     /// rules are walked once in order beside them, rather than searched from the root of
     /// the tree for each /24.
-    fn refresh_all(&mut self, dirty: &[u32]) -> Vec<(u32, V4Error)> {
+    /// `fresh`: sorted, all the longer rules of the /24s it names (none in the tree are
+    /// missing from it).
+    fn refresh_all(&mut self, dirty: &[u32], fresh: &[(u32, u8, Rule)]) -> Vec<(u32, V4Error)> {
         let mut failed = Vec::new();
         if dirty.len() < 4096 || dirty.len() * 8 < self.rules.len() {
+            let mut fresh = fresh;
             for &i in dirty {
-                if let Err(e) = self.refresh(i) {
+                while fresh.first().is_some_and(|f| f.0 >> 8 < i) {
+                    fresh = &fresh[1..];
+                }
+                let n = fresh.iter().take_while(|f| f.0 >> 8 == i).count();
+                let result = if n > 0 && self.has_long(i) {
+                    let want = self.content(i, self.leaf(i), fresh[..n].iter().copied());
+                    self.publish(i, want)
+                } else {
+                    self.refresh(i)
+                };
+                if let Err(e) = result {
                     failed.push((i, e));
                 }
             }
@@ -561,10 +612,10 @@ impl V4Table {
     fn drop_long_rules(&mut self, i: u32) {
         let gone: Vec<((u32, u8), Rule)> =
             self.long_rules(i).map(|(a, l, r)| ((a, l), *r)).collect();
-        for (k, r) in gone {
+        for ((a, l), r) in gone {
             self.counts[0] -= usize::from(r.block.is_some());
             self.counts[1] -= usize::from(r.allow.is_some());
-            self.rules.remove(&k);
+            self.remove_key(a, l);
         }
         // Unmarked, the /24's entry is its leaf again.
         self.set_long(i, false);
@@ -583,7 +634,7 @@ impl V4Table {
             return false;
         }
         if rule.block.is_none() && rule.allow.is_none() {
-            self.rules.remove(&(addr, len));
+            self.remove_key(addr, len);
         }
         self.counts[kind as usize] -= 1;
         if len > 24 {
@@ -597,7 +648,7 @@ impl V4Table {
             }
             return true;
         }
-        if let Err(e) = self.uncover(addr, len, kind, u64::MAX) {
+        if let Err(e) = self.uncover(addr, len, kind, self.lens()) {
             log::error!("IPv4 table: after removing {addr:#x}/{len}: {e}");
         }
         true
@@ -620,48 +671,57 @@ impl V4Table {
             // instead of a search from the root per rule.
             batch.sort_unstable_by_key(|&(a, l, _)| (a, l));
             let mut next = batch.iter().peekable();
+            let per_len = &mut self.per_len;
             self.rules.retain(|&key, r| {
                 while next.next_if(|&&(a, l, _)| (a, l) < key).is_some() {}
+                let first = removed.len();
                 while let Some(&(a, l, kind)) = next.next_if(|&&(a, l, _)| (a, l) == key) {
                     if r.slot(kind).take().is_some() {
-                        removed.push((a, l, kind));
+                        removed.push((a, l, kind, false));
                     }
                 }
-                r.block.is_some() || r.allow.is_some()
+                let keep = r.block.is_some() || r.allow.is_some();
+                if !keep {
+                    per_len[usize::from(key.1)] -= 1;
+                    for x in &mut removed[first..] {
+                        x.3 = true;
+                    }
+                }
+                keep
             });
         } else {
             for (addr, len, kind) in batch {
-                let Some(rule) = self.rules.get_mut(&(addr, len)) else {
+                // One search per rule, also when it goes: an entry, not a get then a remove.
+                let btree_map::Entry::Occupied(mut e) = self.rules.entry((addr, len)) else {
                     continue;
                 };
-                if rule.slot(kind).take().is_none() {
+                if e.get_mut().slot(kind).take().is_none() {
                     continue;
                 }
-                if rule.block.is_none() && rule.allow.is_none() {
-                    self.rules.remove(&(addr, len));
+                let whole = e.get().block.is_none() && e.get().allow.is_none();
+                if whole {
+                    e.remove();
+                    self.per_len[usize::from(len)] -= 1;
                 }
-                removed.push((addr, len, kind));
+                removed.push((addr, len, kind, whole));
             }
         }
         let mut short = Vec::new();
         let mut dirty = Vec::new();
-        for (addr, len, kind) in removed {
+        for (addr, len, kind, whole) in removed {
             self.counts[kind as usize] -= 1;
             if len > 24 {
                 dirty.push(addr >> 8);
             } else {
-                short.push((addr, len, kind));
+                short.push((addr, len, kind, whole));
             }
         }
-        // The lengths that still hold rules: a cover is looked up at those only. Finding
-        // them walks the rules, worth it only when the batch is large beside them.
-        let lens = if short.len() * 25 > self.rules.len() {
-            self.rules.keys().fold(0u64, |m, &(_, l)| m | 1 << l)
-        } else {
-            u64::MAX
-        };
+        // The lengths that still hold rules: a cover is looked up at those only.
+        let lens = self.lens();
         self.deferred = Some(dirty);
-        for (addr, len, kind) in short {
+        for (addr, len, kind, whole) in short {
+            // Gone whole, the rule's own key holds no other kind to fall back to.
+            let lens = if whole { lens & !(1 << len) } else { lens };
             if let Err(e) = self.uncover(addr, len, kind, lens) {
                 log::error!("IPv4 table: after removing {addr:#x}/{len}: {e}");
             }
@@ -669,12 +729,23 @@ impl V4Table {
         let mut dirty = self.deferred.take().unwrap_or_default();
         dirty.sort_unstable();
         dirty.dedup();
+        let mut here = Vec::new();
         for i in dirty {
-            if self.long_rules(i).next().is_none() {
+            // One search for the /24's remaining longer rules, used for both steps.
+            here.clear();
+            here.extend(self.long_rules(i).map(|(a, l, r)| (a, l, *r)));
+            if here.is_empty() && self.has_long(i) {
+                // Unmarked, its entry is written back as the plain leaf.
                 self.set_long(i, false);
+                continue;
             }
+            let want = if self.has_long(i) {
+                self.content(i, self.leaf(i), here.iter().copied())
+            } else {
+                Content::Leaf(self.leaf(i))
+            };
             // Fewer verdicts never need more room; an error here would be a bug.
-            if let Err(e) = self.refresh(i) {
+            if let Err(e) = self.publish(i, want) {
                 log::error!("IPv4 table: rewriting {i:#x}/24 after a removal: {e}");
             }
         }

@@ -194,6 +194,7 @@ fn random_operations_match_reference() {
             model.insert((addr, len, kind), v);
         }
         if step % 50 == 0 {
+            assert_per_len(&t);
             for _ in 0..200 {
                 let a = base | (rng.next() as u32 & 0x0003_ffff);
                 assert_eq!(t.lookup(a), reference(&model, a), "step {step} addr {a:#x}");
@@ -207,6 +208,7 @@ fn random_operations_match_reference() {
     assert_eq!(t.groups_used().0, 0);
     assert_eq!(t.runs_used().0, 0);
     assert!(t.intern.is_empty());
+    assert_eq!(t.per_len, [0; 33]);
     assert!(
         t.long_leaf.is_empty(),
         "leaves of /24s with longer rules given back"
@@ -291,8 +293,19 @@ fn random_rules(rng: &mut Rng, n: usize, lens: &[u8], span: u32) -> Vec<(u32, u8
         .collect()
 }
 
+/// The per-length rule counts agree with the rules.
+fn assert_per_len(t: &V4Table) {
+    let mut want = [0u32; 33];
+    for &(_, l) in t.rules.keys() {
+        want[usize::from(l)] += 1;
+    }
+    assert_eq!(t.per_len, want, "rules per prefix length");
+}
+
 /// Both tables hold the same rules, answer the same and use as many groups.
 fn assert_same(a: &V4Table, b: &V4Table, rng: &mut Rng, span: u32) {
+    assert_per_len(a);
+    assert_per_len(b);
     assert_eq!(a.len(Kind::Block), b.len(Kind::Block));
     assert_eq!(a.len(Kind::Allow), b.len(Kind::Allow));
     assert!(a.rules().eq(b.rules()));
