@@ -487,9 +487,13 @@ impl V4Table {
         drop(rules);
         // The longer-than-/24 rules of /24s that held none before: the batch holds all of
         // them, so those /24s are computed from here without a search in the rules.
+        // Kept only for a batch small beside the rules (a delta): a large one (a first load)
+        // walks the rules in order instead, and would copy millions for nothing.
+        let keep_fresh = merged.len() * 8 < self.rules.len();
         let mut fresh: Vec<(u32, u8, Rule)> = Vec::new();
         for &((a, l), r) in &merged {
-            if l > 24
+            if keep_fresh
+                && l > 24
                 && (fresh.last().is_some_and(|f| f.0 >> 8 == a >> 8) || !self.has_long(a >> 8))
             {
                 fresh.push((a, l, r));

@@ -230,11 +230,47 @@ fn batch_equals_one_by_one() {
     for &(a, l, k, v) in &rules {
         one.set(a, l, k, v).unwrap();
     }
-    // Two batches: into an empty table (built in one pass) and into a filled one.
+    // Into an empty table (built in one pass), then small batches into a filled one (/24s
+    // new to longer rules computed from the batch).
     let mut batch = table(4096);
-    batch.set_batch(rules[..1000].to_vec()).unwrap();
-    batch.set_batch(rules[1000..].to_vec()).unwrap();
+    batch.set_batch(rules[..2600].to_vec()).unwrap();
+    batch.set_batch(rules[2600..2800].to_vec()).unwrap();
+    batch.set_batch(rules[2800..].to_vec()).unwrap();
     assert_same(&batch, &one, &mut rng, span);
+}
+
+/// A delta into a large table: /24s that held no longer rules get several at once (computed
+/// from the batch, not searched), others get one beside those they hold.
+#[test]
+fn a_small_batch_into_a_large_table_equals_one_by_one() {
+    let mut rng = Rng(0xde17a);
+    let span = 0x003f_ffff;
+    let rules = random_rules(&mut rng, 3000, &[16, 22, 24, 25, 29, 32, 32, 32], span);
+    let mut small = random_rules(&mut rng, 40, &[26, 32], span);
+    for j in 0..20u32 {
+        let net = RANDOM_BASE + 0x0100_0000 + (j << 8);
+        for (o, l) in [(0x10, 28), (0x11, 32), (0x40, 26), (0x80, 32), (0x81, 32)] {
+            let kind = if j % 5 == 0 && o == 0x11 {
+                Kind::Allow
+            } else {
+                Kind::Block
+            };
+            small.push((net | o, l, kind, verdict::pack(2, (j % 3) as u16)));
+        }
+    }
+    let mut one = table(8192);
+    let mut batch = table(8192);
+    for &(a, l, k, v) in rules.iter().chain(&small) {
+        one.set(a, l, k, v).unwrap();
+    }
+    batch.set_batch(rules).unwrap();
+    batch.set_batch(small.clone()).unwrap();
+    assert_same(&batch, &one, &mut rng, span);
+    for &(a, ..) in &small {
+        for x in (a & mask(24))..=(a | 0xff) {
+            assert_eq!(batch.lookup(x), one.lookup(x), "{x:#x}");
+        }
+    }
 }
 
 /// A batch of thousands of /24s (a DNSBL dump: mostly lone hosts and pairs, some with a
