@@ -566,8 +566,8 @@ impl V4Table {
                     fresh = &fresh[1..];
                 }
                 let n = fresh.iter().take_while(|f| f.0 >> 8 == i).count();
-                let result = if n > 0 && self.has_long(i) {
-                    let want = self.content(i, self.leaf(i), fresh[..n].iter().copied());
+                let result = if n > 0 {
+                    let want = self.want(i, fresh[..n].iter().copied());
                     self.publish(i, want)
                 } else {
                     self.refresh(i)
@@ -743,11 +743,7 @@ impl V4Table {
                 self.set_long(i, false);
                 continue;
             }
-            let want = if self.has_long(i) {
-                self.content(i, self.leaf(i), here.iter().copied())
-            } else {
-                Content::Leaf(self.leaf(i))
-            };
+            let want = self.want(i, here.iter().copied());
             // Fewer verdicts never need more room; an error here would be a bug.
             if let Err(e) = self.publish(i, want) {
                 log::error!("IPv4 table: rewriting {i:#x}/24 after a removal: {e}");
@@ -931,16 +927,17 @@ impl V4Table {
     /// Brings the kernel's entry for /24 `i` in line with the rules. On error nothing
     /// visible changed.
     fn refresh(&mut self, i: u32) -> Result<(), V4Error> {
-        let want = if self.has_long(i) {
-            self.content(
-                i,
-                self.leaf(i),
-                self.long_rules(i).map(|(a, l, r)| (a, l, *r)),
-            )
+        let want = self.want(i, self.long_rules(i).map(|(a, l, r)| (a, l, *r)));
+        self.publish(i, want)
+    }
+
+    /// What /24 `i`'s entry must hold, given all its longer rules `long`.
+    fn want(&self, i: u32, long: impl Iterator<Item = (u32, u8, Rule)> + Clone) -> Content {
+        if self.has_long(i) {
+            self.content(i, self.leaf(i), long)
         } else {
             Content::Leaf(self.leaf(i))
-        };
-        self.publish(i, want)
+        }
     }
 
     /// Writes `want` as /24 `i`'s entry (a group first, then the entry that points to it).
