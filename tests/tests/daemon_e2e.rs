@@ -814,6 +814,71 @@ fn import_one_million_prefixes() {
     lab.assert_connects(&listener, BIG4.into(), "no longer listed");
 }
 
+/// A patch of a large list is written to the tables in chunks while the store works on the
+/// rest. When the tables fill up part-way (a small group limit here), the chunks already
+/// written are undone with the store's part: the list and the tables are as before, the
+/// /24s the patch removed still drop, and the error names the limit to raise.
+#[test]
+fn a_patch_the_tables_refuse_part_way_changes_nothing() {
+    require_root();
+    const N: u32 = 40_000;
+    let lab = Lab::new();
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "[limits]\nv4_long_groups = 2048\n");
+    // 40,000 /24s of class E (never routed; no traffic goes there).
+    let net = |i: u32| Ipv4Addr::from(0xf000_0000 | i << 8);
+    let list: String = (0..N).map(|i| format!("{}/24\n", net(i))).collect();
+    let file = d.dir.join("e.txt");
+    std::fs::write(&file, list).unwrap();
+    d.cli_ok(&["block", "import", file.to_str().unwrap(), "--list", "e"]);
+    // 500 /24s out, 3000 /26s in as many other /24s: each /26 needs a group of its own,
+    // and the 2048 run out in the third chunk or so of the store's changes.
+    let mut patch = String::new();
+    for i in 0..500 {
+        let _ = writeln!(patch, "-{}/24", net(i));
+    }
+    for i in 0..3000u32 {
+        let a = Ipv4Addr::from(0xf100_0000 | i << 8 | 64);
+        let _ = writeln!(patch, "+{a}/26");
+    }
+    let pfile = d.dir.join("e.diff");
+    std::fs::write(&pfile, patch).unwrap();
+    let out = d.cli(&[
+        "block",
+        "import",
+        pfile.to_str().unwrap(),
+        "--list",
+        "e",
+        "--patch",
+    ]);
+    assert_ne!(out.code, 0, "the patch should not fit: {}", out.both());
+    assert!(
+        out.stderr.contains("IPv4 table full") && out.stderr.contains("v4_long_groups"),
+        "{}",
+        out.both()
+    );
+    // The refusal came after chunks were written (the case this test is for).
+    let log = d.log();
+    let undone = log
+        .lines()
+        .filter(|l| l.contains("patch refused by the tables part-way"))
+        .find_map(|l| {
+            let v = l.split("undone=").nth(1)?;
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no part-way refusal logged:\n{log}"));
+    assert!(
+        undone > 0,
+        "the refusal came with the first chunk: {undone}"
+    );
+    assert_eq!(list_entries(&d.status(), "e"), Some(u64::from(N)));
+    assert_tables_match_store(&d);
+    assert_eq!(d.check(&net(7).to_string())["verdict"], "drop");
+    assert_eq!(d.check("241.0.1.65")["verdict"], "pass");
+}
+
 /// The pinned config map of daemon `d`.
 fn pinned_config(
     d: &Daemon,

@@ -719,9 +719,43 @@ impl Store {
         adds: Vec<(Prefix, Entry)>,
         max_shrink: Option<f64>,
     ) -> Result<(Vec<Change>, Undo, usize, Staged), StoreError> {
+        let (mut changes, mut recs) = (Vec::new(), Vec::new());
+        let (undo, gone, Staged(rest)) = self.patch_streamed(
+            name,
+            kind,
+            origin,
+            removes,
+            adds,
+            max_shrink,
+            &mut |c, Staged(r)| {
+                changes.extend(c);
+                recs.extend(r);
+            },
+        )?;
+        recs.extend(rest);
+        Ok((changes, undo, gone, Staged(recs)))
+    }
+
+    /// [`Self::patch`], handing the changes and their journal records to `emit` in chunks
+    /// as they are found, so that the tables are written and the records framed on other
+    /// threads meanwhile; returns the records not yet handed over. Chunks only for a patch small
+    /// beside the list (a delta); a large one is handed over whole, as the tables write a
+    /// large batch faster in one piece. The shrink guard is then checked before anything is
+    /// handed over: a refused patch changes nothing, in the store or in the tables.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_streamed(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        origin: Origin,
+        removes: &[Prefix],
+        adds: Vec<(Prefix, Entry)>,
+        max_shrink: Option<f64>,
+        emit: &mut dyn FnMut(Vec<Change>, Staged),
+    ) -> Result<(Undo, usize, Staged), StoreError> {
         let created = self.writable(name, kind, origin)?.is_none();
         if created && adds.is_empty() {
-            return Ok((Vec::new(), Undo::Nothing, 0, Staged(Vec::new())));
+            return Ok((Undo::Nothing, 0, Staged(Vec::new())));
         }
         self.list_for_write(name, kind, origin)?;
         let (current, id, list_origin) = {
@@ -737,6 +771,24 @@ impl Store {
         let mut ops: Vec<(Prefix, Option<Entry>)> = removes.iter().map(|p| (*p, None)).collect();
         ops.extend(adds.into_iter().map(|(p, e)| (p, Some(e))));
         ops.sort_by_key(|(p, _)| *p);
+        let n_ops = ops.len();
+        // Eight chunks or so, none under 1024 changes: fewer would leave the other core idle
+        // longer, more would cost the tables' per-batch work more often.
+        let chunk = if n_ops.saturating_mul(8) < current {
+            (n_ops / 8).max(1024)
+        } else {
+            usize::MAX
+        };
+        // Nothing may reach the tables before the guard has passed. Where it could trip
+        // (more removals than it allows, or as many as the list holds) the counts it takes
+        // are worked out first, without changing anything; a 1 % delta skips that.
+        if chunk < n_ops
+            && let Some(max) = max_shrink
+            && (removes.len() as f64 > max * current as f64 || removes.len() >= current)
+        {
+            let (gone, left) = shrink_counts(&self.lists[name].entries, &ops);
+            crate::policy::guard::check_replace(name, current, left, gone, max)?;
+        }
         let at = now();
         let mut prev = Vec::with_capacity(ops.len());
         let mut changes = Vec::new();
@@ -790,6 +842,12 @@ impl Store {
                     old,
                     verdict,
                 });
+                if changes.len() >= chunk {
+                    emit(
+                        std::mem::take(&mut changes),
+                        Staged(std::mem::take(&mut recs)),
+                    );
+                }
             }
         }
         // Undone in reverse order: a prefix removed then added comes back as it was.
@@ -810,7 +868,10 @@ impl Store {
                 return Err(e.into());
             }
         }
-        Ok((changes, undo, gone, Staged(recs)))
+        if !changes.is_empty() {
+            emit(changes, Staged(Vec::new()));
+        }
+        Ok((undo, gone, Staged(recs)))
     }
 
     /// Replaces the whole content of list `name` (import --replace, config reload).
@@ -1343,6 +1404,27 @@ impl Store {
     }
 }
 
+/// What a patch's sorted `ops` would do to `entries`, for the shrink guard: how many
+/// entries it removes (a prefix both removed and added counts: it was taken out) and how
+/// many the list would then hold.
+fn shrink_counts(entries: &Entries, ops: &[(Prefix, Option<Entry>)]) -> (usize, usize) {
+    let (mut gone, mut left) = (0, entries.len());
+    for same in ops.chunk_by(|a, b| a.0 == b.0) {
+        let present = entries.contains_key(&same[0].0);
+        let removed = same.iter().any(|(_, op)| op.is_none());
+        let added = same.iter().any(|(_, op)| op.is_some());
+        if present && removed {
+            gone += 1;
+        }
+        match (present, added || (present && !removed)) {
+            (true, false) => left -= 1,
+            (false, true) => left += 1,
+            _ => {}
+        }
+    }
+    (gone, left)
+}
+
 /// The journal record that sets `p` as list `l` (named `name`) holds it.
 fn set_record(name: &str, l: &List, p: &Prefix) -> Option<Record> {
     l.entries.get(p).map(|e| Record::Set {
@@ -1459,10 +1541,22 @@ impl Staged {
 }
 
 /// [`Staged`] records framed for the journal, for [`Store::commit_patch`].
+#[derive(Default)]
 pub struct Framed {
     list: Option<String>,
     bytes: Vec<u8>,
     records: usize,
+}
+
+impl Framed {
+    /// Appends the records of `next`, framed from the same patch.
+    pub fn append(&mut self, next: Framed) {
+        if self.list.is_none() {
+            self.list = next.list;
+        }
+        self.bytes.extend_from_slice(&next.bytes);
+        self.records += next.records;
+    }
 }
 
 /// What it takes to revert an uncommitted change.

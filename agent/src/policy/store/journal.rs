@@ -18,9 +18,12 @@ pub(super) const NAME: &str = "journal";
 
 /// Appends `r` to `out` as one framed line.
 pub(super) fn frame(r: &Record, out: &mut Vec<u8>) {
-    let json = serde_json::to_vec(r).expect("records serialize");
-    write!(out, "{:08x}\t", crc32fast::hash(&json)).expect("writing to a Vec");
-    out.extend_from_slice(&json);
+    // Written in place behind a placeholder for the checksum: no buffer per record.
+    let start = out.len();
+    out.extend_from_slice(b"00000000\t");
+    serde_json::to_writer(&mut *out, r).expect("records serialize");
+    let crc = crc32fast::hash(&out[start + 9..]);
+    write!(&mut out[start..start + 8], "{crc:08x}").expect("8 hex digits fit");
     out.push(b'\n');
 }
 

@@ -1002,3 +1002,94 @@ fn insert_many_equals_one_by_one() {
     assert_eq!(many.len(), one.len());
     assert_eq!(all(&many), all(&one));
 }
+
+/// A patch small beside its list is handed over in chunks, with its journal records, and
+/// the chunks hold exactly its changes; a patch the shrink guard refuses hands over
+/// nothing, even when it is large enough to be chunked.
+#[test]
+fn a_streamed_patch_hands_over_chunks_and_a_refused_one_nothing() {
+    let dir = std::env::temp_dir().join(format!("pf-store-stream-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let mut s = Store::open(&dir).unwrap();
+    let host = |i: u32| Prefix::V4 {
+        addr: 0xf000_0000 | i,
+        len: 32,
+    };
+    let adds = (0..50_000)
+        .map(|i| (host(i), entry(action::DROP)))
+        .collect();
+    let (c, _, _, staged) = s
+        .patch("feed", Kind::Block, Origin::Import, &[], adds, None)
+        .unwrap();
+    assert_eq!(c.len(), 50_000);
+    s.commit_patch(staged.frame()).unwrap();
+
+    // 1500 out, 1500 in: 3000 changes, chunks of 1024.
+    let removes: Vec<Prefix> = (0..1500).map(host).collect();
+    let adds = (100_000..101_500)
+        .map(|i| (host(i), entry(action::DROP)))
+        .collect();
+    let (mut chunks, mut framed) = (Vec::new(), Framed::default());
+    let (_, gone, rest) = s
+        .patch_streamed(
+            "feed",
+            Kind::Block,
+            Origin::Import,
+            &removes,
+            adds,
+            Some(0.5),
+            &mut |c, r| {
+                chunks.push(c);
+                framed.append(r.frame());
+            },
+        )
+        .unwrap();
+    framed.append(rest.frame());
+    assert_eq!(gone, 1500);
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let mut got: Vec<(Prefix, Option<u16>)> = chunks
+        .iter()
+        .flatten()
+        .map(|c| (c.prefix, c.verdict))
+        .collect();
+    got.sort();
+    let mut want: Vec<(Prefix, Option<u16>)> = removes.iter().map(|p| (*p, None)).collect();
+    want.extend((100_000..101_500).map(|i| (host(i), s.effective(&host(i), Kind::Block, now()))));
+    want.sort();
+    assert_eq!(got, want);
+    assert!(want.iter().skip(1500).all(|(_, v)| v.is_some()));
+    assert_eq!(framed.records, 3000, "every record handed over once");
+    s.commit_patch(framed).unwrap();
+
+    // 1100 removals of 50,000 with a guard of 2 %: large enough to be chunked, refused
+    // before a single change is handed over, and the list untouched.
+    let before = s.lists()["feed"].entries.len();
+    let removes: Vec<Prefix> = (10_000..11_100).map(host).collect();
+    let mut handed = 0;
+    let err = s
+        .patch_streamed(
+            "feed",
+            Kind::Block,
+            Origin::Import,
+            &removes,
+            Vec::new(),
+            Some(0.02),
+            &mut |c, _| handed += c.len(),
+        )
+        .err()
+        .expect("the guard trips");
+    assert!(
+        err.to_string().contains("would remove 1100 of 50000"),
+        "{err}"
+    );
+    assert_eq!(handed, 0);
+    assert_eq!(s.lists()["feed"].entries.len(), before);
+    assert!(s.lists()["feed"].entries.contains_key(&host(10_500)));
+    drop(s);
+    let s = Store::open(&dir).unwrap();
+    assert_eq!(s.lists()["feed"].entries.len(), 50_000);
+    assert!(s.lists()["feed"].entries.contains_key(&host(100_000)));
+    assert!(!s.lists()["feed"].entries.contains_key(&host(0)));
+    drop(s);
+    let _ = fs::remove_dir_all(&dir);
+}
