@@ -95,6 +95,24 @@ fn prio(len: u8, kind: Kind) -> u8 {
     }
 }
 
+/// The union of `a` and `b`, each sorted and duplicate-free, sorted and duplicate-free.
+fn merge_sorted(a: Vec<u32>, b: &[u32]) -> Vec<u32> {
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        out.push(x.min(y));
+        i += usize::from(x <= y);
+        j += usize::from(y <= x);
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 fn mask(len: u8) -> u32 {
     if len == 0 { 0 } else { u32::MAX << (32 - len) }
 }
@@ -469,8 +487,9 @@ impl V4Table {
                 r.3 = verdict::pack(action::ALLOW, verdict::list_id(r.3));
             }
         }
-        // Stable: a rule given twice keeps its last verdict, as one by one.
-        rules.sort_by_key(|&(a, len, ..)| (a, len));
+        // Stable: a rule given twice keeps its last verdict, as one by one. A radix sort
+        // (five byte passes): a comparison sort of 6M rules took 0.2-0.4 s of a 6M load.
+        radsort::sort_by_key(&mut rules, |&(a, len, ..)| (a, len));
         let mut short = Vec::new();
         let mut dirty = Vec::new();
         let mut merged: Vec<((u32, u8), Rule)> = Vec::with_capacity(rules.len());
@@ -502,7 +521,10 @@ impl V4Table {
                 let Some(v) = v else { continue };
                 if l > 24 {
                     self.set_long(a >> 8, true);
-                    dirty.push(a >> 8);
+                    // In address order: each /24 once, and `dirty` stays sorted.
+                    if dirty.last() != Some(&(a >> 8)) {
+                        dirty.push(a >> 8);
+                    }
                 } else {
                     short.push((prio(l, k), a, l, v));
                 }
@@ -534,16 +556,18 @@ impl V4Table {
         // Shortest first: each leaf is then written by the rule that ends up owning it,
         // and a /24 already holding a group is recomputed once, below.
         short.sort_by_key(|&(_, _, l, _)| l);
-        self.deferred = Some(dirty);
+        // Kept apart from `dirty` (sorted, millions in a first load): only these are sorted.
+        self.deferred = Some(Vec::new());
         let mut first_err = None;
         for (p, a, l, v) in short {
             if let Err(e) = self.write(a, l, p, v, |old, p| old <= p) {
                 first_err.get_or_insert(e);
             }
         }
-        let mut dirty = self.deferred.take().unwrap_or_default();
-        dirty.sort_unstable();
-        dirty.dedup();
+        let mut touched = self.deferred.take().unwrap_or_default();
+        touched.sort_unstable();
+        touched.dedup();
+        let dirty = merge_sorted(dirty, &touched);
         for i in self.refresh_all(&dirty, &fresh) {
             self.drop_long_rules(i.0);
             first_err.get_or_insert(i.1);
