@@ -1241,10 +1241,10 @@ impl Prefilter {
             .collect();
         let _ = fs::remove_file(forward);
         let _ = fs::remove_file(back);
-        let mut sorted = took.clone();
+        let first = took[0];
+        let mut sorted = took;
         sorted.sort_by(f64::total_cmp);
-        let median = (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0;
-        format!("{median:.0} ms (first {:.0} ms)", took[0])
+        format!("{:.0} ms (first {first:.0} ms)", percentile(&sorted, 0.5))
     }
 }
 
