@@ -31,7 +31,7 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
 #[map(name = "PF_CONFIG")]
-static PF_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static PF_CONFIG: PerCpuArray<Config> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "PF_PORTS")]
 static PF_PORTS: Array<u8> = Array::with_max_entries(ports::ENTRIES, 0);
 #[map(name = "PF_V4_TBL24")]
@@ -68,8 +68,6 @@ static PF_LIST_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::
 static PF_EVENTS: RingBuf = RingBuf::with_byte_size(events::BYTES, 0);
 #[map(name = "PF_SEEN")]
 static PF_SEEN: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(events::SEEN_ENTRIES, 0);
-#[map(name = "PF_EV_BUDGET")]
-static PF_EV_BUDGET: PerCpuArray<events::Budget> = PerCpuArray::with_max_entries(1, 0);
 
 /// bpf_ringbuf_submit flags and bpf_ringbuf_query's "bytes waiting" (uapi/linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -462,7 +460,7 @@ struct Outcome {
 #[xdp]
 // Inlined into the section's entry point: a BPF-to-BPF call per packet costs a frame setup.
 #[inline(always)]
-pub fn prefilter_v3(ctx: XdpContext) -> u32 {
+pub fn prefilter_v4(ctx: XdpContext) -> u32 {
     let out = match fast(&ctx) {
         Some(out) => out,
         None => general(&ctx),
@@ -684,13 +682,15 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
 /// The verdict for a SYN from `saddr` to `dport` (host order), with its event sample.
 #[inline(always)]
 fn verdict_for(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Outcome {
-    let Some(cfg) = PF_CONFIG.get(0) else {
+    let Some(cfg) = PF_CONFIG.get_ptr_mut(0) else {
         return Outcome {
             reason: reason::NO_MATCH,
             action: action::PASS,
             list_id: 0,
         };
     };
+    // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
+    let cfg = unsafe { &mut *cfg };
     let table = table_lookup(v6, saddr);
     let out = if verdict::action(table) == action::ALLOW {
         Outcome {
@@ -733,9 +733,24 @@ fn hx_bits() -> u32 {
 /// probing, one cache line per bucket, stopping at the first never-used slot.
 #[inline(always)]
 fn hx_find(key: u64, tag: u32, home: u32, bits: u32) -> Option<v6::Entry> {
+    hx_find_from(None, key, tag, home, bits)
+}
+
+/// As [`hx_find`], with the home bucket's pointer when the caller already has it.
+#[inline(always)]
+fn hx_find_from(
+    first: Option<*const v6::Bucket>,
+    key: u64,
+    tag: u32,
+    home: u32,
+    bits: u32,
+) -> Option<v6::Entry> {
     let mask = (1u32 << bits) - 1;
     for p in 0..v6::MAX_PROBE {
-        let b = PF_V6_HX.get_ptr(home.wrapping_add(p) & mask)?;
+        let b = match first {
+            Some(b) if p == 0 => b,
+            _ => PF_V6_HX.get_ptr(home.wrapping_add(p) & mask)?,
+        };
         for i in 0..v6::BUCKET_SLOTS {
             // SAFETY: a valid value pointer of the array. The tag (with the value) is read
             // before the key: the agent writes the key first, so a tag seen means its key
@@ -760,11 +775,11 @@ fn hx_find(key: u64, tag: u32, home: u32, bits: u32) -> Option<v6::Entry> {
 /// Reads the first word of a bucket and drops it: the load is issued and nothing waits for
 /// it (BPF has no prefetch instruction).
 #[inline(always)]
-fn hx_touch(home: u32, bits: u32) {
-    if let Some(b) = PF_V6_HX.get_ptr(home & ((1u32 << bits) - 1)) {
-        // SAFETY: a valid value pointer of the array.
-        unsafe { core::ptr::read_volatile(b as *const u64) };
-    }
+fn hx_touch(home: u32, bits: u32) -> Option<*const v6::Bucket> {
+    let b = PF_V6_HX.get_ptr(home & ((1u32 << bits) - 1))?;
+    // SAFETY: a valid value pointer of the array.
+    unsafe { core::ptr::read_volatile(b as *const u64) };
+    Some(b)
 }
 
 /// IPv6: the /16 entry, then the /32, then only the longer lengths its flags name (and
@@ -789,15 +804,16 @@ fn v6_lookup(a: Addr) -> u16 {
         let (h48, h64) = (v6::hx_bucket(k48, 48, bits), v6::hx_bucket(hi, 64, bits));
         // Cold, each probe below is a cache miss waiting for the one before it. Loading the
         // /48 and /64 home buckets first lets the CPU fetch them while the /32's arrives.
-        hx_touch(h48, bits);
-        hx_touch(h64, bits);
+        // Their pointers serve as the first probe of those lengths: each array lookup
+        // passes its key through the stack, a store and a dependent load.
+        let (b48, b64) = (hx_touch(h48, bits), hx_touch(h64, bits));
         if let Some(x) = hx_find(k32, 32, v6::hx_bucket(k32, 32, bits), bits) {
             e = x;
             level = 32;
             trie = e & v6::TRIE != 0;
             let mut flags = e;
             if flags & v6::inside(2) != 0
-                && let Some(x) = hx_find(k48, 48, h48, bits)
+                && let Some(x) = hx_find_from(b48, k48, 48, h48, bits)
             {
                 (e, level, flags) = (x, 48, x);
             }
@@ -807,7 +823,7 @@ fn v6_lookup(a: Addr) -> u16 {
                 (e, level, flags) = (x, 56, x);
             }
             if flags & v6::inside(4) != 0
-                && let Some(x) = hx_find(hi, 64, h64, bits)
+                && let Some(x) = hx_find_from(b64, hi, 64, h64, bits)
             {
                 (e, level, flags) = (x, 64, x);
             }
@@ -945,15 +961,12 @@ fn take_token(cfg: &Config, key: &AddrKey, now: u64) -> bool {
 /// Once the budget refused, the next candidates are refused without a clock read: under a
 /// flood a blocked SYN then costs a per-CPU decrement, not a helper call.
 #[inline(always)]
-fn event_token(cfg: &Config) -> bool {
+fn event_token(cfg: &mut Config) -> bool {
     if cfg.ev_cost_ns == 0 {
         return false;
     }
-    let Some(b) = PF_EV_BUDGET.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: a valid per-CPU slot pointer; only this CPU touches it, without preemption.
-    let b = unsafe { &mut *b };
+    let (cost, cap) = (cfg.ev_cost_ns, cfg.ev_cap_ns);
+    let b = &mut cfg.budget;
     if b.skip != 0 {
         b.skip -= 1;
         return false;
@@ -963,11 +976,11 @@ fn event_token(cfg: &Config) -> bool {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let tat = b.tat_ns;
-    if tat > now + cfg.ev_cap_ns - cfg.ev_cost_ns {
+    if tat > now + cap - cost {
         b.skip = events::SKIP_AFTER_REFUSAL;
         return false;
     }
-    b.tat_ns = if tat > now { tat } else { now } + cfg.ev_cost_ns;
+    b.tat_ns = if tat > now { tat } else { now } + cost;
     true
 }
 
@@ -975,9 +988,11 @@ fn event_token(cfg: &Config) -> bool {
 /// event budget. An ACK means a handshake completed, so spoofed sources never get here.
 #[inline(always)]
 fn first_contact(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) {
-    let Some(cfg) = PF_CONFIG.get(0) else {
+    let Some(cfg) = PF_CONFIG.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
+    let cfg = unsafe { &mut *cfg };
     let seen = saddr.key();
     if verdict::action(table_lookup(v6, saddr)) != action::NONE
         || PF_SEEN.get_ptr(seen.get()).is_some()

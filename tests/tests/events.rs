@@ -15,6 +15,7 @@ use prefilter_common::{
     action,
     config::FLAG_FIRST_SEEN,
     counters,
+    dynamic::DynVerdict,
     events::{self, Event},
     reason, v4_key, verdict,
 };
@@ -171,6 +172,36 @@ fn verdict_events_follow_a_time_budget() {
         packets,
         "every packet judged"
     );
+}
+
+/// Every learned verdict rewrites the program's config (the "dynamic map not empty" hint).
+/// Under a flood that brings DNSBL hits, that must not refill the event budget each time.
+#[test]
+fn learned_verdicts_do_not_refill_the_event_budget() {
+    require_root();
+    const PER_SEC: u32 = 50;
+    let (mut f, mut ring) = filter(PER_SEC);
+    let frame = syn_from(BLOCKED);
+    let started = Instant::now();
+    for i in 0..20u8 {
+        assert_eq!(f.test_run(&frame, 10_000).unwrap().action, 1);
+        let learned = DynVerdict {
+            expires_ns: 0,
+            action: action::DROP,
+            list_id: 7,
+            ..Default::default()
+        };
+        f.set_dynamic(v4_key([203, 0, 113, i]), learned).unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let sent = drain(&mut ring).len() as u64;
+    assert!(sent >= 1, "a full bucket sends at once");
+    let most = budget(PER_SEC, secs);
+    assert!(
+        sent <= most,
+        "{sent} events in {secs:.3} s with 20 config rewrites; the budget allows {most}"
+    );
+    assert_eq!(f.config().dyn_entries, 20, "the hint was written each time");
 }
 
 /// A flood of new sources while nobody reads: bare SYNs make no event at all, ACKs no more

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -291,13 +291,35 @@ impl Filter {
         })
     }
 
-    fn read_config(&mut self) -> Result<Config, FilterError> {
-        self.array::<Config>(config::MAP)?
+    fn config_map(&mut self) -> Result<PerCpuArray<&mut MapData, Config>, FilterError> {
+        let name = config::MAP;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(FilterError::MissingMap { name, source: None })?;
+        PerCpuArray::try_from(map).map_err(|e| FilterError::MissingMap {
+            name,
+            source: Some(e),
+        })
+    }
+
+    /// Every CPU's copy of the config: the same settings, each with its own event budget.
+    fn read_configs(&mut self) -> Result<PerCpuValues<Config>, FilterError> {
+        self.config_map()?
             .get(&0, 0)
             .map_err(|source| FilterError::Map {
                 name: config::MAP,
                 source,
             })
+    }
+
+    /// The settings in force (the first CPU's copy; the budget is the program's).
+    fn read_config(&mut self) -> Result<Config, FilterError> {
+        let c = self.read_configs()?[0];
+        Ok(Config {
+            budget: Default::default(),
+            ..c
+        })
     }
 
     /// The program, to attach it.
@@ -413,18 +435,30 @@ impl Filter {
         self.config
     }
 
-    /// Replaces the runtime configuration.
+    /// Replaces the runtime configuration. Each CPU keeps its event budget: this runs on
+    /// every new dynamic verdict, and a budget refilled each time would let a flood that
+    /// brings DNSBL hits report far more than its events per second. The program may spend
+    /// an event between the read and the write here; that event is then not counted.
     pub fn set_config(&mut self, c: Config) -> Result<(), FilterError> {
         let c = Config {
             abi: ABI_VERSION,
+            budget: Default::default(),
             ..c
         };
-        self.array::<Config>(config::MAP)?
-            .set(0, c, 0)
-            .map_err(|source| FilterError::Map {
-                name: config::MAP,
-                source,
-            })?;
+        let err = |source| FilterError::Map {
+            name: config::MAP,
+            source,
+        };
+        let each: Vec<Config> = self
+            .read_configs()?
+            .iter()
+            .map(|cpu| Config {
+                budget: cpu.budget,
+                ..c
+            })
+            .collect();
+        let values = PerCpuValues::try_from(each).map_err(|e| err(MapError::IoError(e)))?;
+        self.config_map()?.set(0, values, 0).map_err(err)?;
         self.config = c;
         Ok(())
     }
@@ -698,13 +732,17 @@ fn check_pins(dir: &Path) -> Result<bool, FilterError> {
         name: config::MAP,
         source,
     })?;
-    let found = if info.value_size() as usize == size_of::<Config>() {
-        let arr =
-            Array::<_, Config>::try_from(Map::Array(data)).map_err(|source| FilterError::Map {
+    // Maps of ABI 3 and older held the config in a plain array: another layout, found as 0.
+    let found = if info.value_size() as usize == size_of::<Config>()
+        && matches!(info.map_type(), Ok(aya::maps::MapType::PerCpuArray))
+    {
+        let arr = PerCpuArray::<_, Config>::try_from(Map::PerCpuArray(data)).map_err(|source| {
+            FilterError::Map {
                 name: config::MAP,
                 source,
-            })?;
-        arr.get(&0, 0).map(|c| c.abi).unwrap_or(0)
+            }
+        })?;
+        arr.get(&0, 0).map(|c| c[0].abi).unwrap_or(0)
     } else {
         0
     };

@@ -51,8 +51,9 @@ use prefilter_tests::{
 
 /// Runs per kernel call in the hot measurements.
 const REPEAT: u32 = 1_000_000;
-/// Kernel calls per hot figure; the median is reported (`--quick`: 5).
-static ROUNDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(11);
+/// Kernel calls per hot figure; the median is reported (`--quick`: 5). Ratios pair the
+/// calls of one round (`paired_ratio`).
+static ROUNDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(21);
 
 fn rounds() -> usize {
     ROUNDS.load(std::sync::atomic::Ordering::Relaxed)
@@ -235,6 +236,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of `a[i] / b[i]`: two figures taken one right after the other are compared
+/// on the same machine state, so a slow stretch of the VM cancels out of the ratio instead
+/// of landing on one side of it (calls of one frame vary by 10–20 % here).
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    if a.is_empty() || a.len() != b.len() {
+        return f64::NAN;
+    }
+    median(a.iter().zip(b).map(|(x, y)| x / y).collect())
+}
+
 /// One frame run `REPEAT` times per call, `ROUNDS` calls: the median of the kernel's
 /// figure (whole ns per run). The kernel stops its clock while the loop yields the CPU, so
 /// unlike the wall time this holds up on a machine with other work running.
@@ -275,11 +286,14 @@ struct Sized {
     memlock: u64,
     /// Share of the table's host /32s held in a group rather than in TBL24.
     hosts_in_groups: f64,
-    hot: Vec<(&'static str, f64)>,
+    /// The trivial program's hot figures, one per round, taken with the rows below.
+    floor: Vec<f64>,
+    /// Each hot row's figures, one per round (rows taken round robin).
+    hot: Vec<(&'static str, Vec<f64>)>,
     cold: Vec<(&'static str, f64)>,
     /// Blocked /24 SYN, hot, with the shipped event budget and with events off,
-    /// interleaved call by call.
-    events: (f64, f64),
+    /// interleaved call by call: the figures of each.
+    events: (Vec<f64>, Vec<f64>),
 }
 
 /// The shipped config, as the daemon reads it (interfaces not checked).
@@ -316,13 +330,18 @@ fn load_as_daemon(s: &Settings, v6_prefixes: usize) -> (Filter, RingBuf<MapData>
 }
 
 /// `frame` hot with the configured event budget and with events off, alternating calls so
-/// that both see the same machine; medians.
-fn events_on_off(f: &mut Filter, ring: &mut RingBuf<MapData>, frame: &[u8]) -> (f64, f64) {
+/// that both see the same machine; the figures of each call. The difference is a few ns in
+/// 25–35, so this takes six times the rounds of a hot row.
+fn events_on_off(
+    f: &mut Filter,
+    ring: &mut RingBuf<MapData>,
+    frame: &[u8],
+) -> (Vec<f64>, Vec<f64>) {
     let shipped = f.config();
     let mut off_cfg = shipped;
     off_cfg.set_events_per_sec(0);
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    for _ in 0..rounds() * 2 {
+    for _ in 0..rounds() * 6 {
         for (cfg, v) in [(shipped, &mut on), (off_cfg, &mut off)] {
             f.set_config(cfg).expect("config");
             let r = test_run::run(f.program_fd(), frame, REPEAT).expect("BPF_PROG_TEST_RUN");
@@ -332,10 +351,10 @@ fn events_on_off(f: &mut Filter, ring: &mut RingBuf<MapData>, frame: &[u8]) -> (
         }
     }
     f.set_config(shipped).expect("config");
-    (median(on), median(off))
+    (on, off)
 }
 
-fn bench_table(table: Table, settings: &Settings, floor1: f64) -> Sized {
+fn bench_table(table: Table, settings: &Settings, pass: BorrowedFd<'_>, floor1: f64) -> Sized {
     let (seed, n6) = match table {
         Table::Random(n) => (n as u64, n),
         Table::Hosts { hosts, .. } => (hosts as u64, 100_000),
@@ -405,23 +424,27 @@ fn bench_table(table: Table, settings: &Settings, floor1: f64) -> Sized {
         ("clean SYN v6", syn(CLEAN6), XDP_PASS),
         ("blocked SYN v6, /48", syn(DROP6), XDP_DROP),
     ];
-    // Round robin over the rows, so that rows compared in a ratio see the same machine.
+    // Round robin over the rows, the trivial program first, so that rows compared in a
+    // ratio see the same machine.
     let mut samples = vec![Vec::new(); hot_set.len()];
+    let mut floor = Vec::new();
     for (name, frame, want) in &hot_set {
         let r = test_run::run(prog, frame, 1).expect("BPF_PROG_TEST_RUN");
         assert_eq!(r.action, *want, "action of {name}");
     }
     for _ in 0..rounds() {
+        let r = test_run::run(pass, &syn(CLEAN4), REPEAT).expect("BPF_PROG_TEST_RUN");
+        floor.push(f64::from(r.ns_per_run));
         for ((_, frame, _), v) in hot_set.iter().zip(&mut samples) {
             let r = test_run::run(prog, frame, REPEAT).expect("BPF_PROG_TEST_RUN");
             v.push(f64::from(r.ns_per_run));
         }
         drain(&mut ring);
     }
-    let hot_rows: Vec<(&'static str, f64)> = hot_set
+    let hot_rows: Vec<(&'static str, Vec<f64>)> = hot_set
         .iter()
         .zip(samples)
-        .map(|((name, ..), v)| (*name, median(v)))
+        .map(|((name, ..), v)| (*name, v))
         .collect();
 
     // Cold: sources spread over the table.
@@ -537,6 +560,7 @@ fn bench_table(table: Table, settings: &Settings, floor1: f64) -> Sized {
         runs,
         memlock,
         hosts_in_groups: in_groups as f64 / hosts.len().max(1) as f64,
+        floor,
         hot: hot_rows,
         cold: cold_rows,
         events,
@@ -820,15 +844,14 @@ fn main() -> ExitCode {
     let settings = shipped();
 
     let pass = xdp_pass_program().expect("load a trivial XDP program");
-    let floor = hot(pass.as_fd(), &syn(CLEAN4), XDP_PASS);
     let floor1 = cold(pass.as_fd(), &vec![syn(CLEAN4); COLD_FRAMES], XDP_PASS);
-    drop(pass);
 
     let mut sized = Vec::new();
     for &t in &tables {
         eprintln!("bench: table {}...", label(t));
-        sized.push(bench_table(t, &settings, floor1));
+        sized.push(bench_table(t, &settings, pass.as_fd(), floor1));
     }
+    drop(pass);
     let quick = quick || only.is_some();
     let (log, sizes) = if quick {
         (Vec::new(), [(0, 0); 2])
@@ -873,13 +896,17 @@ fn main() -> ExitCode {
         heads.join(" | ")
     );
     let _ = writeln!(o, "|---|{}---:|---:|---:|", "---:|".repeat(n));
+    let floors: Vec<f64> = sized.iter().map(|s| median(s.floor.clone())).collect();
+    let cells: Vec<String> = floors.iter().map(|x| format!("{x:.0}")).collect();
     let _ = writeln!(
         o,
-        "| trivial `return XDP_PASS` (floor) | {} | 1.00 | 0 | 1.00 |",
-        vec![format!("{floor:.0}"); n].join(" | ")
+        "| trivial `return XDP_PASS` (floor) | {} | {:.2} | 0 | 1.00 |",
+        cells.join(" | "),
+        floors[n - 1] / floors[0]
     );
+    let last_table = &sized[n - 1];
     for (i, (name, _)) in sized[0].hot.iter().enumerate() {
-        let v: Vec<f64> = sized.iter().map(|s| s.hot[i].1).collect();
+        let v: Vec<f64> = sized.iter().map(|s| median(s.hot[i].1.clone())).collect();
         let cells: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
         let last = v[v.len() - 1];
         let _ = writeln!(
@@ -887,8 +914,8 @@ fn main() -> ExitCode {
             "| {name} | {} | {:.2} | {:.0} | {:.2} |",
             cells.join(" | "),
             last / v[0],
-            last - floor,
-            last / floor
+            last - floors[n - 1],
+            paired_ratio(&last_table.hot[i].1, &last_table.floor)
         );
     }
     let _ = writeln!(
@@ -911,8 +938,20 @@ fn main() -> ExitCode {
     let _ = writeln!(o, "\n### Ratios within this run\n");
     let _ = writeln!(o, "| ratio | {} |", heads.join(" | "));
     let _ = writeln!(o, "|---|{}", "---:|".repeat(n));
-    let hot_of =
-        |s: &Sized, name: &str| s.hot.iter().find(|r| r.0 == name).map_or(f64::NAN, |r| r.1);
+    let hot_ns = |s: &Sized, name: &str| {
+        s.hot
+            .iter()
+            .find(|r| r.0 == name)
+            .map_or(f64::NAN, |r| median(r.1.clone()))
+    };
+    // Hot ratios pair each round's figures (`paired_ratio`); cold ones divide medians.
+    let hot_of = |s: &Sized, a: &str, b: &str| {
+        let row = |name: &str| s.hot.iter().find(|r| r.0 == name).map(|r| r.1.as_slice());
+        match (row(a), row(b)) {
+            (Some(a), Some(b)) => paired_ratio(a, b),
+            _ => f64::NAN,
+        }
+    };
     let cold_of = |s: &Sized, name: &str| {
         s.cold
             .iter()
@@ -923,14 +962,21 @@ fn main() -> ExitCode {
     let rows: [Ratio; 8] = [
         (
             "blocked /24 SYN hot: events as shipped / events off (interleaved)",
-            &|s| s.events.0 / s.events.1,
+            &|s| paired_ratio(&s.events.0, &s.events.1),
         ),
         ("host /32 alone / /24 leaf, hot", &|s| {
-            hot_of(s, "blocked SYN v4, host /32 alone in its /24")
-                / hot_of(s, "blocked SYN v4, /24 leaf")
+            hot_of(
+                s,
+                "blocked SYN v4, host /32 alone in its /24",
+                "blocked SYN v4, /24 leaf",
+            )
         }),
         ("host /32 in a group / /24 leaf, hot", &|s| {
-            hot_of(s, "blocked SYN v4, host /32 in a group") / hot_of(s, "blocked SYN v4, /24 leaf")
+            hot_of(
+                s,
+                "blocked SYN v4, host /32 in a group",
+                "blocked SYN v4, /24 leaf",
+            )
         }),
         ("random host /32 / random /24 leaf, cold", &|s| {
             cold_of(s, "blocked SYN v4, random host /32")
@@ -941,14 +987,15 @@ fn main() -> ExitCode {
                 / cold_of(s, "blocked SYN v4, random /24-leaf source")
         }),
         ("blocked v6 /48 / blocked v4 /24, hot", &|s| {
-            hot_of(s, "blocked SYN v6, /48") / hot_of(s, "blocked SYN v4, /24 leaf")
+            hot_of(s, "blocked SYN v6, /48", "blocked SYN v4, /24 leaf")
         }),
         ("blocked v6 / blocked v4, random source, cold", &|s| {
             cold_of(s, "blocked SYN v6, random source in table")
                 / cold_of(s, "blocked SYN v4, random source in table")
         }),
         ("blocked /24 SYN hot / trivial floor", &|s| {
-            hot_of(s, "blocked SYN v4, /24 leaf") / floor
+            let leaf = s.hot.iter().find(|r| r.0 == "blocked SYN v4, /24 leaf");
+            leaf.map_or(f64::NAN, |r| paired_ratio(&r.1, &s.floor))
         }),
     ];
     for (name, f) in rows {
@@ -957,7 +1004,10 @@ fn main() -> ExitCode {
     }
     let cells: Vec<String> = sized
         .iter()
-        .map(|s| format!("{:.0} / {:.0}", s.events.0, s.events.1))
+        .map(|s| {
+            let (on, off) = (median(s.events.0.clone()), median(s.events.1.clone()));
+            format!("{on:.0} / {off:.0}")
+        })
         .collect();
     let _ = writeln!(
         o,
@@ -1033,9 +1083,9 @@ fn main() -> ExitCode {
                 let ours = if name.contains("random") {
                     cold_of(last, "blocked SYN v4, random source in table")
                 } else if name.starts_with("clean") {
-                    hot_of(last, "clean SYN v4")
+                    hot_ns(last, "clean SYN v4")
                 } else {
-                    hot_of(last, "blocked SYN v4, /24 leaf")
+                    hot_ns(last, "blocked SYN v4, /24 leaf")
                 };
                 let _ = writeln!(o, "| {name} | {v:.0} | {ours:.0} | {:.2} |", v / ours);
             }
