@@ -237,7 +237,12 @@ fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
         Prefix::V6 { addr, len } => (len, addr),
         Prefix::V4 { .. } => (0, 0),
     });
+    // The HX entries of a few changes ahead are fetched while this one is applied.
+    const AHEAD: usize = 4;
     for (i, c) in rest.iter().enumerate() {
+        if let Some(Prefix::V6 { addr, len }) = rest.get(i + AHEAD).map(|c| c.prefix) {
+            filter.v6.prefetch(addr, len);
+        }
         if let Err(e) = apply_one(filter, c.prefix, c.kind, c.verdict) {
             undo(
                 filter,

@@ -400,6 +400,37 @@ impl V6Table {
         self.maps.hx.words()
     }
 
+    /// Starts loading the HX bucket that `set(addr, len, ..)` will probe first, and the
+    /// one of its /32 marker. Homes are random in a table of up to 128 MiB, so each new
+    /// entry is a cache (and TLB) miss: a caller with a run of changes asks a few ahead and
+    /// their misses overlap instead of coming one after the other (1M prefixes: about a
+    /// fifth of the load). A hint only; x86-64 has a stable prefetch, elsewhere it does
+    /// nothing.
+    pub fn prefetch(&self, addr: u128, len: u8) {
+        let Place::Level(i) = place(len) else {
+            return;
+        };
+        if !(1..LEVELS.len() - 1).contains(&i) {
+            return;
+        }
+        let hi = (addr >> 64) as u64;
+        for lv in [32, LEVELS[i]] {
+            let key = hi & (u64::MAX << (64 - lv));
+            let home = hx_bucket(key, u32::from(lv), self.maps.hx.bits) as usize;
+            let words = self.hx_words();
+            let first = &words[2 * BUCKET_SLOTS * home];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing into the program and cannot fault; the
+            // pointer is inside the mapping.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(first.as_ptr().cast::<i8>());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = first;
+        }
+    }
+
     /// Places a new HX entry: the first never-used or long-gone slot of its probe sequence.
     fn hx_insert(&mut self, key: u64, tag: u32, val: u32) -> Result<u32, V6Error> {
         if self.hx_used >= self.capacity as usize {
@@ -407,7 +438,8 @@ impl V6Table {
         }
         let bits = self.maps.hx.bits;
         let home = hx_bucket(key, tag, bits) as usize;
-        let now = Instant::now();
+        // Read only where a gone slot is met: a clock read per insert showed in profiles.
+        let mut now = None;
         let mut found = None;
         'probe: for p in 0..MAX_PROBE as usize {
             let b = (home + p) & ((1 << bits) - 1);
@@ -415,10 +447,9 @@ impl V6Table {
                 let s = b * BUCKET_SLOTS + i;
                 let t = (self.hx_words()[2 * s + 1].load(Ordering::Relaxed) >> 32) as u32;
                 let reusable = t == TAG_GONE
-                    && self
-                        .gone
-                        .get(&s)
-                        .is_some_and(|&at| now.duration_since(at) >= GRACE);
+                    && self.gone.get(&s).is_some_and(|&at| {
+                        now.get_or_insert_with(Instant::now).duration_since(at) >= GRACE
+                    });
                 if t == TAG_EMPTY || reusable {
                     found = Some(s);
                     break 'probe;
