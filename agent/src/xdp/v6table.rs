@@ -403,9 +403,8 @@ impl V6Table {
     /// Starts loading the HX bucket that `set(addr, len, ..)` will probe first, and the
     /// one of its /32 marker. Homes are random in a table of up to 128 MiB, so each new
     /// entry is a cache (and TLB) miss: a caller with a run of changes asks a few ahead and
-    /// their misses overlap instead of coming one after the other (1M prefixes: about a
-    /// fifth of the load). A hint only; x86-64 has a stable prefetch, elsewhere it does
-    /// nothing.
+    /// their misses overlap instead of coming one after the other (1M prefixes: 8–15 % of
+    /// the load). A hint only; x86-64 has a stable prefetch, elsewhere it does nothing.
     pub fn prefetch(&self, addr: u128, len: u8) {
         let Place::Level(i) = place(len) else {
             return;
