@@ -277,30 +277,23 @@ impl Filter {
         Ok(filter)
     }
 
-    fn array<T: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<Array<&mut MapData, T>, FilterError> {
+    /// Map `name` as the typed map `M` (an array, a per-CPU array...).
+    fn typed<'a, M>(&'a mut self, name: &'static str) -> Result<M, FilterError>
+    where
+        M: TryFrom<&'a mut Map, Error = MapError>,
+    {
         let map = self
             .ebpf
             .map_mut(name)
             .ok_or(FilterError::MissingMap { name, source: None })?;
-        Array::try_from(map).map_err(|e| FilterError::MissingMap {
+        M::try_from(map).map_err(|e| FilterError::MissingMap {
             name,
             source: Some(e),
         })
     }
 
     fn config_map(&mut self) -> Result<PerCpuArray<&mut MapData, Config>, FilterError> {
-        let name = config::MAP;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(FilterError::MissingMap { name, source: None })?;
-        PerCpuArray::try_from(map).map_err(|e| FilterError::MissingMap {
-            name,
-            source: Some(e),
-        })
+        self.typed(config::MAP)
     }
 
     /// Every CPU's copy of the config: the same settings, each with its own event budget.
@@ -466,7 +459,7 @@ impl Filter {
     /// Sets the judged destination ports to exactly `list`.
     pub fn set_ports(&mut self, list: &[u16]) -> Result<(), FilterError> {
         let known = self.ports.take();
-        let mut arr = self.array::<u8>(ports::MAP)?;
+        let mut arr = self.typed::<Array<_, u8>>(ports::MAP)?;
         let err = |source| FilterError::Map {
             name: ports::MAP,
             source,
