@@ -306,8 +306,9 @@ pub async fn sync(d: &Daemon, name: &str, force: bool) -> Result<api::FeedSyncRe
     Ok(r)
 }
 
-fn succeeded(d: &Daemon, feed: &Feed, outcome: api::FeedOutcome) {
-    let at = store::now();
+/// A success at `at` (seconds): the caller's one clock read, so that the time shown and
+/// the one kept with the disk copy (the last success after a restart) are the same.
+fn succeeded(d: &Daemon, feed: &Feed, outcome: api::FeedOutcome, at: u64) {
     LAST_SUCCESS.with_label_values(&[&feed.name]).set(at as i64);
     d.feeds.update(&feed.name, |s| {
         s.last_success = Some(at);
@@ -324,8 +325,9 @@ fn updated(
     table_changes: usize,
     lines_rejected: usize,
     bad_lines: Vec<api::BadLine>,
+    at: u64,
 ) -> api::FeedSyncResult {
-    succeeded(d, feed, api::FeedOutcome::Updated);
+    succeeded(d, feed, api::FeedOutcome::Updated, at);
     api::FeedSyncResult {
         feed: feed.name.clone(),
         outcome: api::FeedOutcome::Updated,
@@ -357,7 +359,7 @@ async fn sync_list(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncResult 
     };
     let (body, validators) = match fetched {
         Fetched::NotModified => {
-            succeeded(d, feed, api::FeedOutcome::NotModified);
+            succeeded(d, feed, api::FeedOutcome::NotModified, store::now());
             return api::FeedSyncResult {
                 feed: feed.name.clone(),
                 outcome: api::FeedOutcome::NotModified,
@@ -417,10 +419,11 @@ async fn apply_body(
     let guard = guarded.then_some(feed.max_shrink);
     match apply(d, feed, parsed.entries, guard).await {
         Ok(changes) => {
+            let at = store::now();
             if keep {
                 let meta = CacheMeta {
                     validators: validators.clone(),
-                    fetched: store::now(),
+                    fetched: at,
                     source: feed.source.to_string(),
                 };
                 // The list is in force and persisted by the store; only the next start's
@@ -431,7 +434,7 @@ async fn apply_body(
                 d.feeds
                     .update(&feed.name, |s| s.validators = Some(validators));
             }
-            updated(d, feed, changes, rejected, bad_lines)
+            updated(d, feed, changes, rejected, bad_lines, at)
         }
         Err(e) => {
             let mut r = failed(d, feed, refusal_or_failure(&e), e.message);
@@ -539,7 +542,7 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
                 s.bad_lines = rejected.iter().take(BAD_LINES_SHOWN).cloned().collect();
             });
             let shown = rejected.into_iter().take(BAD_LINES_SHOWN).collect();
-            updated(d, feed, changes, n, shown)
+            updated(d, feed, changes, n, shown, store::now())
         }
         Err(e) => failed(d, feed, refusal_or_failure(&e), e.message),
     }
