@@ -7,10 +7,10 @@
 
 /// Layout version of every map below. Written into [`config::Config::abi`] when the maps are
 /// created, and part of the program's name, so a stale pinned program or map set is detected.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Name of the XDP program function; it carries the ABI so `bpftool prog` shows it too.
-pub const PROG_NAME: &str = "prefilter_v4";
+pub const PROG_NAME: &str = "prefilter_v5";
 
 /// Verdict actions, as stored in map values and used as counter indices.
 pub mod action {
@@ -184,9 +184,10 @@ pub mod v4 {
     pub const RUNS: &str = "PF_V4_RUNS";
     /// Entries of TBL24 (2^24 / 256).
     pub const TBL24_CHUNKS: u32 = 1 << 16;
-    /// Default number of groups in use at once (80 MiB): room for 5M random host /32s plus
-    /// 1M mixed prefixes. The agent sizes it from its config.
-    pub const DEFAULT_GROUPS: u32 = 1 << 21;
+    /// Default number of groups in use at once (20 MiB): 5M random host /32s plus 1M mixed
+    /// prefixes need 11k (one list) to 214k (a list per prefix length, the hosts in another).
+    /// The agent sizes it from its config.
+    pub const DEFAULT_GROUPS: u32 = 1 << 19;
     /// Group slots beyond the configured number: a changed group is written to a fresh
     /// slot before the old one is let go, and a freed slot waits for these to be used first.
     pub const SPARE_GROUPS: u32 = 4096;
@@ -196,6 +197,16 @@ pub mod v4 {
     /// second one may sit in the high 32 bits the same way (verdict 0: none); the rest of the
     /// /24 has none. Without: the low 24 bits index a group.
     pub const HOST: u32 = 1 << 30;
+    /// With [`EXT`] and [`HOST`]: one verdict `entry & 0xffff` for the octets
+    /// `(entry >> 16) & 0xff` to `(entry >> 32) & 0xff` and for the octets in bytes 5, 6 and 7
+    /// of the entry (unused ones repeat the first octet); the rest of the /24 has none. A /24
+    /// holding up to four hosts of one list, or one /25–/31 and up to three hosts, needs no
+    /// group.
+    pub const SPAN: u32 = 1 << 29;
+    /// With [`SPAN`]: the rest of the /24 has verdict `entry >> 48` instead, and only byte 5
+    /// holds another octet: a listed /24 with one or two runs of another verdict (an allowed
+    /// host, a longer prefix of another list) needs no group either.
+    pub const BG: u32 = 1 << 28;
     /// Group index mask of an `EXT` entry.
     pub const GROUP_MASK: u32 = 0x00ff_ffff;
 

@@ -460,7 +460,7 @@ struct Outcome {
 #[xdp]
 // Inlined into the section's entry point: a BPF-to-BPF call per packet costs a frame setup.
 #[inline(always)]
-pub fn prefilter_v4(ctx: XdpContext) -> u32 {
+pub fn prefilter_v5(ctx: XdpContext) -> u32 {
     let out = match fast(&ctx) {
         Some(out) => out,
         None => general(&ctx),
@@ -648,11 +648,21 @@ fn v4_lookup(a: u32) -> u16 {
     }
     let o = a as u8;
     if e & v4::HOST != 0 {
+        // The first host, or a span's first octet.
         if (e >> 16) as u8 == o {
             return e as u16;
         }
-        // The second host, or none (all zero: verdict 0).
         let h = (e64 >> 32) as u32;
+        if e & v4::SPAN != 0 {
+            let lo = (e >> 16) as u8;
+            let hit = (o > lo && o <= h as u8) | (o == (h >> 8) as u8);
+            if e & v4::BG != 0 {
+                return if hit { e as u16 } else { (h >> 16) as u16 };
+            }
+            let hit = hit | (o == (h >> 16) as u8) | (o == (h >> 24) as u8);
+            return if hit { e as u16 } else { 0 };
+        }
+        // The second host, or none (all zero: verdict 0).
         return if (h >> 16) as u8 == o { h as u16 } else { 0 };
     }
     let Some(g) = PF_V4_GROUPS.get(e & v4::GROUP_MASK) else {

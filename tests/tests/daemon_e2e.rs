@@ -830,15 +830,18 @@ fn a_patch_the_tables_refuse_part_way_changes_nothing() {
     let file = d.dir.join("e.txt");
     std::fs::write(&file, list).unwrap();
     d.cli_ok(&["block", "import", file.to_str().unwrap(), "--list", "e"]);
-    // 500 /24s out, 3000 /26s in as many other /24s: each /26 needs a group of its own,
-    // and the 2048 run out in the third chunk or so of the store's changes.
+    // 500 /24s out, two /26s in each of 3000 other /24s: each pair needs a group of its
+    // own (one /26 alone would fit in the /24's entry), and the 2048 run out in the third
+    // chunk or so of the store's changes.
     let mut patch = String::new();
     for i in 0..500 {
         let _ = writeln!(patch, "-{}/24", net(i));
     }
     for i in 0..3000u32 {
-        let a = Ipv4Addr::from(0xf100_0000 | i << 8 | 64);
-        let _ = writeln!(patch, "+{a}/26");
+        for o in [64, 192] {
+            let a = Ipv4Addr::from(0xf100_0000 | i << 8 | o);
+            let _ = writeln!(patch, "+{a}/26");
+        }
     }
     let pfile = d.dir.join("e.diff");
     std::fs::write(&pfile, patch).unwrap();

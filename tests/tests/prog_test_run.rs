@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prefilter::xdp::v4table::SlotKind;
 use prefilter_common::{action, config::Config, config::FLAG_RATELIMIT, counters, reason};
 use prefilter_tests::{
     packet::{Ext, Frame, LINUX_SYN_OPTIONS, checksum, flags, hex},
@@ -889,6 +890,103 @@ fn hosts_sharing_a_24() {
         ],
     );
     run_table("hosts_sharing_a_24 (back to two)", &mut rig, &back);
+}
+
+/// One list's /27 and hosts in one otherwise unlisted /24 sit in the /24's own TBL24 entry
+/// (a span); a fifth run or a second verdict moves them to a group, and removing those
+/// brings the span back; inside a listed /24 a span of two runs fits too, a third verdict
+/// needs a group. Every octet of the /24 is probed at each step.
+#[test]
+fn a_span_and_hosts_share_a_24() {
+    let _one = privileged();
+    let mut rig = Rig::load();
+    let all = |label: &str, listed: &[(std::ops::RangeInclusive<u8>, Expected)]| -> Vec<Case> {
+        (0..=255u8)
+            .map(|o| {
+                let e = listed
+                    .iter()
+                    .find(|(r, _)| r.contains(&o))
+                    .map_or(NO_MATCH, |&(_, e)| e);
+                let src = format!("203.0.113.{o}");
+                case(format!("{label}: {src}"), syn(&src, 25).build(), e)
+            })
+            .collect()
+    };
+    rig.block("203.0.113.64/27", action::DROP, 1);
+    for h in ["203.0.113.0", "203.0.113.200", "203.0.113.255"] {
+        rig.block(h, action::DROP, 1);
+    }
+    let span = [
+        (0..=0, BLOCK_DROP),
+        (64..=95, BLOCK_DROP),
+        (200..=200, BLOCK_DROP),
+        (255..=255, BLOCK_DROP),
+    ];
+    let kind = |rig: &Rig| rig.filter.v4.slot_kind(0xcb00_7100);
+    assert_eq!(
+        kind(&rig),
+        SlotKind::Host,
+        "a /27 and three hosts: one entry"
+    );
+    run_table(
+        "a_span_and_hosts_share_a_24 (span)",
+        &mut rig,
+        &all("span", &span),
+    );
+    rig.block("203.0.113.7", action::DROP, 1);
+    let mut five = span.to_vec();
+    five.push((7..=7, BLOCK_DROP));
+    assert_eq!(kind(&rig), SlotKind::Group);
+    run_table(
+        "a_span_and_hosts_share_a_24 (five runs)",
+        &mut rig,
+        &all("five runs (a group)", &five),
+    );
+    rig.unblock_v4("203.0.113.7");
+    rig.block("203.0.113.9", action::RESET, 2);
+    let mut two = span.to_vec();
+    two.push((9..=9, BLOCK_RESET));
+    assert_eq!(kind(&rig), SlotKind::Group);
+    run_table(
+        "a_span_and_hosts_share_a_24 (two verdicts)",
+        &mut rig,
+        &all("two verdicts (a group)", &two),
+    );
+    rig.unblock_v4("203.0.113.9");
+    assert_eq!(kind(&rig), SlotKind::Host);
+    run_table(
+        "a_span_and_hosts_share_a_24 (span again)",
+        &mut rig,
+        &all("span again", &span),
+    );
+    // The /27 and one host inside a listed /24 of another list: still one entry.
+    rig.unblock_v4("203.0.113.0");
+    rig.unblock_v4("203.0.113.255");
+    rig.block("203.0.113.0/24", action::RESET, 3);
+    assert_eq!(
+        kind(&rig),
+        SlotKind::Host,
+        "a /27 and a host in a listed /24"
+    );
+    let listed = [
+        (64..=95, BLOCK_DROP),
+        (200..=200, BLOCK_DROP),
+        (0..=255, BLOCK_RESET),
+    ];
+    run_table(
+        "a_span_and_hosts_share_a_24 (in a listed /24)",
+        &mut rig,
+        &all("in a listed /24", &listed),
+    );
+    rig.allow("203.0.113.10", 4);
+    assert_eq!(kind(&rig), SlotKind::Group);
+    let mut three = vec![(10..=10, ALLOWED)];
+    three.extend(listed);
+    run_table(
+        "a_span_and_hosts_share_a_24 (three verdicts)",
+        &mut rig,
+        &all("three verdicts (a group)", &three),
+    );
 }
 
 #[test]

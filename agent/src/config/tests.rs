@@ -154,7 +154,7 @@ fn defaults() {
     assert_eq!(
         c.limits,
         Limits {
-            v4_long_groups: 1 << 21,
+            v4_long_groups: 1 << 19,
             v6_entries: 262144,
             dynamic_entries: 262144,
             max_shrink_percent: 50,

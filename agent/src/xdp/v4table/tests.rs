@@ -79,11 +79,21 @@ fn group_encoding_round_trips() {
         Case { name: "lone host, first octet", leaf: 0, spans: &[(0, 1, D)], expected: Content::Hosts(0, D, None) },
         Case { name: "lone host, middle", leaf: 0, spans: &[(77, 1, R)], expected: Content::Hosts(77, R, None) },
         Case { name: "lone host, last octet", leaf: 0, spans: &[(255, 1, D)], expected: Content::Hosts(255, D, None) },
-        Case { name: "host in a listed /24", leaf: D, spans: &[(77, 1, A)], expected: Content::Runs(or(or(bit(0), bit(77)), bit(78)), vec![D, A, D]) },
+        Case { name: "host in a listed /24", leaf: D, spans: &[(77, 1, A)], expected: Content::Span { verdict: A, lo: 77, hi: 77, hosts: [77; 3], bg: D } },
+        Case { name: "/29 and a host in a listed /24", leaf: D, spans: &[(8, 1, A), (64, 8, A)], expected: Content::Span { verdict: A, lo: 64, hi: 71, hosts: [8, 64, 64], bg: D } },
+        Case { name: "a hole in a /25", leaf: 0, spans: &[(0, 128, D), (7, 1, 0)], expected: Content::Span { verdict: 0, lo: 128, hi: 255, hosts: [7, 128, 128], bg: D } },
+        Case { name: "three hosts in a listed /24", leaf: D, spans: &[(1, 1, A), (5, 1, A), (9, 1, A)], expected: Content::Runs(or(or(or(bit(0), bit(1)), or(bit(2), bit(5))), or(bit(6), or(bit(9), bit(10)))), vec![D, A, D, A, D, A, D]) },
         Case { name: "two hosts", leaf: 0, spans: &[(1, 1, D), (2, 1, D)], expected: Content::Hosts(1, D, Some((2, D))) },
         Case { name: "two hosts, first and last octet", leaf: 0, spans: &[(0, 1, R), (255, 1, D)], expected: Content::Hosts(0, R, Some((255, D))) },
-        Case { name: "three hosts", leaf: 0, spans: &[(1, 1, D), (2, 1, D), (9, 1, D)], expected: Content::Runs(or(or(bit(0), bit(1)), or(bit(3), or(bit(9), bit(10)))), vec![0, D, 0, D, 0]) },
-        Case { name: "/25 low half", leaf: 0, spans: &[(0, 128, D)], expected: Content::Runs(or(bit(0), bit(128)), vec![D, 0]) },
+        Case { name: "three hosts, two adjacent", leaf: 0, spans: &[(1, 1, D), (2, 1, D), (9, 1, D)], expected: Content::Span { verdict: D, lo: 1, hi: 2, hosts: [9, 1, 1], bg: 0 } },
+        Case { name: "three hosts", leaf: 0, spans: &[(1, 1, D), (5, 1, D), (9, 1, D)], expected: Content::Span { verdict: D, lo: 1, hi: 1, hosts: [5, 9, 1], bg: 0 } },
+        Case { name: "four hosts, first and last octet", leaf: 0, spans: &[(0, 1, D), (5, 1, D), (9, 1, D), (255, 1, D)], expected: Content::Span { verdict: D, lo: 0, hi: 0, hosts: [5, 9, 255], bg: 0 } },
+        Case { name: "/27 and three hosts", leaf: 0, spans: &[(0, 1, D), (64, 32, D), (200, 1, D), (255, 1, D)], expected: Content::Span { verdict: D, lo: 64, hi: 95, hosts: [0, 200, 255], bg: 0 } },
+        Case { name: "/25 high half", leaf: 0, spans: &[(128, 128, R)], expected: Content::Span { verdict: R, lo: 128, hi: 255, hosts: [128; 3], bg: 0 } },
+        Case { name: "five hosts", leaf: 0, spans: &[(1, 1, D), (3, 1, D), (5, 1, D), (7, 1, D), (9, 1, D)], expected: Content::Runs(or(or(or(bit(0), bit(1)), or(bit(2), bit(3))), or(or(bit(4), bit(5)), or(or(bit(6), bit(7)), or(bit(8), or(bit(9), bit(10)))))), vec![0, D, 0, D, 0, D, 0, D, 0, D, 0]) },
+        Case { name: "three hosts, two verdicts", leaf: 0, spans: &[(1, 1, D), (5, 1, R), (9, 1, D)], expected: Content::Runs(or(or(bit(0), bit(1)), or(or(bit(2), bit(5)), or(bit(6), or(bit(9), bit(10))))), vec![0, D, 0, R, 0, D, 0]) },
+        Case { name: "two /28s", leaf: 0, spans: &[(0, 16, D), (32, 16, D)], expected: Content::Runs(or(or(bit(0), bit(16)), or(bit(32), bit(48))), vec![D, 0, D, 0]) },
+        Case { name: "/25 low half", leaf: 0, spans: &[(0, 128, D)], expected: Content::Span { verdict: D, lo: 0, hi: 127, hosts: [0; 3], bg: 0 } },
         Case { name: "/31 across a word edge", leaf: 0, spans: &[(62, 2, D), (64, 2, R)], expected: Content::Runs(or(or(bit(0), bit(62)), or(bit(64), bit(66))), vec![0, D, R, 0]) },
         Case { name: "hosts on every word edge", leaf: R, spans: &[(63, 1, D), (127, 2, D), (191, 1, A), (255, 1, D)], expected: Content::Runs(or(or(or(bit(0), bit(63)), or(bit(64), bit(127))), or(or(bit(129), bit(191)), or(bit(192), bit(255)))), vec![R, D, R, D, R, A, R, D]) },
     ];
@@ -102,6 +112,20 @@ fn group_encoding_round_trips() {
                     Some((h2, v2)) if *h2 == o => *v2,
                     _ => 0,
                 },
+                Content::Span {
+                    verdict,
+                    lo,
+                    hi,
+                    hosts,
+                    bg,
+                } => {
+                    let more = if *bg == 0 { &hosts[..] } else { &hosts[..1] };
+                    if (*lo..=*hi).contains(&o) || more.contains(&o) {
+                        *verdict
+                    } else {
+                        *bg
+                    }
+                }
                 Content::Runs(bits, runs) => decode(bits, runs, o),
             };
             assert_eq!(v, arr[o as usize], "{}: octet {o}", c.name);
@@ -364,17 +388,25 @@ fn lone_hosts_need_no_group_and_groups_share_their_runs() {
     assert_eq!(t.groups_used().0, 0);
     assert_eq!(t.lookup(0x0a00_0505), d);
     assert_eq!(t.lookup(0x0a00_0506), 0);
-    // The same hosts inside a listed /16 (another list): one group each, all with the
-    // same runs (leaf, host, leaf) stored once.
+    // Inside a listed /16 (another list), one or two hosts per /24 need no group either;
+    // three take one each, all with the same runs (leaf, host, leaf, ...) stored once.
     let mut t = table(64);
     let l = verdict::pack(action::RESET, 8);
     t.set(0x0b00_0000, 16, Kind::Block, l).unwrap();
     for i in 0..50u32 {
         t.set(0x0b00_0000 | i << 8 | 9, 32, Kind::Block, d).unwrap();
+        t.set(0x0b00_0000 | i << 8 | 19, 32, Kind::Block, d)
+            .unwrap();
+    }
+    assert_eq!(t.groups_used().0, 0);
+    for i in 0..50u32 {
+        t.set(0x0b00_0000 | i << 8 | 29, 32, Kind::Block, d)
+            .unwrap();
     }
     assert_eq!(t.groups_used().0, 50);
-    assert_eq!(t.runs_used().0, 3);
+    assert_eq!(t.runs_used().0, 7);
     assert_eq!(t.lookup(0x0b00_0309), d);
+    assert_eq!(t.lookup(0x0b00_031d), d);
     assert_eq!(t.lookup(0x0b00_0308), l);
     assert_eq!(t.lookup(0x0b00_030a), l);
 }
@@ -383,8 +415,8 @@ fn lone_hosts_need_no_group_and_groups_share_their_runs() {
 fn a_rewritten_group_goes_to_a_fresh_slot() {
     let d = verdict::pack(action::DROP, 1);
     let mut t = table_with(2, 4);
-    // Three hosts: two would fit in the TBL24 entry.
-    for o in [1, 2, 13] {
+    // Five hosts: up to four of one verdict would fit in the TBL24 entry.
+    for o in [20, 22, 24, 26, 28] {
         t.set(0x0a00_0000 | o, 32, Kind::Block, d).unwrap();
     }
     let slot = |t: &V4Table| t.t24()[0x0a0000].load(Ordering::Relaxed) as u32 & v4::GROUP_MASK;
@@ -406,30 +438,41 @@ fn a_rewritten_group_goes_to_a_fresh_slot() {
 #[test]
 fn full_group_table_is_an_error_and_changes_nothing() {
     let mut t = table(1);
-    for o in 1..=3 {
+    for o in [1, 3, 5, 7, 9] {
         t.set(0x0a00_0000 | o, 32, Kind::Block, 0x2001).unwrap();
     }
-    // One or two hosts need no group.
-    t.set(0x0b00_0001, 32, Kind::Block, 0x2001).unwrap();
-    t.set(0x0b00_0002, 32, Kind::Block, 0x2001).unwrap();
-    let err = t.set(0x0b00_0003, 32, Kind::Block, 0x2001).unwrap_err();
+    // Up to four hosts of one verdict need no group.
+    for o in [1, 3, 5, 7] {
+        t.set(0x0b00_0000 | o, 32, Kind::Block, 0x2001).unwrap();
+    }
+    assert_eq!(t.slot_kind(0x0b00_0000), SlotKind::Host);
+    let err = t.set(0x0b00_0009, 32, Kind::Block, 0x2001).unwrap_err();
     assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
-    assert_eq!(t.len(Kind::Block), 5);
-    assert_eq!(t.lookup(0x0b00_0003), 0);
-    assert_eq!(t.lookup(0x0b00_0001), 0x2001);
-    assert_eq!(t.lookup(0x0b00_0002), 0x2001);
-    assert_eq!(t.rules().count(), 5);
-    // A host refused inside a listed /24: the /24 keeps its verdict (its leaf went aside
-    // for the longer rule and came back), and stays writable.
+    assert_eq!(t.len(Kind::Block), 9);
+    assert_eq!(t.lookup(0x0b00_0009), 0);
+    for o in [1, 3, 5, 7] {
+        assert_eq!(t.lookup(0x0b00_0000 | o), 0x2001);
+    }
+    assert_eq!(t.lookup(0x0b00_0002), 0);
+    assert_eq!(t.rules().count(), 9);
+    // Inside a listed /24 two allowed hosts need no group; a third is refused and the /24
+    // keeps its verdict there (its leaf went aside for the longer rule and came back), and
+    // stays writable.
     t.set(0x0c00_0000, 24, Kind::Block, 0x2001).unwrap();
-    let err = t.set(0x0c00_0005, 32, Kind::Allow, 0x2002).unwrap_err();
+    t.set(0x0c00_0005, 32, Kind::Allow, 0x2002).unwrap();
+    t.set(0x0c00_0007, 32, Kind::Allow, 0x2002).unwrap();
+    let err = t.set(0x0c00_0009, 32, Kind::Allow, 0x2002).unwrap_err();
     assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
-    assert_eq!(t.lookup(0x0c00_0005), 0x2001);
+    assert_eq!(t.lookup(0x0c00_0009), 0x2001);
+    // An allow rule's verdict says allow, whatever action it was given.
+    assert_eq!(t.lookup(0x0c00_0005), 0x7002);
     assert_eq!(t.lookup(0x0c00_00ff), 0x2001);
     t.set(0x0c00_0000, 24, Kind::Block, 0x2003).unwrap();
-    assert_eq!(t.lookup(0x0c00_0005), 0x2003);
+    assert_eq!(t.lookup(0x0c00_0009), 0x2003);
+    assert_eq!(t.lookup(0x0c00_0007), 0x7002);
     assert!(t.remove(0x0c00_0000, 24, Kind::Block));
-    assert_eq!(t.lookup(0x0c00_0005), 0);
+    assert_eq!(t.lookup(0x0c00_0009), 0);
+    assert_eq!(t.lookup(0x0c00_0005), 0x7002);
 }
 
 #[test]
@@ -439,16 +482,18 @@ fn a_short_rule_that_needs_a_group_in_a_full_table_is_undone() {
         verdict::pack(action::RESET, 2),
     );
     let mut t = table(1);
-    for o in 1..=3 {
+    for o in [1, 3, 5, 7, 9] {
         t.set(0x0a00_0000 | o, 32, Kind::Block, d).unwrap();
     }
-    t.set(0x0b00_0001, 32, Kind::Block, d).unwrap();
-    // The /24 around the lone host would need a group (reset, drop, reset): none is left.
+    for o in [1, 3, 5] {
+        t.set(0x0b00_0000 | o, 32, Kind::Block, d).unwrap();
+    }
+    // The /24 around the hosts would need a group (reset, drop, reset, ...): none is left.
     let err = t.set(0x0b00_0000, 24, Kind::Block, r).unwrap_err();
     assert!(matches!(err, V4Error::GroupsFull { capacity: 1 }));
-    assert_eq!(t.rules().count(), 4);
+    assert_eq!(t.rules().count(), 8);
     assert_eq!(t.lookup(0x0b00_0001), d);
-    assert_eq!(t.lookup(0x0b00_0005), 0);
+    assert_eq!(t.lookup(0x0b00_0006), 0);
     // A covering rule that changes nothing inside a group still applies.
     t.set(0x0a00_0000, 24, Kind::Block, d).unwrap();
     assert_eq!(t.lookup(0x0a00_0007), d);
@@ -493,9 +538,9 @@ fn a_batch_past_the_group_limit_keeps_the_rest() {
     );
     let mut t = table(1);
     let mut rules = vec![(0x0c00_0000, 24, Kind::Block, d)];
-    // Three hosts in each of two /24s: a group each, and there is room for one.
+    // Five hosts in each of two /24s: a group each, and there is room for one.
     for net in [0x0b00_0000u32, 0x0c00_0000] {
-        for o in 1..=3 {
+        for o in [1, 3, 5, 7, 9] {
             rules.push((net | o, 32, Kind::Block, r));
         }
     }
@@ -507,7 +552,8 @@ fn a_batch_past_the_group_limit_keeps_the_rest() {
     } else {
         (0x0c00_0000, 0x0b00_0000)
     };
-    assert_eq!(t.lookup(kept | 2), r);
+    assert_eq!(t.lookup(kept | 3), r);
+    assert_eq!(t.lookup(kept | 2), if kept == 0x0c00_0000 { d } else { 0 });
     let leaf = if lost == 0x0c00_0000 { d } else { 0 };
     for o in [1, 2, 3, 200] {
         assert_eq!(t.lookup(lost | o), leaf, "{:#x}", lost | o);
