@@ -339,8 +339,7 @@ impl V4View {
 pub enum SlotKind {
     /// One verdict for the whole /24: one array load.
     Leaf,
-    /// Up to four hosts, or a span and up to three hosts, in an otherwise unlisted /24: one
-    /// array load.
+    /// Held in the /24's own entry (one or two hosts, or a span): one array load.
     Host,
     /// A group: three array loads.
     Group,
