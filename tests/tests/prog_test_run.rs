@@ -898,10 +898,16 @@ fn hosts_sharing_a_24() {
 /// needs a group. Every octet of the /24 is probed at each step.
 #[test]
 fn a_span_and_hosts_share_a_24() {
-    let _one = privileged();
-    let mut rig = Rig::load();
-    let all = |label: &str, listed: &[(std::ops::RangeInclusive<u8>, Expected)]| -> Vec<Case> {
-        (0..=255u8)
+    /// The /24's entry is of `kind`, and a SYN from each of its octets gets what the first
+    /// range of `listed` holding it says, or matches nothing.
+    fn every_octet(
+        rig: &mut Rig,
+        label: &str,
+        kind: SlotKind,
+        listed: &[(std::ops::RangeInclusive<u8>, Expected)],
+    ) {
+        assert_eq!(rig.filter.v4.slot_kind(0xcb00_7100), kind, "{label}");
+        let cases: Vec<Case> = (0..=255u8)
             .map(|o| {
                 let e = listed
                     .iter()
@@ -910,8 +916,15 @@ fn a_span_and_hosts_share_a_24() {
                 let src = format!("203.0.113.{o}");
                 case(format!("{label}: {src}"), syn(&src, 25).build(), e)
             })
-            .collect()
-    };
+            .collect();
+        run_table(
+            &format!("a_span_and_hosts_share_a_24 ({label})"),
+            rig,
+            &cases,
+        );
+    }
+    let _one = privileged();
+    let mut rig = Rig::load();
     rig.block("203.0.113.64/27", action::DROP, 1);
     for h in ["203.0.113.0", "203.0.113.200", "203.0.113.255"] {
         rig.block(h, action::DROP, 1);
@@ -922,70 +935,46 @@ fn a_span_and_hosts_share_a_24() {
         (200..=200, BLOCK_DROP),
         (255..=255, BLOCK_DROP),
     ];
-    let kind = |rig: &Rig| rig.filter.v4.slot_kind(0xcb00_7100);
-    assert_eq!(
-        kind(&rig),
-        SlotKind::Host,
-        "a /27 and three hosts: one entry"
-    );
-    run_table(
-        "a_span_and_hosts_share_a_24 (span)",
+    every_octet(
         &mut rig,
-        &all("span", &span),
+        "a /27 and three hosts: a span",
+        SlotKind::Host,
+        &span,
     );
     rig.block("203.0.113.7", action::DROP, 1);
     let mut five = span.to_vec();
     five.push((7..=7, BLOCK_DROP));
-    assert_eq!(kind(&rig), SlotKind::Group);
-    run_table(
-        "a_span_and_hosts_share_a_24 (five runs)",
-        &mut rig,
-        &all("five runs (a group)", &five),
-    );
+    every_octet(&mut rig, "five runs (a group)", SlotKind::Group, &five);
     rig.unblock_v4("203.0.113.7");
     rig.block("203.0.113.9", action::RESET, 2);
     let mut two = span.to_vec();
     two.push((9..=9, BLOCK_RESET));
-    assert_eq!(kind(&rig), SlotKind::Group);
-    run_table(
-        "a_span_and_hosts_share_a_24 (two verdicts)",
-        &mut rig,
-        &all("two verdicts (a group)", &two),
-    );
+    every_octet(&mut rig, "two verdicts (a group)", SlotKind::Group, &two);
     rig.unblock_v4("203.0.113.9");
-    assert_eq!(kind(&rig), SlotKind::Host);
-    run_table(
-        "a_span_and_hosts_share_a_24 (span again)",
-        &mut rig,
-        &all("span again", &span),
-    );
+    every_octet(&mut rig, "span again", SlotKind::Host, &span);
     // The /27 and one host inside a listed /24 of another list: still one entry.
     rig.unblock_v4("203.0.113.0");
     rig.unblock_v4("203.0.113.255");
     rig.block("203.0.113.0/24", action::RESET, 3);
-    assert_eq!(
-        kind(&rig),
-        SlotKind::Host,
-        "a /27 and a host in a listed /24"
-    );
     let listed = [
         (64..=95, BLOCK_DROP),
         (200..=200, BLOCK_DROP),
         (0..=255, BLOCK_RESET),
     ];
-    run_table(
-        "a_span_and_hosts_share_a_24 (in a listed /24)",
+    every_octet(
         &mut rig,
-        &all("in a listed /24", &listed),
+        "a /27 and a host in a listed /24",
+        SlotKind::Host,
+        &listed,
     );
     rig.allow("203.0.113.10", 4);
-    assert_eq!(kind(&rig), SlotKind::Group);
     let mut three = vec![(10..=10, ALLOWED)];
     three.extend(listed);
-    run_table(
-        "a_span_and_hosts_share_a_24 (three verdicts)",
+    every_octet(
         &mut rig,
-        &all("three verdicts (a group)", &three),
+        "three verdicts (a group)",
+        SlotKind::Group,
+        &three,
     );
 }
 

@@ -212,23 +212,16 @@ fn span(arr: &[u16; 256]) -> Option<Content> {
     } else {
         [(b, a), (a, b)]
     };
-    for (bg, verdict) in tries {
+    'tries: for (bg, verdict) in tries {
         let mut mine = [(0u8, 0u8); 4];
         let mut k = 0;
         let cap = if bg == 0 { 4 } else { 2 };
-        for &(first, last, v) in all {
-            if v != verdict {
-                continue;
-            }
+        for &(first, last, _) in all.iter().filter(|r| r.2 == verdict) {
             if k == cap {
-                k = usize::MAX;
-                break;
+                continue 'tries;
             }
             mine[k] = (first, last);
             k += 1;
-        }
-        if k == usize::MAX {
-            continue;
         }
         let mine = &mut mine[..k];
         // The long run first: it takes the lo–hi slot.
@@ -287,9 +280,12 @@ fn lookup(t24: &[AtomicU64], groups: &[AtomicU64], runs: &[AtomicU16], addr: u32
         let lo = (e >> 16) as u8;
         if e & v4::SPAN != 0 {
             let b = h.to_le_bytes();
-            let more = if e & v4::BG != 0 { &b[1..2] } else { &b[1..] };
+            let (more, miss) = if e & v4::BG != 0 {
+                (&b[1..2], (h >> 16) as u16)
+            } else {
+                (&b[1..], 0)
+            };
             let hit = (lo..=b[0]).contains(&o) || more.contains(&o);
-            let miss = if e & v4::BG != 0 { (h >> 16) as u16 } else { 0 };
             return if hit { e as u16 } else { miss };
         }
         return if lo == o {
