@@ -7,10 +7,10 @@
 
 /// Layout version of every map below. Written into [`config::Config::abi`] when the maps are
 /// created, and part of the program's name, so a stale pinned program or map set is detected.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Name of the XDP program function; it carries the ABI so `bpftool prog` shows it too.
-pub const PROG_NAME: &str = "prefilter_v5";
+pub const PROG_NAME: &str = "prefilter_v6";
 
 /// Verdict actions, as stored in map values and used as counter indices.
 pub mod action {
@@ -299,15 +299,44 @@ pub mod v6 {
     /// Trie prefixes lie inside this one (TOP: /17–/23; a /32: /33–/39, /65–/127).
     pub const TRIE: u32 = 1 << 21;
 
-    /// One HX slot. `tag` is the prefix length (32, 48, 56, 64), [`TAG_EMPTY`] or
-    /// [`TAG_GONE`]; `key` the address's first 64 bits, masked to that length. `val` and
-    /// `tag` share one 64-bit word, written at once after the key.
+    /// A /32 entry that holds the only thing inside it, a /48 with nothing inside, in its
+    /// own slot ([`inline_word`]): a listed /48 alone in its /32 costs one probe, not two.
+    pub const INLINE: u32 = 1 << 22;
+
+    /// One HX slot. `tag`'s low byte is the prefix length (32, 48, 56, 64), or the whole tag
+    /// is [`TAG_EMPTY`] or [`TAG_GONE`]; `key` the address's first 64 bits, masked to that
+    /// length. `val` and `tag` share one 64-bit word, written at once after the key; a /32
+    /// with an inline /48 keeps the /48 in the rest of that word.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct Slot {
         pub key: u64,
         pub val: Entry,
         pub tag: u32,
+    }
+
+    /// The prefix length of a slot's tag.
+    #[inline(always)]
+    pub const fn tag_len(tag: u32) -> u32 {
+        tag & 0xff
+    }
+
+    /// The `val | tag << 32` word of a /32 slot (entry `e`, no flags: nothing else lies
+    /// inside) holding its /48 inline: that /48's bits 32–47 (`key16`) in tag bits 16–31,
+    /// its verdict's low byte in tag bits 8–15 and high byte in val bits 24–31. One word,
+    /// so a reader sees the /48 whole or not at all.
+    pub const fn inline_word(e: u32, key16: u16, child: u16) -> u64 {
+        let tag = 32 | (key16 as u64) << 16 | ((child & 0xff) as u64) << 8;
+        let val = (e & 0xffff) | INLINE | ((child >> 8) as u32) << 24;
+        tag << 32 | val as u64
+    }
+
+    /// The inline /48 of a /32 slot's word: its bits 32–47 and its verdict.
+    #[inline(always)]
+    pub const fn inline_child(word: u64) -> (u16, u16) {
+        let key = (word >> 48) as u16;
+        let verdict = ((word >> 40) & 0xff) as u16 | (((word >> 24) & 0xff) as u16) << 8;
+        (key, verdict)
     }
 
     /// Never used: a lookup stops at the first one.

@@ -245,3 +245,146 @@ fn full_table_refuses_cleanly() {
         assert_eq!(program(&f, a | 0x1234), 1);
     }
 }
+
+/// Checks every address of `probes` against the reference, in the kernel maps and through
+/// the program.
+fn check(f: &Filter, rules: &HashMap<(u128, u8, Kind), u16>, probes: &[u128], step: &str) {
+    for &a in probes {
+        let want = expected(rules, a);
+        assert_eq!(f.v6.lookup(a), want, "{step}: {}", Ipv6Addr::from(a));
+        let act = if verdict::action(want) == action::DROP {
+            1
+        } else {
+            2
+        };
+        assert_eq!(
+            program(f, a),
+            act,
+            "{step}: {} through the program",
+            Ipv6Addr::from(a)
+        );
+    }
+}
+
+/// A /48 alone in its /32 lives in the /32's slot (one probe instead of two): it moves out
+/// when anything else appears inside the /32 (another /48, something inside it, a trie
+/// prefix) and back in when that goes, answering right at every step; then random changes
+/// confined to two /48s, so that the /32 keeps passing through "one /48 alone".
+#[test]
+fn a_48_alone_in_its_32_is_held_by_its_slot() {
+    require_root();
+    let mut f = Filter::load(&Options::default()).expect("load");
+    let a = |s: &str| u128::from(s.parse::<Ipv6Addr>().unwrap());
+    let probes: Vec<u128> = [
+        "2001:db8:1::7",
+        "2001:db8:1:5::9",
+        "2001:db8:1:100::1",
+        "2001:db8:1:ff::1",
+        "2001:db8:2::7",
+        "2001:db8::7",
+        "2001:db8:4000::1",
+        "2001:db8:ffff::1",
+        "2001:db9::1",
+    ]
+    .iter()
+    .map(|s| a(s))
+    .collect();
+    let mut rules: HashMap<(u128, u8, Kind), u16> = HashMap::new();
+    let drop = |l: u16| verdict::pack(action::DROP, l);
+    let mut step =
+        |f: &mut Filter, add: bool, net: &str, len: u8, kind: Kind, v: u16, slots: usize| {
+            let n = a(net);
+            if add {
+                f.v6.set(n, len, kind, v).expect("set");
+                rules.insert((n, len, kind), v);
+            } else {
+                assert!(f.v6.remove(n, len, kind).expect("remove"));
+                rules.remove(&(n, len, kind));
+            }
+            let what = format!(
+                "{} {net}/{len} {kind:?}",
+                if add { "add" } else { "remove" }
+            );
+            check(f, &rules, &probes, &what);
+            assert_eq!(f.v6.fullest(), slots, "{what}: HX slots in use");
+        };
+    let allow = verdict::pack(action::ALLOW, 9);
+    // Alone: the /32's slot only.
+    step(&mut f, true, "2001:db8:1::", 48, Kind::Block, drop(1), 1);
+    // A second /48: both get slots of their own, and back.
+    step(&mut f, true, "2001:db8:2::", 48, Kind::Block, drop(2), 3);
+    step(&mut f, false, "2001:db8:2::", 48, Kind::Block, 0, 1);
+    // Something inside it, at each longer level.
+    step(
+        &mut f,
+        true,
+        "2001:db8:1:100::",
+        56,
+        Kind::Block,
+        drop(3),
+        3,
+    );
+    step(&mut f, false, "2001:db8:1:100::", 56, Kind::Block, 0, 1);
+    step(&mut f, true, "2001:db8:1:5::", 64, Kind::Block, drop(4), 3);
+    step(&mut f, false, "2001:db8:1:5::", 64, Kind::Block, 0, 1);
+    step(
+        &mut f,
+        true,
+        "2001:db8:1:ff::1",
+        128,
+        Kind::Block,
+        drop(5),
+        2,
+    );
+    step(&mut f, false, "2001:db8:1:ff::1", 128, Kind::Block, 0, 1);
+    // A trie prefix (/33–/39) in the /32.
+    step(&mut f, true, "2001:db8:4000::", 36, Kind::Block, drop(6), 2);
+    step(&mut f, false, "2001:db8:4000::", 36, Kind::Block, 0, 1);
+    // A /47 expands into two /48s.
+    step(&mut f, true, "2001:db8::", 47, Kind::Block, drop(7), 3);
+    step(&mut f, false, "2001:db8::", 47, Kind::Block, 0, 1);
+    // The /32's own rule, then an allow over it all: the held /48's verdict changes in place.
+    step(&mut f, true, "2001:db8::", 32, Kind::Block, drop(8), 1);
+    step(&mut f, true, "2001:db8::", 32, Kind::Allow, allow, 1);
+    step(&mut f, false, "2001:db8::", 32, Kind::Allow, 0, 1);
+    step(&mut f, false, "2001:db8:1::", 48, Kind::Block, 0, 1);
+    step(&mut f, false, "2001:db8::", 32, Kind::Block, 0, 0);
+    assert_eq!(f.v6.entries(), [0; 7]);
+
+    // Random changes among a few prefixes of two /48s.
+    let pool: Vec<(&str, u8)> = vec![
+        ("2001:db8:1::", 48),
+        ("2001:db8:2::", 48),
+        ("2001:db8::", 32),
+        ("2001:db8:4000::", 36),
+        ("2001:db8::", 47),
+        ("2001:db8:1:100::", 56),
+        ("2001:db8:1:5::", 64),
+        ("2001:db8:1:ff::1", 128),
+    ];
+    let mut rng = Rng(0x1e48);
+    for i in 0..400 {
+        let (net, len) = pool[rng.below(pool.len() as u64) as usize];
+        let n = a(net);
+        let kind = if rng.below(6) == 0 {
+            Kind::Allow
+        } else {
+            Kind::Block
+        };
+        // Removals as often as additions keep the /32 near empty.
+        if rng.below(2) == 0 {
+            let had = rules.remove(&(n, len, kind)).is_some();
+            assert_eq!(f.v6.remove(n, len, kind).expect("remove"), had);
+        } else {
+            let act = if kind == Kind::Allow {
+                action::ALLOW
+            } else {
+                action::DROP
+            };
+            let v = verdict::pack(act, 1 + rng.below(50) as u16);
+            f.v6.set(n, len, kind, v).expect("set");
+            rules.insert((n, len, kind), v);
+        }
+        check(&f, &rules, &probes, &format!("random change {i}"));
+    }
+}

@@ -17,8 +17,9 @@
 //! /40–/47 → /48s, /49–/55 → /56s, /57–/63 → /64s, /0–/15 → the /16 array); the rest
 //! (/17–/23, /33–/39, /65–/127, rare in real lists) goes to the kernel trie, asked only
 //! under a /16 or /32 entry flagged `TRIE`. A /32 entry also exists, as a marker, wherever
-//! something longer does. The trie's value carries its prefix length: the walk keeps the
-//! longer of the trie's match and the entry found.
+//! something longer does; when that is one /48 and nothing else, the /32's slot holds the
+//! /48 too ([`holds_inline`]), so it costs one probe, not two. The trie's value carries its
+//! prefix length: the walk keeps the longer of the trie's match and the entry found.
 //!
 //! Concurrency: the program reads HX while the agent writes it. A slot's key is written
 //! before its tag and value (one 64-bit store), so a reader that sees the tag sees the key;
@@ -38,8 +39,8 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use prefilter_common::{
     action,
     v6::{
-        BUCKET_SLOTS, LEVELS, MAX_EXPAND_BITS, MAX_PROBE, TAG_EMPTY, TAG_GONE, TRIE, hx_bucket,
-        inside,
+        BUCKET_SLOTS, INLINE, LEVELS, MAX_EXPAND_BITS, MAX_PROBE, TAG_EMPTY, TAG_GONE, TRIE,
+        hx_bucket, inline_child, inline_word, inside, tag_len,
     },
     verdict,
 };
@@ -127,7 +128,7 @@ impl HxView {
                 let s = b * BUCKET_SLOTS + i;
                 let word = w[2 * s + 1].load(Ordering::Acquire);
                 let t = (word >> 32) as u32;
-                if t == tag && w[2 * s].load(Ordering::Relaxed) == key {
+                if tag_len(t) == tag && w[2 * s].load(Ordering::Relaxed) == key {
                     return Some(s);
                 }
                 if t == TAG_EMPTY {
@@ -138,9 +139,10 @@ impl HxView {
         None
     }
 
-    fn get(&self, key: u64, tag: u32) -> Option<u32> {
+    /// The slot's word: its entry, and its tag above it.
+    fn get(&self, key: u64, tag: u32) -> Option<u64> {
         self.find(key, tag)
-            .map(|s| self.words()[2 * s + 1].load(Ordering::Acquire) as u32)
+            .map(|s| self.words()[2 * s + 1].load(Ordering::Acquire))
     }
 }
 
@@ -178,14 +180,22 @@ impl V6Maps {
         let mut trie = e & TRIE != 0;
         let hi = (addr >> 64) as u64;
         if e & inside(1) != 0
-            && let Some(x) = self.hx.get(hi & (u64::MAX << 32), 32)
+            && let Some(w) = self.hx.get(hi & (u64::MAX << 32), 32)
         {
+            let x = w as u32;
             (e, level, trie) = (x, 32, x & TRIE != 0);
             let mut flags = x;
+            if x & INLINE != 0 {
+                let (key16, child) = inline_child(w);
+                if key16 == (hi >> 16) as u16 {
+                    (e, level) = (u32::from(child), 48);
+                }
+            }
             for (i, len) in [(2, 48u8), (3, 56), (4, 64)] {
                 if flags & inside(i) != 0
                     && let Some(x) = self.hx.get(hi & (u64::MAX << (64 - len)), u32::from(len))
                 {
+                    let x = x as u32;
                     (e, level, flags) = (x, len, x);
                 }
             }
@@ -231,8 +241,19 @@ struct Node {
     inside: [u32; 6],
     /// Trie prefixes inside it (TOP: /17–/23; a /32: the longer ones).
     trie: u32,
-    /// Its HX slot (/32–/64).
+    /// Its HX slot (/32–/64); [`NO_SLOT`] for a /48 held in its /32's slot.
     slot: u32,
+    /// A /32's /48 held in its slot: that /48's bits 32–47.
+    inline: Option<u16>,
+}
+
+/// The slot of a /48 held inline by its /32.
+const NO_SLOT: u32 = u32::MAX;
+
+/// Whether a /32 holds its /48 in its own slot: that /48 is all it has inside. A /48 alone
+/// in its /32 is most of a list of random /48s, and the program then stops at the /32.
+fn holds_inline(n: &Node) -> bool {
+    n.inside[2] == 1 && n.inside[3..].iter().all(|&c| c == 0) && n.trie == 0
 }
 
 impl Node {
@@ -430,8 +451,10 @@ impl V6Table {
         }
     }
 
-    /// Places a new HX entry: the first never-used or long-gone slot of its probe sequence.
-    fn hx_insert(&mut self, key: u64, tag: u32, val: u32) -> Result<u32, V6Error> {
+    /// Places a new HX entry (`word`: its entry, and its tag above it): the first
+    /// never-used or long-gone slot of its probe sequence.
+    fn hx_insert(&mut self, key: u64, word: u64) -> Result<u32, V6Error> {
+        let tag = tag_len((word >> 32) as u32);
         if self.hx_used >= self.capacity as usize {
             return Err(self.full("/32–/64 hash"));
         }
@@ -461,9 +484,45 @@ impl V6Table {
         self.gone.remove(&s);
         let w = self.hx_words();
         w[2 * s].store(key, Ordering::Release);
-        w[2 * s + 1].store(u64::from(tag) << 32 | u64::from(val), Ordering::Release);
+        w[2 * s + 1].store(word, Ordering::Release);
         self.hx_used += 1;
         Ok(s as u32)
+    }
+
+    /// Marks slot `s` deleted.
+    fn hx_free(&mut self, s: u32) {
+        let s = s as usize;
+        self.hx_words()[2 * s + 1].store(u64::from(TAG_GONE) << 32, Ordering::Release);
+        self.gone.insert(s, Instant::now());
+        self.hx_used -= 1;
+    }
+
+    /// The word of /32 `k`'s slot for node `n`, with its /48 brought into the word or out
+    /// of it as [`holds_inline`] says. The order keeps every reader right: a /48 leaving
+    /// the word gets its own slot here, before the caller stores the /32's word without
+    /// it; one coming in keeps its slot until that store (the slot returned, to free).
+    fn word32(&mut self, k: u128, n: &mut Node) -> Result<(u64, Option<u32>), V6Error> {
+        if holds_inline(n) {
+            let (&ck, c) = self.levels[2]
+                .range_mut(k..=k | !mask(32))
+                .next()
+                .expect("a /32 counts the /48 inside it");
+            let key16 = (ck >> 80) as u16;
+            let free = (c.slot != NO_SLOT).then_some(c.slot);
+            c.slot = NO_SLOT;
+            n.inline = Some(key16);
+            return Ok((inline_word(n.entry(1), key16, c.verdict), free));
+        }
+        if let Some(key16) = n.inline.take() {
+            let ck = k | u128::from(key16) << 80;
+            if let Some(c) = self.levels[2].get(&ck).copied() {
+                let slot = self.hx_insert((ck >> 64) as u64, 48 << 32 | u64::from(c.entry(2)))?;
+                if let Some(c) = self.levels[2].get_mut(&ck) {
+                    c.slot = slot;
+                }
+            }
+        }
+        Ok((32 << 32 | u64::from(n.entry(1)), None))
     }
 
     /// Writes what level `i` holds for key `k`, then what the entries above count of it.
@@ -483,31 +542,63 @@ impl V6Table {
         match (old, new) {
             (None, None) => {}
             (None, Some(mut n)) => {
+                let k32 = k & mask(32);
                 if i == 5 {
                     if self.levels[5].len() >= self.capacity as usize {
                         return Err(self.full("/128 hash"));
                     }
                     self.maps.h128.insert(k.to_be_bytes(), n.entry(i), 0)?;
+                } else if i == 1 {
+                    let (word, _) = self.word32(k, &mut n)?;
+                    n.slot = self.hx_insert(hi, word)?;
+                } else if i == 2
+                    && self.levels[1]
+                        .get(&k32)
+                        .is_none_or(|p| p.inside == [0; 6] && p.trie == 0)
+                {
+                    // Its /32 will hold nothing else: it goes in that /32's word, written
+                    // when counted() below updates the /32.
+                    n.slot = NO_SLOT;
                 } else {
-                    n.slot = self.hx_insert(hi, u32::from(lv), n.entry(i))?;
+                    n.slot = self.hx_insert(hi, u64::from(lv) << 32 | u64::from(n.entry(i)))?;
                 }
                 self.levels[i].insert(k, n);
                 self.counted(i, k, true)?;
             }
             (Some(o), Some(mut n)) => {
                 n.slot = o.slot;
-                if o.entry(i) != n.entry(i) {
+                n.inline = o.inline;
+                if i == 1 {
+                    let (word, free) = self.word32(k, &mut n)?;
+                    let w = &self.hx_words()[2 * n.slot as usize + 1];
+                    if w.load(Ordering::Relaxed) != word {
+                        w.store(word, Ordering::Release);
+                    }
+                    if let Some(s) = free {
+                        self.hx_free(s);
+                    }
+                    self.levels[i].insert(k, n);
+                } else if o.entry(i) != n.entry(i) {
                     if i == 5 {
                         self.maps.h128.insert(k.to_be_bytes(), n.entry(i), 0)?;
+                        self.levels[i].insert(k, n);
+                    } else if n.slot == NO_SLOT {
+                        // Held by its /32: that word is rewritten.
+                        self.levels[i].insert(k, n);
+                        let k32 = k & mask(32);
+                        let p = self.levels[1][&k32];
+                        self.write_node(1, k32, Some(p))?;
                     } else {
                         let s = n.slot as usize;
                         self.hx_words()[2 * s + 1].store(
                             u64::from(lv) << 32 | u64::from(n.entry(i)),
                             Ordering::Release,
                         );
+                        self.levels[i].insert(k, n);
                     }
+                } else {
+                    self.levels[i].insert(k, n);
                 }
-                self.levels[i].insert(k, n);
             }
             (Some(o), None) => {
                 if i == 5 {
@@ -515,11 +606,8 @@ impl V6Table {
                         Ok(()) | Err(MapError::KeyNotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
-                } else {
-                    let s = o.slot as usize;
-                    self.hx_words()[2 * s + 1].store(u64::from(TAG_GONE) << 32, Ordering::Release);
-                    self.gone.insert(s, Instant::now());
-                    self.hx_used -= 1;
+                } else if o.slot != NO_SLOT {
+                    self.hx_free(o.slot);
                 }
                 self.levels[i].remove(&k);
                 self.counted(i, k, false)?;
