@@ -4,7 +4,7 @@
 //! The program is loaded and configured as the daemon does it with the shipped config
 //! (`deploy/prefilter.toml`: map sizes, ports, events on), and its event ring is read
 //! between calls as the daemon reads it. `--quick` measures the 1M and 5M+1M tables only,
-//! with fewer rounds, and skips aya-log and xdp-filter; `--table N` (0–3) measures table N
+//! with fewer rounds and program loads, and skips aya-log and xdp-filter; `--table N` (0–3) measures table N
 //! alone the same way, for a quick look while working on the program.
 //!
 //! - hot: one frame run `REPEAT` times in the kernel, median of `ROUNDS` rounds: the cost of
@@ -13,6 +13,8 @@
 //!   each, median: the cost including the cache misses a table of that size brings. A
 //!   single run's figure includes one clock read, so the same figure of a trivial
 //!   program is subtracted;
+//! - between loads: the blocked v6 /48 ÷ v4 /24 hot ratio over several fresh loads of
+//!   the program (a ratio moves with where a load lands; one load per table hides that);
 //! - loading the prefixes into the maps (v4 and v6 separately);
 //! - aya-log: the same frames with logging compiled out (level 0) and on (level 5);
 //! - xdp-filter (xdp-tools) on the same frames, when it is installed.
@@ -809,6 +811,44 @@ fn label(t: Table) -> String {
     }
 }
 
+/// Blocked v6 /48 ÷ blocked v4 /24 hot, per program load: each load places the program and
+/// its maps elsewhere, and a hot ratio moves with that by ±0.1 here, which one load per
+/// table cannot show. `loads` fresh loads with `n6` random IPv6 prefixes (the tables'
+/// generator and seed) and the named /24 and /48; the paired ratio of each.
+fn between_loads(s: &Settings, n6: usize, loads: usize) -> Vec<f64> {
+    let mut rng = Rng(0x5eed_0000 + n6 as u64);
+    let mut v6 = random_v6(&mut rng, n6 - 1);
+    v6.sort_unstable_by_key(|&(a, l)| (l, a));
+    let drop = verdict::pack(action::DROP, 1);
+    (0..loads)
+        .map(|_| {
+            let (mut f, mut ring) = load_as_daemon(s, n6);
+            f.v4.set_batch(vec![(u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop)])
+                .expect("v4 prefix");
+            for (i, &(a, l)) in v6.iter().enumerate() {
+                if let Some(&(a, l)) = v6.get(i + 4) {
+                    f.v6.prefetch(a, l);
+                }
+                f.v6.set(a, l, Kind::Block, drop).expect("v6 prefix");
+            }
+            f.v6.set(u128::from(DROP6) & mask6(48), 48, Kind::Block, drop)
+                .expect("v6 prefix");
+            let prog = f.program_fd();
+            let (v4, v6) = (syn(LEAF4), syn(DROP6));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..rounds() {
+                for (frame, v) in [(&v6, &mut a), (&v4, &mut b)] {
+                    let r = test_run::run(prog, frame, REPEAT).expect("BPF_PROG_TEST_RUN");
+                    assert_eq!(r.action, XDP_DROP);
+                    v.push(f64::from(r.ns_per_run));
+                }
+                drain(&mut ring);
+            }
+            paired_ratio(&a, &b)
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     if !is_root() {
         eprintln!("bench: needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN)");
@@ -863,6 +903,19 @@ fn main() -> ExitCode {
         eprintln!("bench: aya-log...");
         bench_log()
     };
+    // Fewer, and no 1M, for a quick look.
+    let load_sets: &[(usize, usize)] = if quick {
+        &[(1_000, 4), (100_000, 3)]
+    } else {
+        &[(1_000, 10), (100_000, 6), (1_000_000, 4)]
+    };
+    let loads: Vec<(usize, Vec<f64>)> = load_sets
+        .iter()
+        .map(|&(n6, k)| {
+            eprintln!("bench: {k} program loads with {n6} IPv6 prefixes...");
+            (n6, between_loads(&settings, n6, k))
+        })
+        .collect();
     let xdpf = if quick {
         Err("--quick".to_owned())
     } else {
@@ -1023,6 +1076,27 @@ fn main() -> ExitCode {
         .map(|s| format!("{:.1} %", s.hosts_in_groups * 100.0))
         .collect();
     let _ = writeln!(o, "| (host /32s held in a group) | {} |", cells.join(" | "));
+    let _ = writeln!(
+        o,
+        "\n### Between program loads: blocked v6 /48 / blocked v4 /24, hot\n\n\
+         A ratio of one load above moves with where that load's program and maps landed. \
+         Here the program is loaded afresh each time with N random IPv6 prefixes (the \
+         generator above), the named /24 and /48; each load gives the median of {} paired \
+         calls; the median over loads and the spread.\n",
+        rounds()
+    );
+    let _ = writeln!(o, "| IPv6 prefixes | loads | median | lowest | highest |");
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|");
+    for (n6, r) in &loads {
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let _ = writeln!(
+            o,
+            "| {n6} | {} | {:.2} | {lo:.2} | {hi:.2} |",
+            r.len(),
+            median(r.clone())
+        );
+    }
     let _ = writeln!(o, "\n### Loading the tables\n");
     let _ = writeln!(
         o,
