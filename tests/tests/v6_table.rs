@@ -240,10 +240,30 @@ fn full_table_refuses_cleanly() {
     assert_eq!(f.v6.len(Kind::Block), accepted.len());
     assert_eq!(f.v6.lookup(err.0), 0, "the refused prefix answers");
     assert!(f.v6.fullest() <= 1000);
-    for (&(a, _, _), &v) in &accepted {
-        assert_eq!(f.v6.lookup(a | 0x1234), v, "{}", Ipv6Addr::from(a));
-        assert_eq!(program(&f, a | 0x1234), 1);
-    }
+    let answers = |f: &Filter, accepted: &HashMap<(u128, u8, Kind), u16>| {
+        for (&(a, _, _), &v) in accepted {
+            assert_eq!(f.v6.lookup(a | 0x1234), v, "{}", Ipv6Addr::from(a));
+            assert_eq!(program(f, a | 0x1234), 1);
+        }
+    };
+    answers(&f, &accepted);
+
+    // Random /48s are each alone in their /32, held in its slot but counted as an entry:
+    // with one entry free, a /64 inside one of them fits, the /48 taking its own slot back.
+    assert_eq!(f.v6.held_in_32(), accepted.len());
+    let mut lone = accepted.keys().map(|&(a, _, _)| a);
+    let (gone, host) = (lone.next().unwrap(), lone.next().unwrap());
+    assert!(f.v6.remove(gone, 48, Kind::Block).expect("remove"));
+    accepted.remove(&(gone, 48, Kind::Block));
+    let sub = host | 7 << 64;
+    let v64 = verdict::pack(action::DROP, 999);
+    f.v6.set(sub, 64, Kind::Block, v64)
+        .expect("room for the /64");
+    accepted.insert((sub, 64, Kind::Block), v64);
+    assert_eq!(f.v6.held_in_32(), accepted.len() - 2);
+    assert!(f.v6.fullest() <= 1000);
+    answers(&f, &accepted);
+    assert_eq!(f.v6.lookup(host | 1), accepted[&(host, 48, Kind::Block)]);
 }
 
 /// Checks every address of `probes` against the reference, in the kernel maps and through
@@ -291,64 +311,53 @@ fn a_48_alone_in_its_32_is_held_by_its_slot() {
     .collect();
     let mut rules: HashMap<(u128, u8, Kind), u16> = HashMap::new();
     let drop = |l: u16| verdict::pack(action::DROP, l);
-    let mut step =
-        |f: &mut Filter, add: bool, net: &str, len: u8, kind: Kind, v: u16, slots: usize| {
-            let n = a(net);
-            if add {
-                f.v6.set(n, len, kind, v).expect("set");
-                rules.insert((n, len, kind), v);
-            } else {
-                assert!(f.v6.remove(n, len, kind).expect("remove"));
-                rules.remove(&(n, len, kind));
-            }
-            let what = format!(
-                "{} {net}/{len} {kind:?}",
-                if add { "add" } else { "remove" }
-            );
-            check(f, &rules, &probes, &what);
-            assert_eq!(f.v6.fullest(), slots, "{what}: HX slots in use");
-        };
     let allow = verdict::pack(action::ALLOW, 9);
-    // Alone: the /32's slot only.
-    step(&mut f, true, "2001:db8:1::", 48, Kind::Block, drop(1), 1);
-    // A second /48: both get slots of their own, and back.
-    step(&mut f, true, "2001:db8:2::", 48, Kind::Block, drop(2), 3);
-    step(&mut f, false, "2001:db8:2::", 48, Kind::Block, 0, 1);
-    // Something inside it, at each longer level.
-    step(
-        &mut f,
-        true,
-        "2001:db8:1:100::",
-        56,
-        Kind::Block,
-        drop(3),
-        3,
-    );
-    step(&mut f, false, "2001:db8:1:100::", 56, Kind::Block, 0, 1);
-    step(&mut f, true, "2001:db8:1:5::", 64, Kind::Block, drop(4), 3);
-    step(&mut f, false, "2001:db8:1:5::", 64, Kind::Block, 0, 1);
-    step(
-        &mut f,
-        true,
-        "2001:db8:1:ff::1",
-        128,
-        Kind::Block,
-        drop(5),
-        2,
-    );
-    step(&mut f, false, "2001:db8:1:ff::1", 128, Kind::Block, 0, 1);
-    // A trie prefix (/33–/39) in the /32.
-    step(&mut f, true, "2001:db8:4000::", 36, Kind::Block, drop(6), 2);
-    step(&mut f, false, "2001:db8:4000::", 36, Kind::Block, 0, 1);
-    // A /47 expands into two /48s.
-    step(&mut f, true, "2001:db8::", 47, Kind::Block, drop(7), 3);
-    step(&mut f, false, "2001:db8::", 47, Kind::Block, 0, 1);
-    // The /32's own rule, then an allow over it all: the held /48's verdict changes in place.
-    step(&mut f, true, "2001:db8::", 32, Kind::Block, drop(8), 1);
-    step(&mut f, true, "2001:db8::", 32, Kind::Allow, allow, 1);
-    step(&mut f, false, "2001:db8::", 32, Kind::Allow, 0, 1);
-    step(&mut f, false, "2001:db8:1::", 48, Kind::Block, 0, 1);
-    step(&mut f, false, "2001:db8::", 32, Kind::Block, 0, 0);
+    // (add?, prefix, length, kind, verdict, entries in use, /48s held by their /32). A held
+    // /48 still counts as an entry of `v6_entries`.
+    let steps: &[(bool, &str, u8, Kind, u16, usize, usize)] = &[
+        // Alone: held in the /32's slot.
+        (true, "2001:db8:1::", 48, Kind::Block, drop(1), 2, 1),
+        // A second /48: both get slots of their own, and back.
+        (true, "2001:db8:2::", 48, Kind::Block, drop(2), 3, 0),
+        (false, "2001:db8:2::", 48, Kind::Block, 0, 2, 1),
+        // Something inside it, at each longer level.
+        (true, "2001:db8:1:100::", 56, Kind::Block, drop(3), 3, 0),
+        (false, "2001:db8:1:100::", 56, Kind::Block, 0, 2, 1),
+        (true, "2001:db8:1:5::", 64, Kind::Block, drop(4), 3, 0),
+        (false, "2001:db8:1:5::", 64, Kind::Block, 0, 2, 1),
+        (true, "2001:db8:1:ff::1", 128, Kind::Block, drop(5), 2, 0),
+        (false, "2001:db8:1:ff::1", 128, Kind::Block, 0, 2, 1),
+        // A trie prefix (/33–/39) in the /32.
+        (true, "2001:db8:4000::", 36, Kind::Block, drop(6), 2, 0),
+        (false, "2001:db8:4000::", 36, Kind::Block, 0, 2, 1),
+        // A /47 expands into two /48s.
+        (true, "2001:db8::", 47, Kind::Block, drop(7), 3, 0),
+        (false, "2001:db8::", 47, Kind::Block, 0, 2, 1),
+        // The /32's own rule, then an allow over it all: the held /48's verdict changes in
+        // place.
+        (true, "2001:db8::", 32, Kind::Block, drop(8), 2, 1),
+        (true, "2001:db8::", 32, Kind::Allow, allow, 2, 1),
+        (false, "2001:db8::", 32, Kind::Allow, 0, 2, 1),
+        (false, "2001:db8:1::", 48, Kind::Block, 0, 1, 0),
+        (false, "2001:db8::", 32, Kind::Block, 0, 0, 0),
+    ];
+    for &(add, net, len, kind, v, used, held) in steps {
+        let n = a(net);
+        if add {
+            f.v6.set(n, len, kind, v).expect("set");
+            rules.insert((n, len, kind), v);
+        } else {
+            assert!(f.v6.remove(n, len, kind).expect("remove"));
+            rules.remove(&(n, len, kind));
+        }
+        let what = format!(
+            "{} {net}/{len} {kind:?}",
+            if add { "add" } else { "remove" }
+        );
+        check(&f, &rules, &probes, &what);
+        assert_eq!(f.v6.fullest(), used, "{what}: entries in use");
+        assert_eq!(f.v6.held_in_32(), held, "{what}: /48s held by their /32");
+    }
     assert_eq!(f.v6.entries(), [0; 7]);
 
     // Random changes among a few prefixes of two /48s.

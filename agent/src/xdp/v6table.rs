@@ -284,6 +284,10 @@ pub struct V6Table {
     /// HX slots deleted and when: reusable once [`GRACE`] has passed.
     gone: StdHashMap<usize, Instant>,
     hx_used: usize,
+    /// /48s held in their /32's slot. Each still counts as an entry of `v6_entries`, so
+    /// that giving one its own slot back never finds the table full half-way through a
+    /// change.
+    held: usize,
     /// Hashed: the effective verdict probes it once per length in use, for every entry.
     rules: StdHashMap<(u128, u8), Rule>,
     counts: [usize; 2],
@@ -306,6 +310,7 @@ impl V6Table {
             capacity,
             gone: StdHashMap::new(),
             hx_used: 0,
+            held: 0,
             rules: StdHashMap::new(),
             counts: [0; 2],
             per_len: [[0; 129]; 2],
@@ -319,7 +324,14 @@ impl V6Table {
     /// Entries of the fullest part (/32–/64 hash, /128 hash, trie), each of which holds
     /// `[limits] v6_entries`.
     pub fn fullest(&self) -> usize {
-        self.hx_used.max(self.levels[5].len()).max(self.trie.len())
+        (self.hx_used + self.held)
+            .max(self.levels[5].len())
+            .max(self.trie.len())
+    }
+
+    /// /48s held in their /32's slot (each alone in its /32).
+    pub fn held_in_32(&self) -> usize {
+        self.held
     }
 
     /// Number of rules of `kind`.
@@ -455,7 +467,7 @@ impl V6Table {
     /// never-used or long-gone slot of its probe sequence.
     fn hx_insert(&mut self, key: u64, word: u64) -> Result<u32, V6Error> {
         let tag = tag_len((word >> 32) as u32);
-        if self.hx_used >= self.capacity as usize {
+        if self.hx_used + self.held >= self.capacity as usize {
             return Err(self.full("/32–/64 hash"));
         }
         let bits = self.maps.hx.bits;
@@ -513,14 +525,25 @@ impl V6Table {
             n.inline = Some(key16);
             return Ok((inline_word(n.entry(1), key16, c.verdict), free));
         }
-        if let Some(key16) = n.inline.take() {
+        if let Some(key16) = n.inline {
             let ck = k | u128::from(key16) << 80;
             if let Some(c) = self.levels[2].get(&ck).copied() {
-                let slot = self.hx_insert((ck >> 64) as u64, 48 << 32 | u64::from(c.entry(2)))?;
+                // Its entry was counted while held: the slot is not a new one.
+                self.held -= 1;
+                let slot = match self.hx_insert((ck >> 64) as u64, 48 << 32 | u64::from(c.entry(2)))
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Still held: the /32's word is left as it is.
+                        self.held += 1;
+                        return Err(e);
+                    }
+                };
                 if let Some(c) = self.levels[2].get_mut(&ck) {
                     c.slot = slot;
                 }
             }
+            n.inline = None;
         }
         Ok((32 << 32 | u64::from(n.entry(1)), None))
     }
@@ -558,6 +581,10 @@ impl V6Table {
                 {
                     // Its /32 will hold nothing else: it goes in that /32's word, written
                     // when counted() below updates the /32.
+                    if self.hx_used + self.held >= self.capacity as usize {
+                        return Err(self.full("/32–/64 hash"));
+                    }
+                    self.held += 1;
                     n.slot = NO_SLOT;
                 } else {
                     n.slot = self.hx_insert(hi, u64::from(lv) << 32 | u64::from(n.entry(i)))?;
@@ -569,13 +596,22 @@ impl V6Table {
                 n.slot = o.slot;
                 n.inline = o.inline;
                 if i == 1 {
-                    let (word, free) = self.word32(k, &mut n)?;
+                    let (word, free) = match self.word32(k, &mut n) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // The counts are kept, so that the caller's rollback undoes
+                            // them; the word and its /48 stay as they were.
+                            self.levels[i].insert(k, n);
+                            return Err(e);
+                        }
+                    };
                     let w = &self.hx_words()[2 * n.slot as usize + 1];
                     if w.load(Ordering::Relaxed) != word {
                         w.store(word, Ordering::Release);
                     }
                     if let Some(s) = free {
                         self.hx_free(s);
+                        self.held += 1;
                     }
                     self.levels[i].insert(k, n);
                 } else if o.entry(i) != n.entry(i) {
@@ -608,6 +644,8 @@ impl V6Table {
                     }
                 } else if o.slot != NO_SLOT {
                     self.hx_free(o.slot);
+                } else {
+                    self.held -= 1;
                 }
                 self.levels[i].remove(&k);
                 self.counted(i, k, false)?;
@@ -624,23 +662,30 @@ impl V6Table {
             bump(&mut t.inside[1], added);
             return self.write_node(0, k, Some(t));
         }
+        // Every entry above is counted even when a write fails: the rollback that follows
+        // an error uncounts them all.
+        let mut res = Ok(());
         for (i, &lv) in LEVELS.iter().enumerate().take(j).skip(1) {
             let a = k & mask(lv);
-            match self.levels[i].get(&a).copied() {
+            let r = match self.levels[i].get(&a).copied() {
                 Some(mut n) => {
                     bump(&mut n.inside[j], added);
                     let keep = n.needed(i);
-                    self.write_node(i, a, keep.then_some(n))?;
+                    self.write_node(i, a, keep.then_some(n))
                 }
                 None if i == 1 && added => {
                     let mut n = self.fresh(1, a, self.effective(a, 32));
                     n.inside[j] = 1;
-                    self.write_node(1, a, Some(n))?;
+                    // Without its /32 nothing below it exists yet.
+                    return self.write_node(1, a, Some(n));
                 }
-                None => {}
+                None => Ok(()),
+            };
+            if res.is_ok() {
+                res = r;
             }
         }
-        Ok(())
+        res
     }
 
     fn write_trie(&mut self, addr: u128, len: u8) -> Result<(), V6Error> {
