@@ -67,6 +67,25 @@ fn near(rng: &mut Rng) -> u128 {
     base | s48 | s64 | host
 }
 
+/// Sets rule `net/len` of `kind` in the table and the reference, with one of `lists`
+/// random list ids (drop for a block).
+fn set_random(
+    f: &mut Filter,
+    rules: &mut HashMap<(u128, u8, Kind), u16>,
+    rng: &mut Rng,
+    (net, len, kind): (u128, u8, Kind),
+    lists: u64,
+) {
+    let act = if kind == Kind::Allow {
+        action::ALLOW
+    } else {
+        action::DROP
+    };
+    let v = verdict::pack(act, 1 + rng.below(lists) as u16);
+    f.v6.set(net, len, kind, v).expect("set");
+    rules.insert((net, len, kind), v);
+}
+
 #[test]
 fn random_changes_match_a_longest_match_reference() {
     require_root();
@@ -93,14 +112,7 @@ fn random_changes_match_a_longest_match_reference() {
                 let had = rules.remove(&(n, l, k)).is_some();
                 assert_eq!(f.v6.remove(n, l, k).expect("remove"), had);
             } else {
-                let act = if kind == Kind::Allow {
-                    action::ALLOW
-                } else {
-                    action::DROP
-                };
-                let v = verdict::pack(act, 1 + rng.below(200) as u16);
-                f.v6.set(net, len, kind, v).expect("set");
-                rules.insert((net, len, kind), v);
+                set_random(&mut f, &mut rules, &mut rng, (net, len, kind), 200);
             }
         }
         // Every rule's first and last address, and random ones near them.
@@ -385,14 +397,7 @@ fn a_48_alone_in_its_32_is_held_by_its_slot() {
             let had = rules.remove(&(n, len, kind)).is_some();
             assert_eq!(f.v6.remove(n, len, kind).expect("remove"), had);
         } else {
-            let act = if kind == Kind::Allow {
-                action::ALLOW
-            } else {
-                action::DROP
-            };
-            let v = verdict::pack(act, 1 + rng.below(50) as u16);
-            f.v6.set(n, len, kind, v).expect("set");
-            rules.insert((n, len, kind), v);
+            set_random(&mut f, &mut rules, &mut rng, (n, len, kind), 50);
         }
         check(&f, &rules, &probes, &format!("random change {i}"));
     }

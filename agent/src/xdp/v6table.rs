@@ -575,9 +575,11 @@ impl V6Table {
                     let (word, _) = self.word32(k, &mut n)?;
                     n.slot = self.hx_insert(hi, word)?;
                 } else if i == 2
-                    && self.levels[1]
-                        .get(&k32)
-                        .is_none_or(|p| p.inside == [0; 6] && p.trie == 0)
+                    && self.levels[1].get(&k32).is_none_or(|&p| {
+                        let mut p = p;
+                        p.inside[2] += 1;
+                        holds_inline(&p)
+                    })
                 {
                     // Its /32 will hold nothing else: it goes in that /32's word, written
                     // when counted() below updates the /32.

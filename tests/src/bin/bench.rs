@@ -399,15 +399,7 @@ fn bench_table(table: Table, settings: &Settings, pass: BorrowedFd<'_>, floor1: 
     let v4_load = t.elapsed();
 
     let t = Instant::now();
-    // As the daemon applies them: the HX entries of a few prefixes ahead fetched meanwhile.
-    for (i, &(a, l)) in v6.iter().enumerate() {
-        if let Some(&(a, l)) = v6.get(i + 4) {
-            f.v6.prefetch(a, l);
-        }
-        f.v6.set(a, l, Kind::Block, drop).expect("v6 prefix");
-    }
-    f.v6.set(u128::from(DROP6) & mask6(48), 48, Kind::Block, drop)
-        .unwrap();
+    fill_v6(&mut f, &v6, drop);
     let v6_load = t.elapsed();
     assert_eq!(f.v4.slot_kind(u32::from(LEAF4)), SlotKind::Leaf);
     assert_eq!(f.v4.slot_kind(u32::from(HOST4)), SlotKind::Host);
@@ -811,10 +803,23 @@ fn label(t: Table) -> String {
     }
 }
 
+/// The IPv6 list `v6` (sorted by length, then address) and the named /48, all `drop`, as
+/// the daemon applies them: the HX entries of a few prefixes ahead fetched meanwhile.
+fn fill_v6(f: &mut Filter, v6: &[(u128, u8)], drop: u16) {
+    for (i, &(a, l)) in v6.iter().enumerate() {
+        if let Some(&(a, l)) = v6.get(i + 4) {
+            f.v6.prefetch(a, l);
+        }
+        f.v6.set(a, l, Kind::Block, drop).expect("v6 prefix");
+    }
+    f.v6.set(u128::from(DROP6) & mask6(48), 48, Kind::Block, drop)
+        .expect("v6 prefix");
+}
+
 /// Blocked v6 /48 ÷ blocked v4 /24 hot, per program load: each load places the program and
 /// its maps elsewhere, and a hot ratio moves with that by ±0.1 here, which one load per
 /// table cannot show. `loads` fresh loads with `n6` random IPv6 prefixes (the tables'
-/// generator and seed) and the named /24 and /48; the paired ratio of each.
+/// generator) and the named /24 and /48; the paired ratio of each.
 fn between_loads(s: &Settings, n6: usize, loads: usize) -> Vec<f64> {
     let mut rng = Rng(0x5eed_0000 + n6 as u64);
     let mut v6 = random_v6(&mut rng, n6 - 1);
@@ -825,14 +830,7 @@ fn between_loads(s: &Settings, n6: usize, loads: usize) -> Vec<f64> {
             let (mut f, mut ring) = load_as_daemon(s, n6);
             f.v4.set_batch(vec![(u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop)])
                 .expect("v4 prefix");
-            for (i, &(a, l)) in v6.iter().enumerate() {
-                if let Some(&(a, l)) = v6.get(i + 4) {
-                    f.v6.prefetch(a, l);
-                }
-                f.v6.set(a, l, Kind::Block, drop).expect("v6 prefix");
-            }
-            f.v6.set(u128::from(DROP6) & mask6(48), 48, Kind::Block, drop)
-                .expect("v6 prefix");
+            fill_v6(&mut f, &v6, drop);
             let prog = f.program_fd();
             let (v4, v6) = (syn(LEAF4), syn(DROP6));
             let (mut a, mut b) = (Vec::new(), Vec::new());
