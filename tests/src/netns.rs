@@ -192,6 +192,143 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// One BPF instruction as the kernel reads it: opcode, registers (source << 4 | destination),
+/// offset, immediate.
+pub fn insn(op: u8, regs: u8, off: i16, imm: i32) -> u64 {
+    let o = off.to_le_bytes();
+    let m = imm.to_le_bytes();
+    u64::from_le_bytes([op, regs, o[0], o[1], m[0], m[1], m[2], m[3]])
+}
+
+/// A BPF array of u64s created with BPF_F_MMAPABLE and mapped here, so that a benchmark can
+/// fill millions of entries without a syscall each; for hand-assembled reference programs.
+pub struct U64Array {
+    fd: OwnedFd,
+    ptr: *mut u64,
+    entries: u32,
+}
+
+impl U64Array {
+    /// An array of `entries` zero u64s (a power of two: programs mask their index with it).
+    pub fn new(entries: u32) -> std::io::Result<Self> {
+        assert!(entries.is_power_of_two(), "{entries} entries");
+        #[repr(C)]
+        struct MapCreate {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        let mut attr = MapCreate {
+            map_type: 2, // BPF_MAP_TYPE_ARRAY
+            key_size: 4,
+            value_size: 8,
+            max_entries: entries,
+            map_flags: 1 << 10, // BPF_F_MMAPABLE
+        };
+        let fd = bpf(0 /* BPF_MAP_CREATE */, &mut attr)?;
+        let len = entries as usize * 8;
+        // SAFETY: a shared mapping of the map's whole value area, which the kernel allows
+        // for an mmapable array; unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            fd,
+            ptr: p.cast(),
+            entries,
+        })
+    }
+
+    /// Sets entry `i` (masked to the array's size, as the programs index it).
+    pub fn set(&mut self, i: u32, v: u64) {
+        // SAFETY: the index is masked into the mapping.
+        unsafe {
+            self.ptr
+                .add((i & (self.entries - 1)) as usize)
+                .write_volatile(v)
+        };
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+impl Drop for U64Array {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new, of this length.
+        unsafe { libc::munmap(self.ptr.cast(), self.entries as usize * 8) };
+    }
+}
+
+/// The least any SYN filter does, hand-assembled (36 instructions): an untagged IPv4 frame
+/// without IP options, not a fragment, TCP with SYN alone to `port`, its source /24 looked
+/// up in `table` (inlined array lookup), XDP_DROP where the entry is not zero, XDP_PASS
+/// otherwise. Parsing plus one array load, no counters, no events: the floor a benchmark
+/// compares a real filter's per-packet cost with.
+pub fn xdp_min_filter_program(table: &U64Array, port: u16) -> std::io::Result<OwnedFd> {
+    const PASS: usize = 34;
+    // Jump offsets count from the next instruction.
+    let to_pass = |at: usize| (PASS - at - 1) as i16;
+    let i = insn;
+    let fd = table.fd().as_raw_fd();
+    let insns = [
+        i(0x61, 0x12, 0, 0),                                 // 0: r2 = data
+        i(0x61, 0x13, 4, 0),                                 // 1: r3 = data_end
+        i(0xbf, 0x24, 0, 0),                                 // 2: r4 = r2
+        i(0x07, 0x04, 0, 54),                                // 3: r4 += 54 (Ethernet, IPv4, TCP)
+        i(0x2d, 0x34, to_pass(4), 0),                        // 4: if r4 > r3 goto pass
+        i(0x69, 0x25, 12, 0),                                // 5: r5 = ethertype (wire order)
+        i(0x55, 0x05, to_pass(6), 0x0008),                   // 6: if r5 != IPv4 goto pass
+        i(0x71, 0x25, 14, 0),                                // 7: r5 = version and IHL
+        i(0x55, 0x05, to_pass(8), 0x45),                     // 8: if r5 != 0x45 goto pass
+        i(0x71, 0x25, 23, 0),                                // 9: r5 = protocol
+        i(0x55, 0x05, to_pass(10), 6),                       // 10: if r5 != TCP goto pass
+        i(0x69, 0x25, 20, 0),                                // 11: r5 = flags and fragment offset
+        i(0x57, 0x05, 0, 0xff1f), // 12: r5 &= fragment offset (wire order)
+        i(0x55, 0x05, to_pass(13), 0), // 13: if r5 != 0 goto pass
+        i(0x71, 0x25, 47, 0),     // 14: r5 = TCP flags
+        i(0x57, 0x05, 0, 0x17),   // 15: r5 &= SYN | ACK | RST | FIN
+        i(0x55, 0x05, to_pass(16), 0x02), // 16: if r5 != SYN goto pass
+        i(0x69, 0x25, 36, 0),     // 17: r5 = destination port (wire order)
+        i(0x55, 0x05, to_pass(18), i32::from(port.to_be())), // 18: if r5 != port goto pass
+        i(0x61, 0x26, 26, 0),     // 19: r6 = IPv4 source (wire order)
+        i(0xdc, 0x06, 0, 32),     // 20: r6 = be32(r6)
+        i(0x77, 0x06, 0, 8),      // 21: r6 >>= 8: the /24
+        i(0x57, 0x06, 0, (table.entries() - 1) as i32), // 22: r6 &= entries - 1
+        i(0x63, 0x6a, -4, 0),     // 23: *(u32 *)(r10 - 4) = r6
+        i(0xbf, 0xa2, 0, 0),      // 24: r2 = r10
+        i(0x07, 0x02, 0, -4),     // 25: r2 += -4
+        i(0x18, 0x11, 0, fd),     // 26: r1 = map (BPF_PSEUDO_MAP_FD) ...
+        0,                        // 27: ... upper half
+        i(0x85, 0, 0, 1),         // 28: call bpf_map_lookup_elem (inlined)
+        i(0x15, 0x00, to_pass(29), 0), // 29: if r0 == 0 goto pass
+        i(0x79, 0x00, 0, 0),      // 30: r0 = *(u64 *)(r0 + 0)
+        i(0x15, 0x00, to_pass(31), 0), // 31: if r0 == 0 goto pass
+        i(0xb7, 0x00, 0, 1),      // 32: r0 = XDP_DROP
+        i(0x95, 0, 0, 0),         // 33: exit
+        i(0xb7, 0x00, 0, 2),      // 34: pass: r0 = XDP_PASS
+        i(0x95, 0, 0, 0),         // 35: exit
+    ];
+    xdp_insns_program(&insns, "xdp_min_filter")
+}
+
 /// Loads the smallest XDP program there is, `return XDP_PASS`, with the raw `bpf(2)` call:
 /// the floor for benchmarks, and a harmless program for a veth peer that must run XDP.
 pub fn xdp_pass_program() -> std::io::Result<OwnedFd> {

@@ -54,7 +54,7 @@ use prefilter_tests::{
     Rng,
     daemon::{Daemon, in_netns, try_run_bounded},
     is_root,
-    netns::{Netns, veth},
+    netns::{Netns, U64Array, insn, veth},
 };
 use serde_json::Value;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -357,14 +357,6 @@ fn xdp_drop_program() -> std::io::Result<OwnedFd> {
     prefilter_tests::netns::xdp_return_program(1, "xdp_drop_all")
 }
 
-/// One BPF instruction as the kernel reads it: opcode, registers (source << 4 | destination),
-/// offset, immediate.
-fn insn(op: u8, regs: u8, off: i16, imm: i32) -> u64 {
-    let o = off.to_le_bytes();
-    let m = imm.to_le_bytes();
-    u64::from_le_bytes([op, regs, o[0], o[1], m[0], m[1], m[2], m[3]])
-}
-
 /// Reads one byte of the frame's IP source address and drops, the result depending on the
 /// read: the floor of any filter that looks at the packet, which on a veth is a cache miss
 /// (the frame was written on the sender's CPU). Hand-assembled: nine instructions.
@@ -390,46 +382,31 @@ fn xdp_read_drop_program() -> std::io::Result<OwnedFd> {
 /// prefilter's /24 table over 240.0.0.0/4) and drops, the result depending on the load: the
 /// floor of any table lookup that misses the cache, one dependent memory access.
 fn xdp_table_load_program(entries: u32) -> std::io::Result<OwnedFd> {
-    #[repr(C)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-    }
-    let mut attr = MapCreate {
-        map_type: 2, // BPF_MAP_TYPE_ARRAY
-        key_size: 4,
-        value_size: 8,
-        max_entries: entries,
-        map_flags: 0,
-    };
-    let map = bpf(0 /* BPF_MAP_CREATE */, &mut attr)?;
+    let map = U64Array::new(entries)?;
     let i = insn;
     let insns = [
-        i(0x61, 0x12, 0, 0),                  // r2 = data
-        i(0x61, 0x13, 4, 0),                  // r3 = data_end
-        i(0xbf, 0x24, 0, 0),                  // r4 = r2
-        i(0x07, 0x04, 0, 34),                 // r4 += 34 (Ethernet + IPv4 header)
-        i(0x2d, 0x34, 15, 0),                 // if r4 > r3 goto drop
-        i(0x61, 0x26, 26, 0),                 // r6 = IPv4 source (wire order)
-        i(0xdc, 0x06, 0, 32),                 // r6 = be32(r6)
-        i(0x77, 0x06, 0, 8),                  // r6 >>= 8: the /24
-        i(0x57, 0x06, 0, entries as i32 - 1), // r6 &= entries - 1
-        i(0x63, 0x6a, -4, 0),                 // *(u32 *)(r10 - 4) = r6
-        i(0xbf, 0xa2, 0, 0),                  // r2 = r10
-        i(0x07, 0x02, 0, -4),                 // r2 += -4
-        i(0x18, 0x11, 0, map.as_raw_fd()),    // r1 = map (BPF_PSEUDO_MAP_FD) ...
-        0,                                    // ... upper half of the 64-bit immediate
-        i(0x85, 0, 0, 1),                     // call bpf_map_lookup_elem (inlined)
-        i(0x15, 0x00, 4, 0),                  // if r0 == 0 goto drop
-        i(0x79, 0x00, 0, 0),                  // r0 = *(u64 *)(r0 + 0)
-        i(0x57, 0x00, 0, 0),                  // r0 &= 0
-        i(0x07, 0x00, 0, 1),                  // r0 += 1: XDP_DROP, after the load
-        i(0x95, 0, 0, 0),                     // exit
-        i(0xb7, 0x00, 0, 1),                  // drop: r0 = XDP_DROP
-        i(0x95, 0, 0, 0),                     // exit
+        i(0x61, 0x12, 0, 0),                    // r2 = data
+        i(0x61, 0x13, 4, 0),                    // r3 = data_end
+        i(0xbf, 0x24, 0, 0),                    // r4 = r2
+        i(0x07, 0x04, 0, 34),                   // r4 += 34 (Ethernet + IPv4 header)
+        i(0x2d, 0x34, 15, 0),                   // if r4 > r3 goto drop
+        i(0x61, 0x26, 26, 0),                   // r6 = IPv4 source (wire order)
+        i(0xdc, 0x06, 0, 32),                   // r6 = be32(r6)
+        i(0x77, 0x06, 0, 8),                    // r6 >>= 8: the /24
+        i(0x57, 0x06, 0, entries as i32 - 1),   // r6 &= entries - 1
+        i(0x63, 0x6a, -4, 0),                   // *(u32 *)(r10 - 4) = r6
+        i(0xbf, 0xa2, 0, 0),                    // r2 = r10
+        i(0x07, 0x02, 0, -4),                   // r2 += -4
+        i(0x18, 0x11, 0, map.fd().as_raw_fd()), // r1 = map (BPF_PSEUDO_MAP_FD) ...
+        0,                                      // ... upper half of the 64-bit immediate
+        i(0x85, 0, 0, 1),                       // call bpf_map_lookup_elem (inlined)
+        i(0x15, 0x00, 4, 0),                    // if r0 == 0 goto drop
+        i(0x79, 0x00, 0, 0),                    // r0 = *(u64 *)(r0 + 0)
+        i(0x57, 0x00, 0, 0),                    // r0 &= 0
+        i(0x07, 0x00, 0, 1),                    // r0 += 1: XDP_DROP, after the load
+        i(0x95, 0, 0, 0),                       // exit
+        i(0xb7, 0x00, 0, 1),                    // drop: r0 = XDP_DROP
+        i(0x95, 0, 0, 0),                       // exit
     ];
     prefilter_tests::netns::xdp_insns_program(&insns, "xdp_table_drop")
 }
