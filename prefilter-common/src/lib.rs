@@ -257,8 +257,8 @@ pub mod v4 {
 pub mod v6 {
     //! IPv6 prefixes by exact match on a few lengths instead of the kernel LPM trie: the /16
     //! in an array, the /32, /48, /56 and /64 in one open-addressing hash of our own (one
-    //! cache line per probe, written by the agent through mmap), the /128 in a kernel hash,
-    //! and the kernel trie only for the lengths between that expansion would blow up. Every
+    //! cache line per probe, written by the agent through mmap), the /128 in a second one
+    //! with slots wide enough for the whole address, and the kernel trie only for the lengths between that expansion would blow up. Every
     //! entry holds the verdict of the longest match down to its length (leaf pushing) and
     //! flags saying which longer lengths have entries inside it, so the walk probes only
     //! those.
@@ -267,17 +267,19 @@ pub mod v6 {
     pub const TOP: &str = "PF_V6_TOP";
     /// Array of [`Bucket`]s: the /32, /48, /56 and /64 entries.
     pub const HX: &str = "PF_V6_HX";
-    /// Hash map, key: the whole address.
-    pub const H128: &str = "PF_V6_H128";
+    /// Array of [`HostBucket`]s: the /128 entries.
+    pub const HH: &str = "PF_V6_HH";
     /// LpmTrie<[u8; 16], u32>: prefixes of /17–/23, /33–/39 and /65–/127; value: the
     /// verdict, and the prefix length in bits 24–31 (the walk must know which is longer).
     pub const LPM: &str = "PF_V6_LPM";
     /// Global (read-only data) of the program: log2 of the number of HX buckets, set by the
     /// agent at load time with the map's size.
     pub const HX_BITS_GLOBAL: &str = "PF_V6_HX_BITS";
+    /// The same for HH.
+    pub const HH_BITS_GLOBAL: &str = "PF_V6_HH_BITS";
     /// Entries of TOP.
     pub const TOP_ENTRIES: u32 = 1 << 16;
-    /// Default capacity: entries of HX (all its lengths together), of H128 and of the trie.
+    /// Default capacity: entries of HX (all its lengths together), of HH and of the trie.
     pub const DEFAULT_ENTRIES: u32 = 1 << 18;
     /// The lengths with entries; TOP is the first.
     pub const LEVELS: [u8; 6] = [16, 32, 48, 56, 64, 128];
@@ -363,6 +365,44 @@ pub mod v6 {
     #[inline(always)]
     pub const fn hx_bucket(key: u64, tag: u32, bits: u32) -> u32 {
         ((key ^ tag as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as u32
+    }
+
+    /// One HH slot: a /128 (`hi`, `lo`: the address's halves) and its entry. `val` and `tag`
+    /// share one 64-bit word as in [`Slot`], written after the address; `tag` is 128, or
+    /// [`TAG_EMPTY`] or [`TAG_GONE`]. It replaced a kernel hash map, whose lookup (a helper
+    /// call, jhash, a bucket, then an element) cost a /128 source one more cache miss cold
+    /// than any other length.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct HostSlot {
+        pub hi: u64,
+        pub lo: u64,
+        pub val: Entry,
+        pub tag: u32,
+        pub _pad: u64,
+    }
+
+    /// HH slots per bucket: 2 × 32 bytes, one cache line.
+    pub const HOST_SLOTS: usize = 2;
+    pub type HostBucket = [HostSlot; HOST_SLOTS];
+    /// The tag of a used HH slot.
+    pub const TAG_HOST: u32 = 128;
+
+    /// log2 of the HH buckets for `entries` /128s: as many buckets as entries, so half the
+    /// slots free at most (64 bytes of kernel memory per /128 of capacity).
+    pub const fn hh_bits(entries: u32) -> u32 {
+        let mut bits = 8;
+        while (1u64 << bits) < entries as u64 && bits < 30 {
+            bits += 1;
+        }
+        bits
+    }
+
+    /// The HH bucket of address `hi`, `lo`: multiply-shift of both halves folded (the
+    /// rotation keeps `hi == lo` from cancelling).
+    #[inline(always)]
+    pub const fn hh_bucket(hi: u64, lo: u64, bits: u32) -> u32 {
+        ((hi.rotate_left(29) ^ lo).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as u32
     }
 }
 

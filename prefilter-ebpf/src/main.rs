@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -47,10 +47,9 @@ static PF_V6_TOP: Array<v6::Entry> = Array::with_max_entries(v6::TOP_ENTRIES, 0)
 #[map(name = "PF_V6_HX")]
 static PF_V6_HX: Array<v6::Bucket> =
     Array::with_max_entries(1 << v6::hx_bits(v6::DEFAULT_ENTRIES), BPF_F_MMAPABLE);
-// Not preallocated: an empty map costs its bucket array only, not max_entries elements.
-#[map(name = "PF_V6_H128")]
-static PF_V6_H128: HashMap<[u8; 16], v6::Entry> =
-    HashMap::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "PF_V6_HH")]
+static PF_V6_HH: Array<v6::HostBucket> =
+    Array::with_max_entries(1 << v6::hh_bits(v6::DEFAULT_ENTRIES), BPF_F_MMAPABLE);
 #[map(name = "PF_V6_LPM")]
 static PF_V6_LPM: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
@@ -732,6 +731,43 @@ fn table_lookup(v6: bool, saddr: Addr) -> u16 {
 #[unsafe(no_mangle)]
 static PF_V6_HX_BITS: u32 = v6::hx_bits(v6::DEFAULT_ENTRIES);
 
+/// log2 of PF_V6_HH's buckets; the agent sets it with the map's size before loading.
+#[unsafe(no_mangle)]
+static PF_V6_HH_BITS: u32 = v6::hh_bits(v6::DEFAULT_ENTRIES);
+
+/// The entry of /128 `hi`, `lo` in HH, if any: as [`hx_find_from`], two slots a bucket.
+#[inline(always)]
+fn hh_find(hi: u64, lo: u64) -> Option<u32> {
+    // SAFETY: a global the loader froze; volatile so it is read, not folded.
+    let bits = unsafe { core::ptr::read_volatile(&PF_V6_HH_BITS) };
+    let mask = (1u32 << bits) - 1;
+    let home = v6::hh_bucket(hi, lo, bits);
+    for p in 0..v6::MAX_PROBE {
+        let b = PF_V6_HH.get_ptr(home.wrapping_add(p) & mask)?;
+        for i in 0..v6::HOST_SLOTS {
+            // SAFETY: a valid value pointer of the array. The tag (with the value) is read
+            // before the address: the agent writes the address first.
+            let (word, h, l) = unsafe {
+                let s = (b as *const v6::HostSlot).add(i) as *const u64;
+                let w = core::ptr::read_volatile(s.add(2));
+                (
+                    w,
+                    core::ptr::read_volatile(s),
+                    core::ptr::read_volatile(s.add(1)),
+                )
+            };
+            let t = (word >> 32) as u32;
+            if t == v6::TAG_HOST && h == hi && l == lo {
+                return Some(word as u32);
+            }
+            if t == v6::TAG_EMPTY {
+                return None;
+            }
+        }
+    }
+    None
+}
+
 /// log2 of the HX buckets, read once per lookup.
 #[inline(always)]
 fn hx_bits() -> u32 {
@@ -850,11 +886,9 @@ fn v6_lookup(a: Addr) -> u16 {
                     (e, level, flags) = (x, 64, x);
                 }
                 if flags & v6::inside(5) != 0
-                    && let Some(x) = PF_V6_H128.get_ptr(a.key().get())
+                    && let Some(x) = hh_find(hi, a.lo)
                 {
-                    // SAFETY: value pointer from the kernel, read once.
-                    e = unsafe { *x };
-                    level = 128;
+                    (e, level) = (x, 128);
                 }
             }
         }

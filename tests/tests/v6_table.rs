@@ -402,3 +402,71 @@ fn a_48_alone_in_its_32_is_held_by_its_slot() {
         check(&f, &rules, &probes, &format!("random change {i}"));
     }
 }
+
+/// /128s are found by their whole address, however many share a home bucket: hosts with
+/// the same low 64 bits under other /64s of the /32, or the same /64 with other low bits,
+/// placed into one probe sequence (chosen for it: HH's home is a hash of both halves),
+/// listed and unlisted side by side; one removed from the middle of the sequence (the
+/// lookup goes on past the deleted slot), put back, changed in place by an allow above it.
+#[test]
+fn hosts_sharing_a_bucket_are_told_apart() {
+    require_root();
+    let opts = Options::default();
+    let bits = prefilter_common::v6::hh_bits(opts.v6_entries);
+    let mut f = Filter::load(&opts).expect("load");
+    let hi0 = 0x2001_0db8_0000_0005u64;
+    let home = prefilter_common::v6::hh_bucket(hi0, 1, bits);
+    // Addresses of 2001:db8::/32 in the same home bucket: other /64s with low bits ::1,
+    // then other low bits in 2001:db8:0:5::/64.
+    let mut same_lo = (1u64..)
+        .map(|x| (0x2001_0db8_0000_0000 | x << 16 | 5, 1u64))
+        .filter(|&(h, l)| prefilter_common::v6::hh_bucket(h, l, bits) == home);
+    let mut same_hi = (2u64..)
+        .map(|l| (hi0, l))
+        .filter(|&(h, l)| prefilter_common::v6::hh_bucket(h, l, bits) == home);
+    let addr = |(h, l): (u64, u64)| u128::from(h) << 64 | u128::from(l);
+    let hosts: Vec<u128> = [
+        (hi0, 1),
+        same_lo.next().unwrap(),
+        same_hi.next().unwrap(),
+        same_lo.next().unwrap(),
+        same_hi.next().unwrap(),
+    ]
+    .into_iter()
+    .map(addr)
+    .collect();
+    // Listed: the first three (two fill the home bucket, the third the next one); the
+    // other two share their home and stay unlisted.
+    let probes = hosts.clone();
+    let mut rules: HashMap<(u128, u8, Kind), u16> = HashMap::new();
+    let drop = |l: u16| verdict::pack(action::DROP, l);
+    for (i, &h) in hosts.iter().take(3).enumerate() {
+        f.v6.set(h, 128, Kind::Block, drop(i as u16 + 1))
+            .expect("set");
+        rules.insert((h, 128, Kind::Block), drop(i as u16 + 1));
+        check(&f, &rules, &probes, &format!("add host {i}"));
+    }
+    // The first out of the middle of the sequence: the others are still found past it.
+    assert!(f.v6.remove(hosts[0], 128, Kind::Block).expect("remove"));
+    rules.remove(&(hosts[0], 128, Kind::Block));
+    check(&f, &rules, &probes, "remove host 0");
+    // Back within the grace period (its old slot is not reused yet), with another list.
+    f.v6.set(hosts[0], 128, Kind::Block, drop(7)).expect("set");
+    rules.insert((hosts[0], 128, Kind::Block), drop(7));
+    check(&f, &rules, &probes, "host 0 back");
+    // An allow over the second host's /64: its entry changes in place.
+    let net64 = hosts[1] & mask(64);
+    let allow = verdict::pack(action::ALLOW, 9);
+    f.v6.set(net64, 64, Kind::Allow, allow).expect("set");
+    rules.insert((net64, 64, Kind::Allow), allow);
+    check(&f, &rules, &probes, "allow over host 1");
+    assert!(f.v6.remove(net64, 64, Kind::Allow).expect("remove"));
+    rules.remove(&(net64, 64, Kind::Allow));
+    check(&f, &rules, &probes, "allow over host 1 removed");
+    for &h in hosts.iter().take(3) {
+        assert!(f.v6.remove(h, 128, Kind::Block).expect("remove"));
+        rules.remove(&(h, 128, Kind::Block));
+        check(&f, &rules, &probes, "removing the hosts");
+    }
+    assert_eq!(f.v6.entries(), [0; 7]);
+}

@@ -190,13 +190,15 @@ impl Filter {
     /// the program into the kernel, not attached anywhere yet.
     pub fn load(opts: &Options) -> Result<Self, FilterError> {
         let hx_bits = v6::hx_bits(opts.v6_entries);
+        let hh_bits = v6::hh_bits(opts.v6_entries);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(v4::GROUPS, v4::group_slots(opts.v4_long_groups))
             .map_max_entries(v4::RUNS, v4::runs_entries(opts.v4_long_groups))
             .map_max_entries(v6::HX, 1 << hx_bits)
             .override_global(v6::HX_BITS_GLOBAL, &hx_bits, true)
-            .map_max_entries(v6::H128, opts.v6_entries)
+            .map_max_entries(v6::HH, 1 << hh_bits)
+            .override_global(v6::HH_BITS_GLOBAL, &hh_bits, true)
             .map_max_entries(v6::LPM, opts.v6_entries)
             .map_max_entries(dynamic::MAP, opts.dynamic_entries)
             .override_global(LOG_LEVEL_GLOBAL, &opts.log_level, true);
@@ -233,6 +235,11 @@ impl Filter {
             v6::HX,
             (1usize << hx_bits) * size_of::<v6::Bucket>(),
         )?);
+        let hh = std::sync::Arc::new(mmap_of(
+            &ebpf,
+            v6::HH,
+            (1usize << hh_bits) * size_of::<v6::HostBucket>(),
+        )?);
         let kernel_view = KernelView {
             counters: typed_dup(&ebpf, counters::MAP, Map::PerCpuArray)?,
             list_hits: typed_dup(&ebpf, counters::LIST_HITS, Map::PerCpuArray)?,
@@ -240,17 +247,15 @@ impl Filter {
             v4: v4.view(),
             v6: v6table::V6View::new(v6table::V6Maps::new(
                 typed_dup(&ebpf, v6::TOP, Map::Array)?,
-                hx.clone(),
-                hx_bits,
-                typed_dup(&ebpf, v6::H128, Map::HashMap)?,
+                (hx.clone(), hx_bits),
+                (hh.clone(), hh_bits),
                 typed_dup(&ebpf, v6::LPM, Map::LpmTrie)?,
             )),
         };
         let v6_maps = v6table::V6Maps::new(
             take(&mut ebpf, v6::TOP)?,
-            hx,
-            hx_bits,
-            take(&mut ebpf, v6::H128)?,
+            (hx, hx_bits),
+            (hh, hh_bits),
             take(&mut ebpf, v6::LPM)?,
         );
         let v6 = V6Table::new(v6_maps, opts.v6_entries);

@@ -6,7 +6,8 @@
 //! (subscribers) and /128 (hosts), so each of those is one entry: the /16 in an array
 //! (`TOP`), the /32–/64 in one open-addressing hash of our own (`HX`: 16-byte slots, four to
 //! a cache line, so a probe costs one cache miss where a kernel hash costs a bucket and an
-//! element; written through mmap, no syscall per entry), the /128 in a kernel hash. Every
+//! element; written through mmap, no syscall per entry), the /128 in a second one of our
+//! own (`HH`: 32-byte slots holding the whole address, two to a cache line). Every
 //! entry holds the verdict of the longest match down to its length (leaf pushing, with
 //! allow folded in: an allow beats any block, however long), and flags naming the longer
 //! lengths that have entries inside it. The program reads the /16, the /32, then only the
@@ -35,12 +36,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, LpmTrie, MapData, MapError, lpm_trie::Key};
 use prefilter_common::{
     action,
     v6::{
-        BUCKET_SLOTS, INLINE, LEVELS, MAX_EXPAND_BITS, MAX_PROBE, TAG_EMPTY, TAG_GONE, TRIE,
-        hx_bucket, inline_child, inline_word, inside, tag_len,
+        BUCKET_SLOTS, HOST_SLOTS, INLINE, LEVELS, MAX_EXPAND_BITS, MAX_PROBE, TAG_EMPTY, TAG_GONE,
+        TAG_HOST, TRIE, hh_bucket, hx_bucket, inline_child, inline_word, inside, tag_len,
     },
     verdict,
 };
@@ -146,20 +147,93 @@ impl HxView {
     }
 }
 
+/// Words of an HH slot: the address's halves, the tag-and-entry word, padding.
+const HH_WORDS: usize = 4;
+
+/// HH as the program reads it.
+#[derive(Clone)]
+struct HhView {
+    map: Arc<Mmap>,
+    bits: u32,
+}
+
+impl HhView {
+    fn words(&self) -> &[AtomicU64] {
+        self.map.as_slice()
+    }
+
+    /// The slot holding /128 `addr`: the program's probe sequence.
+    fn find(&self, addr: u128) -> Option<usize> {
+        let (hi, lo) = ((addr >> 64) as u64, addr as u64);
+        let w = self.words();
+        let home = hh_bucket(hi, lo, self.bits) as usize;
+        for p in 0..MAX_PROBE as usize {
+            let b = (home + p) & ((1 << self.bits) - 1);
+            for i in 0..HOST_SLOTS {
+                let s = b * HOST_SLOTS + i;
+                let word = w[HH_WORDS * s + 2].load(Ordering::Acquire);
+                let t = (word >> 32) as u32;
+                if t == TAG_HOST
+                    && w[HH_WORDS * s].load(Ordering::Relaxed) == hi
+                    && w[HH_WORDS * s + 1].load(Ordering::Relaxed) == lo
+                {
+                    return Some(s);
+                }
+                if t == TAG_EMPTY {
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    fn get(&self, addr: u128) -> Option<u32> {
+        self.find(addr)
+            .map(|s| self.words()[HH_WORDS * s + 2].load(Ordering::Acquire) as u32)
+    }
+}
+
+/// The first never-used slot, or one deleted at least [`GRACE`] ago, on the probe sequence
+/// of HX or HH from bucket `home`; `tag(s)` reads slot `s`'s tag.
+fn free_slot(
+    gone: &StdHashMap<usize, Instant>,
+    bits: u32,
+    per_bucket: usize,
+    home: usize,
+    tag: impl Fn(usize) -> u32,
+) -> Option<usize> {
+    // Read only where a gone slot is met: a clock read per insert showed in profiles.
+    let mut now = None;
+    for p in 0..MAX_PROBE as usize {
+        let b = (home + p) & ((1 << bits) - 1);
+        for i in 0..per_bucket {
+            let s = b * per_bucket + i;
+            let t = tag(s);
+            let reusable = t == TAG_GONE
+                && gone.get(&s).is_some_and(|&at| {
+                    now.get_or_insert_with(Instant::now).duration_since(at) >= GRACE
+                });
+            if t == TAG_EMPTY || reusable {
+                return Some(s);
+            }
+        }
+    }
+    None
+}
+
 /// The kernel side of the table, for the walk the program does.
 pub struct V6Maps {
     top: Array<MapData, u32>,
     hx: HxView,
-    h128: HashMap<MapData, [u8; 16], u32>,
+    hh: HhView,
     trie: LpmTrie<MapData, [u8; 16], u32>,
 }
 
 impl V6Maps {
     pub(crate) fn new(
         top: Array<MapData, u32>,
-        hx: Arc<Mmap>,
-        hx_bits: u32,
-        h128: HashMap<MapData, [u8; 16], u32>,
+        (hx, hx_bits): (Arc<Mmap>, u32),
+        (hh, hh_bits): (Arc<Mmap>, u32),
         trie: LpmTrie<MapData, [u8; 16], u32>,
     ) -> Self {
         Self {
@@ -168,7 +242,10 @@ impl V6Maps {
                 map: hx,
                 bits: hx_bits,
             },
-            h128,
+            hh: HhView {
+                map: hh,
+                bits: hh_bits,
+            },
             trie,
         }
     }
@@ -200,7 +277,7 @@ impl V6Maps {
                 }
             }
             if flags & inside(5) != 0
-                && let Ok(x) = self.h128.get(&addr.to_be_bytes(), 0)
+                && let Some(x) = self.hh.get(addr)
             {
                 (e, level) = (x, 128);
             }
@@ -241,7 +318,8 @@ struct Node {
     inside: [u32; 6],
     /// Trie prefixes inside it (TOP: /17–/23; a /32: the longer ones).
     trie: u32,
-    /// Its HX slot (/32–/64); [`NO_SLOT`] for a /48 held in its /32's slot.
+    /// Its HX slot (/32–/64) or HH slot (/128); [`NO_SLOT`] for a /48 held in its /32's
+    /// slot.
     slot: u32,
     /// A /32's /48 held in its slot: that /48's bits 32–47.
     inline: Option<u16>,
@@ -283,6 +361,8 @@ pub struct V6Table {
     capacity: u32,
     /// HX slots deleted and when: reusable once [`GRACE`] has passed.
     gone: StdHashMap<usize, Instant>,
+    /// The same for HH.
+    hh_gone: StdHashMap<usize, Instant>,
     hx_used: usize,
     /// /48s held in their /32's slot. Each still counts as an entry of `v6_entries`, so
     /// that giving one its own slot back never finds the table full half-way through a
@@ -309,6 +389,7 @@ impl V6Table {
             maps,
             capacity,
             gone: StdHashMap::new(),
+            hh_gone: StdHashMap::new(),
             hx_used: 0,
             held: 0,
             rules: StdHashMap::new(),
@@ -472,24 +553,10 @@ impl V6Table {
         }
         let bits = self.maps.hx.bits;
         let home = hx_bucket(key, tag, bits) as usize;
-        // Read only where a gone slot is met: a clock read per insert showed in profiles.
-        let mut now = None;
-        let mut found = None;
-        'probe: for p in 0..MAX_PROBE as usize {
-            let b = (home + p) & ((1 << bits) - 1);
-            for i in 0..BUCKET_SLOTS {
-                let s = b * BUCKET_SLOTS + i;
-                let t = (self.hx_words()[2 * s + 1].load(Ordering::Relaxed) >> 32) as u32;
-                let reusable = t == TAG_GONE
-                    && self.gone.get(&s).is_some_and(|&at| {
-                        now.get_or_insert_with(Instant::now).duration_since(at) >= GRACE
-                    });
-                if t == TAG_EMPTY || reusable {
-                    found = Some(s);
-                    break 'probe;
-                }
-            }
-        }
+        let w = self.hx_words();
+        let found = free_slot(&self.gone, bits, BUCKET_SLOTS, home, |s| {
+            (w[2 * s + 1].load(Ordering::Relaxed) >> 32) as u32
+        });
         let Some(s) = found else {
             return Err(self.full("/32–/64 hash (no free slot near this key)"));
         };
@@ -499,6 +566,39 @@ impl V6Table {
         w[2 * s + 1].store(word, Ordering::Release);
         self.hx_used += 1;
         Ok(s as u32)
+    }
+
+    /// Places /128 `addr` with entry `e` in HH: the first free slot of its probe sequence,
+    /// the address written before the word that makes it visible.
+    fn hh_insert(&mut self, addr: u128, e: u32) -> Result<u32, V6Error> {
+        let hh = &self.maps.hh;
+        let (hi, lo) = ((addr >> 64) as u64, addr as u64);
+        let w = hh.words();
+        let home = hh_bucket(hi, lo, hh.bits) as usize;
+        let found = free_slot(&self.hh_gone, hh.bits, HOST_SLOTS, home, |s| {
+            (w[HH_WORDS * s + 2].load(Ordering::Relaxed) >> 32) as u32
+        });
+        let Some(s) = found else {
+            return Err(self.full("/128 hash (no free slot near this address)"));
+        };
+        w[HH_WORDS * s].store(hi, Ordering::Release);
+        w[HH_WORDS * s + 1].store(lo, Ordering::Release);
+        w[HH_WORDS * s + 2].store(u64::from(TAG_HOST) << 32 | u64::from(e), Ordering::Release);
+        self.hh_gone.remove(&s);
+        Ok(s as u32)
+    }
+
+    /// HH slot `s`'s entry, in place.
+    fn hh_set(&self, s: u32, e: u32) {
+        self.maps.hh.words()[HH_WORDS * s as usize + 2]
+            .store(u64::from(TAG_HOST) << 32 | u64::from(e), Ordering::Release);
+    }
+
+    /// Marks HH slot `s` deleted.
+    fn hh_free(&mut self, s: u32) {
+        let s = s as usize;
+        self.maps.hh.words()[HH_WORDS * s + 2].store(u64::from(TAG_GONE) << 32, Ordering::Release);
+        self.hh_gone.insert(s, Instant::now());
     }
 
     /// Marks slot `s` deleted.
@@ -570,7 +670,7 @@ impl V6Table {
                     if self.levels[5].len() >= self.capacity as usize {
                         return Err(self.full("/128 hash"));
                     }
-                    self.maps.h128.insert(k.to_be_bytes(), n.entry(i), 0)?;
+                    n.slot = self.hh_insert(k, n.entry(i))?;
                 } else if i == 1 {
                     let (word, _) = self.word32(k, &mut n)?;
                     n.slot = self.hx_insert(hi, word)?;
@@ -618,7 +718,7 @@ impl V6Table {
                     self.levels[i].insert(k, n);
                 } else if o.entry(i) != n.entry(i) {
                     if i == 5 {
-                        self.maps.h128.insert(k.to_be_bytes(), n.entry(i), 0)?;
+                        self.hh_set(n.slot, n.entry(i));
                         self.levels[i].insert(k, n);
                     } else if n.slot == NO_SLOT {
                         // Held by its /32: that word is rewritten.
@@ -640,10 +740,7 @@ impl V6Table {
             }
             (Some(o), None) => {
                 if i == 5 {
-                    match self.maps.h128.remove(&k.to_be_bytes()) {
-                        Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    self.hh_free(o.slot);
                 } else if o.slot != NO_SLOT {
                     self.hx_free(o.slot);
                 } else {
