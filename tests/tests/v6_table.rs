@@ -470,3 +470,44 @@ fn hosts_sharing_a_bucket_are_told_apart() {
     }
     assert_eq!(f.v6.entries(), [0; 7]);
 }
+
+/// A list replaced near the table's capacity: 1000 /64s and 1000 /128s (of 1024 entries
+/// each part holds) removed, then 1000 others added at once. The removed entries' slots
+/// are not reused for a second (a program run may still be reading them), so the additions
+/// must wait for them rather than find the table full.
+#[test]
+fn a_list_replaced_near_capacity_fits() {
+    require_root();
+    let mut f = Filter::load(&Options {
+        v6_entries: 1024,
+        ..Options::default()
+    })
+    .expect("load");
+    let drop = verdict::pack(action::DROP, 1);
+    let net64 = |i: u128| (0x2001_0db8u128 << 96) | (i << 64);
+    let host = |i: u128| (0x2001_0db9u128 << 96) | (5 << 64) | i;
+    let lists = |round: u128| -> Vec<(u128, u8)> {
+        (1..=1000)
+            .flat_map(|i| [(net64(round * 1000 + i), 64), (host(round * 1000 + i), 128)])
+            .collect()
+    };
+    let mut rules: HashMap<(u128, u8, Kind), u16> = HashMap::new();
+    for round in 0..3 {
+        if round > 0 {
+            for (a, l) in lists(round - 1) {
+                assert!(f.v6.remove(a, l, Kind::Block).expect("remove"));
+                rules.remove(&(a, l, Kind::Block));
+            }
+        }
+        for (a, l) in lists(round) {
+            f.v6.set(a, l, Kind::Block, drop)
+                .unwrap_or_else(|e| panic!("round {round}: {}/{l}: {e}", Ipv6Addr::from(a)));
+            rules.insert((a, l, Kind::Block), drop);
+        }
+        let probes: Vec<u128> = (0..3)
+            .flat_map(|r| lists(r).into_iter().map(|(a, _)| a | 7))
+            .step_by(37)
+            .collect();
+        check(&f, &rules, &probes, &format!("round {round}"));
+    }
+}

@@ -194,31 +194,61 @@ impl HhView {
 }
 
 /// The first never-used slot, or one deleted at least [`GRACE`] ago, on the probe sequence
-/// of HX or HH from bucket `home`; `tag(s)` reads slot `s`'s tag.
+/// of HX or HH from bucket `home`; `tag(s)` reads slot `s`'s tag. When there is none but a
+/// slot on the way was deleted less than GRACE ago, the error is how long until it is
+/// reusable.
 fn free_slot(
     gone: &StdHashMap<usize, Instant>,
     bits: u32,
     per_bucket: usize,
     home: usize,
     tag: impl Fn(usize) -> u32,
-) -> Option<usize> {
+) -> Result<usize, Option<Duration>> {
     // Read only where a gone slot is met: a clock read per insert showed in profiles.
     let mut now = None;
+    let mut soonest: Option<Duration> = None;
     for p in 0..MAX_PROBE as usize {
         let b = (home + p) & ((1 << bits) - 1);
         for i in 0..per_bucket {
             let s = b * per_bucket + i;
             let t = tag(s);
-            let reusable = t == TAG_GONE
-                && gone.get(&s).is_some_and(|&at| {
-                    now.get_or_insert_with(Instant::now).duration_since(at) >= GRACE
-                });
-            if t == TAG_EMPTY || reusable {
-                return Some(s);
+            if t == TAG_EMPTY {
+                return Ok(s);
+            }
+            if t == TAG_GONE
+                && let Some(&at) = gone.get(&s)
+            {
+                let age = now.get_or_insert_with(Instant::now).duration_since(at);
+                if age >= GRACE {
+                    return Ok(s);
+                }
+                let left = GRACE - age;
+                soonest = Some(soonest.map_or(left, |d| d.min(left)));
             }
         }
     }
-    None
+    Err(soonest)
+}
+
+/// [`free_slot`], waiting once for a slot deleted less than [`GRACE`] ago where that is all
+/// the probe sequence has: a list replaced near the table's capacity deletes as many slots
+/// as it fills, and without the wait its additions would find the table full for a second.
+/// Only the writer waits; the program keeps reading.
+fn free_slot_or_wait(
+    gone: &StdHashMap<usize, Instant>,
+    bits: u32,
+    per_bucket: usize,
+    home: usize,
+    tag: impl Fn(usize) -> u32,
+) -> Option<usize> {
+    match free_slot(gone, bits, per_bucket, home, &tag) {
+        Ok(s) => Some(s),
+        Err(Some(wait)) => {
+            std::thread::sleep(wait);
+            free_slot(gone, bits, per_bucket, home, &tag).ok()
+        }
+        Err(None) => None,
+    }
 }
 
 /// The kernel side of the table, for the walk the program does.
@@ -554,7 +584,7 @@ impl V6Table {
         let bits = self.maps.hx.bits;
         let home = hx_bucket(key, tag, bits) as usize;
         let w = self.hx_words();
-        let found = free_slot(&self.gone, bits, BUCKET_SLOTS, home, |s| {
+        let found = free_slot_or_wait(&self.gone, bits, BUCKET_SLOTS, home, |s| {
             (w[2 * s + 1].load(Ordering::Relaxed) >> 32) as u32
         });
         let Some(s) = found else {
@@ -575,7 +605,7 @@ impl V6Table {
         let (hi, lo) = ((addr >> 64) as u64, addr as u64);
         let w = hh.words();
         let home = hh_bucket(hi, lo, hh.bits) as usize;
-        let found = free_slot(&self.hh_gone, hh.bits, HOST_SLOTS, home, |s| {
+        let found = free_slot_or_wait(&self.hh_gone, hh.bits, HOST_SLOTS, home, |s| {
             (w[HH_WORDS * s + 2].load(Ordering::Relaxed) >> 32) as u32
         });
         let Some(s) = found else {
