@@ -258,10 +258,10 @@ pub mod v6 {
     //! IPv6 prefixes by exact match on a few lengths instead of the kernel LPM trie: the /16
     //! in an array, the /32, /48, /56 and /64 in one open-addressing hash of our own (one
     //! cache line per probe, written by the agent through mmap), the /128 in a second one
-    //! with slots wide enough for the whole address, and the kernel trie only for the lengths between that expansion would blow up. Every
-    //! entry holds the verdict of the longest match down to its length (leaf pushing) and
-    //! flags saying which longer lengths have entries inside it, so the walk probes only
-    //! those.
+    //! with slots wide enough for the whole address, and the kernel trie only for the
+    //! lengths between that expansion would blow up. Every entry holds the verdict of the
+    //! longest match down to its length (leaf pushing) and flags saying which longer lengths
+    //! have entries inside it, so the walk probes only those.
 
     /// Array of 65536 [`Entry`] values, index: the address's first 16 bits.
     pub const TOP: &str = "PF_V6_TOP";

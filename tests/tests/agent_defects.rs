@@ -1201,3 +1201,49 @@ fn block_list_json_does_not_grow_the_daemon() {
         "the daemon's RSS grew from {rss0} to {rss1} KiB over 4 listings of 200k entries"
     );
 }
+
+/// An IPv6 list replaced near `[limits] v6_entries`: a replacement that fits is applied
+/// however often it is repeated (the entries it deletes are not reused for a second, and
+/// the next replacement must not find the table full meanwhile), and one that does not fit
+/// is refused with the table named and the old list still in force in the kernel, not only
+/// in the store (`status --verify`).
+#[test]
+fn ipv6_list_replaced_near_capacity() {
+    require_root();
+    let lab = Lab::new();
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "[limits]\nv6_entries = 1024\n");
+    let hosts = |net: u16, n: u16| -> Vec<String> {
+        (1..=n)
+            .map(|i| format!("2001:db8:{net:x}::{i:x}"))
+            .collect()
+    };
+    let as_set =
+        |h: &[String]| -> BTreeSet<String> { h.iter().map(|a| format!("{a}/128")).collect() };
+    let (a, b, c) = (hosts(7, 1000), hosts(8, 1000), hosts(9, 1100));
+    let fa = file(&d, "a.txt", &(a.join("\n") + "\n"));
+    let fb = file(&d, "b.txt", &(b.join("\n") + "\n"));
+    let fc = file(&d, "c.txt", &(c.join("\n") + "\n"));
+    d.cli_ok(&["block", "import", &fa, "--list", "v6"]);
+    for (f, want) in [(&fb, &b), (&fa, &a), (&fb, &b), (&fa, &a)] {
+        d.cli_ok(&["block", "import", f, "--list", "v6", "--replace", "--force"]);
+        assert_eq!(prefixes_in(&d, "v6"), as_set(want));
+        d.cli_ok(&["status", "--verify"]);
+    }
+    refused(
+        &d,
+        &[
+            "block",
+            "import",
+            &fc,
+            "--list",
+            "v6",
+            "--replace",
+            "--force",
+        ],
+        &["nothing applied", "IPv6 table full", "v6_entries"],
+    );
+    assert_eq!(prefixes_in(&d, "v6"), as_set(&a));
+    d.cli_ok(&["status", "--verify"]);
+    let out = d.cli_ok(&["check", "2001:db8:7::5"]);
+    assert!(out.contains("drop"), "the old list still blocks: {out}");
+}

@@ -246,10 +246,13 @@ fn apply(filter: &mut Filter, changes: &[Change]) -> Result<(), OpError> {
             filter.v6.prefetch(addr, len);
         }
         if let Err(e) = apply_one(filter, c.prefix, c.kind, c.verdict) {
+            // In reverse: the additions made go before the removals come back, so that a
+            // replacement that did not fit finds room to put the old list back.
             undo(
                 filter,
                 rest[..i]
                     .iter()
+                    .rev()
                     .chain(set.iter())
                     .chain(removed.iter())
                     .copied(),
