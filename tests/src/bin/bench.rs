@@ -13,6 +13,9 @@
 //!   each, median: the cost including the cache misses a table of that size brings. A
 //!   single run's figure includes one clock read, so the same figure of a trivial
 //!   program is subtracted;
+//! - beside the trivial program, a hand-assembled minimal filter (parse, one /24 load from a
+//!   128 MiB array, drop), hot and cold: the least any filter costs on the machine;
+//! - cold blocked IPv6 SYNs by the length of the listed prefix the source is in;
 //! - between loads: the blocked v6 /48 ÷ v4 /24 hot ratio over several fresh loads of
 //!   the program (a ratio moves with where a load lands; one load per table hides that);
 //! - loading the prefixes into the maps (v4 and v6 separately);
