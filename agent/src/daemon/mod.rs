@@ -183,6 +183,8 @@ pub struct Daemon {
     kernel: Arc<KernelView>,
     events: broadcast::Sender<events::EventJson>,
     expiry_wake: Arc<tokio::sync::Notify>,
+    /// Wakes [`compact_loop`]: a change left the journal long enough to fold.
+    compact_wake: Arc<tokio::sync::Notify>,
     learned: broadcast::Sender<learned::Learned>,
     /// `[dnsbl]`, when configured.
     dnsbl: Option<Arc<crate::dnsbl::Dnsbl>>,
@@ -521,8 +523,37 @@ impl Daemon {
 
     /// Publishes a new view; called by the writer after every change.
     fn publish(&self, st: &State) {
-        let v = st.view(&self.store());
+        let store = self.store();
+        let v = st.view(&store);
         self.view.store(Arc::new(v));
+        if store.compact_due() {
+            self.compact_wake.notify_one();
+        }
+    }
+
+    /// Folds the journal into the list files if it is long enough. Holds the writer, so no
+    /// change lands between writing the files and emptying the journal (it would be lost
+    /// from both), but only the store's read lock: checks and views go on meanwhile.
+    fn compact_if_due(&self) {
+        let _writer = self.lock();
+        if !self.store().compact_due() {
+            return;
+        }
+        let t = Instant::now();
+        // Bound first: a guard in the match scrutinee would live through the arms.
+        let folded = self.store().fold();
+        match folded {
+            Ok(()) => {
+                write(&self.store).folded();
+                info!(
+                    took_ms = t.elapsed().as_millis() as u64,
+                    "journal folded into the list files"
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "compacting the journal (retried after the next change)");
+            }
+        }
     }
 
     /// Adds or updates entries; returns how many table entries changed.
@@ -1020,19 +1051,6 @@ impl Daemon {
         let t4 = Instant::now();
         drop(undo);
         let freed_in = t4.elapsed();
-        // Journal long enough to fold: list files written under the read lock only.
-        let t5 = Instant::now();
-        let due = self.store().compact_due();
-        if due {
-            // Bound first: a guard in the match scrutinee would live through the arms.
-            let folded = self.store().fold();
-            match folded {
-                Ok(()) => write(&self.store).folded(),
-                Err(e) => {
-                    warn!(error = %e, "compacting the journal (retried after the next change)");
-                }
-            }
-        }
         info!(
             list,
             plan_ms = planned_in.as_millis() as u64,
@@ -1043,12 +1061,6 @@ impl Daemon {
             file_rewritten = delta.is_none(),
             swap_us = swapped_in.as_micros() as u64,
             free_ms = freed_in.as_millis() as u64,
-            compacted = due,
-            compact_ms = if due {
-                t5.elapsed().as_millis() as u64
-            } else {
-                0
-            },
             "list replaced"
         );
         Ok(changes)
@@ -1301,8 +1313,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let pin_dir = pin_root.join("prefilter");
     std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
-    let store = Store::open(&settings.state_dir)
+    let mut store = Store::open(&settings.state_dir)
         .with_context(|| format!("opening the store in {}", settings.state_dir.display()))?;
+    // Folded by compact_loop after the change is answered, not inside it.
+    store.defer_compaction();
     let opts = Options {
         v4_long_groups: settings.limits.0,
         v6_entries: settings.limits.1,
@@ -1374,6 +1388,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         kernel: Arc::new(kernel),
         events: events_tx,
         expiry_wake: Arc::new(tokio::sync::Notify::new()),
+        compact_wake: Arc::new(tokio::sync::Notify::new()),
         learned: broadcast::channel(1024).0,
         dnsbl: dnsbl_cfg.map(|c| Arc::new(crate::dnsbl::Dnsbl::new(c))),
         escalation: escalation_cfg.map(|c| Arc::new(escalation::Escalation::new(c))),
@@ -1407,6 +1422,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(events::forward_logs(l, stop_rx.clone())));
     }
     tasks.push(tokio::spawn(expiry_loop(d.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(compact_loop(d.clone(), stop_rx.clone())));
     if let Some(dn) = d.dnsbl() {
         let c = dn.config();
         info!(
@@ -1621,6 +1637,22 @@ async fn expiry_loop(d: Daemon, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = d.expiry_wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Folds the journal whenever a change left it long enough ([`Daemon::compact_if_due`]),
+/// one fold at a time; a change arriving meanwhile waits for the writer as it would for
+/// another change.
+async fn compact_loop(d: Daemon, mut stop: watch::Receiver<bool>) {
+    loop {
+        let job = d.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || job.compact_if_due()).await {
+            error!("compacting the journal: {e}");
+        }
+        tokio::select! {
+            _ = d.compact_wake.notified() => {}
             _ = stop.changed() => return,
         }
     }
