@@ -461,8 +461,9 @@ struct Outcome {
 #[inline(always)]
 pub fn prefilter_v6(ctx: XdpContext) -> u32 {
     let out = match fast(&ctx) {
-        Some(out) => out,
-        None => general(&ctx),
+        Fast::Done(xdp) => return xdp,
+        Fast::Judged(out) => out,
+        Fast::Other => general(&ctx),
     };
     // The one exit: every verdict is counted here. Per-CPU slots need no atomics because
     // an XDP program runs to completion on one CPU without preemption by itself.
@@ -490,12 +491,77 @@ pub fn prefilter_v6(ctx: XdpContext) -> u32 {
 /// exists because the verifier inlines array lookups but LLVM sees each as a call and spills
 /// every value live across it: the general parser keeps the whole header live and spent
 /// more on spills than on judging.
+/// What the fast path made of a frame.
+enum Fast {
+    /// Judged, counted and reported: the XDP action.
+    Done(u32),
+    /// Judged: the outcome to count and act on.
+    Judged(Outcome),
+    /// Not a frame it takes: the general parser's.
+    Other,
+}
+
+/// Bumps the per-CPU counter of `reason` and `action`, and for a block the list's.
 #[inline(always)]
-fn fast(ctx: &XdpContext) -> Option<Outcome> {
+fn count(reason: u8, action: u8, list_id: u16) {
+    if let Some(c) = PF_COUNTERS.get_ptr_mut(counters::slot(reason, action)) {
+        // SAFETY: a valid per-CPU slot pointer from the kernel; an XDP program runs to
+        // completion on one CPU, so no atomics.
+        unsafe { *c += 1 };
+    }
+    if reason == reason::BLOCK
+        && let Some(c) = PF_LIST_HITS.get_ptr_mut(list_id as u32)
+    {
+        // SAFETY: as above.
+        unsafe { *c += 1 };
+    }
+}
+
+/// An IPv4 SYN to a judged port when neither rate limiting nor dynamic verdicts are in
+/// play and the table says allow, drop or nothing: judged, counted and reported to the
+/// end here, on a path of its own. Merged into the general exit, the outcome's three
+/// fields were kept on the stack across every lookup after it. None: anything else
+/// (a reset, a rate limit, dynamic verdicts), which [`verdict_for`] judges.
+#[inline(always)]
+fn judge_v4_plain(ctx: &XdpContext, saddr: Addr, dport: u16) -> Option<u32> {
+    // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
+    let cfg = unsafe { &mut *PF_CONFIG.get_ptr_mut(0)? };
+    if cfg.flags & config::FLAG_RATELIMIT != 0 || cfg.dyn_entries != 0 {
+        return None;
+    }
+    let table = v4_lookup(saddr.v4_addr());
+    match verdict::action(table) {
+        action::NONE => {
+            count(reason::NO_MATCH, action::PASS, 0);
+            Some(xdp_action::XDP_PASS)
+        }
+        action::ALLOW => {
+            count(reason::ALLOW, action::PASS, 0);
+            Some(xdp_action::XDP_PASS)
+        }
+        action::DROP => {
+            let list_id = verdict::list_id(table);
+            count(reason::BLOCK, action::DROP, list_id);
+            if event_token(cfg) {
+                let out = Outcome {
+                    reason: reason::BLOCK,
+                    action: action::DROP,
+                    list_id,
+                };
+                emit(ctx, events::KIND_VERDICT, false, saddr, dport, &out);
+            }
+            Some(xdp_action::XDP_DROP)
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn fast(ctx: &XdpContext) -> Fast {
     let start = ctx.data();
     // Ethernet 14 + IPv4 20 + TCP 20: the shortest frame taken.
     if start + ETH_HLEN + 40 > ctx.data_end() {
-        return None;
+        return Fast::Other;
     }
     let p = start as *const u8;
     // SAFETY: within the 54 bytes checked above.
@@ -513,7 +579,7 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
             )
         };
         if vihl != 0x45 || frag != 0 || proto != IPPROTO_TCP || L3 + total > frame_len(ctx) {
-            return None;
+            return Fast::Other;
         }
         // SAFETY: as above.
         let a = unsafe { frame_u32::<{ L3 + 12 }>(p) };
@@ -522,7 +588,7 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
         const L3: usize = ETH_HLEN;
         // Ethernet 14 + IPv6 40 + TCP 20.
         if start + L3 + 60 > ctx.data_end() {
-            return None;
+            return Fast::Other;
         }
         // SAFETY: within the 74 bytes checked just above.
         let (ver, plen, nh) = unsafe {
@@ -530,7 +596,7 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
             (b(0) >> 4, u16::from_be_bytes([b(4), b(5)]) as usize, b(6))
         };
         if ver != 6 || nh != IPPROTO_TCP || L3 + 40 + plen > frame_len(ctx) {
-            return None;
+            return Fast::Other;
         }
         // SAFETY: as above.
         let a = unsafe {
@@ -541,11 +607,11 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
         };
         (true, (L3 + 40, L3 + 40 + plen), a)
     } else {
-        return None;
+        return Fast::Other;
     };
     let (l4, end) = l4;
     if start + l4 + 20 > ctx.data_end() {
-        return None;
+        return Fast::Other;
     }
     // SAFETY: within the 20 bytes of TCP header checked just above.
     let (flags, doff, dport) = unsafe {
@@ -562,7 +628,7 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
         // rather than parsed again. A short TCP header goes on to the general parser,
         // which names it.
         if l4 + 20 > end {
-            return None;
+            return Fast::Other;
         }
         if masked == TCP_ACK
             && PF_CONFIG
@@ -572,31 +638,34 @@ fn fast(ctx: &XdpContext) -> Option<Outcome> {
         {
             first_contact(ctx, v6, saddr, dport);
         }
-        return Some(Outcome {
+        return Fast::Judged(Outcome {
             reason: reason::NOT_JUDGED,
             action: action::PASS,
             list_id: 0,
         });
     }
     if doff < 20 || l4 + doff > end {
-        return None;
+        return Fast::Other;
     }
     match PF_PORTS.get(dport as u32) {
         Some(&judged) if judged != 0 => {}
         _ => {
-            return Some(Outcome {
+            return Fast::Judged(Outcome {
                 reason: reason::NOT_JUDGED,
                 action: action::PASS,
                 list_id: 0,
             });
         }
     }
+    if !v6 && let Some(xdp) = judge_v4_plain(ctx, saddr, dport) {
+        return Fast::Done(xdp);
+    }
     let mut out = verdict_for(ctx, v6, saddr, dport);
     // A reset needs the whole SYN: parsed again, which only refusals by reset pay for.
     if out.action == action::RESET && !parse(ctx).is_ok_and(|syn| send_reset(ctx, &syn).is_ok()) {
         out.action = action::DROP;
     }
-    Some(out)
+    Fast::Judged(out)
 }
 
 /// Every frame the fast path does not take.
