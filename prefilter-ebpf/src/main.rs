@@ -465,18 +465,8 @@ pub fn prefilter_v6(ctx: XdpContext) -> u32 {
         Fast::Judged(out) => out,
         Fast::Other => general(&ctx),
     };
-    // The one exit: every verdict is counted here. Per-CPU slots need no atomics because
-    // an XDP program runs to completion on one CPU without preemption by itself.
-    if let Some(c) = PF_COUNTERS.get_ptr_mut(counters::slot(out.reason, out.action)) {
-        // SAFETY: a valid per-CPU slot pointer from the kernel.
-        unsafe { *c += 1 };
-    }
-    if out.reason == reason::BLOCK
-        && let Some(c) = PF_LIST_HITS.get_ptr_mut(out.list_id as u32)
-    {
-        // SAFETY: as above.
-        unsafe { *c += 1 };
-    }
+    // The common exit: every verdict judge_v4_plain did not finish is counted here.
+    count(out.reason, out.action, out.list_id);
     match out.action {
         action::DROP => xdp_action::XDP_DROP,
         action::RESET => xdp_action::XDP_TX,
