@@ -465,7 +465,7 @@ pub fn prefilter_v6(ctx: XdpContext) -> u32 {
         Fast::Judged(out) => out,
         Fast::Other => general(&ctx),
     };
-    // The common exit: every verdict judge_v4_plain did not finish is counted here.
+    // The common exit: every verdict judge_plain did not finish is counted here.
     count(out.reason, out.action, out.list_id);
     match out.action {
         action::DROP => xdp_action::XDP_DROP,
@@ -507,19 +507,19 @@ fn count(reason: u8, action: u8, list_id: u16) {
     }
 }
 
-/// An IPv4 SYN to a judged port when neither rate limiting nor dynamic verdicts are in
-/// play and the table says allow, drop or nothing: judged, counted and reported to the
-/// end here, on a path of its own. Merged into the general exit, the outcome's three
+/// A SYN to a judged port when neither rate limiting nor dynamic verdicts are in play and
+/// the table says allow, drop or nothing: judged, counted and reported to the end here, on
+/// a path of its own. Merged into the general exit, the outcome's three
 /// fields were kept on the stack across every lookup after it. None: anything else
 /// (a reset, a rate limit, dynamic verdicts), which [`verdict_for`] judges.
 #[inline(always)]
-fn judge_v4_plain(ctx: &XdpContext, saddr: Addr, dport: u16) -> Option<u32> {
+fn judge_plain(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Option<u32> {
     // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
     let cfg = unsafe { &mut *PF_CONFIG.get_ptr_mut(0)? };
     if cfg.flags & config::FLAG_RATELIMIT != 0 || cfg.dyn_entries != 0 {
         return None;
     }
-    let table = v4_lookup(saddr.v4_addr());
+    let table = table_lookup(v6, saddr);
     match verdict::action(table) {
         action::NONE => {
             count(reason::NO_MATCH, action::PASS, 0);
@@ -538,7 +538,7 @@ fn judge_v4_plain(ctx: &XdpContext, saddr: Addr, dport: u16) -> Option<u32> {
                     action: action::DROP,
                     list_id,
                 };
-                emit(ctx, events::KIND_VERDICT, false, saddr, dport, &out);
+                emit(ctx, events::KIND_VERDICT, v6, saddr, dport, &out);
             }
             Some(xdp_action::XDP_DROP)
         }
@@ -647,7 +647,7 @@ fn fast(ctx: &XdpContext) -> Fast {
             });
         }
     }
-    if !v6 && let Some(xdp) = judge_v4_plain(ctx, saddr, dport) {
+    if let Some(xdp) = judge_plain(ctx, v6, saddr, dport) {
         return Fast::Done(xdp);
     }
     let mut out = verdict_for(ctx, v6, saddr, dport);
