@@ -1096,7 +1096,7 @@ fn main() -> ExitCode {
          configurable ports. Its hot ratio to the trivial program is the least a filter can \
          reach on this machine; its cold figure is one random load from a table that size. \
          *{MINIMAL_COUNTING}*: the same, bumping one per-CPU u64 per drop (its slot looked up \
-         with the key through the stack, as compiled code passes it; 8 instructions more): \
+         with the key through the stack, as compiled code passes it; 10 BPF instructions more): \
          the least a filter that counts its verdicts costs.\n"
     );
     let _ = writeln!(
