@@ -474,13 +474,6 @@ pub fn prefilter_v6(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The common frames in one pass: untagged IPv4 without IP options or untagged IPv6 without
-/// extension headers, carrying a SYN to a judged port (judged) or any other TCP segment
-/// (passed; a pure ACK may be a first contact). None for anything else, which the general
-/// parser takes; for the frames it takes, the outcome is the general path's. It
-/// exists because the verifier inlines array lookups but LLVM sees each as a call and spills
-/// every value live across it: the general parser keeps the whole header live and spent
-/// more on spills than on judging.
 /// What the fast path made of a frame.
 enum Fast {
     /// Judged, counted and reported: the XDP action.
@@ -509,9 +502,9 @@ fn count(reason: u8, action: u8, list_id: u16) {
 
 /// A SYN to a judged port when neither rate limiting nor dynamic verdicts are in play and
 /// the table says allow, drop or nothing: judged, counted and reported to the end here, on
-/// a path of its own. Merged into the general exit, the outcome's three
-/// fields were kept on the stack across every lookup after it. None: anything else
-/// (a reset, a rate limit, dynamic verdicts), which [`verdict_for`] judges.
+/// a path of its own. Merged into the general exit, the outcome's three fields were kept on
+/// the stack across every lookup after it. None: anything else (a reset, a rate limit,
+/// dynamic verdicts), which [`verdict_for`] judges.
 #[inline(always)]
 fn judge_plain(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Option<u32> {
     // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
@@ -546,6 +539,13 @@ fn judge_plain(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Option<u3
     }
 }
 
+/// The common frames in one pass: untagged IPv4 without IP options or untagged IPv6 without
+/// extension headers, carrying a SYN to a judged port (judged) or any other TCP segment
+/// (passed; a pure ACK may be a first contact). None for anything else, which the general
+/// parser takes; for the frames it takes, the outcome is the general path's. It
+/// exists because the verifier inlines array lookups but LLVM sees each as a call and spills
+/// every value live across it: the general parser keeps the whole header live and spent
+/// more on spills than on judging.
 #[inline(always)]
 fn fast(ctx: &XdpContext) -> Fast {
     let start = ctx.data();
