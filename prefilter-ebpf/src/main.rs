@@ -456,6 +456,21 @@ struct Outcome {
     list_id: u16,
 }
 
+/// A judged SYN that nothing matched.
+const NOTHING_MATCHED: Outcome = Outcome {
+    reason: reason::NO_MATCH,
+    action: action::PASS,
+    list_id: 0,
+};
+
+/// This CPU's copy of the config, which the program may write (its event budget).
+#[inline(always)]
+fn config() -> Option<&'static mut Config> {
+    // SAFETY: this CPU's copy; only this CPU writes it, and an XDP program runs to
+    // completion without preemption by itself.
+    PF_CONFIG.get_ptr_mut(0).map(|c| unsafe { &mut *c })
+}
+
 #[xdp]
 // Inlined into the section's entry point: a BPF-to-BPF call per packet costs a frame setup.
 #[inline(always)]
@@ -465,7 +480,7 @@ pub fn prefilter_v6(ctx: XdpContext) -> u32 {
         Fast::Judged(out) => out,
         Fast::Other => general(&ctx),
     };
-    // The common exit: every verdict judge_plain did not finish is counted here.
+    // The common exit: every verdict judge_fast did not finish is counted here.
     count(out.reason, out.action, out.list_id);
     match out.action {
         action::DROP => xdp_action::XDP_DROP,
@@ -500,43 +515,50 @@ fn count(reason: u8, action: u8, list_id: u16) {
     }
 }
 
-/// A SYN to a judged port when neither rate limiting nor dynamic verdicts are in play and
-/// the table says allow, drop or nothing: judged, counted and reported to the end here, on
-/// a path of its own. Merged into the general exit, the outcome's three fields were kept on
-/// the stack across every lookup after it. None: anything else (a reset, a rate limit,
-/// dynamic verdicts), which [`verdict_for`] judges.
+/// A SYN to a judged port, from the fast path: the config and the table read once. When
+/// neither rate limiting nor dynamic verdicts are in play and the table says allow, drop or
+/// nothing, it is judged, counted and reported to the end here, on a path of its own:
+/// merged into the common exit, the outcome's three fields were kept on the stack across
+/// every lookup after the table's. Anything else (a reset, a rate limit, dynamic verdicts)
+/// goes to [`verdict_of`] and the common exit.
 #[inline(always)]
-fn judge_plain(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Option<u32> {
-    // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
-    let cfg = unsafe { &mut *PF_CONFIG.get_ptr_mut(0)? };
-    if cfg.flags & config::FLAG_RATELIMIT != 0 || cfg.dyn_entries != 0 {
-        return None;
-    }
+fn judge_fast(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Fast {
+    let Some(cfg) = config() else {
+        return Fast::Judged(NOTHING_MATCHED);
+    };
     let table = table_lookup(v6, saddr);
-    match verdict::action(table) {
-        action::NONE => {
-            count(reason::NO_MATCH, action::PASS, 0);
-            Some(xdp_action::XDP_PASS)
-        }
-        action::ALLOW => {
-            count(reason::ALLOW, action::PASS, 0);
-            Some(xdp_action::XDP_PASS)
-        }
-        action::DROP => {
-            let list_id = verdict::list_id(table);
-            count(reason::BLOCK, action::DROP, list_id);
-            if event_token(cfg) {
-                let out = Outcome {
-                    reason: reason::BLOCK,
-                    action: action::DROP,
-                    list_id,
-                };
-                emit(ctx, events::KIND_VERDICT, v6, saddr, dport, &out);
+    if cfg.flags & config::FLAG_RATELIMIT == 0 && cfg.dyn_entries == 0 {
+        match verdict::action(table) {
+            action::NONE => {
+                count(reason::NO_MATCH, action::PASS, 0);
+                return Fast::Done(xdp_action::XDP_PASS);
             }
-            Some(xdp_action::XDP_DROP)
+            action::ALLOW => {
+                count(reason::ALLOW, action::PASS, 0);
+                return Fast::Done(xdp_action::XDP_PASS);
+            }
+            action::DROP => {
+                let list_id = verdict::list_id(table);
+                count(reason::BLOCK, action::DROP, list_id);
+                if event_token(cfg) {
+                    let out = Outcome {
+                        reason: reason::BLOCK,
+                        action: action::DROP,
+                        list_id,
+                    };
+                    emit(ctx, events::KIND_VERDICT, v6, saddr, dport, &out);
+                }
+                return Fast::Done(xdp_action::XDP_DROP);
+            }
+            _ => {}
         }
-        _ => None,
     }
+    let mut out = verdict_of(ctx, cfg, v6, saddr, dport, table);
+    // A reset needs the whole SYN: parsed again, which only refusals by reset pay for.
+    if out.action == action::RESET && !parse(ctx).is_ok_and(|syn| send_reset(ctx, &syn).is_ok()) {
+        out.action = action::DROP;
+    }
+    Fast::Judged(out)
 }
 
 /// The common frames in one pass: untagged IPv4 without IP options or untagged IPv6 without
@@ -647,15 +669,7 @@ fn fast(ctx: &XdpContext) -> Fast {
             });
         }
     }
-    if let Some(xdp) = judge_plain(ctx, v6, saddr, dport) {
-        return Fast::Done(xdp);
-    }
-    let mut out = verdict_for(ctx, v6, saddr, dport);
-    // A reset needs the whole SYN: parsed again, which only refusals by reset pay for.
-    if out.action == action::RESET && !parse(ctx).is_ok_and(|syn| send_reset(ctx, &syn).is_ok()) {
-        out.action = action::DROP;
-    }
-    Fast::Judged(out)
+    judge_fast(ctx, v6, saddr, dport)
 }
 
 /// Every frame the fast path does not take.
@@ -750,16 +764,23 @@ fn judge(ctx: &XdpContext, syn: &Syn) -> Outcome {
 /// The verdict for a SYN from `saddr` to `dport` (host order), with its event sample.
 #[inline(always)]
 fn verdict_for(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Outcome {
-    let Some(cfg) = PF_CONFIG.get_ptr_mut(0) else {
-        return Outcome {
-            reason: reason::NO_MATCH,
-            action: action::PASS,
-            list_id: 0,
-        };
+    let Some(cfg) = config() else {
+        return NOTHING_MATCHED;
     };
-    // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
-    let cfg = unsafe { &mut *cfg };
     let table = table_lookup(v6, saddr);
+    verdict_of(ctx, cfg, v6, saddr, dport, table)
+}
+
+/// [`verdict_for`] with this CPU's config and the source's table verdict already read.
+#[inline(always)]
+fn verdict_of(
+    ctx: &XdpContext,
+    cfg: &mut Config,
+    v6: bool,
+    saddr: Addr,
+    dport: u16,
+    table: u16,
+) -> Outcome {
     let out = if verdict::action(table) == action::ALLOW {
         Outcome {
             reason: reason::ALLOW,
@@ -1104,11 +1125,9 @@ fn event_token(cfg: &mut Config) -> bool {
 /// event budget. An ACK means a handshake completed, so spoofed sources never get here.
 #[inline(always)]
 fn first_contact(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) {
-    let Some(cfg) = PF_CONFIG.get_ptr_mut(0) else {
+    let Some(cfg) = config() else {
         return;
     };
-    // SAFETY: this CPU's copy; only this CPU writes it (its budget), without preemption.
-    let cfg = unsafe { &mut *cfg };
     let seen = saddr.key();
     if verdict::action(table_lookup(v6, saddr)) != action::NONE
         || PF_SEEN.get_ptr(seen.get()).is_some()

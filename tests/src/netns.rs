@@ -200,6 +200,26 @@ pub fn insn(op: u8, regs: u8, off: i16, imm: i32) -> u64 {
     u64::from_le_bytes([op, regs, o[0], o[1], m[0], m[1], m[2], m[3]])
 }
 
+/// Creates a map of `entries` u64 values under u32 keys, of `map_type` with `map_flags`.
+fn u64_map(map_type: u32, entries: u32, map_flags: u32) -> std::io::Result<OwnedFd> {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let mut attr = MapCreate {
+        map_type,
+        key_size: 4,
+        value_size: 8,
+        max_entries: entries,
+        map_flags,
+    };
+    bpf(0 /* BPF_MAP_CREATE */, &mut attr)
+}
+
 /// A BPF array of u64s created with BPF_F_MMAPABLE and mapped here, so that a benchmark can
 /// fill millions of entries without a syscall each; for hand-assembled reference programs.
 pub struct U64Array {
@@ -212,22 +232,11 @@ impl U64Array {
     /// An array of `entries` zero u64s (a power of two: programs mask their index with it).
     pub fn new(entries: u32) -> std::io::Result<Self> {
         assert!(entries.is_power_of_two(), "{entries} entries");
-        #[repr(C)]
-        struct MapCreate {
-            map_type: u32,
-            key_size: u32,
-            value_size: u32,
-            max_entries: u32,
-            map_flags: u32,
-        }
-        let mut attr = MapCreate {
-            map_type: 2, // BPF_MAP_TYPE_ARRAY
-            key_size: 4,
-            value_size: 8,
-            max_entries: entries,
-            map_flags: 1 << 10, // BPF_F_MMAPABLE
-        };
-        let fd = bpf(0 /* BPF_MAP_CREATE */, &mut attr)?;
+        let fd = u64_map(
+            2, /* BPF_MAP_TYPE_ARRAY */
+            entries,
+            1 << 10, /* BPF_F_MMAPABLE */
+        )?;
         let len = entries as usize * 8;
         // SAFETY: a shared mapping of the map's whole value area, which the kernel allows
         // for an mmapable array; unmapped in Drop.
@@ -284,21 +293,8 @@ pub struct PerCpuCounter {
 
 impl PerCpuCounter {
     pub fn new() -> std::io::Result<Self> {
-        #[repr(C)]
-        struct MapCreate {
-            map_type: u32,
-            key_size: u32,
-            value_size: u32,
-            max_entries: u32,
-        }
-        let mut attr = MapCreate {
-            map_type: 6, // BPF_MAP_TYPE_PERCPU_ARRAY
-            key_size: 4,
-            value_size: 8,
-            max_entries: 1,
-        };
         Ok(Self {
-            fd: bpf(0 /* BPF_MAP_CREATE */, &mut attr)?,
+            fd: u64_map(6 /* BPF_MAP_TYPE_PERCPU_ARRAY */, 1, 0)?,
         })
     }
 }

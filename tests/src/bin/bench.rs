@@ -1025,41 +1025,23 @@ fn main() -> ExitCode {
         floors[n - 1] / floors[0]
     );
     let last_table = &sized[n - 1];
-    let v: Vec<f64> = sized.iter().map(|s| median(s.minimal.0.clone())).collect();
-    let cells: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
-    let _ = writeln!(
-        o,
-        "| {MINIMAL} | {} | {:.2} | {:.0} | {:.2} |",
-        cells.join(" | "),
-        v[n - 1] / v[0],
-        v[n - 1] - floors[n - 1],
-        paired_ratio(&last_table.minimal.0, &last_table.floor)
-    );
-    let v: Vec<f64> = sized
-        .iter()
-        .map(|s| median(s.minimal_counting.clone()))
-        .collect();
-    let cells: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
-    let _ = writeln!(
-        o,
-        "| {MINIMAL_COUNTING} | {} | {:.2} | {:.0} | {:.2} |",
-        cells.join(" | "),
-        v[n - 1] / v[0],
-        v[n - 1] - floors[n - 1],
-        paired_ratio(&last_table.minimal_counting, &last_table.floor)
-    );
-    for (i, (name, _)) in sized[0].hot.iter().enumerate() {
-        let v: Vec<f64> = sized.iter().map(|s| median(s.hot[i].1.clone())).collect();
+    // A hot row: each table's median, last ÷ first, last − floor, last ÷ floor (paired).
+    let mut hot_row = |name: &str, per_round: &dyn Fn(&Sized) -> &Vec<f64>| {
+        let v: Vec<f64> = sized.iter().map(|s| median(per_round(s).clone())).collect();
         let cells: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
-        let last = v[v.len() - 1];
         let _ = writeln!(
             o,
             "| {name} | {} | {:.2} | {:.0} | {:.2} |",
             cells.join(" | "),
-            last / v[0],
-            last - floors[n - 1],
-            paired_ratio(&last_table.hot[i].1, &last_table.floor)
+            v[n - 1] / v[0],
+            v[n - 1] - floors[n - 1],
+            paired_ratio(per_round(last_table), &last_table.floor)
         );
+    };
+    hot_row(MINIMAL, &|s| &s.minimal.0);
+    hot_row(MINIMAL_COUNTING, &|s| &s.minimal_counting);
+    for (i, (name, _)) in sized[0].hot.iter().enumerate() {
+        hot_row(name, &|s| &s.hot[i].1);
     }
     let _ = writeln!(
         o,
