@@ -342,9 +342,49 @@ impl fmt::Display for Prefix {
     }
 }
 
+/// The text of an IPv4 prefix as [`Display`](fmt::Display) writes it, put together without
+/// `fmt`: the journal and the list files write one per entry, and std's address formatting
+/// (padding support per octet) was most of their time. The longest is 18 bytes.
+pub struct V4Text {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl V4Text {
+    pub fn new(addr: u32, len: u8) -> Self {
+        let mut t = Self {
+            buf: [0; 18],
+            len: 0,
+        };
+        let mut num = itoa::Buffer::new();
+        for (i, o) in addr.to_be_bytes().into_iter().enumerate() {
+            if i > 0 {
+                t.push(b".");
+            }
+            t.push(num.format(o).as_bytes());
+        }
+        t.push(b"/");
+        t.push(num.format(len).as_bytes());
+        t
+    }
+
+    fn push(&mut self, s: &[u8]) {
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s);
+        self.len += s.len();
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Digits, dots and a slash only.
+        std::str::from_utf8(&self.buf[..self.len]).expect("ASCII")
+    }
+}
+
 impl Serialize for Prefix {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match *self {
+            Self::V4 { addr, len } => s.serialize_str(V4Text::new(addr, len).as_str()),
+            Self::V6 { .. } => s.collect_str(self),
+        }
     }
 }
 

@@ -1645,7 +1645,7 @@ pub fn stage_list(dir: &Path, name: &str, l: &List) -> Result<StagedList, StoreE
         let mut num = itoa::Buffer::new();
         for (p, (action, reason, created, expires)) in l.entries.parts() {
             line.clear();
-            push_prefix(&mut line, &p, &mut num);
+            push_prefix(&mut line, &p);
             line.push(b'\t');
             line.extend_from_slice(action::NAMES[action as usize].as_bytes());
             line.push(b'\t');
@@ -1682,17 +1682,14 @@ pub fn commit_list(mut staged: StagedList) -> Result<(), StoreError> {
 }
 
 /// Appends `p` in its text form, as `Display` writes it.
-fn push_prefix(out: &mut Vec<u8>, p: &Prefix, num: &mut itoa::Buffer) {
+fn push_prefix(out: &mut Vec<u8>, p: &Prefix) {
     match *p {
         Prefix::V4 { addr, len } => {
-            for (i, o) in addr.to_be_bytes().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(num.format(o).as_bytes());
-            }
-            out.push(b'/');
-            out.extend_from_slice(num.format(len).as_bytes());
+            out.extend_from_slice(
+                crate::policy::prefix::V4Text::new(addr, len)
+                    .as_str()
+                    .as_bytes(),
+            );
         }
         Prefix::V6 { .. } => {
             use std::io::Write as _;

@@ -230,3 +230,20 @@ fn constructors_mask_and_check_length() {
     assert!(!p("2001:db8::/64").is_v4());
     assert_eq!(p("2001:db8::/64").prefix_len(), 64);
 }
+
+#[test]
+fn ipv4_text_is_what_display_writes_and_reads_back() {
+    let mut x: u32 = 0x9E37_79B9;
+    let mut cases = vec![(0, 0), (u32::MAX, 32), (0x0A00_0000, 8), (0xC000_0201, 32)];
+    for _ in 0..1000 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        cases.push((x, (x % 33) as u8));
+    }
+    for (addr, len) in cases {
+        let p = Prefix::V4 { addr, len };
+        let text = V4Text::new(addr, len);
+        assert_eq!(text.as_str(), p.to_string());
+        let json = serde_json::to_string(&p).expect("serializes");
+        assert_eq!(json, format!("\"{p}\""));
+    }
+}
