@@ -307,6 +307,8 @@ pub struct Proxy {
     pub reject_reply: String,
     /// Seconds to reach a backend before the client gets `421 4.4.2`.
     pub connect_timeout: std::time::Duration,
+    /// Seconds a backend gets, after the PROXY header, to send its greeting.
+    pub backend_greeting_timeout: std::time::Duration,
     /// Seconds without a byte either way before a relayed session is closed.
     pub idle_timeout: std::time::Duration,
     /// Seconds sessions get to finish when the daemon stops.
@@ -717,6 +719,7 @@ struct RawProxy {
     tempfail_reply: String,
     reject_reply: String,
     connect_timeout: i64,
+    backend_greeting_timeout: i64,
     idle_timeout: i64,
     shutdown_timeout: i64,
     max_connections: i64,
@@ -794,6 +797,9 @@ impl Default for RawProxy {
             // A local content filter answers within milliseconds; a client waiting longer
             // than this for a 421 may give up on its own and count a failure.
             connect_timeout: 5,
+            // Postfix greets at once, after its lookup of the client's name: seconds when
+            // DNS is slow. A client waits 5 minutes for a greeting (RFC 5321 4.5.3.2.1).
+            backend_greeting_timeout: 30,
             // RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for a command.
             idle_timeout: 300,
             // Long enough for a message in flight, short of systemd's stop timeout.
@@ -1341,6 +1347,12 @@ impl Validator<'_> {
             tempfail_reply,
             reject_reply,
             connect_timeout: secs(self, "proxy.connect_timeout", r.connect_timeout, 300),
+            backend_greeting_timeout: secs(
+                self,
+                "proxy.backend_greeting_timeout",
+                r.backend_greeting_timeout,
+                300,
+            ),
             idle_timeout: secs(self, "proxy.idle_timeout", r.idle_timeout, 86_400),
             shutdown_timeout: secs(self, "proxy.shutdown_timeout", r.shutdown_timeout, 3600),
             max_connections: self.int("proxy.max_connections", r.max_connections, 1, 1_000_000),

@@ -19,14 +19,18 @@ impl Dnsbl {
     pub async fn probe(&self, z: usize) {
         let zone = self.zones[z].name.clone();
         let point = |ip: IpAddr| super::site::query_name(ip, &zone);
-        let (mut a2, _) = self.query(z, &point(IpAddr::from([127, 0, 0, 2]))).await;
-        let (mut a1, _) = self.query(z, &point(IpAddr::from([127, 0, 0, 1]))).await;
+        let (mut a2, _) = self
+            .query(z, &point(IpAddr::from([127, 0, 0, 2])), true)
+            .await;
+        let (mut a1, _) = self
+            .query(z, &point(IpAddr::from([127, 0, 0, 1])), true)
+            .await;
         if a2 == Answer::NotListed && a1 == Answer::NotListed {
             // An IPv6 zone: its test points are ::ffff:127.0.0.2 and ::ffff:127.0.0.1
             // (RFC 5782 5), nibble-reversed.
             let v6 = |o: u8| IpAddr::V6(std::net::Ipv4Addr::new(127, 0, 0, o).to_ipv6_mapped());
-            a2 = self.query(z, &point(v6(2))).await.0;
-            a1 = self.query(z, &point(v6(1))).await.0;
+            a2 = self.query(z, &point(v6(2)), true).await.0;
+            a1 = self.query(z, &point(v6(1)), true).await.0;
         }
         let bad = match (&a2, &a1) {
             (Answer::Error(ErrorKind::Refused), _) | (_, Answer::Error(ErrorKind::Refused)) => {

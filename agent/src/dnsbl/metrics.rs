@@ -37,7 +37,7 @@ impl Metrics {
             ),
             listings: cv(
                 "prefilter_dnsbl_listings_total",
-                "Answers that listed the address, by zone.",
+                "Answers that listed a client, by zone (health probes of the test points not counted).",
                 &["zone"],
             ),
             errors: cv(

@@ -322,7 +322,7 @@ impl Dnsbl {
         let got = cell
             .get_or_init(|| async {
                 let name = site::query_name(ip, &self.zones[z].name);
-                let (answer, ttl) = self.query(z, &name).await;
+                let (answer, ttl) = self.query(z, &name, false).await;
                 let exp = Instant::now() + ttl.unwrap_or_default();
                 if ttl.is_some() {
                     self.insert(key, answer.clone(), exp);
@@ -355,7 +355,9 @@ impl Dnsbl {
 
     /// One DNS query, bounded by the semaphore, counted per zone. The TTL to cache the
     /// answer for (clamped), or None for an error that is not cached (timeouts, SERVFAIL).
-    async fn query(&self, z: usize, name: &str) -> (Answer, Option<Duration>) {
+    /// One lookup of `name` in zone `z`; a `probe` (a test point) is not counted as a
+    /// listing, or the listings panel would never show zero.
+    async fn query(&self, z: usize, name: &str, probe: bool) -> (Answer, Option<Duration>) {
         let zone = &self.zones[z].name;
         let Ok(_permit) = self.sem.acquire().await else {
             return (Answer::Error(ErrorKind::Other), None);
@@ -406,7 +408,8 @@ impl Dnsbl {
         };
         self.metrics.queries.with_label_values(&[zone]).inc();
         match &answer {
-            Answer::Listed(_) => self.metrics.listings.with_label_values(&[zone]).inc(),
+            Answer::Listed(_) if !probe => self.metrics.listings.with_label_values(&[zone]).inc(),
+            Answer::Listed(_) => {}
             Answer::Error(k) => {
                 self.metrics
                     .errors

@@ -379,11 +379,16 @@ impl Backends {
         }
     }
 
-    /// The first backend that accepts before `deadline`: those up (in configured order, or
-    /// in turn for round robin), then those marked down, soonest retry first (a backend
-    /// back from a restart is found before its backoff ends, when every other one is down
-    /// too).
-    async fn connect(&self, deadline: Instant) -> Result<(TcpStream, &Backend), String> {
+    /// The first backend but those in `skip` that accepts before `deadline`: those up (in
+    /// configured order, or in turn for round robin), then those marked down, soonest retry
+    /// first (a backend back from a restart is found before its backoff ends, when every
+    /// other one is down too). Its index comes with it; the caller says whether it
+    /// [`succeeded`](BackendState::succeeded) once it greeted.
+    async fn connect(
+        &self,
+        deadline: Instant,
+        skip: &[usize],
+    ) -> Result<(TcpStream, usize), String> {
         let now = Instant::now();
         let n = self.list.len();
         let first = match self.balance {
@@ -402,6 +407,9 @@ impl Backends {
         order.sort();
         let mut errors = Vec::new();
         for (_, _, _, i) in order {
+            if skip.contains(&i) {
+                continue;
+            }
             let b = &self.list[i];
             let started = Instant::now();
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -411,9 +419,8 @@ impl Backends {
             match tokio::time::timeout(left, b.connect()).await {
                 Ok(Ok(s)) => {
                     BACKEND_CONNECT.observe(started.elapsed().as_secs_f64());
-                    b.succeeded();
                     let _ = s.set_nodelay(true);
-                    return Ok((s, &b.cfg));
+                    return Ok((s, i));
                 }
                 Ok(Err(e)) => {
                     b.failed(&e.to_string());
@@ -683,9 +690,15 @@ fn admit(
     let peer = header::canonical(peer);
     let local = header::canonical(local);
     let permit = sh.slots.clone().try_acquire_owned().ok();
-    let slot = permit
-        .as_ref()
-        .and_then(|_| ClientSlot::take(&sh.per_client, peer.ip(), sh.cfg.max_per_client));
+    // An allowlisted client (a relay, a partner's outbound pool) is exempt from the
+    // per-client limit, as from every other check; max_connections still bounds it.
+    let slot = permit.as_ref().and_then(|_| {
+        if sh.verdicts.verdict(peer.ip()).decision == Decision::Allow {
+            Some(None)
+        } else {
+            ClientSlot::take(&sh.per_client, peer.ip(), sh.cfg.max_per_client).map(Some)
+        }
+    });
     match (permit, slot) {
         (Some(permit), Some(slot)) => {
             let sh = sh.clone();
@@ -1088,7 +1101,9 @@ async fn dialogue(
     rec.end(format!("refused: {end}"));
 }
 
-/// Connects a backend, sends the PROXY header, and relays.
+/// Connects a backend, sends the PROXY header, waits for its greeting, and relays. A
+/// backend that does not take the header, closes or stays silent instead of greeting is
+/// marked down and the next one is tried; with none left the client gets `421 4.4.2`.
 async fn relay_session(
     sh: &Shared,
     client: &mut TcpStream,
@@ -1101,46 +1116,74 @@ async fn relay_session(
     } else {
         &sh.backends
     };
-    let deadline = Instant::now() + sh.cfg.connect_timeout;
-    let unavailable = || {
-        sh.reply(
-            "421 4.4.2 {hostname} Service temporarily unavailable, try again later",
-            peer.ip(),
-            None,
-        )
-    };
-    let (mut b, name) = match backends.connect(deadline).await {
-        Ok(x) => x,
-        Err(e) => {
-            // A TLS client cannot read a plain-text 421: it is closed and retries.
-            if !tls {
-                refuse(client, &unavailable(), rec).await;
-            }
-            rec.end(format!("no backend: {e}"));
-            return;
-        }
-    };
-    rec.with(|i| i.backend = Some(name.to_string()));
     let tlv = rec.with(|i| header::summary(decision.name(), i.list.as_deref(), i.score, &i.listed));
     let hdr = header::build(sh.cfg.proxy_protocol, peer, local, &tlv);
-    let sent = tokio::time::timeout(sh.cfg.connect_timeout, b.write_all(&hdr)).await;
-    if !matches!(sent, Ok(Ok(()))) {
-        BACKEND_ERRORS.inc();
-        if !tls {
-            refuse(client, &unavailable(), rec).await;
+    let mut tried = Vec::new();
+    let mut errors = Vec::new();
+    let mut b = loop {
+        let deadline = Instant::now() + sh.cfg.connect_timeout;
+        let (mut b, i) = match backends.connect(deadline, &tried).await {
+            Ok(x) => x,
+            Err(e) => {
+                if !e.is_empty() {
+                    errors.push(e);
+                }
+                // A TLS client cannot read a plain-text 421: it is closed and retries.
+                if !tls {
+                    let text =
+                        "421 4.4.2 {hostname} Service temporarily unavailable, try again later";
+                    refuse(client, &sh.reply(text, peer.ip(), None), rec).await;
+                }
+                rec.end(format!("no backend: {}", errors.join("; ")));
+                return;
+            }
+        };
+        tried.push(i);
+        let state = &backends.list[i];
+        let sent = tokio::time::timeout(sh.cfg.connect_timeout, b.write_all(&hdr)).await;
+        // On implicit TLS the backend waits for the client's handshake: nothing to wait for.
+        let greeted = match sent {
+            Ok(Ok(())) if tls => Ok(()),
+            Ok(Ok(())) => greeting(&b, sh.cfg.backend_greeting_timeout).await,
+            _ => Err("did not take the PROXY header".to_owned()),
+        };
+        match greeted {
+            Ok(()) => {
+                state.succeeded();
+                rec.with(|r| r.backend = Some(state.cfg.to_string()));
+                break b;
+            }
+            Err(why) => {
+                state.failed(&why);
+                errors.push(format!("{}: {why}", state.cfg));
+            }
         }
-        rec.end("backend did not take the PROXY header");
-        return;
-    }
-    let end = relay(client, &mut b, sh.cfg.idle_timeout, rec).await;
+    };
+    let end = relay(client, &mut b, (sh.cfg.idle_timeout, tls), rec).await;
     rec.end(end);
 }
 
+/// Waits until the backend has sent its first bytes (its `220` greeting), without reading
+/// them: they are relayed to the client as they are.
+async fn greeting(b: &TcpStream, within: Duration) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(within, b.peek(&mut byte)).await {
+        Ok(Ok(0)) => Err("closed before its greeting".to_owned()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{e} before its greeting")),
+        Err(_) => Err(format!(
+            "no greeting within {}s (backend_greeting_timeout)",
+            within.as_secs()
+        )),
+    }
+}
+
 /// Copies the client's bytes to the backend until EOF, each read checked by the guard
-/// first (a possible PROXY header start is read whole before it is judged).
+/// first (a possible PROXY header at the stream's start is read whole before it is judged).
 async fn pipe_up<W>(
     r: &ReadHalf<'_>,
     w: &mut W,
+    tls: bool,
     rec: &Record,
     last: &AtomicU64,
     base: Instant,
@@ -1148,7 +1191,8 @@ async fn pipe_up<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let mut guard = smtp::Guard::default();
+    let mut guard = smtp::Guard::new(tls);
+    let mut started = false;
     let mut buf = Vec::new();
     loop {
         let have = buf.len();
@@ -1164,9 +1208,12 @@ where
         }
         last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
         rec.up.fetch_add(n as u64, Ordering::Relaxed);
-        if smtp::maybe_proxy_header(&buf) {
+        // Only the stream's start can be a header: held back later, a lone CRLF (a client
+        // that writes the line end apart) would wait for the next command.
+        if !started && smtp::maybe_proxy_header(&buf) {
             continue;
         }
+        started = true;
         guard.feed(&buf).map_err(bad)?;
         w.write_all(&buf).await?;
         // Freed while the client is quiet.
@@ -1233,7 +1280,7 @@ where
 async fn relay(
     client: &mut TcpStream,
     backend: &mut TcpStream,
-    idle: Duration,
+    (idle, tls): (Duration, bool),
     rec: &Record,
 ) -> String {
     let base = Instant::now();
@@ -1242,7 +1289,7 @@ async fn relay(
     let (br, mut bw) = backend.split();
     let both = async {
         tokio::try_join!(
-            pipe_up(&cr, &mut bw, rec, &last, base),
+            pipe_up(&cr, &mut bw, tls, rec, &last, base),
             pipe_down(&br, &mut cw, rec, &last, base)
         )
     };

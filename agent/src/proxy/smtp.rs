@@ -119,16 +119,25 @@ enum Phase {
     Command,
     /// Message content after DATA, until the lone dot.
     Data,
-    /// Not inspected any more: TLS (STARTTLS, implicit TLS) or BDAT chunks are opaque.
+    /// The bytes of a BDAT chunk still to come (RFC 3030: sent whatever the reply).
+    Chunk(u64),
+    /// After STARTTLS: TLS if the client's next byte starts a TLS record (the backend said
+    /// 220), commands again otherwise (it refused, and the client goes on in plain text).
+    Starttls,
+    /// Not inspected any more: TLS is opaque.
     Off,
 }
+
+/// A TLS record of type handshake starts with this byte; no SMTP command does.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Checks the client's bytes while they are relayed, without holding any back: command
 /// lines bounded and free of control bytes. Message content, BDAT chunks and TLS pass as
 /// they are (the backend judges content; TLS is never touched).
 pub struct Guard {
     phase: Phase,
-    /// The current command line so far (only its start, for the verb) and its length.
+    /// The current command line so far (only its start, for the verb and a BDAT size) and
+    /// its length.
     verb: Vec<u8>,
     len: usize,
     /// The last bytes of message content, to find CRLF.CRLF across reads.
@@ -136,19 +145,19 @@ pub struct Guard {
     first: bool,
 }
 
-impl Default for Guard {
-    fn default() -> Self {
+impl Guard {
+    /// A guard for a plain listener's stream, or for an implicit TLS listener's (`tls`),
+    /// which is opaque from its first byte.
+    pub fn new(tls: bool) -> Self {
         Self {
-            phase: Phase::Command,
+            phase: if tls { Phase::Off } else { Phase::Command },
             verb: Vec::new(),
             len: 0,
             tail: *b"\0\0\r\n",
             first: true,
         }
     }
-}
 
-impl Guard {
     /// Looks at the next bytes from the client; `Err` ends the session before they go on.
     /// The caller has already held back a possible PROXY header start (see
     /// [`maybe_proxy_header`]).
@@ -158,15 +167,26 @@ impl Guard {
             if is_proxy_header(b) {
                 return Err(Bad::ProxyHeader);
             }
-            // A TLS ClientHello (implicit TLS, port 465) starts with handshake type 22.
-            if b[0] == 0x16 {
-                self.phase = Phase::Off;
-            }
         }
         let mut i = 0;
         while i < b.len() {
             match self.phase {
                 Phase::Off => return Ok(()),
+                Phase::Starttls => {
+                    self.phase = if b[i] == TLS_HANDSHAKE {
+                        Phase::Off
+                    } else {
+                        Phase::Command
+                    };
+                }
+                Phase::Chunk(left) => {
+                    let take = left.min((b.len() - i) as u64);
+                    i += take as usize;
+                    self.phase = match left - take {
+                        0 => Phase::Command,
+                        n => Phase::Chunk(n),
+                    };
+                }
                 Phase::Data => {
                     let c = b[i];
                     i += 1;
@@ -179,17 +199,11 @@ impl Guard {
                     let c = b[i];
                     i += 1;
                     if c == b'\n' {
-                        let verb = std::mem::take(&mut self.verb);
+                        let line = std::mem::take(&mut self.verb);
                         self.len = 0;
-                        let verb = verb.trim_ascii().to_ascii_uppercase();
-                        let word = verb.split(|&c| c == b' ').next().unwrap_or_default();
-                        match word {
-                            b"DATA" => {
-                                self.phase = Phase::Data;
-                                self.tail = *b"\0\0\r\n";
-                            }
-                            b"BDAT" | b"STARTTLS" => self.phase = Phase::Off,
-                            _ => {}
+                        self.phase = after(&line);
+                        if self.phase == Phase::Data {
+                            self.tail = *b"\0\0\r\n";
                         }
                         continue;
                     }
@@ -200,13 +214,36 @@ impl Guard {
                     if self.len >= MAX_LINE {
                         return Err(Bad::LongLine);
                     }
-                    if self.verb.len() < 16 {
+                    if self.verb.len() < 40 {
                         self.verb.push(c);
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The phase after the command line `line` (its first 40 bytes).
+fn after(line: &[u8]) -> Phase {
+    let line = line.trim_ascii().to_ascii_uppercase();
+    let mut words = line.split(|&c| c == b' ').filter(|w| !w.is_empty());
+    match words.next().unwrap_or_default() {
+        b"DATA" => Phase::Data,
+        b"STARTTLS" => Phase::Starttls,
+        // A size the line does not give (or too long to read) leaves the next bytes to be
+        // judged as commands: the backend refuses such a BDAT too.
+        b"BDAT" => std::str::from_utf8(words.next().unwrap_or_default())
+            .ok()
+            .and_then(|n| n.parse::<u64>().ok())
+            .map_or(Phase::Command, |n| {
+                if n == 0 {
+                    Phase::Command
+                } else {
+                    Phase::Chunk(n)
+                }
+            }),
+        _ => Phase::Command,
     }
 }
 

@@ -75,6 +75,7 @@ fn config(backend: SocketAddr) -> Config {
         tempfail_reply: "421 4.7.0 {hostname} later ({list})".into(),
         reject_reply: "554 5.7.1 {hostname} [{client}] listed ({list})".into(),
         connect_timeout: Duration::from_secs(2),
+        backend_greeting_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(30),
         shutdown_timeout: Duration::from_secs(2),
         max_connections: 10,
@@ -559,44 +560,75 @@ async fn round_robin_takes_turns() {
 #[test]
 fn guard_cases() {
     struct Case {
+        /// An implicit TLS listener's stream.
+        tls: bool,
         input: &'static [&'static [u8]],
         expected: Result<(), smtp::Bad>,
     }
+    let plain = |input, expected| Case {
+        tls: false,
+        input,
+        expected,
+    };
     let cases = [
-        Case {
-            input: &[b"EHLO a\r\nMAIL FROM:<a@b>\r\n"],
-            expected: Ok(()),
-        },
+        plain(&[b"EHLO a\r\nMAIL FROM:<a@b>\r\n"], Ok(())),
         // Message content is not judged, commands after the dot are again.
+        plain(
+            &[b"DATA\r\n", b"\x01\x02 binary body\r\n.\r\n", b"QUIT\r\n"],
+            Ok(()),
+        ),
+        plain(
+            &[b"DATA\r\n", b"body\r\n.\r\n", b"NOOP \x01\r\n"],
+            Err(smtp::Bad::Binary),
+        ),
+        // STARTTLS answered 220: the client's handshake follows, opaque from then on.
+        plain(&[b"STARTTLS\r\n", b"\x16\x03\x01\0\0"], Ok(())),
+        // STARTTLS refused: the client goes on in plain text, judged as before.
+        plain(
+            &[b"STARTTLS\r\n", b"NOOP\r\n", b"\0", &[b'x'; 5000]],
+            Err(smtp::Bad::Binary),
+        ),
+        plain(
+            &[b"STARTTLS\r\n", b"NOOP\r\n", &[b'x'; 5000]],
+            Err(smtp::Bad::LongLine),
+        ),
+        // A BDAT chunk is skipped by its size, binary or not, split across reads or not;
+        // the next command is judged again.
+        plain(
+            &[
+                b"BDAT 6\r\n\x01\x02",
+                b"\r\n\x03\0",
+                b"BDAT 2 LAST\r\n\0\0QUIT\r\n",
+            ],
+            Ok(()),
+        ),
+        plain(
+            &[b"BDAT 3 LAST\r\nabcNOOP \x01\r\n"],
+            Err(smtp::Bad::Binary),
+        ),
+        // A BDAT without a usable size leaves what follows to be judged as commands.
+        plain(&[b"BDAT lots\r\n\x01"], Err(smtp::Bad::Binary)),
+        // A TLS ClientHello on a plain listener is not SMTP.
+        plain(&[b"\x16\x03\x01\x02\0\x01\0"], Err(smtp::Bad::Binary)),
+        // Implicit TLS: opaque from the first byte.
         Case {
-            input: &[b"DATA\r\n", b"\x01\x02 binary body\r\n.\r\n", b"QUIT\r\n"],
+            tls: true,
+            input: &[b"\x16\x03\x01\x02\0\x01\0", &[0u8; 3000]],
             expected: Ok(()),
         },
         Case {
-            input: &[b"DATA\r\n", b"body\r\n.\r\n", b"NOOP \x01\r\n"],
-            expected: Err(smtp::Bad::Binary),
-        },
-        // STARTTLS: from then on, opaque.
-        Case {
-            input: &[b"STARTTLS\r\n", b"\x16\x03\x01\0\0"],
-            expected: Ok(()),
-        },
-        // Implicit TLS: a ClientHello first.
-        Case {
-            input: &[b"\x16\x03\x01\x02\0\x01\0"],
-            expected: Ok(()),
-        },
-        Case {
-            input: &[b"NOOP", &[b'x'; 600], &[b'x'; 600]],
-            expected: Err(smtp::Bad::LongLine),
-        },
-        Case {
+            tls: true,
             input: &[b"PROXY TCP4 1 2 3 4\r\n"],
             expected: Err(smtp::Bad::ProxyHeader),
         },
+        plain(
+            &[b"NOOP", &[b'x'; 600], &[b'x'; 600]],
+            Err(smtp::Bad::LongLine),
+        ),
+        plain(&[b"PROXY TCP4 1 2 3 4\r\n"], Err(smtp::Bad::ProxyHeader)),
     ];
     for c in cases {
-        let mut g = smtp::Guard::default();
+        let mut g = smtp::Guard::new(c.tls);
         let got = c.input.iter().try_for_each(|b| g.feed(b));
         assert_eq!(got, c.expected, "{:?}", c.input);
     }
