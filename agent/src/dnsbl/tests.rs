@@ -1,9 +1,16 @@
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use hickory_resolver::proto::{
+    op::{Message, ResponseCode},
+    rr::{RData, Record, rdata::A},
 };
 
 use super::site::{self, Site, SiteError};
+use super::{Dnsbl, HEALTHY};
 
 fn sites(text: &str) -> Vec<Site> {
     site::parse_sites(text)
@@ -277,4 +284,77 @@ fn query_names_reverse_octets_and_nibbles() {
         site::query_name(v6, "ugly.example.com"),
         "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ugly.example.com."
     );
+}
+
+/// A DNSBL server on loopback that lists only 127.0.0.2 (as RFC 5782 5 wants every zone
+/// to): `A 127.0.0.2` for `2.0.0.127.<zone>`, NXDOMAIN for every other name.
+async fn dnsbl_server() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::error_msg(q.id(), q.op_code(), ResponseCode::NoError);
+            r.set_recursion_desired(q.recursion_desired());
+            r.set_recursion_available(true);
+            for query in q.queries() {
+                r.add_query(query.clone());
+                let name = query.name().to_ascii();
+                if name.starts_with("2.0.0.127.") {
+                    let a = A(Ipv4Addr::new(127, 0, 0, 2));
+                    r.add_answer(Record::from_rdata(query.name().clone(), 60, RData::A(a)));
+                } else {
+                    r.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn health_probes_are_not_counted_as_listings() {
+    let ns = dnsbl_server().await;
+    let d = Dnsbl::new(crate::config::Dnsbl {
+        sites: sites("bl.test"),
+        threshold: 1,
+        allowlist_threshold: 0,
+        action: crate::policy::Action::Reject,
+        repeat_action: None,
+        nameservers: vec![ns],
+        timeout: Duration::from_secs(1),
+        attempts: 1,
+        min_ttl: Duration::from_secs(1),
+        max_ttl: Duration::from_secs(60),
+        concurrency: 4,
+        cache_size: 100,
+        probe_interval: Duration::from_secs(300),
+        ports: vec![25],
+        inline: false,
+    });
+    let count = |c: &prometheus::IntCounterVec| c.with_label_values(&["bl.test"]).get();
+    tokio::time::timeout(Duration::from_secs(10), d.probe_all())
+        .await
+        .expect("the probe hung");
+    // The probe got its listed 127.0.0.2 (the zone is healthy) through counted queries...
+    assert_eq!(
+        d.zones[0].state.load(std::sync::atomic::Ordering::Relaxed),
+        HEALTHY
+    );
+    assert_eq!(count(&d.metrics.queries), 2);
+    // ... and that test point is no client's listing.
+    assert_eq!(count(&d.metrics.listings), 0);
+    // A client's listing still counts.
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        d.score(IpAddr::from([127, 0, 0, 2])),
+    )
+    .await
+    .expect("the lookup hung");
+    assert_eq!(s.score, 1);
+    assert_eq!(count(&d.metrics.listings), 1);
 }

@@ -199,14 +199,30 @@ enum Record {
     Clear {
         list: String,
     },
+    /// Opens one change of `records` records (those that follow): a change is replayed
+    /// whole or, cut short at the end of the journal (never acknowledged), not at all.
+    /// Written before every change of more than one record.
+    Begin {
+        records: u64,
+    },
 }
 
 impl Record {
     fn list(&self) -> &str {
         match self {
             Record::Set { list, .. } | Record::Del { list, .. } | Record::Clear { list } => list,
+            Record::Begin { .. } => "",
         }
     }
+}
+
+/// A change read from the journal, held until its last record.
+struct Group {
+    /// Where its `begin` record starts in the file.
+    at: u64,
+    /// Records still to come.
+    left: u64,
+    records: Vec<Record>,
 }
 
 #[derive(Clone, Copy, Serialize, Deserialize)]
@@ -321,12 +337,40 @@ impl Store {
             }
         }
         let jpath = dir.join(journal::NAME);
-        let scan = journal::scan(&jpath, |r| {
+        // The change being read: its records wait until the last of them is read.
+        let mut open: Option<Group> = None;
+        let replay = |store: &mut Store, r: Record| {
             store.dirty.insert(r.list().to_owned());
             store.replay(r);
             store.journal_records += 1;
+        };
+        let scan = journal::scan(&jpath, |r, at| {
+            if let Record::Begin { records } = r {
+                // A change still open here lost records to damage in the middle of the
+                // file: the changes after it were acknowledged on top of what is left.
+                if let Some(g) = open.take() {
+                    g.records.into_iter().for_each(|r| replay(&mut store, r));
+                }
+                open = Some(Group {
+                    at,
+                    left: records,
+                    records: Vec::new(),
+                });
+                return;
+            }
+            match &mut open {
+                Some(g) => {
+                    g.records.push(r);
+                    g.left = g.left.saturating_sub(1);
+                    if g.left == 0 {
+                        let g = open.take().expect("open");
+                        g.records.into_iter().for_each(|r| replay(&mut store, r));
+                    }
+                }
+                None => replay(&mut store, r),
+            }
         });
-        let scan = match scan {
+        let mut scan = match scan {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(store),
             Err(e) => return Err(io_err(&jpath)(e)),
@@ -338,6 +382,20 @@ impl Store {
                 error = %why,
                 "dropped an incomplete record at the end of the journal (never acknowledged)"
             );
+        }
+        if let Some(g) = open {
+            // Cut short by a crash while it was written: never acknowledged, and none of
+            // it may apply (half of a replacement is neither list).
+            let lists: std::collections::BTreeSet<&str> =
+                g.records.iter().map(Record::list).collect();
+            tracing::warn!(
+                path = %jpath.display(),
+                records = g.records.len() as u64 + g.left,
+                lost = g.left,
+                lists = ?lists,
+                "dropped a change cut short at the end of the journal (never acknowledged)"
+            );
+            scan.good_len = g.at;
         }
         let mut compact = scan.len > 0;
         if !scan.damaged.is_empty() {
@@ -486,6 +544,8 @@ impl Store {
                     l.entries = Entries::default();
                 }
             }
+            // Handled by the reader (`Store::open`).
+            Record::Begin { .. } => {}
         }
     }
 
@@ -509,7 +569,6 @@ impl Store {
         out
     }
 
-    /// The verdict the tables must hold for `prefix` of `kind`, from every list at once.
     /// Looks up `keys` in every list [`Store::effective`] reads, in a loop of its own: with
     /// nothing else in flight the CPU waits for several of these cache misses at a time,
     /// where a loop that edits between lookups waits for each in turn.
@@ -527,6 +586,7 @@ impl Store {
         std::hint::black_box(found);
     }
 
+    /// The verdict the tables must hold for `prefix` of `kind`, from every list at once.
     pub fn effective(&self, prefix: &Prefix, kind: Kind, at: u64) -> Option<u16> {
         let entries = self
             .lists

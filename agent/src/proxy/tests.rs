@@ -307,6 +307,110 @@ async fn a_failed_backend_is_skipped_and_marked_down() {
     assert!(added >= 1, "the failure was not counted");
 }
 
+/// A backend that accepts and then hangs up at once (`close`) or holds the connection
+/// without reading or writing a byte.
+async fn mute_backend(close: bool) -> Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            if !close {
+                held.push(s);
+            }
+        }
+    });
+    Backend {
+        host: a.ip().to_string(),
+        port: a.port(),
+    }
+}
+
+/// The first 19 bytes the client gets, bounded: a greeting that never comes fails.
+async fn read_greeting(c: &mut TcpStream) -> [u8; 19] {
+    let mut greet = [0u8; 19];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut greet))
+        .await
+        .expect("no greeting")
+        .expect("closed before a greeting");
+    greet
+}
+
+/// `mute_backend(close)` first, the echo backend second: the client must be greeted by
+/// the second, which gets the client's PROXY header.
+async fn the_second_backend_greets(close: bool) {
+    let (b, mut headers) = backend().await;
+    let mut cfg = config(b);
+    cfg.backend_greeting_timeout = Duration::from_millis(300);
+    cfg.backends.insert(0, mute_backend(close).await);
+    let (p, _stop) = proxy(cfg, table(vec![])).await;
+    let mut c = TcpStream::connect(p).await.unwrap();
+    let me = c.local_addr().unwrap();
+    assert_eq!(&read_greeting(&mut c).await, b"220 backend ESMTP\r\n");
+    let h = tokio::time::timeout(Duration::from_secs(5), headers.recv())
+        .await
+        .expect("no PROXY header at the second backend")
+        .unwrap();
+    assert_eq!(h, header::build(ProxyProtocol::V2, me, p, b"decision=pass"));
+}
+
+#[tokio::test]
+async fn a_silent_backend_is_skipped_for_the_next() {
+    the_second_backend_greets(false).await;
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_at_once_is_skipped_for_the_next() {
+    the_second_backend_greets(true).await;
+}
+
+#[tokio::test]
+async fn only_silent_backends_give_421_4_4_2_and_close() {
+    let mut cfg = config("127.0.0.1:1".parse().unwrap());
+    cfg.backend_greeting_timeout = Duration::from_millis(300);
+    cfg.backends = vec![mute_backend(false).await, mute_backend(false).await];
+    let (p, _stop) = proxy(cfg, table(vec![])).await;
+    let mut c = TcpStream::connect(p).await.unwrap();
+    // Bounded well below idle_timeout (30 s): a relay to a silent backend never ends here.
+    let got = read_all(&mut c).await;
+    assert!(got.starts_with("421 4.4.2 "), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_lone_crlf_mid_session_is_relayed_at_once() {
+    let (b, _headers) = backend().await;
+    let (p, _stop) = proxy(config(b), table(vec![])).await;
+    let mut c = TcpStream::connect(p).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    read_greeting(&mut c).await;
+    // The line end in a segment of its own: "\r\n" alone is also how a PROXY v2
+    // signature starts, which only matters at the stream's start.
+    c.write_all(b"EHLO split.test").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.write_all(b"\r\n").await.unwrap();
+    let mut echo = [0u8; 21];
+    tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut echo))
+        .await
+        .expect("the line end was held back")
+        .unwrap();
+    assert_eq!(&echo, b"250 EHLO split.test\r\n");
+}
+
+#[tokio::test]
+async fn an_allowlisted_client_is_exempt_from_max_per_client() {
+    let (b, _headers) = backend().await;
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let cfg = config(b);
+    assert_eq!(cfg.max_per_client, 1);
+    let (p, _stop) = proxy(cfg, table(vec![(lo, Decision::Allow)])).await;
+    let mut first = TcpStream::connect(p).await.unwrap();
+    assert_eq!(&read_greeting(&mut first).await, b"220 backend ESMTP\r\n");
+    // The first session still open: a second one over the limit is served too.
+    let mut second = TcpStream::connect(p).await.unwrap();
+    assert_eq!(&read_greeting(&mut second).await, b"220 backend ESMTP\r\n");
+    drop(first);
+}
+
 /// Sends each line and reads one reply line for it; returns the replies.
 async fn converse(c: &mut TcpStream, lines: &[&str]) -> Vec<String> {
     let (r, mut w) = c.split();

@@ -77,8 +77,9 @@ pub(super) struct Scan {
     pub len: u64,
 }
 
-/// Reads the journal at `path`, handing each good record to `each` in order.
-pub(super) fn scan(path: &Path, mut each: impl FnMut(Record)) -> io::Result<Scan> {
+/// Reads the journal at `path`, handing each good record to `each` in order, with the
+/// offset of its line.
+pub(super) fn scan(path: &Path, mut each: impl FnMut(Record, u64)) -> io::Result<Scan> {
     let mut r = BufReader::with_capacity(1 << 16, File::open(path)?);
     let mut s = Scan::default();
     let mut bad = Vec::new();
@@ -91,6 +92,7 @@ pub(super) fn scan(path: &Path, mut each: impl FnMut(Record)) -> io::Result<Scan
             break;
         }
         line_no += 1;
+        let at = s.len;
         s.len += n as u64;
         // Every record is written with its newline in one go: without it, the write was torn.
         let Some(line) = buf.strip_suffix(b"\n") else {
@@ -101,7 +103,7 @@ pub(super) fn scan(path: &Path, mut each: impl FnMut(Record)) -> io::Result<Scan
             Ok(rec) => {
                 s.damaged.append(&mut bad);
                 s.good_len = s.len;
-                each(rec);
+                each(rec, at);
             }
             Err(why) => match salvage(line) {
                 Some(rec) => {
@@ -109,7 +111,7 @@ pub(super) fn scan(path: &Path, mut each: impl FnMut(Record)) -> io::Result<Scan
                     s.damaged
                         .push((line_no, format!("{why}; the record after it recovered")));
                     s.good_len = s.len;
-                    each(rec);
+                    each(rec, at);
                 }
                 None => bad.push((line_no, why)),
             },
@@ -155,11 +157,20 @@ impl Journal {
             return Ok(0);
         }
         let f = self.ready(dir)?;
-        let res = f.write_all(&buf).and_then(|()| f.sync_data());
+        // A change of several records opens with their count: cut short by a crash, it is
+        // dropped whole at the next start (see `Store::open`).
+        let mut begin = Vec::new();
+        if n > 1 {
+            frame(&Record::Begin { records: n as u64 }, &mut begin);
+        }
+        let res = f
+            .write_all(&begin)
+            .and_then(|()| f.write_all(&buf))
+            .and_then(|()| f.sync_data());
         let len = self.len.expect("set by ready");
         match res {
             Ok(()) => {
-                self.len = Some(len + buf.len() as u64);
+                self.len = Some(len + (begin.len() + buf.len()) as u64);
                 Ok(n)
             }
             Err(e) => {

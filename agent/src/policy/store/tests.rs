@@ -1093,3 +1093,49 @@ fn a_streamed_patch_hands_over_chunks_and_a_refused_one_nothing() {
     drop(s);
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_change_cut_short_at_the_end_of_the_journal_is_dropped_whole() {
+    let d = TempDir::new("cut-change");
+    let jpath = d.0.join("journal");
+    let mut s = Store::open(&d.0).unwrap();
+    add(&mut s, "192.0.2.1", None).unwrap();
+    let before = fs::metadata(&jpath).unwrap().len() as usize;
+    // One change of three entries: one append, opened by its `begin` record.
+    let adds: Vec<(Prefix, Entry)> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        .iter()
+        .map(|a| (p(a), entry(action::DROP)))
+        .collect();
+    let keys: Vec<Prefix> = adds.iter().map(|(k, _)| *k).collect();
+    s.set("cli", Kind::Block, Origin::Cli, adds).unwrap();
+    s.commit_set("cli", &keys).unwrap();
+    drop(s);
+    let whole = fs::read(&jpath).unwrap();
+    let lines: Vec<usize> = (before..whole.len())
+        .filter(|&i| whole[i] == b'\n')
+        .collect();
+    assert_eq!(lines.len(), 4, "a begin record and three entries");
+    // A crash after the begin and two whole records (the third never written), and one
+    // inside the third: neither leaves any of the change.
+    for cut in [lines[2] + 1, lines[3] - 5] {
+        // The journal alone, as the crash left it (a start folds it into the list file).
+        let _ = fs::remove_file(d.0.join("lists/cli.list"));
+        fs::write(&jpath, &whole[..cut]).unwrap();
+        let mut s = Store::open(&d.0).unwrap();
+        assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1"]), "cut at {cut}");
+        // What comes after is acknowledged on top of the state without it, and stays.
+        add(&mut s, "192.0.2.9", None).unwrap();
+        drop(s);
+        let s = Store::open(&d.0).unwrap();
+        assert_eq!(cli_prefixes(&s), sorted(&["192.0.2.1", "192.0.2.9"]));
+        drop(s);
+    }
+    // The whole change replays.
+    let _ = fs::remove_file(d.0.join("lists/cli.list"));
+    fs::write(&jpath, &whole).unwrap();
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(
+        cli_prefixes(&s),
+        sorted(&["192.0.2.1", "198.51.100.1", "198.51.100.2", "198.51.100.3"])
+    );
+}
