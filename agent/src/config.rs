@@ -916,6 +916,9 @@ struct RawBlock {
     file: Option<PathBuf>,
     #[serde(default)]
     format: Option<String>,
+    /// Takes prefixes shorter than /8 (IPv4) or /16 (IPv6), as `--force` does on the CLI.
+    #[serde(default)]
+    force: bool,
 }
 
 fn default_action() -> String {
@@ -933,6 +936,8 @@ struct RawAllow {
     file: Option<PathBuf>,
     #[serde(default)]
     format: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
 // ---- Locating keys in the text ----------------------------------------------------------
@@ -1512,14 +1517,23 @@ impl Validator<'_> {
         let mut names: HashMap<String, String> = HashMap::new();
         let blocks = block.into_iter().enumerate().map(|(i, b)| {
             let key = format!("block[{i}]");
-            (key, b.name, Some(b.action), b.prefixes, b.file, b.format)
+            (
+                key,
+                b.name,
+                Some(b.action),
+                b.prefixes,
+                b.file,
+                b.format,
+                b.force,
+            )
         });
         let allows = allow.into_iter().enumerate().map(|(i, a)| {
             let key = format!("allow[{i}]");
-            (key, a.name, None, a.prefixes, a.file, a.format)
+            (key, a.name, None, a.prefixes, a.file, a.format, a.force)
         });
         let mut out = Vec::new();
-        for (key, name, action, prefixes, file, format) in blocks.chain(allows).collect::<Vec<_>>()
+        for (key, name, action, prefixes, file, format, force) in
+            blocks.chain(allows).collect::<Vec<_>>()
         {
             let name_ok = !name.is_empty()
                 && name.len() <= 64
@@ -1530,6 +1544,14 @@ impl Validator<'_> {
                 self.err(
                     &format!("{key}.name"),
                     format!("{name:?} is not a list name (1 to 64 of a-z 0-9 _ . -)"),
+                );
+            } else if RESERVED_LISTS.contains(&name.as_str()) {
+                self.err(
+                    &format!("{key}.name"),
+                    format!(
+                        "list name {name:?} is the CLI's own ({}): choose another name",
+                        RESERVED_LISTS.join(", ")
+                    ),
                 );
             } else if let Some(first) = names.get(&name) {
                 self.err(
@@ -1563,6 +1585,7 @@ impl Validator<'_> {
                 }
             });
             let file = file.map(|f| base.join(f));
+            let inline = entries.len();
             match &file {
                 Some(f) => entries.extend(self.list_file(&format!("{key}.file"), f, format)),
                 None if format.is_some() => {
@@ -1572,6 +1595,29 @@ impl Validator<'_> {
                     );
                 }
                 None => {}
+            }
+            // As on the CLI: one slip (a /0 for a /32) would drop or pass all mail.
+            if !force {
+                let broad = entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.prefix.too_broad());
+                for (i, e) in broad.take(5) {
+                    let where_ = if i < inline {
+                        format!("{key}.prefixes[{i}]")
+                    } else {
+                        format!("{key}.file")
+                    };
+                    self.err(
+                        &where_,
+                        format!(
+                            "{} covers a large part of the address space (shorter than /8 \
+                             for IPv4, /16 for IPv6); add force = true to this list if you \
+                             mean it",
+                            e.prefix
+                        ),
+                    );
+                }
             }
             let mut seen = HashSet::new();
             entries.retain(|e| seen.insert(e.prefix));
@@ -1615,6 +1661,10 @@ impl Validator<'_> {
         parsed.entries
     }
 }
+
+/// List names the daemon keeps for the CLI (`block add`, `allow add`, `block add --ttl`):
+/// a config list of one of these names would take the CLI's entries over.
+pub const RESERVED_LISTS: [&str; 3] = ["cli", "cli-allow", "cli-ttl"];
 
 /// `host:port`, `[v6]:port`; `None` when it is neither.
 fn parse_backend(s: &str) -> Option<Backend> {

@@ -33,6 +33,19 @@ pub mod action {
     /// Number of action slots in the counter matrix.
     pub const COUNT: usize = 8;
 
+    /// How strong a refusal `a` is: where a learned (dynamic) verdict and a listed one
+    /// meet, the stronger applies, as across lists. 0 for none, pass and allow.
+    pub const fn severity(a: u8) -> u8 {
+        match a {
+            DROP => 5,
+            RESET => 4,
+            REJECT => 3,
+            TEMPFAIL => 2,
+            OBSERVE => 1,
+            _ => 0,
+        }
+    }
+
     /// Names used by the CLI, the config and metric labels, indexed by action.
     pub const NAMES: [&str; COUNT] = [
         "none", "pass", "drop", "reset", "tempfail", "reject", "observe", "allow",

@@ -1042,15 +1042,18 @@ fn decide(cfg: &Config, v6: bool, saddr: Addr, table: u16, rate_limit: bool) -> 
             // SAFETY: value pointer from the kernel; a concurrent update can at worst give
             // one packet the old or new verdict.
             let d = unsafe { *d };
-            if d.expires_ns == 0 || now < d.expires_ns {
+            if d.expires_ns != 0 && now >= d.expires_ns {
+                // Expired: removed here so verdicts age out even with no agent running.
+                let _ = PF_DYNAMIC.remove(key.get());
+            } else if action::severity(d.action) >= action::severity(verdict::action(table)) {
+                // The stronger of the learned and the listed verdict: a softer learned one
+                // (observe, a DNSBL's reject) never lifts a drop that a list holds.
                 return Outcome {
                     reason: reason::DYNAMIC,
                     action: d.action,
                     list_id: d.list_id,
                 };
             }
-            // Expired: remove it here so verdicts age out even with no agent running.
-            let _ = PF_DYNAMIC.remove(key.get());
         }
     }
     let act = verdict::action(table);

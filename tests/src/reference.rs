@@ -571,8 +571,10 @@ impl Model {
             }
             *taken += 1;
         }
+        let listed = block.map_or(0, |r| action::severity(verdict::action(r.verdict)));
         if let Some(d) = self.dynamic.get(&key)
             && (d.expires_ns == 0 || now_ns < d.expires_ns)
+            && action::severity(d.action) >= listed
         {
             return Decision::judged(reason::DYNAMIC, d.action, d.list_id, syn, "dynamic verdict");
         }
@@ -605,11 +607,14 @@ impl Model {
         }
         let refused = |a: u8| a == action::DROP || a == action::RESET;
         let key = self.key(src);
+        let block = table.longest(addr, Kind::Block);
+        let listed = block.map_or(0, |r| action::severity(verdict::action(r.verdict)));
         let (reason, act, id) = if let Some(d) = self.dynamic.get(&key)
             && (d.expires_ns == 0 || now_ns < d.expires_ns)
+            && action::severity(d.action) >= listed
         {
             (reason::DYNAMIC, d.action, d.list_id)
-        } else if let Some(r) = table.longest(addr, Kind::Block) {
+        } else if let Some(r) = block {
             (
                 reason::BLOCK,
                 verdict::action(r.verdict),

@@ -201,7 +201,20 @@ fn refusals() {
         Case {
             name: "unknown key in a list",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[allow]]\nname = \"a\"\naction = \"drop\"\n",
-            expected: &[(Some(5), "allow[0].action", "unknown field `action`, expected one of `name`, `prefixes`, `file`, `format`")],
+            expected: &[(Some(5), "allow[0].action", "unknown field `action`, expected one of `name`, `prefixes`, `file`, `format`, `force`")],
+        },
+        Case {
+            name: "a list named as the CLI's own",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"cli\"\nprefixes = [\"192.0.2.0/24\"]\n",
+            expected: &[(Some(4), "block[0].name", "list name \"cli\" is the CLI's own (cli, cli-allow, cli-ttl): choose another name")],
+        },
+        Case {
+            name: "a prefix covering a large part of the address space",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"local\"\nprefixes = [\"192.0.2.0/24\", \"0.0.0.0/0\"]\n[[allow]]\nname = \"all6\"\nprefixes = [\"::/0\"]\n",
+            expected: &[
+                (Some(5), "block[0].prefixes[1]", "0.0.0.0/0 covers a large part of the address space (shorter than /8 for IPv4, /16 for IPv6); add force = true to this list if you mean it"),
+                (Some(8), "allow[0].prefixes[0]", "::/0 covers a large part of the address space (shorter than /8 for IPv4, /16 for IPv6); add force = true to this list if you mean it"),
+            ],
         },
         Case {
             name: "wrong type",
@@ -816,4 +829,19 @@ report = ["everything"]
         (Some(24), "crowdsec.report[0]", "\"everything\" is not a learned source (dnsbl, escalation, pregreet, cli)"),
     ];
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_broad_prefix_is_taken_with_force() {
+    let c = parse(
+        "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"all\"\nforce = true\nprefixes = [\"0.0.0.0/0\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.lists[0].entries.len(), 1);
+}
+
+#[test]
+fn the_reserved_names_are_the_daemons_cli_lists() {
+    use crate::daemon::{CLI_ALLOW_LIST, CLI_LIST, CLI_TTL_LIST};
+    assert_eq!(RESERVED_LISTS, [CLI_LIST, CLI_ALLOW_LIST, CLI_TTL_LIST]);
 }

@@ -379,6 +379,12 @@ fn add(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
     };
     let list = list_name(b.list.as_deref().unwrap_or(default))?.to_owned();
     let added = prefixes.len();
+    // Said as it is: a single address with a TTL is kept in cli-ttl (the dynamic map).
+    let shown = if super::goes_dynamic(kind, &list, b.ttl_secs, &prefixes) {
+        super::CLI_TTL_LIST.to_owned()
+    } else {
+        list.clone()
+    };
     let req = super::AddRequest {
         kind,
         list: list.clone(),
@@ -392,7 +398,7 @@ fn add(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
     ok(&api::AddResult {
         added,
         table_changes,
-        list,
+        list: shown,
     })
 }
 
@@ -425,8 +431,10 @@ fn import(d: &Daemon, p: &api::ImportParams, body: &[u8]) -> Answer {
         return Err(OpError::bad("the cli list takes block add; import into a named list").into());
     }
     let act = block_action(p.action.as_deref())?;
-    let text = std::str::from_utf8(body)
-        .map_err(|e| OpError::bad(format!("the list is not UTF-8 text: {e}")))?;
+    // Lossy: a stray Latin-1 byte in a comment must not refuse the whole list; a bad byte
+    // in an address fails that line, named with its number.
+    let text = String::from_utf8_lossy(body);
+    let text = &*text;
     if p.patch {
         return patch(d, p, list, act, text);
     }

@@ -169,7 +169,7 @@ fn scrape(d: &Daemon) -> Scrape {
     }
 }
 
-fn origin_name(o: Origin) -> &'static str {
+pub(super) fn origin_name(o: Origin) -> &'static str {
     match o {
         Origin::Config => "config",
         Origin::Cli => "cli",

@@ -424,6 +424,21 @@ impl State {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or_else(store::now, |d| d.as_secs());
         let wanted: Vec<String> = self.settings.lists.iter().map(|l| l.name.clone()).collect();
+        // Checked before anything changes: a config list may not take over a list that
+        // the CLI, an import or a feed filled (its entries would be replaced now and come
+        // back at the next start).
+        for name in &wanted {
+            if let Some(l) = read(store).lists().get(name)
+                && l.origin != Origin::Config
+            {
+                return Err(OpError::conflict(format!(
+                    "config list {name:?}: a list of that name already holds {} entries \
+                     from {}; nothing changed: choose another name",
+                    l.entries.len(),
+                    metrics::origin_name(l.origin)
+                )));
+            }
+        }
         let stale: Vec<String> = read(store)
             .lists()
             .iter()
@@ -594,12 +609,8 @@ impl Daemon {
         }
         // A single address (IPv6: a /64) with a TTL in the default list goes to the kernel's
         // dynamic map, so it ages out even while the agent is down, and can be reported.
-        if kind == Kind::Block
-            && list == CLI_LIST
-            && let Some(t) = ttl
-            && prefixes.iter().all(|p| {
-                (p.is_v4() && p.prefix_len() == 32) || (!p.is_v4() && p.prefix_len() == 64)
-            })
+        if let Some(t) = ttl
+            && goes_dynamic(kind, list, ttl, &prefixes)
         {
             return self.add_dynamic(prefixes, act, t, reason, by);
         }
@@ -731,6 +742,22 @@ impl Daemon {
                 .map(|(n, _)| n.clone())
                 .collect(),
         };
+        // For the audit log: only what was there.
+        let present: Vec<Prefix> = {
+            let store = self.store();
+            prefixes
+                .iter()
+                .filter(|p| {
+                    names.iter().any(|n| {
+                        store
+                            .lists()
+                            .get(n)
+                            .is_some_and(|l| l.entries.contains_key(p))
+                    })
+                })
+                .copied()
+                .collect()
+        };
         let mut out = Vec::new();
         for name in names {
             let mut removed = 0;
@@ -759,8 +786,28 @@ impl Daemon {
             }
             out.push((name, removed));
         }
+        // A verdict learned at run time (DNSBL, pregreet, escalation, another gateway) has
+        // no list entry: `block del ADDR` is where an admin looks to lift it.
+        if kind == Kind::Block && list.is_none() && out.iter().all(|(_, n)| *n == 0) {
+            let mut lifted = 0;
+            for p in prefixes.iter().filter(|p| p.is_host_or_v6_64()) {
+                let (_, key) = self.kernel().lookup(as_seen(p.first()));
+                if self.kernel().dynamic(&key).and_then(live).is_some() {
+                    match st.filter.remove_dynamic(&key) {
+                        Ok(_) => {
+                            lifted += 1;
+                            info!(prefix = %p, by, "dynamic verdict lifted");
+                        }
+                        Err(e) => warn!(prefix = %p, error = %e, "removing a dynamic verdict"),
+                    }
+                }
+            }
+            if lifted > 0 {
+                out.push(("learned verdicts".to_owned(), lifted));
+            }
+        }
         self.publish(&st);
-        for p in &prefixes {
+        for p in &present {
             info!(prefix = %p, kind = store::kind_name(kind), by, "entry deleted");
         }
         Ok(out)
@@ -1099,14 +1146,32 @@ impl Daemon {
                 return Err(e);
             }
         };
-        // Interfaces added to the config get attached; removed ones detached.
+        // Interfaces added to the config get attached; removed ones detached. One that
+        // cannot be attached refuses the reload: what was attached for it is detached and
+        // the previous config restored, as `run` would refuse it.
         let wanted = st.settings.interfaces.clone();
+        let mut newly: Vec<String> = Vec::new();
         for iface in &wanted {
-            if !st.attached.iter().any(|a| &a.interface == iface)
-                && let Err(e) = attach_one(&mut st, iface)
-            {
-                error!(interface = %iface, "attach on reload failed: {e:#}");
+            if st.attached.iter().any(|a| &a.interface == iface) {
+                continue;
             }
+            if let Err(e) = attach_one(&mut st, iface) {
+                for n in &newly {
+                    let _ = detach_one(&mut st, n);
+                }
+                st.settings = old;
+                let _ = st.runtime_config();
+                let _ = st.load_config_lists(&self.store);
+                self.publish(&st);
+                return Err(OpError {
+                    status: 422,
+                    message: format!(
+                        "config refused, the previous one stays in force: attaching \
+                         {iface}: {e:#}"
+                    ),
+                });
+            }
+            newly.push(iface.clone());
         }
         let gone: Vec<String> = st
             .attached
@@ -1190,7 +1255,10 @@ impl Daemon {
                 list: list(),
             };
         }
-        if let Some(d) = kernel.dynamic(&key).and_then(live) {
+        // As the program decides: the stronger of the learned and the listed verdict.
+        if let Some(d) = kernel.dynamic(&key).and_then(live)
+            && action::severity(d.action) >= action::severity(act)
+        {
             return Verdict {
                 decision: decide(d.action),
                 list: Some("dynamic".to_owned()),
@@ -1216,8 +1284,10 @@ impl Daemon {
         let matches = self.store().explain(ip);
         let kernel = self.kernel();
         let (table, key) = kernel.lookup(ip);
-        let dynamic = kernel.dynamic(&key).and_then(live);
         let act = verdict::action(table);
+        let dynamic = kernel.dynamic(&key).and_then(live);
+        // The one the program applies: the stronger of the learned and the listed verdict.
+        let applied = dynamic.filter(|d| action::severity(d.action) >= action::severity(act));
         let view = self.view();
         let list = view.list_name(verdict::list_id(table)).map(str::to_owned);
         let (xdp, why) = if act == action::ALLOW {
@@ -1225,7 +1295,7 @@ impl Daemon {
                 "pass",
                 format!("allowlisted by list {}", list.as_deref().unwrap_or("?")),
             )
-        } else if let Some(d) = dynamic {
+        } else if let Some(d) = applied {
             (
                 action::NAMES[d.action as usize],
                 "dynamic verdict".to_owned(),
@@ -1272,6 +1342,18 @@ impl Daemon {
                 .map(api::DnsblScore::from),
         }
     }
+}
+
+/// Whether `block add` of `prefixes` to `list` with `ttl` goes to the kernel's dynamic map
+/// (and the store's [`CLI_TTL_LIST`]): single addresses (IPv6: a /64) with a TTL in the
+/// default list.
+pub fn goes_dynamic(kind: Kind, list: &str, ttl: Option<u64>, prefixes: &[Prefix]) -> bool {
+    kind == Kind::Block
+        && list == CLI_LIST
+        && ttl.is_some()
+        && prefixes
+            .iter()
+            .all(|p| (p.is_v4() && p.prefix_len() == 32) || (!p.is_v4() && p.prefix_len() == 64))
 }
 
 fn attach_one(st: &mut State, iface: &str) -> anyhow::Result<()> {

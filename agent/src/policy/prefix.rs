@@ -146,6 +146,14 @@ impl Prefix {
 
     /// Shorter than /8 (IPv4) or /16 (IPv6): a rule this wide blocks a large share of all
     /// mail, so the CLI and API take it only with `--force`.
+    /// One address as the dynamic map keys it: an IPv4 /32, or an IPv6 /64 or longer.
+    pub fn is_host_or_v6_64(&self) -> bool {
+        match *self {
+            Self::V4 { len, .. } => len == 32,
+            Self::V6 { len, .. } => len >= 64,
+        }
+    }
+
     pub fn too_broad(&self) -> bool {
         match *self {
             Self::V4 { len, .. } => len < 8,

@@ -91,6 +91,9 @@ impl Slot {
     }
 }
 
+/// Longest reason kept, in bytes; longer ones are cut.
+pub const MAX_REASON: usize = 256;
+
 /// Reason texts of one list, each held once.
 #[derive(Clone, Debug, Default)]
 struct Reasons {
@@ -101,6 +104,23 @@ struct Reasons {
 impl Reasons {
     fn intern(&mut self, text: Option<&str>) -> u32 {
         let Some(t) = text else { return 0 };
+        // Reasons come from feeds and CLI users and are printed on terminals and in tables:
+        // no control characters (a newline or tab would forge a row, an escape drive the
+        // terminal) and a bounded length.
+        let clean;
+        let t = if t.len() > MAX_REASON || t.chars().any(char::is_control) {
+            clean = t
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .scan(0, |len, c| {
+                    *len += c.len_utf8();
+                    (*len <= MAX_REASON).then_some(c)
+                })
+                .collect::<String>();
+            clean.as_str()
+        } else {
+            t
+        };
         if let Some(&i) = self.index.get(t) {
             return i;
         }

@@ -305,9 +305,22 @@ fn a_full_disk_refuses_the_change_and_loses_nothing_acknowledged() {
         }
     };
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-    // Larger than the slack of the journal's last page, so the write is torn part-way.
-    let long = "x".repeat(10_000);
-    let e = add(&mut s, "198.51.100.9", Some(&long)).unwrap_err();
+    // Larger than the slack of the journal's last page, so the write is torn part-way:
+    // one change of 100 entries with long reasons (each cut to MAX_REASON bytes).
+    let long: Arc<str> = Arc::from("x".repeat(entries::MAX_REASON));
+    let adds: Vec<(Prefix, Entry)> = (0..100u32)
+        .map(|i| {
+            let e = Entry {
+                reason: Some(long.clone()),
+                ..entry(action::DROP)
+            };
+            (p(&std::net::Ipv4Addr::from(0xc633_6400 + i).to_string()), e)
+        })
+        .collect();
+    let keys: Vec<Prefix> = adds.iter().map(|(k, _)| *k).collect();
+    let (_, undo) = s.set("cli", Kind::Block, Origin::Cli, adds).unwrap();
+    let e = s.commit_set("cli", &keys).unwrap_err();
+    s.rollback(undo);
     assert!(e.to_string().contains("journal"), "{e}");
     let after = fs::read(&jpath).unwrap();
     assert!(
