@@ -402,6 +402,24 @@ pub struct CheckMatch {
 pub struct Dynamic {
     pub action: String,
     pub expires_boottime_ns: u64,
+    /// Seconds until it expires; None: never.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// What learned it (`dnsbl`, `pregreet`, `escalation`, `cli`, `fleet`...), when known.
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Whether the program applies it: a listed verdict at least as strong wins.
+    #[serde(default = "yes")]
+    pub applies: bool,
+}
+
+/// The pseudo-list name under which `block del` reports learned verdicts it lifted.
+pub const LEARNED_VERDICTS: &str = "(learned)";
+
+fn yes() -> bool {
+    true
 }
 
 /// `GET /v1/verify`.

@@ -1294,3 +1294,158 @@ fn the_journal_is_folded_after_the_change_that_filled_it() {
     assert_eq!(prefixes_in(&d, "big"), want, "after kill -9 and a restart");
     d.cli_ok(&["status", "--verify"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Defects found trying the agent as an admin (session of 2026-12-01)
+// ---------------------------------------------------------------------------------------
+
+/// The strongest verdict wins, learned or listed: a `--ttl` observe (shadow mode) on an
+/// address a list drops must not let it through.
+#[test]
+fn a_softer_learned_verdict_never_lifts_a_listed_drop() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    let a = BLOCKED4.to_string();
+    d.cli_ok(&["block", "add", &a]);
+    let out = d.cli_ok(&["block", "add", &a, "--ttl", "1h", "--action", "observe"]);
+    assert!(
+        out.contains("cli-ttl"),
+        "the answer names where it went: {out}"
+    );
+    let c = d.check(&a);
+    assert_eq!(c["verdict"], "drop", "check: {c}");
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        Duration::from_millis(1500),
+        "listed drop under a learned observe",
+    );
+    // Without the listed drop the learned observe applies: passed (and counted).
+    d.cli_ok(&["block", "del", &a, "--list", "cli"]);
+    lab.assert_connects(&listener, BLOCKED4.into(), "the learned observe alone");
+}
+
+/// A config list may not take over a list the CLI filled: the reload is refused whole,
+/// naming the list, and the CLI's entries stay in force.
+#[test]
+fn a_config_list_cannot_take_over_a_cli_list() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    let a = BLOCKED4.to_string();
+    d.cli_ok(&["block", "add", &a, "--list", "local"]);
+    d.write_config(&d.config_text(
+        DEFAULT_XDP,
+        "[[block]]\nname = \"local\"\nprefixes = [\"203.0.113.0/24\"]\n",
+    ));
+    let out = d.cli(&["reload"]);
+    assert_ne!(out.code, 0, "reload taking over list local: {}", out.both());
+    assert!(
+        out.stderr.contains("\"local\"") && out.stderr.contains("choose another name"),
+        "the refusal names the list: {}",
+        out.both()
+    );
+    assert!(listed(&d, &format!("{a}/32")), "the CLI entry is gone");
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        Duration::from_millis(1500),
+        "after the refused reload",
+    );
+    // The reserved names are refused by the config check itself, with key and line.
+    d.write_config(&d.config_text(
+        DEFAULT_XDP,
+        "[[block]]\nname = \"cli\"\nprefixes = [\"203.0.113.0/24\"]\n",
+    ));
+    let out = d.cli(&["reload"]);
+    assert!(
+        out.code != 0 && out.stderr.contains("block[0].name"),
+        "a config list named cli: {}",
+        out.both()
+    );
+    assert!(listed(&d, &format!("{a}/32")));
+}
+
+/// A reload whose new interface cannot be attached is refused, as `run` would refuse it,
+/// and the filter stays as it was.
+#[test]
+fn a_reload_that_cannot_attach_is_refused() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    d.cli_ok(&["block", "add", &BLOCKED4.to_string()]);
+    let text = d
+        .config_text("mode = \"native\"\nports = [25]", "")
+        .replace(
+            &format!("interfaces = [\"{}\"]", lab.mx_if),
+            &format!("interfaces = [\"{}\", \"lo\"]", lab.mx_if),
+        );
+    d.write_config(&text);
+    let out = d.cli(&["reload"]);
+    assert_ne!(out.code, 0, "reload attaching lo natively: {}", out.both());
+    assert!(
+        out.stderr.contains("lo") && out.stderr.contains("previous one stays"),
+        "the refusal names the interface: {}",
+        out.both()
+    );
+    let attached = d.status()["interfaces"].to_string();
+    assert!(
+        !attached.contains("\"lo\""),
+        "lo attached after a refused reload: {attached}"
+    );
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        Duration::from_millis(1500),
+        "after the refused reload",
+    );
+}
+
+/// One byte that is not UTF-8 (a Latin-1 name in a comment) costs its line at most, never
+/// the import; reasons never carry control characters to a terminal or a table.
+#[test]
+fn a_latin1_comment_and_a_forged_reason_do_no_harm() {
+    require_root();
+    let lab = Lab::new();
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, "");
+    let path = d.dir.join("latin1.txt");
+    std::fs::write(
+        &path,
+        b"# J\xfcrgen's list\n198.51.100.30\n198.51.100.\xff\n198.51.100.31\n",
+    )
+    .expect("write");
+    let out = d.cli(&[
+        "block",
+        "import",
+        path.to_str().expect("path"),
+        "--list",
+        "latin",
+        "--format",
+        "plain",
+    ]);
+    assert!(
+        out.both().contains("line 3"),
+        "the bad line is named: {}",
+        out.both()
+    );
+    assert_eq!(
+        prefixes_in(&d, "latin"),
+        host_set(&["198.51.100.30", "198.51.100.31"])
+    );
+    let forged = format!("line1\n192.0.2.99/32\tdrop\x1b[31m{}", "x".repeat(1000));
+    d.cli_ok(&["block", "add", "198.51.100.32", "--reason", &forged]);
+    let list = d.cli_ok(&["block", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.contains("198.51.100.32"))
+        .expect("the entry is listed");
+    assert!(
+        !list.contains('\x1b') && !list.contains("192.0.2.99/32\tdrop"),
+        "control characters reached the table: {list:?}"
+    );
+    assert!(row.len() < 600, "the reason is cut: {} bytes", row.len());
+}

@@ -1021,6 +1021,9 @@ fn policy_order() {
     rig.dynamic("198.51.100.10", action::PASS, 54, 0);
     rig.dynamic("198.51.100.11", action::RESET, 59, past);
     rig.dynamic("240.1.9.9", action::DROP, 55, 0);
+    // Learned and listed meet: the stronger applies.
+    rig.dynamic("240.1.2.5", action::DROP, 61, 0);
+    rig.dynamic("240.9.9.9", action::OBSERVE, 62, 0);
     rig.dynamic("192.0.2.50", action::DROP, 60, 0);
     rig.dynamic("2001:db8:d1::", action::DROP, 70, 0);
     rig.dynamic("2001:db8:1000:5::", action::PASS, 71, now + hour);
@@ -1106,9 +1109,19 @@ fn policy_order() {
         ("dynamic reject", "198.18.0.10", dynamic(action::REJECT)),
         ("dynamic reset expired at 1 ns", "198.18.0.11", NO_MATCH),
         (
-            "dynamic pass beats a block",
+            "a dynamic pass does not lift a block drop",
             "198.51.100.10",
-            dynamic(action::PASS),
+            block(action::DROP),
+        ),
+        (
+            "a dynamic drop beats a weaker block (observe)",
+            "240.1.2.5",
+            dynamic(action::DROP),
+        ),
+        (
+            "a dynamic observe does not lift a block drop",
+            "240.9.9.9",
+            block(action::DROP),
         ),
         (
             "dynamic reset expired: the block applies",
@@ -1133,9 +1146,9 @@ fn policy_order() {
         ),
         ("v6 dynamic, next /64", "2001:db8:d1:1::1", NO_MATCH),
         (
-            "v6 dynamic pass beats a block reset",
+            "v6 dynamic pass does not lift a block reset",
             "2001:db8:1000:5::1",
-            dynamic(action::PASS),
+            block(action::RESET),
         ),
         ("v6 dynamic reset, expired", "2001:db8:d2::1", NO_MATCH),
         (

@@ -338,6 +338,12 @@ fn pregreet_violators_are_caught_and_learned() {
         check.to_string().contains("dynamic"),
         "check does not show the learned verdict: {check}"
     );
+    // check says what taught it and when it ends.
+    let text = d.cli_ok(&["check", &BIG4.to_string()]);
+    assert!(
+        text.contains("learned from pregreet") && text.contains("expires in"),
+        "check does not explain the learned verdict: {text}"
+    );
     assert!(
         !postfix.log().contains("[198.51.100.77]"),
         "postfix saw the violator:\n{}",
@@ -374,6 +380,19 @@ fn pregreet_violators_are_caught_and_learned() {
         "RLIMIT_NOFILE not logged:\n{}",
         d.log()
     );
+
+    // An admin lifts the learned verdict where lists are edited: block del.
+    let out = d.cli_ok(&["block", "del", &BIG4.to_string()]);
+    assert!(
+        out.contains("learned"),
+        "block del says what it lifted: {out}"
+    );
+    assert!(
+        d.check(&BIG4.to_string())["dynamic"].is_null(),
+        "still a dynamic verdict after block del"
+    );
+    let (_s, line) = first_line(&lab, IpAddr::V4(BIG4));
+    assert!(line.starts_with("220-mx.test"), "greeted again: {line}");
 }
 
 #[test]

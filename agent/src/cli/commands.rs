@@ -352,11 +352,19 @@ fn del(
     )?;
     if r.removed == 0 {
         return Err(CliError::new(format!(
-            "no such entry: nothing removed (see `prefilter {kind} list`)"
+            "no such entry: nothing removed (see `prefilter {kind} list`; the config \
+             file's lists are edited there, then `prefilter reload`)"
         )));
     }
     for l in r.lists.iter().filter(|l| l.removed > 0) {
-        out.line(format_args!("removed {} from list {}", l.removed, l.list))?;
+        if l.list == api::LEARNED_VERDICTS {
+            out.line(format_args!(
+                "lifted {} learned verdict(s) (dynamic map)",
+                l.removed
+            ))?;
+        } else {
+            out.line(format_args!("removed {} from list {}", l.removed, l.list))?;
+        }
     }
     Ok(())
 }
@@ -423,7 +431,29 @@ fn check(client: &Client, out: &mut Out, ip: &str, json_out: bool) -> Result<(),
         ))?;
     }
     if let Some(d) = &v.dynamic {
-        out.line(format_args!("  dynamic verdict: {}", d.action))?;
+        let from = match (&d.source, &d.reason) {
+            (Some(s), Some(r)) if !r.is_empty() => format!(", learned from {s}: {r}"),
+            (Some(s), _) => format!(", learned from {s}"),
+            _ => String::new(),
+        };
+        let until = d
+            .expires_in_secs
+            .map(|s| {
+                format!(
+                    ", expires {}",
+                    fmt_time(Some(crate::policy::store::now() + s))
+                )
+            })
+            .unwrap_or_default();
+        let note = if d.applies {
+            "; `prefilter block del ADDR` lifts it"
+        } else {
+            "; not applied: the listed verdict is stronger"
+        };
+        out.line(format_args!(
+            "  dynamic verdict: {}{from}{until}{note}",
+            d.action
+        ))?;
     }
     if let Some(s) = &v.dnsbl {
         let mut hits = s.listed.clone();

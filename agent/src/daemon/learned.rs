@@ -2,7 +2,11 @@
 //! entries with a TTL for one address. They go to the kernel's dynamic map (keyed by IPv4
 //! address or IPv6 /64, expiry checked in the kernel, so they age out even while the agent is
 //! down) and to every subscriber, e.g. the fleet reporter that tells a CrowdSec LAPI.
-use std::{net::IpAddr, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    time::Duration,
+};
 
 use prefilter_common::dynamic::DynVerdict;
 use tokio::sync::broadcast;
@@ -24,6 +28,47 @@ pub struct Learned {
     pub source: String,
     /// Why, for logs and alerts, e.g. `zen.example.org=127.0.0.2 score 3`.
     pub reason: String,
+}
+
+/// The source and reason of the most recent learned verdicts, by key (an IPv4 address or
+/// an IPv6 /64, as the dynamic map keys them): the map holds only the action and expiry.
+/// Bounded: past [`Taught::MAX`] the oldest are forgotten (`check` then shows the verdict
+/// without its origin).
+#[derive(Default)]
+pub struct Taught {
+    by_key: HashMap<IpAddr, (String, String)>,
+    order: VecDeque<IpAddr>,
+}
+
+impl Taught {
+    const MAX: usize = 65_536;
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        }
+    }
+
+    fn note(&mut self, ip: IpAddr, source: &str, reason: &str) {
+        let k = Self::key(ip);
+        if self
+            .by_key
+            .insert(k, (source.to_owned(), reason.to_owned()))
+            .is_none()
+        {
+            self.order.push_back(k);
+        }
+        while self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, ip: IpAddr) -> Option<(String, String)> {
+        self.by_key.get(&Self::key(ip)).cloned()
+    }
 }
 
 /// CLOCK_BOOTTIME now, the clock `bpf_ktime_get_boot_ns` reads in the program.
@@ -53,9 +98,22 @@ impl Daemon {
             .filter
             .set_dynamic(key, v)
             .map_err(|e| OpError::internal(format!("dynamic map: {e}")))?;
+        self.taught
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(ip, &l.source, &l.reason);
         // No subscriber is fine: nothing reports learned verdicts then.
         let _ = self.learned.send(Learned { ip, ..l });
         Ok(())
+    }
+
+    /// What taught the learned verdict of `ip` (source, reason), if it is recent enough to
+    /// be remembered.
+    pub fn taught(&self, ip: IpAddr) -> Option<(String, String)> {
+        self.taught
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(as_seen(ip))
     }
 
     /// Learned verdicts from now on.

@@ -186,6 +186,8 @@ pub struct Daemon {
     /// Wakes [`compact_loop`]: a change left the journal long enough to fold.
     compact_wake: Arc<tokio::sync::Notify>,
     learned: broadcast::Sender<learned::Learned>,
+    /// What taught each recent learned verdict, for `check`.
+    taught: Arc<Mutex<learned::Taught>>,
     /// `[dnsbl]`, when configured.
     dnsbl: Option<Arc<crate::dnsbl::Dnsbl>>,
     /// `[escalation]`, when configured.
@@ -803,7 +805,7 @@ impl Daemon {
                 }
             }
             if lifted > 0 {
-                out.push(("learned verdicts".to_owned(), lifted));
+                out.push((crate::api::LEARNED_VERDICTS.to_owned(), lifted));
             }
         }
         self.publish(&st);
@@ -1127,6 +1129,24 @@ impl Daemon {
                 "[dnsbl] or [escalation] changed: they keep their settings until the next restart"
             );
         }
+        if (
+            &old.state_dir,
+            &old.socket,
+            &old.socket_group,
+            &old.bpffs,
+            &old.metrics,
+        ) != (
+            &st.settings.state_dir,
+            &st.settings.socket,
+            &st.settings.socket_group,
+            &st.settings.bpffs,
+            &st.settings.metrics,
+        ) {
+            warn!(
+                "[daemon] or [metrics] changed (state_dir, socket, socket_group, bpffs, \
+                 listen): they take effect at the next restart"
+            );
+        }
         if old.proxy != st.settings.proxy {
             // Listeners and sessions are not moved under a running proxy.
             warn!("[proxy] changed: the running proxy keeps its settings until the next restart");
@@ -1331,9 +1351,18 @@ impl Daemon {
                     expires: m.expires,
                 })
                 .collect(),
-            dynamic: dynamic.map(|d| api::Dynamic {
-                action: action::NAMES[d.action as usize].to_owned(),
-                expires_boottime_ns: d.expires_ns,
+            dynamic: dynamic.map(|d| {
+                let taught = self.taught(ip);
+                api::Dynamic {
+                    action: action::NAMES[d.action as usize].to_owned(),
+                    expires_boottime_ns: d.expires_ns,
+                    expires_in_secs: (d.expires_ns != 0).then(|| {
+                        d.expires_ns.saturating_sub(learned::boottime_ns()) / 1_000_000_000
+                    }),
+                    source: taught.as_ref().map(|t| t.0.clone()),
+                    reason: taught.map(|t| t.1),
+                    applies: applied.is_some(),
+                }
             }),
             dnsbl: self
                 .dnsbl
@@ -1472,6 +1501,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         expiry_wake: Arc::new(tokio::sync::Notify::new()),
         compact_wake: Arc::new(tokio::sync::Notify::new()),
         learned: broadcast::channel(1024).0,
+        taught: Arc::default(),
         dnsbl: dnsbl_cfg.map(|c| Arc::new(crate::dnsbl::Dnsbl::new(c))),
         escalation: escalation_cfg.map(|c| Arc::new(escalation::Escalation::new(c))),
         feeds: Arc::new(feeds_init),

@@ -312,6 +312,7 @@ impl Store {
             dir: Some(dir.to_owned()),
             ..Self::in_memory()
         };
+        let mut salvaged = false;
         for e in fs::read_dir(&lists_dir).map_err(io_err(&lists_dir))? {
             let path = e.map_err(io_err(&lists_dir))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -323,17 +324,34 @@ impl Store {
             if path.extension().is_none_or(|x| x != "list") {
                 continue;
             }
-            if let Err(e) = store.load_list(&path) {
-                // A damaged list file must not stop the gateway: start without its entries
-                // (journal records may still bring some back) and keep it for inspection.
-                // Moved aside, as compaction would otherwise delete a file of no known list.
-                let kept = set_aside(&path).map_err(io_err(&path))?;
-                tracing::error!(
-                    path = %path.display(),
-                    error = %e,
-                    kept = %kept.display(),
-                    "damaged list file moved aside: starting without it"
-                );
+            match store.load_list(&path) {
+                Ok(None) => {}
+                Ok(Some((lines, first))) => {
+                    // Its good entries are loaded; a copy of the damaged file is kept, and
+                    // the next fold writes the list anew.
+                    let kept = keep_copy(&path);
+                    salvaged = true;
+                    tracing::error!(
+                        path = %path.display(),
+                        bad_lines = lines,
+                        first = %first,
+                        kept = %kept.as_ref().map_or_else(|e| format!("nowhere: {e}"), |p| p.display().to_string()),
+                        "damaged lines of a list file skipped: its other entries are loaded"
+                    );
+                }
+                Err(e) => {
+                    // A damaged header must not stop the gateway: start without the list
+                    // (journal records may still bring some back) and keep it for
+                    // inspection. Moved aside, as compaction would otherwise delete a file
+                    // of no known list.
+                    let kept = set_aside(&path).map_err(io_err(&path))?;
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        kept = %kept.display(),
+                        "damaged list file moved aside: starting without it"
+                    );
+                }
             }
         }
         let jpath = dir.join(journal::NAME);
@@ -372,7 +390,13 @@ impl Store {
         });
         let mut scan = match scan {
             Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(store),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A salvaged list is written anew from what was read.
+                if salvaged && let Err(e) = store.compact() {
+                    tracing::error!(error = %e, "rewriting a salvaged list file");
+                }
+                return Ok(store);
+            }
             Err(e) => return Err(io_err(&jpath)(e)),
         };
         for (line, why) in &scan.torn {
@@ -397,7 +421,7 @@ impl Store {
             );
             scan.good_len = g.at;
         }
-        let mut compact = scan.len > 0;
+        let mut compact = scan.len > 0 || salvaged;
         if !scan.damaged.is_empty() {
             let kept = keep_damaged(dir, &jpath);
             for (line, why) in &scan.damaged {
@@ -439,7 +463,9 @@ impl Store {
         Ok(store)
     }
 
-    fn load_list(&mut self, path: &Path) -> Result<(), StoreError> {
+    /// Loads one list file. A bad entry line costs that line only (the first is returned
+    /// with the count); a bad header, the whole file.
+    fn load_list(&mut self, path: &Path) -> Result<Option<(usize, StoreError)>, StoreError> {
         let corrupt = |line, message: &str| StoreError::Corrupt {
             path: path.to_owned(),
             line,
@@ -473,27 +499,45 @@ impl Store {
         };
         let mut entries = Entries::default();
         let mut bulk = entries.bulk(0);
+        let mut bad: Option<(usize, StoreError)> = None;
         // One line buffer for all: a String per line cost a second at 6M entries.
-        let mut line = String::new();
+        let mut buf = Vec::new();
         for i in 2.. {
-            line.clear();
-            if reader.read_line(&mut line).map_err(io_err(path))? == 0 {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).map_err(io_err(path))? == 0 {
                 break;
             }
-            let text = line.strip_suffix('\n').unwrap_or(&line);
-            let mut f = text.splitn(5, '\t');
-            let mut next = || f.next().ok_or_else(|| corrupt(i, "missing field"));
-            let prefix: Prefix = next()?.parse().map_err(|_| corrupt(i, "bad prefix"))?;
-            let act = action::from_name(next()?).ok_or_else(|| corrupt(i, "bad action"))?;
-            let created = next()?.parse().map_err(|_| corrupt(i, "bad time"))?;
-            let expires: u64 = next()?.parse().map_err(|_| corrupt(i, "bad time"))?;
-            let reason = next().ok().filter(|r| !r.is_empty());
-            bulk.push(
-                prefix,
-                (act, reason, created, (expires != 0).then_some(expires)),
-            );
+            let entry = (|| {
+                let text = std::str::from_utf8(&buf).map_err(|_| corrupt(i, "not UTF-8"))?;
+                let text = text
+                    .strip_suffix('\n')
+                    .ok_or_else(|| corrupt(i, "cut short"))?;
+                let mut f = text.splitn(5, '\t');
+                let mut next = || f.next().ok_or_else(|| corrupt(i, "missing field"));
+                let prefix: Prefix = next()?.parse().map_err(|_| corrupt(i, "bad prefix"))?;
+                let act = action::from_name(next()?).ok_or_else(|| corrupt(i, "bad action"))?;
+                let created = next()?.parse().map_err(|_| corrupt(i, "bad time"))?;
+                let expires: u64 = next()?.parse().map_err(|_| corrupt(i, "bad time"))?;
+                let reason = next().ok().filter(|r| !r.is_empty());
+                Ok::<_, StoreError>((prefix, act, reason, created, expires))
+            })();
+            match entry {
+                Ok((prefix, act, reason, created, expires)) => bulk.push(
+                    prefix,
+                    (act, reason, created, (expires != 0).then_some(expires)),
+                ),
+                // Damage costs the entries it hit, not the list.
+                Err(e) => match &mut bad {
+                    Some((n, _)) => *n += 1,
+                    None => bad = Some((1, e)),
+                },
+            }
         }
         bulk.finish();
+        if bad.is_some() {
+            // Written again from what was read at the next fold.
+            self.dirty.insert(name.clone());
+        }
         self.lists.insert(
             name,
             List {
@@ -503,7 +547,7 @@ impl Store {
                 entries,
             },
         );
-        Ok(())
+        Ok(bad)
     }
 
     fn replay(&mut self, r: Record) {
@@ -1813,6 +1857,14 @@ fn set_aside(path: &Path) -> io::Result<PathBuf> {
     if let Some(dir) = path.parent() {
         File::open(dir)?.sync_all()?;
     }
+    Ok(to)
+}
+
+/// A copy of a damaged list file beside it, kept before the list is written anew.
+fn keep_copy(path: &Path) -> io::Result<PathBuf> {
+    let to = damaged_name(path);
+    fs::copy(path, &to)?;
+    File::open(&to)?.sync_all()?;
     Ok(to)
 }
 

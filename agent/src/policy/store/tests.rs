@@ -512,7 +512,7 @@ fn a_damaged_list_file_is_moved_aside_and_the_rest_loads() {
     let lists = d.0.join("lists");
     fs::write(
         lists.join("bad.list"),
-        "# prefilter list v1 bad 9 block import\nnot a line\n",
+        "# prefilter list v1 bad nine block import\n203.0.113.9/32\tdrop\t1\t0\t\n",
     )
     .unwrap();
 
@@ -1150,5 +1150,48 @@ fn a_change_cut_short_at_the_end_of_the_journal_is_dropped_whole() {
     assert_eq!(
         cli_prefixes(&s),
         sorted(&["192.0.2.1", "198.51.100.1", "198.51.100.2", "198.51.100.3"])
+    );
+}
+
+#[test]
+fn damaged_lines_of_a_list_file_cost_those_lines_only() {
+    let d = TempDir::new("badlines");
+    let mut s = Store::open(&d.0).unwrap();
+    let mut l = Entries::default();
+    for a in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+        "198.51.100.5",
+    ] {
+        l.insert(p(a), entry(action::DROP));
+    }
+    s.replace("jt", Kind::Block, Origin::Import, l).unwrap();
+    s.commit_list("jt").unwrap();
+    drop(s);
+    let path = d.0.join("lists/jt.list");
+    let text = fs::read_to_string(&path).unwrap();
+    // The last line cut short (as `truncate -s -10` leaves it), one in the middle garbled.
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[2] = "garbage".into();
+    let mut damaged = lines.join("\n");
+    damaged.truncate(damaged.len() - 4);
+    fs::write(&path, &damaged).unwrap();
+    let survivors = lines.len() - 1 - 2;
+
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(s.lists()["jt"].entries.len(), survivors);
+    assert_eq!(
+        files_starting(&d.0.join("lists"), "jt.list.damaged.").len(),
+        1
+    );
+    drop(s);
+    // Written anew from what was read: the next start finds no damage.
+    let s = Store::open(&d.0).unwrap();
+    assert_eq!(s.lists()["jt"].entries.len(), survivors);
+    assert_eq!(
+        files_starting(&d.0.join("lists"), "jt.list.damaged.").len(),
+        1
     );
 }
