@@ -789,6 +789,13 @@ async fn refuse(client: &mut TcpStream, reply: &[u8], rec: &Record) {
         }
         _ => return,
     };
+    linger(client).await;
+}
+
+/// Closes our side and reads what the client still sends for a moment (bounded in time
+/// and bytes): closing with unread input resets the connection, and the client's stack
+/// drops the replies it had not read yet.
+async fn linger(client: &mut TcpStream) {
     let _ = client.shutdown().await;
     let mut sink = [0u8; 1024];
     let _ = tokio::time::timeout(LINGER, async {
@@ -959,6 +966,8 @@ async fn run(
                     .map(|l| l.split('=').next().unwrap_or(l))
                     .collect();
                 list = Some(zones.join(", "));
+                // The session line names what the reply names.
+                rec.with(|i| i.list = list.clone());
             }
         }
     }
@@ -1097,7 +1106,7 @@ async fn dialogue(
         Ok(e) => e,
         Err(_) => format!("dialogue over {}s", smtp::DIALOGUE_MAX.as_secs()),
     };
-    let _ = client.shutdown().await;
+    linger(client).await;
     rec.end(format!("refused: {end}"));
 }
 

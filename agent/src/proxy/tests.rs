@@ -838,3 +838,36 @@ async fn a_backend_name_is_looked_up_once_and_again_after_a_failure() {
     assert!(b.connect().await.is_err());
     assert_eq!(cached(), None);
 }
+
+#[tokio::test]
+async fn the_last_reply_of_a_dialogue_survives_pipelined_input() {
+    let (b, _headers) = backend().await;
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut cfg = config(b);
+    cfg.reject_at = RejectAt::Rcpt;
+    let (p, _stop) = proxy(cfg, table(vec![(lo, Decision::Reject)])).await;
+    let mut c = TcpStream::connect(p).await.unwrap();
+    // Far more commands than the dialogue answers, all at once: the proxy ends it with
+    // input still unread, which without a linger resets the connection and the client's
+    // stack drops the replies it had not read yet.
+    let flood: String = (0..2000).map(|i| format!("NOOP {i}\r\n")).collect();
+    c.write_all(flood.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the dialogue did not end");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.ends_with("421 4.7.0 Too many commands\r\n"),
+        "the last reply was lost: ...{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+}
