@@ -601,10 +601,15 @@ fn full_disk_refuses_changes_and_loses_nothing() {
     drop(filler);
     assert!(enospc, "the 1 MiB tmpfs did not fill up");
 
-    // A record larger than a page: it cannot fit in the slack of a page the journal already
-    // has, so it needs space the disk no longer has.
-    let reason = "x".repeat(6000);
-    let out = d.cli(&["block", "add", "198.51.100.80", "--reason", &reason]);
+    // One change larger than a page (40 entries with the longest reason kept, 256 bytes):
+    // it cannot fit in the slack of a page the journal already has, so it needs space the
+    // disk no longer has.
+    let reason = "x".repeat(256);
+    let many: Vec<String> = (80..120).map(|i| format!("198.51.100.{i}")).collect();
+    let mut args = vec!["block", "add"];
+    args.extend(many.iter().map(String::as_str));
+    args.extend(["--reason", &reason]);
+    let out = d.cli(&args);
     assert_ne!(
         out.code,
         0,
@@ -616,10 +621,12 @@ fn full_disk_refuses_changes_and_loses_nothing() {
         "the refusal says the disk is full: {}",
         out.both()
     );
-    assert!(
-        !listed(&d, "198.51.100.80/32"),
-        "a refused add is listed anyway"
-    );
+    for a in &many {
+        assert!(
+            !listed(&d, &format!("{a}/32")),
+            "a refused add is listed anyway"
+        );
+    }
     // A new list's file is written on another thread while the tables are: on a full disk
     // the import is refused whole, nothing of it is enforced, no temporary file stays.
     let lines: String = (0..5000u32)
