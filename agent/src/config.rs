@@ -1596,7 +1596,10 @@ impl Validator<'_> {
                 }
                 None => {}
             }
-            // As on the CLI: one slip (a /0 for a /32) would drop or pass all mail.
+            // One slip (a /0 for a /32) would drop or pass all mail: a /0 is refused. Other
+            // prefixes shorter than /8 or /16 are warned of only: bogon lists hold some
+            // (240.0.0.0/4, fc00::/7), and a config that started before must start after an
+            // upgrade. `force = true` takes both without a word.
             if !force {
                 let broad = entries
                     .iter()
@@ -1608,15 +1611,26 @@ impl Validator<'_> {
                     } else {
                         format!("{key}.file")
                     };
-                    self.err(
-                        &where_,
-                        format!(
-                            "{} covers a large part of the address space (shorter than /8 \
-                             for IPv4, /16 for IPv6); add force = true to this list if you \
-                             mean it",
-                            e.prefix
-                        ),
-                    );
+                    if e.prefix.prefix_len() == 0 {
+                        self.err(
+                            &where_,
+                            format!(
+                                "{} matches every address; add force = true to this list if \
+                                 you mean it",
+                                e.prefix
+                            ),
+                        );
+                    } else {
+                        let line = self.spans.offset(&where_).map(|at| line_at(self.text, at));
+                        tracing::warn!(
+                            key = %where_,
+                            line = ?line,
+                            prefix = %e.prefix,
+                            "config: a prefix covering a large part of the address space \
+                             (shorter than /8 for IPv4, /16 for IPv6); force = true in its \
+                             list says it is meant"
+                        );
+                    }
                 }
             }
             let mut seen = HashSet::new();

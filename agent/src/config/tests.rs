@@ -209,11 +209,11 @@ fn refusals() {
             expected: &[(Some(4), "block[0].name", "list name \"cli\" is the CLI's own (cli, cli-allow, cli-ttl): choose another name")],
         },
         Case {
-            name: "a prefix covering a large part of the address space",
+            name: "a prefix matching every address",
             toml: "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"local\"\nprefixes = [\"192.0.2.0/24\", \"0.0.0.0/0\"]\n[[allow]]\nname = \"all6\"\nprefixes = [\"::/0\"]\n",
             expected: &[
-                (Some(5), "block[0].prefixes[1]", "0.0.0.0/0 covers a large part of the address space (shorter than /8 for IPv4, /16 for IPv6); add force = true to this list if you mean it"),
-                (Some(8), "allow[0].prefixes[0]", "::/0 covers a large part of the address space (shorter than /8 for IPv4, /16 for IPv6); add force = true to this list if you mean it"),
+                (Some(5), "block[0].prefixes[1]", "0.0.0.0/0 matches every address; add force = true to this list if you mean it"),
+                (Some(8), "allow[0].prefixes[0]", "::/0 matches every address; add force = true to this list if you mean it"),
             ],
         },
         Case {
@@ -829,6 +829,17 @@ report = ["everything"]
         (Some(24), "crowdsec.report[0]", "\"everything\" is not a learned source (dnsbl, escalation, pregreet, cli)"),
     ];
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_bogon_list_still_loads() {
+    // Prefixes shorter than /8 or /16 are warned of, not refused: a config that started
+    // before an upgrade starts after it.
+    let c = parse(
+        "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"bogons\"\nprefixes = [\"240.0.0.0/4\", \"fc00::/7\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.lists[0].entries.len(), 2);
 }
 
 #[test]

@@ -258,8 +258,10 @@ impl World {
         let key = lapi.add_bouncer("prefilter-lab");
         let mut daemon = Daemon::prepare(&lab.mx, &lab.mx_if);
         let tail = format!(
-            "# Reserved, never routed: a flood spoofed from it stops in XDP.\n\
-             [[block]]\nname = \"bogons\"\naction = \"drop\"\nprefixes = [\"240.0.0.0/4\"]\n\n\
+            "# Reserved, never routed: a flood spoofed from it stops in XDP. A /4 covers a\n\
+             # large part of the address space: the list says it means it.\n\
+             [[block]]\nname = \"bogons\"\naction = \"drop\"\nforce = true\n\
+             prefixes = [\"240.0.0.0/4\"]\n\n\
              [[feeds]]\nname = \"spamhaus-drop\"\nsource = \"{}\"\nformat = \"spamhaus-drop\"\n\
              action = \"drop\"\ninterval = \"1h\"\n\n\
              [[feeds]]\nname = \"crowdsec\"\nsource = \"{}\"\nformat = \"crowdsec\"\n\
