@@ -69,6 +69,9 @@ pub struct DeleteBody {
 pub struct DeleteResult {
     pub removed: usize,
     pub lists: Vec<ListRemoved>,
+    /// Learned verdicts lifted (`block del ADDR` with nothing listed).
+    #[serde(default)]
+    pub lifted: usize,
 }
 
 /// How many entries one list lost.
@@ -414,9 +417,6 @@ pub struct Dynamic {
     #[serde(default = "yes")]
     pub applies: bool,
 }
-
-/// The pseudo-list name under which `block del` reports learned verdicts it lifted.
-pub const LEARNED_VERDICTS: &str = "(learned)";
 
 fn yes() -> bool {
     true

@@ -350,21 +350,20 @@ fn del(
         &format!("/v1/{kind}/delete"),
         &api::DeleteBody { prefixes, list },
     )?;
-    if r.removed == 0 {
+    if r.removed == 0 && r.lifted == 0 {
         return Err(CliError::new(format!(
             "no such entry: nothing removed (see `prefilter {kind} list`; the config \
              file's lists are edited there, then `prefilter reload`)"
         )));
     }
     for l in r.lists.iter().filter(|l| l.removed > 0) {
-        if l.list == api::LEARNED_VERDICTS {
-            out.line(format_args!(
-                "lifted {} learned verdict(s) (dynamic map)",
-                l.removed
-            ))?;
-        } else {
-            out.line(format_args!("removed {} from list {}", l.removed, l.list))?;
-        }
+        out.line(format_args!("removed {} from list {}", l.removed, l.list))?;
+    }
+    if r.lifted > 0 {
+        out.line(format_args!(
+            "lifted {} learned verdict(s) (dynamic map)",
+            r.lifted
+        ))?;
     }
     Ok(())
 }

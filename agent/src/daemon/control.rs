@@ -406,8 +406,9 @@ fn delete(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
     let b: api::DeleteBody = json_body(body)?;
     let prefixes = parse_prefixes(&b.prefixes)?;
     let list = b.list.as_deref().map(list_name).transpose()?;
-    let removed = d.delete(kind, list, prefixes, "cli")?;
+    let (removed, lifted) = d.delete(kind, list, prefixes, "cli")?;
     ok(&api::DeleteResult {
+        lifted,
         removed: removed.iter().map(|(_, n)| n).sum(),
         lists: removed
             .into_iter()

@@ -6,20 +6,8 @@ use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
 
 use tracing::{info, warn};
 
-use super::{Daemon, as_seen, learned::Learned};
+use super::{Daemon, learned::Learned, source_key};
 use crate::config;
-
-/// The key the program uses: an IPv4 address, or an IPv6 /64 (one host's usual share).
-fn key(ip: IpAddr) -> IpAddr {
-    match as_seen(ip) {
-        IpAddr::V6(a) => {
-            let mut o = a.octets();
-            o[8..].fill(0);
-            IpAddr::from(o)
-        }
-        v4 => v4,
-    }
-}
 
 /// Refusals per address in the current window, bounded by `max_tracked`.
 pub struct Escalation {
@@ -40,7 +28,7 @@ impl Escalation {
     pub fn count(&self, ip: IpAddr, now: Instant) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let within = self.cfg.within;
-        let k = key(ip);
+        let k = source_key(ip);
         if !seen.contains_key(&k) && seen.len() >= self.cfg.max_tracked as usize {
             // Full: windows that ended are dropped; if none did, the address is not
             // tracked (memory stays bounded; a flood of fresh addresses cannot grow it).

@@ -11,7 +11,7 @@ use std::{
 use prefilter_common::dynamic::DynVerdict;
 use tokio::sync::broadcast;
 
-use super::{Daemon, OpError, as_seen};
+use super::{Daemon, OpError, as_seen, source_key};
 use crate::policy::Action;
 
 /// List id the dynamic map's entries carry for counters and events (no store list has it).
@@ -43,15 +43,8 @@ pub struct Taught {
 impl Taught {
     const MAX: usize = 65_536;
 
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
-            v4 => v4,
-        }
-    }
-
     fn note(&mut self, ip: IpAddr, source: &str, reason: &str) {
-        let k = Self::key(ip);
+        let k = source_key(ip);
         if self
             .by_key
             .insert(k, (source.to_owned(), reason.to_owned()))
@@ -67,7 +60,7 @@ impl Taught {
     }
 
     fn get(&self, ip: IpAddr) -> Option<(String, String)> {
-        self.by_key.get(&Self::key(ip)).cloned()
+        self.by_key.get(&source_key(ip)).cloned()
     }
 }
 
@@ -113,7 +106,7 @@ impl Daemon {
         self.taught
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(as_seen(ip))
+            .get(ip)
     }
 
     /// Learned verdicts from now on.

@@ -300,6 +300,19 @@ fn as_seen(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The key per-source state uses, as the program's dynamic map: an IPv4 address, or an
+/// IPv6 /64 (one host's usual share).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match as_seen(ip) {
+        IpAddr::V6(a) => {
+            let mut o = a.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
+}
+
 /// A dynamic entry that still applies: the kernel ignores one whose expiry passed (it stays
 /// in the LRU map until evicted), so readers must too.
 fn live(d: prefilter_common::dynamic::DynVerdict) -> Option<prefilter_common::dynamic::DynVerdict> {
@@ -721,14 +734,16 @@ impl Daemon {
         Ok(prefixes.len())
     }
 
-    /// Deletes prefixes from `list`, or from every CLI and imported list of `kind`.
+    /// Deletes prefixes from `list`, or from every CLI and imported list of `kind`; with
+    /// no list named and nothing listed, lifts the addresses' learned verdicts. Returns the
+    /// entries removed per list and the learned verdicts lifted.
     pub fn delete(
         &self,
         kind: Kind,
         list: Option<&str>,
         prefixes: Vec<Prefix>,
         by: &str,
-    ) -> Result<Vec<(String, usize)>, OpError> {
+    ) -> Result<(Vec<(String, usize)>, usize), OpError> {
         let mut st = self.lock();
         let names: Vec<String> = match list {
             Some(l) => vec![l.to_owned()],
@@ -790,8 +805,8 @@ impl Daemon {
         }
         // A verdict learned at run time (DNSBL, pregreet, escalation, another gateway) has
         // no list entry: `block del ADDR` is where an admin looks to lift it.
+        let mut lifted = 0;
         if kind == Kind::Block && list.is_none() && out.iter().all(|(_, n)| *n == 0) {
-            let mut lifted = 0;
             for p in prefixes.iter().filter(|p| p.is_host_or_v6_64()) {
                 let (_, key) = self.kernel().lookup(as_seen(p.first()));
                 if self.kernel().dynamic(&key).and_then(live).is_some() {
@@ -804,15 +819,12 @@ impl Daemon {
                     }
                 }
             }
-            if lifted > 0 {
-                out.push((crate::api::LEARNED_VERDICTS.to_owned(), lifted));
-            }
         }
         self.publish(&st);
         for p in &present {
             info!(prefix = %p, kind = store::kind_name(kind), by, "entry deleted");
         }
-        Ok(out)
+        Ok((out, lifted))
     }
 
     /// Imports a parsed list into `list`, adding to it or replacing it whole.

@@ -690,25 +690,25 @@ fn admit(
     let peer = header::canonical(peer);
     let local = header::canonical(local);
     let permit = sh.slots.clone().try_acquire_owned().ok();
+    // Read once, here: the session goes on with it.
+    let verdict = permit.is_some().then(|| sh.verdicts.verdict(peer.ip()));
     // An allowlisted client (a relay, a partner's outbound pool) is exempt from the
     // per-client limit, as from every other check; max_connections still bounds it.
-    let slot = permit.as_ref().and_then(|_| {
-        if sh.verdicts.verdict(peer.ip()).decision == Decision::Allow {
-            Some(None)
-        } else {
-            ClientSlot::take(&sh.per_client, peer.ip(), sh.cfg.max_per_client).map(Some)
-        }
-    });
-    match (permit, slot) {
-        (Some(permit), Some(slot)) => {
+    let slot = match &verdict {
+        Some(v) if v.decision == Decision::Allow => Some(None),
+        Some(_) => ClientSlot::take(&sh.per_client, peer.ip(), sh.cfg.max_per_client).map(Some),
+        None => None,
+    };
+    match (permit, slot, verdict) {
+        (Some(permit), Some(slot), Some(v)) => {
             let sh = sh.clone();
             let hard = hard.clone();
             sessions.spawn(async move {
-                session(&sh, s, (peer, local, tls), hard).await;
+                session(&sh, s, (peer, local, tls), v, hard).await;
                 drop((permit, slot));
             });
         }
-        (permit, _) => {
+        (permit, _, _) => {
             let which = if permit.is_none() {
                 "max_connections"
             } else {
@@ -826,6 +826,7 @@ async fn session(
     sh: &Shared,
     mut client: TcpStream,
     (peer, local, tls): (SocketAddr, SocketAddr, bool),
+    v: Verdict,
     mut hard: watch::Receiver<bool>,
 ) {
     let _active = Active::new();
@@ -834,7 +835,7 @@ async fn session(
     let _ = client.set_nodelay(true);
     let rec = Record::default();
     let stopped = {
-        let work = run(sh, &mut client, (peer, local, tls), &rec);
+        let work = run(sh, &mut client, (peer, local, tls), v, &rec);
         tokio::select! {
             () = work => false,
             _ = hard.wait_for(|&v| v) => true,
@@ -896,9 +897,9 @@ async fn run(
     sh: &Shared,
     client: &mut TcpStream,
     (peer, local, tls): (SocketAddr, SocketAddr, bool),
+    v: Verdict,
     rec: &Record,
 ) {
-    let v = sh.verdicts.verdict(peer.ip());
     rec.with(|i| {
         i.verdict = v.decision.name();
         i.list = v.list.clone();
