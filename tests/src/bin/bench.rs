@@ -70,6 +70,22 @@ fn rounds() -> usize {
 }
 /// Distinct frames per cold figure.
 const COLD_FRAMES: usize = 4096;
+/// A cold row with fewer sources than this (one slice of the interleaving) is not reported.
+const MIN_COLD_SAMPLES: usize = 256;
+
+/// `a / b`, none where `b` is none or under 1 ns.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b >= 1.0 { a / b } else { f64::NAN }
+}
+
+/// A figure for the report, `—` where there is none.
+fn num(x: f64, decimals: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.decimals$}")
+    } else {
+        "—".to_owned()
+    }
+}
 /// The tables measured.
 #[derive(Clone, Copy)]
 enum Table {
@@ -598,7 +614,10 @@ fn bench_table(table: Table, settings: &Settings, pass: BorrowedFd<'_>, floor1: 
         .iter()
         .zip(samples)
         .map(|((name, ..), v)| {
-            let m = if v.is_empty() {
+            // A median of a few runs, all in the first slice, says nothing about a random
+            // source: the random /16–/32 tables hold few hosts that share a /24 with a
+            // longer prefix.
+            let m = if v.len() < MIN_COLD_SAMPLES {
                 f64::NAN
             } else {
                 median(v) - floor1
@@ -1052,12 +1071,12 @@ fn main() -> ExitCode {
     let _ = writeln!(o, "|---|{}---:|", "---:|".repeat(n));
     for (i, (name, _)) in sized[0].cold.iter().enumerate() {
         let v: Vec<f64> = sized.iter().map(|s| s.cold[i].1).collect();
-        let cells: Vec<String> = v.iter().map(|x| format!("{x:.0}")).collect();
+        let cells: Vec<String> = v.iter().map(|&x| num(x, 0)).collect();
         let _ = writeln!(
             o,
-            "| {name} | {} | {:.2} |",
+            "| {name} | {} | {} |",
             cells.join(" | "),
-            v[v.len() - 1] / v[0].max(1.0)
+            num(ratio(v[v.len() - 1], v[0]), 2)
         );
     }
     let v: Vec<f64> = sized.iter().map(|s| s.minimal.1).collect();
@@ -1067,6 +1086,12 @@ fn main() -> ExitCode {
         "| {MINIMAL}, random source in table | {} | {:.2} |",
         cells.join(" | "),
         v[n - 1] / v[0].max(1.0)
+    );
+    let _ = writeln!(
+        o,
+        "\n— : fewer than {MIN_COLD_SAMPLES} such sources in the table (a random /16–/32 \
+         table holds few hosts that share their /24 with a longer prefix), too few for a cold \
+         median."
     );
     let _ = writeln!(
         o,
@@ -1182,7 +1207,7 @@ fn main() -> ExitCode {
         }),
     ];
     for (name, f) in rows {
-        let cells: Vec<String> = sized.iter().map(|s| format!("{:.2}", f(s))).collect();
+        let cells: Vec<String> = sized.iter().map(|s| num(f(s), 2)).collect();
         let _ = writeln!(o, "| {name} | {} |", cells.join(" | "));
     }
     let cells: Vec<String> = sized
