@@ -432,6 +432,151 @@ fn reload_with_a_changed_feed_applies_it_now() {
     lab.assert_refused(&listener, BLOCKED4.into(), "the feed's new action");
 }
 
+/// Taking a bad feed out of the config and reloading unblocks what it listed at once (it
+/// can no longer be synced or edited), its metric series go; a feed may not take over a
+/// list an import filled, nor be named like the CLI's lists: the reload is refused and the
+/// import's entries stay.
+#[test]
+fn taking_a_feed_out_unblocks_and_no_feed_takes_an_imported_list() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let srv = server(&lab);
+    srv.set(FEED, Reply::text(&list_text(3), "v1"));
+    let url = srv.url(FEED);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
+    assert_eq!(d.feed_first_run("drop")["entries"], 4);
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        CONNECT_TIMEOUT,
+        "the feed lists it",
+    );
+    let import = d.dir.join("imp.list");
+    std::fs::write(&import, format!("{BIG4}\n")).unwrap();
+    d.cli_ok(&["block", "import", import.to_str().unwrap(), "--list", "imp"]);
+
+    for (name, why) in [
+        ("imp", "already holds 1 entries from import"),
+        ("cli", "CLI's own list"),
+    ] {
+        let text = d.config_text(
+            prefilter_tests::daemon::DEFAULT_XDP,
+            &format!(
+                "{}{}",
+                feed_toml("drop", &url, ""),
+                feed_toml(name, &url, "")
+            ),
+        );
+        d.write_config(&text);
+        let out = d.cli(&["reload"]);
+        assert_ne!(out.code, 0, "a feed named {name} was taken: {}", out.both());
+        assert!(out.stderr.contains(why), "feed {name}: {}", out.both());
+    }
+    assert_eq!(
+        verdict(&d, &BIG4.to_string()),
+        ("drop".into(), "imp".into()),
+        "the import's entry stayed"
+    );
+
+    d.write_config(&d.config_text(prefilter_tests::daemon::DEFAULT_XDP, ""));
+    d.cli_ok(&["reload"]);
+    assert_eq!(verdict(&d, &BLOCKED4.to_string()).0, "pass", "{}", d.log());
+    lab.assert_connects(&listener, BLOCKED4.into(), "its feed was taken out");
+    let m = d.metrics_text();
+    assert!(
+        !m.contains("feed=\"drop\""),
+        "the removed feed's series are gone: {}",
+        m.lines()
+            .filter(|l| l.contains("feed="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    d.cli_ok(&["status", "--verify"]);
+}
+
+/// The last good copy on disk is only applied whole: one damaged or replaced behind the
+/// agent's back (its CRC-32 no longer the one kept with it) is set aside at start, the list
+/// stays as stored, and the next fetch asks for the whole body instead of a 304 that would
+/// have kept the damaged copy. A `file://` source that is not a regular file (a FIFO
+/// without a writer) fails at once instead of holding the feed.
+#[test]
+fn a_damaged_disk_copy_is_not_applied_and_a_fifo_is_no_feed() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let srv = server(&lab);
+    srv.set(FEED, Reply::text(&list_text(5), "v1"));
+    let url = srv.url(FEED);
+    let fifo = Fifo::new();
+    let feeds = format!(
+        "{}{}",
+        feed_toml("drop", &url, ""),
+        feed_toml(
+            "pipe",
+            &format!("file://{}", fifo.path().display()),
+            "timeout = \"2s\""
+        )
+    );
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &feeds);
+    assert_eq!(d.feed_first_run("drop")["entries"], 6);
+    let p = d.feed_first_run("pipe");
+    assert_eq!(p["last_outcome"], "failed", "{p}");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a regular file")),
+        "{p}"
+    );
+    d.terminate();
+    std::fs::write(d.state_dir.join("feeds/drop.body"), "203.0.113.100\n").unwrap();
+    let fetches = srv.seen().len();
+    d.start();
+    let f = d.feed_first_run("drop");
+    assert_eq!(f["entries"], 6, "{f}\n{}", d.log());
+    assert!(
+        d.log().contains("does not match its metadata"),
+        "{}",
+        d.log()
+    );
+    let refetch = srv.seen()[fetches..].to_vec();
+    assert!(
+        refetch
+            .iter()
+            .any(|r| r.status == 200 && r.header("if-none-match").is_none()),
+        "fetched whole after the damaged copy: {refetch:?}"
+    );
+    lab.assert_dropped(&listener, BLOCKED4.into(), CONNECT_TIMEOUT, "still listed");
+    d.cli_ok(&["status", "--verify"]);
+}
+
+/// A FIFO in a scratch directory of its own, removed with it (also on failure).
+struct Fifo(std::path::PathBuf);
+
+impl Fifo {
+    fn new() -> Self {
+        let dir = prefilter_tests::scratch_dir("fifo", "pff");
+        std::fs::create_dir_all(&dir).expect("the FIFO's directory");
+        let f = Fifo(dir);
+        let out = std::process::Command::new("mkfifo")
+            .arg(f.path())
+            .output()
+            .expect("mkfifo");
+        assert!(out.status.success(), "mkfifo: {out:?}");
+        f
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.0.join("feed.fifo")
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A free port on 127.0.0.1 inside namespace `ns`.
 /// The CrowdSec LAPI's decision stream as a feed: a decision added with cscli reaches the
 /// kernel table (its SYN dropped, its expiry from the decision's duration), a deleted one
@@ -483,6 +628,99 @@ fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
     assert_eq!(code, 0, "{r} {err}");
     assert_eq!(r["entries"], 0, "{r}");
     lab.assert_connects(&listener, BLOCKED4.into(), "its decision was deleted");
+}
+
+/// What the LAPI's stream says, taken as it means it: a captcha decision deleted beside a
+/// ban on the same address does not lift the ban; a decision's duration ends its drop in
+/// XDP when it runs out, not at the next restart; a `0.0.0.0/0` range is refused (every
+/// sender would be dropped) and named among the rejected decisions.
+#[test]
+fn crowdsec_captchas_expiries_and_everything_ranges_are_taken_as_meant() {
+    require_root();
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let port = free_port(&lab.mx.name);
+    let lapi = Lapi::start(&lab.mx.name, (Ipv4Addr::LOCALHOST, port).into());
+    let key = lapi.add_bouncer("prefilter-mx");
+    let tail = format!(
+        "[[feeds]]\nname = \"crowdsec\"\nsource = \"{}\"\nformat = \"crowdsec\"\napi_key = \"{key}\"\ninterval = \"1h\"\n",
+        lapi.url()
+    );
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
+    d.feed_first_run("crowdsec");
+    let cscli = |args: &[&str]| {
+        let out = lapi.cscli(args);
+        assert_eq!(out.code, 0, "cscli {args:?}: {}", out.both());
+    };
+    let banned = BLOCKED4.to_string();
+    cscli(&["decisions", "add", "--ip", &banned, "--duration", "1h"]);
+    cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &banned,
+        "--duration",
+        "1h",
+        "--type",
+        "captcha",
+    ]);
+    cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "0.0.0.0/0",
+        "--duration",
+        "1h",
+    ]);
+    let short = BIG4.to_string();
+    cscli(&["decisions", "add", "--ip", &short, "--duration", "8s"]);
+    let (code, r, err) = sync(&d, "crowdsec", &[]);
+    assert_eq!(code, 0, "{r} {err}\n{}", d.log());
+    lab.assert_dropped(
+        &listener,
+        short.parse().unwrap(),
+        CONNECT_TIMEOUT,
+        "an 8 s decision",
+    );
+    assert_eq!(
+        r["entries"],
+        2,
+        "the ban and the 8 s decision: {r}\nLAPI: {}",
+        lapi.decisions()
+    );
+    assert!(
+        r["bad_lines"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|l| l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("covers every address")))),
+        "the /0 is named: {r}"
+    );
+    lab.assert_connects(&listener, CLEAN4.into(), "a /0 decision is not applied");
+
+    cscli(&["decisions", "delete", "--ip", &banned, "--type", "captcha"]);
+    let (code, r, err) = sync(&d, "crowdsec", &[]);
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(
+        verdict(&d, &banned),
+        ("drop".into(), "crowdsec".into()),
+        "the ban outlives the captcha's deletion; LAPI: {}",
+        lapi.decisions()
+    );
+    lab.assert_dropped(&listener, BLOCKED4.into(), CONNECT_TIMEOUT, "still banned");
+
+    // No poll after the 8 s: the agent's own expiry ends the drop.
+    let gone = poll(Duration::from_secs(20), || {
+        (verdict(&d, &short).0 == "pass").then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the 8 s decision expired: {}\n{}",
+        d.check(&short),
+        d.log()
+    );
+    lab.assert_connects(&listener, short.parse().unwrap(), "its decision ran out");
+    d.cli_ok(&["status", "--verify"]);
 }
 
 /// Two gateways and one LAPI: agent A (its own namespace, joined to the MX namespace by a

@@ -257,7 +257,14 @@ fn refusal(status: StatusCode, body: &[u8]) -> CliError {
             details: e
                 .errors
                 .iter()
-                .map(|b| format!("line {}: {}: {}", b.line, b.message, b.text))
+                .map(|b| {
+                    format!(
+                        "line {}: {}: {}",
+                        b.line,
+                        b.message,
+                        super::commands::shown(&b.text)
+                    )
+                })
                 .collect(),
             code,
         },

@@ -322,7 +322,7 @@ fn block(client: &Client, out: &mut Out, c: BlockCmd) -> Result<(), CliError> {
             out.flush()?;
             let mut err = std::io::stderr().lock();
             for e in r.errors.iter().take(SHOWN_BAD_LINES) {
-                let _ = writeln!(err, "line {}: {}: {}", e.line, e.message, e.text);
+                let _ = writeln!(err, "line {}: {}: {}", e.line, e.message, shown(&e.text));
             }
             if r.errors.len() > SHOWN_BAD_LINES {
                 let _ = writeln!(
@@ -781,7 +781,9 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
                 for b in &f.bad_lines {
                     out.line(format_args!(
                         "  bad line {}: {} ({})",
-                        b.line, b.message, b.text
+                        b.line,
+                        b.message,
+                        shown(&b.text)
                     ))?;
                 }
             }
@@ -808,7 +810,9 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
                 for b in &r.bad_lines {
                     out.line(format_args!(
                         "  bad line {}: {} ({})",
-                        b.line, b.message, b.text
+                        b.line,
+                        b.message,
+                        shown(&b.text)
                     ))?;
                 }
             }
@@ -822,4 +826,18 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// A line from a list or feed as the terminal may show it: control characters escaped, so
+/// a hostile body cannot clear the screen or retitle the admin's terminal.
+pub(crate) fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

@@ -217,28 +217,19 @@ fn parse_secs(d: &RawDuration) -> Result<u64, String> {
     }
 }
 
-/// The `key: value` lines of a cscli credentials file. Three flat keys: no YAML parser
-/// needed, and a nested document is refused rather than misread.
+/// A cscli credentials file (`cscli machines add NAME -f FILE`): YAML with `url`, `login`
+/// and `password`, read by a YAML parser since cscli quotes a password as YAML does.
 pub fn read_credentials(text: &str) -> Result<(String, String, String), String> {
-    let (mut url, mut login, mut password) = (None, None, None);
-    for line in text.lines() {
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let Some((k, v)) = t.split_once(':') else {
-            return Err(format!("{t:?} is not a key: value line"));
-        };
-        let v = v.trim().trim_matches(['"', '\'']).to_owned();
-        match k.trim() {
-            "url" => url = Some(v),
-            "login" => login = Some(v),
-            "password" => password = Some(v),
-            _ => {}
-        }
+    #[derive(serde::Deserialize)]
+    struct Credentials {
+        url: Option<String>,
+        login: Option<String>,
+        password: Option<String>,
     }
-    match (url, login, password) {
-        (Some(u), Some(l), Some(p)) => Ok((u, l, p)),
+    let c: Credentials =
+        serde_norway::from_str(text).map_err(|e| format!("not a credentials file: {e}"))?;
+    match (c.url, c.login, c.password) {
+        (Some(u), Some(l), Some(p)) if !l.is_empty() && !p.is_empty() => Ok((u, l, p)),
         _ => Err("needs url, login and password".into()),
     }
 }
@@ -266,6 +257,15 @@ impl Validator<'_> {
                 self.err(
                     &key("name"),
                     format!("{:?} is not a list name (1 to 64 of a-z 0-9 _ . -)", r.name),
+                );
+            } else if crate::config::RESERVED_LISTS.contains(&r.name.as_str()) {
+                self.err(
+                    &key("name"),
+                    format!(
+                        "{:?} is the CLI's own list ({} are reserved): choose another name",
+                        r.name,
+                        crate::config::RESERVED_LISTS.join(", ")
+                    ),
                 );
             } else if list_names.contains(&r.name) || !seen.insert(r.name.clone()) {
                 self.err(
@@ -456,6 +456,7 @@ impl Validator<'_> {
             );
         }
         let (mut machine_id, mut password) = (r.machine_id, r.password);
+        let file_given = r.credentials_file.is_some();
         if let Some(f) = r.credentials_file {
             if machine_id.is_some() || password.is_some() {
                 self.err(
@@ -477,7 +478,8 @@ impl Validator<'_> {
         }
         let machine_id = machine_id.unwrap_or_default();
         let password = password.unwrap_or_default();
-        if machine_id.is_empty() || password.is_empty() {
+        // A credentials file that failed was named above.
+        if !file_given && (machine_id.is_empty() || password.is_empty()) {
             self.err(
                 "crowdsec",
                 "needs machine_id and password, or credentials_file (cscli machines add NAME -f FILE)",

@@ -856,3 +856,49 @@ fn the_reserved_names_are_the_daemons_cli_lists() {
     use crate::daemon::{CLI_ALLOW_LIST, CLI_LIST, CLI_TTL_LIST};
     assert_eq!(RESERVED_LISTS, [CLI_LIST, CLI_ALLOW_LIST, CLI_TTL_LIST]);
 }
+
+/// cscli writes the machine's password as YAML quotes it; a garbled file is refused, not
+/// read as a login of `[mx`.
+#[test]
+fn credentials_files_are_read_as_yaml() {
+    let ok = read_credentials("url: http://127.0.0.1:8080\nlogin: mx1\npassword: 'p\"w: #1''x'\n")
+        .expect("a cscli file");
+    assert_eq!(
+        ok,
+        (
+            "http://127.0.0.1:8080".to_owned(),
+            "mx1".to_owned(),
+            "p\"w: #1'x".to_owned()
+        )
+    );
+    let plain = read_credentials("url: http://lapi:8080/\nlogin: mx2\npassword: s3cret\n")
+        .expect("unquoted");
+    assert_eq!(plain.2, "s3cret");
+    for bad in [
+        "url: http://x\nlogin: [mxa\npassword: {{\n",
+        "url: http://x\nlogin: mx\n",
+        "just text",
+        "",
+    ] {
+        assert!(read_credentials(bad).is_err(), "{bad:?} refused");
+    }
+}
+
+/// A feed named like one of the CLI's lists would replace what the CLI put there at its
+/// first fetch: refused, naming the key.
+#[test]
+fn a_feed_may_not_take_a_cli_list_name() {
+    for name in RESERVED_LISTS {
+        let text = format!(
+            "[xdp]\ninterfaces = [\"eth0\"]\n[[feeds]]\nname = \"{name}\"\nsource = \"file:///dev/null\"\nformat = \"plain\"\n"
+        );
+        let e = parse(&text)
+            .err()
+            .unwrap_or_else(|| panic!("feed {name} accepted"));
+        let e = e.to_string();
+        assert!(
+            e.contains("feeds[0].name") && e.contains("CLI's own list"),
+            "feed {name}: {e}"
+        );
+    }
+}

@@ -37,6 +37,8 @@ struct FeedState {
     validators: Option<Validators>,
     /// CrowdSec: the full set was read since this agent started; deltas follow.
     stream_started: bool,
+    /// CrowdSec: when the full set was last read (unix seconds).
+    last_full_read: u64,
     running: bool,
 }
 
@@ -142,6 +144,19 @@ impl Feeds {
         let old = lock(&self.config).clone();
         let mut st = lock(&self.state);
         st.retain(|n, _| feeds.iter().any(|f| &f.name == n));
+        // A feed taken out has no series left: its frozen last success would fire the
+        // staleness alert for a feed that no longer exists.
+        for o in old
+            .iter()
+            .filter(|o| !feeds.iter().any(|f| f.name == o.name))
+        {
+            for g in [&*ENTRIES, &*LAST_SUCCESS] {
+                let _ = g.remove_label_values(&[&o.name]);
+            }
+            for c in [&*FAILURES, &*REJECTED, &*BYTES, &*REFUSALS] {
+                let _ = c.remove_label_values(&[&o.name]);
+            }
+        }
         for f in &feeds {
             let s = st.entry(f.name.clone()).or_default();
             // A changed source, format or action: the validators belong to the old one (a 304
@@ -257,14 +272,35 @@ async fn apply(
         }
         drop(entries);
         let mut st = d2.lock();
+        let expiring = new.iter().any(|(_, e)| e.expires.is_some());
         let r = d2.replace_list(&mut st, &name, Kind::Block, Origin::Feed, new, guard);
         d2.publish(&st);
         drop(st);
+        if expiring {
+            // The expiry task sleeps until the earliest expiry it knew of.
+            d2.expiry_wake.notify_one();
+        }
         trim_heap();
         r.map(|c| c.len())
     })
     .await
     .map_err(|e| OpError::internal(format!("feed apply failed: {e}")))?
+    .map_err(|mut e| {
+        if e.status == super::SHRINK_REFUSED {
+            // The guard speaks of an import and its --force: say what a feed's admin runs.
+            e.message = e
+                .message
+                .replacen("import would remove", "the update would remove", 1)
+                .replace(
+                    "add --force to apply it anyway",
+                    &format!(
+                        "`prefilter feeds sync {} --force` applies it anyway",
+                        feed.name
+                    ),
+                );
+        }
+        e
+    })
 }
 
 /// Runs feed `name` now: fetch, parse, guard, apply. `force` skips the shrink guard.
@@ -340,7 +376,7 @@ fn updated(
 }
 
 fn refusal_or_failure(e: &OpError) -> api::FeedOutcome {
-    if e.status == 409 {
+    if e.status == super::SHRINK_REFUSED {
         api::FeedOutcome::Refused
     } else {
         api::FeedOutcome::Failed
@@ -425,6 +461,7 @@ async fn apply_body(
                     validators: validators.clone(),
                     fetched: at,
                     source: feed.source.to_string(),
+                    crc32: None,
                 };
                 // The list is in force and persisted by the store; only the next start's
                 // copy and the validators are stale if this fails.
@@ -447,9 +484,14 @@ async fn apply_body(
 
 /// The decision stream: the whole set at the first run, then what changed.
 async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncResult {
-    let started = lock(&d.feeds.state)
-        .get(&feed.name)
-        .is_some_and(|s| s.stream_started);
+    // The whole set again now and then: a delta can miss decisions (the LAPI's window of a
+    // bulk import committed during a poll left 50 of 100,000 out for good), a full read
+    // puts the list back in step with the LAPI.
+    // `feeds sync NAME --force` reads it whole as well.
+    let started = !force
+        && lock(&d.feeds.state).get(&feed.name).is_some_and(|s| {
+            s.stream_started && store::now().saturating_sub(s.last_full_read) < FULL_READ_EVERY_SECS
+        });
     let (stream, bytes) = match src::crowdsec_stream(&d.feeds.client, feed, !started).await {
         Ok(s) => s,
         Err(e) => return failed(d, feed, api::FeedOutcome::Failed, e.to_string()),
@@ -469,11 +511,20 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
                 return None;
             }
         };
-        let expires = dec
-            .duration
-            .as_deref()
-            .and_then(src::go_duration_secs)
-            .map(|s| now + s);
+        // A decision always has a duration: one missing or unreadable is refused, not
+        // taken as forever.
+        let Some(secs) = dec.duration.as_deref().and_then(src::go_duration_secs) else {
+            rejected.push(api::BadLine {
+                line: 0,
+                text: dec.value.clone(),
+                message: format!(
+                    "decision duration {:?} is not a duration: decision skipped",
+                    dec.duration.as_deref().unwrap_or("")
+                ),
+            });
+            return None;
+        };
+        let expires = Some(now + secs);
         Some(FeedEntry {
             prefix: p,
             action: feed.action,
@@ -496,12 +547,21 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
         .filter(|e| e.expires.is_none_or(|x| x > now))
         .collect();
     let r = if !started {
-        apply(d, feed, new, (!force).then_some(feed.max_shrink)).await
+        // No shrink guard: the full set is the LAPI's own state, whose deletions arrive
+        // as deltas without one anyway; guarded, a restart after a wave of deletions froze
+        // the feed on its old content, new bans unapplied, until forced.
+        match within_max_entries(feed, new.len()) {
+            Ok(()) => apply(d, feed, new, None).await,
+            Err(e) => Err(e),
+        }
     } else {
-        let deleted: Vec<_> = stream
+        // Only a ban's deletion lifts an entry: the LAPI keeps one decision per value and
+        // type, so a captcha expiring beside a ban on the same address is deleted alone.
+        let deleted: std::collections::HashSet<_> = stream
             .deleted
             .iter()
             .flatten()
+            .filter(is_ban)
             .filter_map(|dec| src::decision_prefix(dec)?.ok())
             .collect();
         if new.is_empty() && deleted.is_empty() {
@@ -528,7 +588,10 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
                 .unwrap_or_default();
             all.retain(|e| !deleted.contains(&e.prefix));
             all.extend(new);
-            apply(d, feed, all, None).await
+            match within_max_entries(feed, all.len()) {
+                Ok(()) => apply(d, feed, all, None).await,
+                Err(e) => Err(e),
+            }
         }
     };
     let n = rejected.len();
@@ -536,6 +599,9 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
     match r {
         Ok(changes) => {
             d.feeds.update(&feed.name, |s| {
+                if !started {
+                    s.last_full_read = store::now();
+                }
                 s.stream_started = true;
                 s.bytes = bytes;
                 s.lines_rejected = n;
@@ -545,6 +611,22 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
             updated(d, feed, changes, n, shown, store::now())
         }
         Err(e) => failed(d, feed, refusal_or_failure(&e), e.message),
+    }
+}
+
+/// How often a CrowdSec feed reads the LAPI's whole set again.
+const FULL_READ_EVERY_SECS: u64 = 3600;
+
+/// `max_entries` of a CrowdSec feed, as a list feed's: more keeps the list as it is.
+fn within_max_entries(feed: &Feed, n: usize) -> Result<(), OpError> {
+    match feed.max_entries {
+        Some(max) if n > max => Err(OpError {
+            status: 413,
+            message: format!(
+                "{n} decisions, more than max_entries = {max}: the list stays as it is"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -632,6 +714,14 @@ async fn load_cached(d: &Daemon) {
         let _running = run.lock().await;
         // The copy was applied once already: no guard against itself.
         let r = apply_body(d, f, body, meta.validators.clone(), false, false).await;
+        if matches!(
+            r.outcome,
+            api::FeedOutcome::Failed | api::FeedOutcome::Refused
+        ) {
+            // Not in force: its validators would have the next fetch answered 304.
+            warn!(feed = %f.name, error = r.error.as_deref().unwrap_or(""), "the feed's last good copy on disk was not applied; the next fetch asks for the whole body");
+            continue;
+        }
         // Its success is the fetch that brought it, not this start.
         LAST_SUCCESS
             .with_label_values(&[&f.name])

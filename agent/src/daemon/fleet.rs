@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::Daemon;
 use super::learned::Learned;
 use crate::config::CrowdSec;
+use crate::policy::Action;
 
 /// Verdicts waiting at most; beyond, the oldest are dropped (and counted).
 const QUEUE: usize = 10_000;
@@ -171,6 +172,29 @@ fn alert(l: &Learned) -> Alert {
     }
 }
 
+/// The start of an error answer, for the log: read no further than that (a LAPI or a
+/// proxy in front of it may answer megabytes) and with control characters blanked.
+async fn error_body(mut resp: reqwest::Response) -> String {
+    const SHOWN: usize = 512;
+    let mut body = Vec::new();
+    while body.len() < SHOWN {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    let cut = body.len() > SHOWN;
+    body.truncate(SHOWN);
+    let mut text: String = String::from_utf8_lossy(&body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if cut {
+        text.push_str(" ...");
+    }
+    text
+}
+
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("plain structs serialize")
 }
@@ -212,7 +236,7 @@ impl Reporter {
             .await?;
         let status = resp.status();
         if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
+            let body = error_body(resp).await;
             return Err(SendError::Status {
                 status: status.as_u16(),
                 body,
@@ -244,7 +268,7 @@ impl Reporter {
             self.token = None;
         }
         if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
+            let body = error_body(resp).await;
             return Err(SendError::Status {
                 status: status.as_u16(),
                 body,
@@ -289,11 +313,12 @@ pub async fn report(d: Daemon, cfg: CrowdSec, mut stop: watch::Receiver<bool>) {
             let batch: Vec<Learned> = queue.iter().take(n).cloned().collect();
             let sent = tokio::select! {
                 r = reporter.send(&batch) => r,
-                _ = stop.changed() => return,
+                _ = stop.changed() => return abandon(&queue),
             };
             match sent {
                 Ok(()) => {
                     queue.drain(..n);
+                    QUEUED.set(queue.len() as i64);
                     REPORTED.with_label_values(&["sent"]).inc_by(n as u64);
                     backoff = Duration::from_secs(1);
                     retry_at = None;
@@ -306,6 +331,7 @@ pub async fn report(d: Daemon, cfg: CrowdSec, mut stop: watch::Receiver<bool>) {
                         // The LAPI will never take this batch: do not retry it forever.
                         queue.drain(..n);
                         REPORTED.with_label_values(&["failed"]).inc_by(n as u64);
+                        QUEUED.set(queue.len() as i64);
                     }
                     warn!(error = %e, retry_in_s = backoff.as_secs(), "reporting to the LAPI failed");
                     retry_at = Some(tokio::time::Instant::now() + backoff);
@@ -328,13 +354,35 @@ pub async fn report(d: Daemon, cfg: CrowdSec, mut stop: watch::Receiver<bool>) {
                     None => std::future::pending().await,
                 }
             } => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => return abandon(&queue),
         }
+    }
+}
+
+/// At a stop: what was not sent is lost (the queue lives in memory only): said and counted.
+fn abandon(queue: &VecDeque<Learned>) {
+    if !queue.is_empty() {
+        REPORTED
+            .with_label_values(&["dropped"])
+            .inc_by(queue.len() as u64);
+        QUEUED.set(0);
+        warn!(
+            unsent = queue.len(),
+            "stopping with learned verdicts not yet reported to the LAPI: they are not kept \
+             across a restart"
+        );
     }
 }
 
 fn enqueue(queue: &mut VecDeque<Learned>, cfg: &CrowdSec, l: Learned) {
     if !cfg.report.contains(&l.source) {
+        return;
+    }
+    // A CrowdSec decision is a ban, which every gateway's feed (this one's too, reading its
+    // own alert back) applies as its blocking action: an observe, tempfail or reject
+    // verdict reported as one would become a drop everywhere. Those stay local.
+    if !matches!(l.action, Action::Drop | Action::Reset) {
+        tracing::debug!(ip = %l.ip, action = l.action.name(), "not reported: only blocking verdicts become bans");
         return;
     }
     if queue.len() >= QUEUE {
@@ -353,6 +401,41 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_796_003_058), "2026-11-30T01:44:18Z");
+    }
+
+    /// Every gateway applies a reported ban as its blocking action, the reporter's own feed
+    /// too: an observe, tempfail or reject verdict is never reported as one.
+    #[test]
+    fn only_blocking_verdicts_are_queued() {
+        use crate::policy::Action;
+        let cfg = CrowdSec {
+            url: "http://127.0.0.1:8080".into(),
+            machine_id: "mx1".into(),
+            password: "p".into(),
+            report: vec!["cli".into()],
+        };
+        let mut q = VecDeque::new();
+        for action in [
+            Action::Drop,
+            Action::Reset,
+            Action::Tempfail,
+            Action::Reject,
+            Action::Observe,
+        ] {
+            enqueue(
+                &mut q,
+                &cfg,
+                Learned {
+                    ip: "192.0.2.32".parse().unwrap(),
+                    action,
+                    ttl: Duration::from_secs(600),
+                    source: "cli".into(),
+                    reason: "test".into(),
+                },
+            );
+        }
+        let queued: Vec<Action> = q.iter().map(|l| l.action).collect();
+        assert_eq!(queued, [Action::Drop, Action::Reset]);
     }
 
     #[test]

@@ -73,12 +73,20 @@ impl OpError {
     }
 }
 
+/// The status of an update the shrink guard refused (412 Precondition Failed).
+pub const SHRINK_REFUSED: u16 = 412;
+
 impl From<store::StoreError> for OpError {
     fn from(e: store::StoreError) -> Self {
         match e {
             store::StoreError::Io { .. } | store::StoreError::Corrupt { .. } => {
                 Self::internal(e.to_string())
             }
+            // Its own status: a feed tells the guard's refusals from its other conflicts.
+            store::StoreError::Shrink(_) => Self {
+                status: SHRINK_REFUSED,
+                message: e.to_string(),
+            },
             _ => Self::conflict(e.to_string()),
         }
     }
@@ -449,6 +457,21 @@ impl State {
                 return Err(OpError::conflict(format!(
                     "config list {name:?}: a list of that name already holds {} entries \
                      from {}; nothing changed: choose another name",
+                    l.entries.len(),
+                    metrics::origin_name(l.origin)
+                )));
+            }
+        }
+        // Nor may a feed: its next fetch would replace what the CLI or an import put there.
+        for feed in &self.settings.feeds {
+            if let Some(l) = read(store).lists().get(&feed.name)
+                && l.origin != Origin::Feed
+                && l.origin != Origin::Config
+            {
+                return Err(OpError::conflict(format!(
+                    "feed {:?}: a list of that name already holds {} entries from {}; \
+                     nothing changed: choose another name",
+                    feed.name,
                     l.entries.len(),
                     metrics::origin_name(l.origin)
                 )));
@@ -1213,6 +1236,39 @@ impl Daemon {
             .collect();
         for iface in gone {
             let _ = detach_one(&mut st, &iface);
+        }
+        // A feed taken out of the config stops blocking now: removing it is how an admin
+        // undoes a bad feed, and it can neither be synced nor edited any more.
+        let mut n = n;
+        let removed: Vec<String> = old
+            .feeds
+            .iter()
+            .filter(|f| !st.settings.feeds.iter().any(|g| g.name == f.name))
+            .map(|f| f.name.clone())
+            .filter(|name| {
+                self.store()
+                    .lists()
+                    .get(name)
+                    .is_some_and(|l| l.origin == Origin::Feed && !l.entries.is_empty())
+            })
+            .collect();
+        for name in removed {
+            match self.replace_list(
+                &mut st,
+                &name,
+                Kind::Block,
+                Origin::Feed,
+                Entries::default(),
+                None,
+            ) {
+                Ok(c) => {
+                    n += c.len();
+                    info!(list = %name, "feed removed from the config: its list emptied");
+                }
+                Err(e) => {
+                    warn!(list = %name, error = %e.message, "emptying the list of a removed feed")
+                }
+            }
         }
         self.publish(&st);
         self.feeds.set_config(st.settings.feeds.clone());

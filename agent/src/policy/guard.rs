@@ -63,7 +63,9 @@ fn percent(share: f64) -> String {
     if (p - p.round()).abs() < 1e-9 {
         format!("{}%", p.round())
     } else {
-        format!("{:.1}%", (p * 10.0).ceil() / 10.0)
+        // Up, so that a share just past the limit never reads as the limit; short of 100 %,
+        // since 1499990 of 1500000 is not the whole list.
+        format!("{:.1}%", ((p * 10.0).ceil() / 10.0).min(99.9))
     }
 }
 

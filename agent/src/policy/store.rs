@@ -136,6 +136,12 @@ pub enum StoreError {
     /// A feed owns this list; its next fetch replaces it.
     #[error("list {name} is fed by the [[feeds]] entry of that name; change the feed instead")]
     FeedOwned { name: String },
+    /// A feed may not take over a list the CLI or an import filled.
+    #[error(
+        "list {name} holds entries from {}; a feed may not take it over: give the feed another name",
+        origin_label(*origin)
+    )]
+    NotFeedOwned { name: String, origin: Origin },
     /// A list of dynamic verdicts takes single addresses with a TTL only, and only it does.
     #[error(
         "list {name} holds dynamic verdicts (block add ADDR --ttl) or another kind of entries; use another list"
@@ -696,6 +702,13 @@ impl Store {
                     name: name.to_owned(),
                 })
             }
+            // Its next fetch would replace what the CLI or an import put there.
+            Some(l) if origin == Origin::Feed && l.origin != Origin::Feed => {
+                Err(StoreError::NotFeedOwned {
+                    name: name.to_owned(),
+                    origin: l.origin,
+                })
+            }
             // Its entries are never compiled into the tables: a prefix added here from
             // elsewhere would be listed yet not enforced.
             Some(l) if (l.origin == Origin::Dynamic) != (origin == Origin::Dynamic) => {
@@ -744,7 +757,7 @@ impl Store {
         let at = now();
         let before: Vec<Option<u16>> = touched
             .iter()
-            .map(|(p, k)| self.effective(p, *k, at))
+            .map(|(p, k)| self.effective(p, *k, AS_IN_TABLES))
             .collect();
         let r = f(self);
         let changes = touched
@@ -929,7 +942,7 @@ impl Store {
                 self.touch(&keys[done..touched], kind);
             }
             done += 1;
-            let old = self.effective(&p, kind, at);
+            let old = self.effective(&p, kind, AS_IN_TABLES);
             let l = &mut self.lists.get_mut(name).expect("ensured").entries;
             let mut edit = |op: Option<Entry>| match op {
                 None => {
@@ -1070,12 +1083,10 @@ impl Store {
             .collect();
         for (name, prefixes) in expired {
             let kind = self.lists[&name].kind;
-            // Expired entries already count as absent in `effective`, so compare against
-            // the verdict just before expiry to report the removal.
             let touched: Vec<(Prefix, Kind)> = prefixes.iter().map(|p| (*p, kind)).collect();
             let before: Vec<Option<u16>> = touched
                 .iter()
-                .map(|(p, k)| self.effective(p, *k, at.saturating_sub(1)))
+                .map(|(p, k)| self.effective(p, *k, AS_IN_TABLES))
                 .collect();
             let l = self.lists.get_mut(&name).expect("exists");
             for p in &prefixes {
@@ -1417,7 +1428,11 @@ impl Store {
             let other = others
                 .iter()
                 .filter_map(|(oid, l)| l.rule(&p).map(|r| (*oid, r)));
-            let was = strongest(kind, at, other.clone().chain(before.map(|r| (id, r))));
+            let was = strongest(
+                kind,
+                AS_IN_TABLES,
+                other.clone().chain(before.map(|r| (id, r))),
+            );
             let will = strongest(kind, at, other.chain(after.map(|r| (id, r))));
             if was != will {
                 changes.push(Change {
@@ -1637,6 +1652,24 @@ enum Persist {
 
 /// The verdict of the strongest unexpired rule among `(list id, rule)` for one prefix:
 /// the most severe action, then the lowest list id; any allow for allow lists.
+/// Who filled a list, for messages.
+fn origin_label(o: Origin) -> &'static str {
+    match o {
+        Origin::Config => "the config file",
+        Origin::Cli => "the CLI",
+        Origin::Import => "an import",
+        Origin::Feed => "a feed",
+        Origin::Dynamic => "block add --ttl",
+    }
+}
+
+/// The `at` of a verdict as the tables hold it: an entry stays there until the sweep
+/// removes it, however late that runs, so a change's verdict before counts expired entries
+/// still in the store. Computed at the change's time instead, an entry swept a second or
+/// more late (the writer busy with a large apply) or deleted before its sweep counted as
+/// already gone, no change was emitted and the tables kept dropping its sender.
+const AS_IN_TABLES: u64 = 0;
+
 fn strongest(kind: Kind, at: u64, entries: impl Iterator<Item = (u16, Rule)>) -> Option<u16> {
     let mut best: Option<(u8, u16, u8)> = None; // (severity, list id, action)
     for (id, e) in entries {

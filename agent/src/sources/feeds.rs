@@ -149,12 +149,35 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     match &feed.source {
         FeedSource::File(path) => {
-            let read = tokio::fs::read(path)
+            use tokio::io::AsyncReadExt;
+            let file_err = |source| FetchError::File {
+                path: path.clone(),
+                source,
+            };
+            // Bounded as a download is: a file on a hung mount must not hold the feed
+            // forever, nor a huge file fill memory before its size is checked. Only a
+            // regular file: opening a FIFO waits for a writer in a thread that no timeout
+            // frees, and a device (/dev/zero) never ends.
+            let read = async {
+                let meta = tokio::fs::metadata(path).await.map_err(file_err)?;
+                if !meta.is_file() {
+                    return Err(file_err(std::io::Error::other(
+                        "not a regular file (a FIFO, device or directory)",
+                    )));
+                }
+                let f = tokio::fs::File::open(path).await.map_err(file_err)?;
+                let mut body = Vec::new();
+                f.take(feed.max_bytes.saturating_add(1))
+                    .read_to_end(&mut body)
+                    .await
+                    .map_err(file_err)?;
+                Ok::<_, FetchError>(body)
+            };
+            let read = tokio::time::timeout(feed.timeout, read)
                 .await
-                .map_err(|source| FetchError::File {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(|_| FetchError::Timeout {
+                    secs: feed.timeout.as_secs(),
+                })??;
             if read.len() as u64 > feed.max_bytes {
                 return Err(FetchError::TooLarge {
                     max: feed.max_bytes,
@@ -313,6 +336,11 @@ pub struct CacheMeta {
     pub fetched: u64,
     /// The source it came from: a body of another URL is not a copy of this feed.
     pub source: String,
+    /// CRC-32 of the body written with it: a body damaged or replaced on disk is not
+    /// applied at start, nor are its validators sent (a 304 would keep it in force). None
+    /// in metadata written by older agents.
+    #[serde(default)]
+    pub crc32: Option<u32>,
 }
 
 /// `STATE/feeds/NAME.body` and `.meta`: the last good body and its validators.
@@ -337,11 +365,23 @@ impl Cache {
     /// The last good copy of feed `name` from `source`, if one is kept.
     pub fn load(&self, name: &str, source: &str) -> Option<(Vec<u8>, CacheMeta)> {
         let (body, meta) = self.paths(name);
+        // What a write cut short by a crash left; the pair it was replacing is whole.
+        let _ = std::fs::remove_file(body.with_extension("tmp"));
         let meta: CacheMeta = serde_json::from_slice(&std::fs::read(meta).ok()?).ok()?;
         if meta.source != source {
             return None;
         }
-        Some((std::fs::read(body).ok()?, meta))
+        let body = std::fs::read(body).ok()?;
+        if meta.crc32.is_some_and(|c| c != crc32fast::hash(&body)) {
+            tracing::warn!(
+                feed = name,
+                "the feed's last good copy on disk does not match its metadata (damaged or \
+                 replaced): not applied, the list stays as stored, and the next fetch asks \
+                 for the whole body"
+            );
+            return None;
+        }
+        Some((body, meta))
     }
 
     /// Keeps `body` as the last good copy: body first, then the metadata that points at
@@ -351,9 +391,13 @@ impl Cache {
         std::fs::create_dir_all(&self.dir)?;
         let (b, m) = self.paths(name);
         atomic_write(&b, body)?;
+        let meta = CacheMeta {
+            crc32: Some(crc32fast::hash(body)),
+            ..meta.clone()
+        };
         atomic_write(
             &m,
-            &serde_json::to_vec(meta).map_err(std::io::Error::other)?,
+            &serde_json::to_vec(&meta).map_err(std::io::Error::other)?,
         )
     }
 
@@ -449,6 +493,8 @@ pub fn decision_prefix(d: &Decision) -> Option<Result<Prefix, String>> {
         "ip" | "range" => Some(
             d.value
                 .parse::<Prefix>()
+                .map_err(|e| e.to_string())
+                .and_then(super::formats::not_everything)
                 .map_err(|e| format!("decision value: {e}")),
         ),
         _ => None,

@@ -340,7 +340,7 @@ pub fn parse_csv(text: &str) -> Scored {
         let score = fields.next();
         let was_first = std::mem::replace(&mut first, false);
         let res = match (addr.parse::<Prefix>(), score.map(str::parse::<f64>)) {
-            (Ok(p), Some(Ok(s))) if s.is_finite() => Ok((p, s)),
+            (Ok(p), Some(Ok(s))) if s.is_finite() => not_everything(p).map(|p| (p, s)),
             (Ok(_), Some(_)) => Err(format!("score {:?} is not a number", score.unwrap_or(""))),
             (Ok(_), None) => Err("no score: expected address,score".to_owned()),
             // A first line naming its columns is a header.
@@ -375,6 +375,20 @@ fn cut(line: &str) -> String {
 /// A line's failure, already worded for the administrator.
 type LineResult = Result<(), String>;
 
+/// Refuses a /0: in a list it blocks every sender, and a list is where a typo or a broken
+/// generator puts one (`0.0.0.0/0`, `::/0`, `::ffff:0:0/96`); `block add PREFIX --force`
+/// takes it on purpose.
+pub fn not_everything(p: Prefix) -> Result<Prefix, String> {
+    if p.prefix_len() == 0 {
+        Err(format!(
+            "{p} covers every address: refused in a list (`prefilter block add {p} --force` \
+             takes it on purpose)"
+        ))
+    } else {
+        Ok(p)
+    }
+}
+
 fn plain_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
     let data = line.find(['#', ';']).map_or(line, |i| &line[..i]).trim();
     if data.is_empty() {
@@ -382,6 +396,7 @@ fn plain_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
     }
     match data.parse::<Prefix>() {
         Ok(prefix) => {
+            let prefix = not_everything(prefix)?;
             out.push(ImportEntry {
                 prefix,
                 reason: None,
@@ -423,7 +438,7 @@ fn spamhaus_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
             return Ok(());
         }
         let cidr = rec.cidr.ok_or("JSON record has no \"cidr\"")?;
-        let prefix = cidr.parse::<Prefix>().map_err(|e| e.to_string())?;
+        let prefix = not_everything(cidr.parse::<Prefix>().map_err(|e| e.to_string())?)?;
         out.push(ImportEntry {
             prefix,
             reason: rec.sblid.map(|s| s.into_owned()).filter(|s| !s.is_empty()),
@@ -434,7 +449,7 @@ fn spamhaus_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
         Some((d, r)) => (d.trim(), Some(r.trim()).filter(|r| !r.is_empty())),
         None => (t, None),
     };
-    let prefix = data.parse::<Prefix>().map_err(|e| e.to_string())?;
+    let prefix = not_everything(data.parse::<Prefix>().map_err(|e| e.to_string())?)?;
     out.push(ImportEntry {
         prefix,
         reason: reason.map(str::to_owned),
@@ -498,6 +513,16 @@ fn rbldnsd(text: &str) -> Parsed {
         // An error-code entry still takes part as a non-listing: the zone answers it,
         // not the wider listing around it, for its addresses.
         let reason = e.txt.filter(|_| listed);
+        // A listed /0 fails its line even where exclusions cut it: as a block list, "every
+        // sender but these" is a slip far more often than a zone's intent.
+        if listed && let Some(&p) = e.prefixes.iter().find(|p| p.prefix_len() == 0) {
+            out.errors.push(LineError {
+                line: i + 1,
+                text: cut(line),
+                message: not_everything(p).expect_err("a /0"),
+            });
+            continue;
+        }
         rules.extend(e.prefixes.into_iter().map(|prefix| Rule {
             prefix,
             listed,

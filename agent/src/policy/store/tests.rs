@@ -1195,3 +1195,83 @@ fn damaged_lines_of_a_list_file_cost_those_lines_only() {
         1
     );
 }
+
+/// The tables keep an expired entry until the sweep removes it, however late the sweep
+/// runs: a sweep seconds late, and a replacement that deletes an entry already expired but
+/// not swept (a CrowdSec decision deleted after its duration), must both report the
+/// removal, or the tables go on dropping a sender the store no longer lists.
+#[test]
+fn an_expired_entry_is_removed_from_the_tables_however_late() {
+    let mut s = Store::in_memory();
+    let past = now() - 30;
+    let e = Entry {
+        expires: Some(past),
+        ..entry(action::DROP)
+    };
+    s.set("cli", Kind::Block, Origin::Cli, vec![(p("192.0.2.9"), e)])
+        .unwrap();
+    let c = s.expire(now()).unwrap();
+    assert_eq!(c.len(), 1, "swept 30 s late, still a change: {c:?}");
+    assert!(c[0].old.is_some() && c[0].verdict.is_none(), "{c:?}");
+
+    let mut feed = Entries::default();
+    feed.insert_parts(
+        p("192.0.2.10"),
+        action::DROP,
+        Some("cs"),
+        past - 60,
+        Some(past),
+    );
+    feed.insert_parts(p("192.0.2.11"), action::DROP, Some("cs"), past - 60, None);
+    s.set(
+        "cs",
+        Kind::Block,
+        Origin::Feed,
+        feed.iter().map(|(q, e)| (q, e.clone())).collect(),
+    )
+    .unwrap();
+    // The decision deleted after its expiry, before the sweep: the delta drops it.
+    let mut next = Entries::default();
+    next.insert_parts(p("192.0.2.11"), action::DROP, Some("cs"), past - 60, None);
+    let planned = s
+        .plan_replace("cs", Kind::Block, Origin::Feed, next)
+        .unwrap();
+    let gone: Vec<_> = planned
+        .changes
+        .iter()
+        .filter(|c| c.prefix == p("192.0.2.10"))
+        .collect();
+    assert_eq!(gone.len(), 1, "the tables are told: {:?}", planned.changes);
+    assert!(gone[0].verdict.is_none());
+}
+
+/// A feed may not take over a list the CLI or an import filled: its next fetch would
+/// replace what the admin put there.
+#[test]
+fn a_feed_may_not_write_a_cli_or_import_list() {
+    let mut s = Store::in_memory();
+    s.set(
+        "cli",
+        Kind::Block,
+        Origin::Cli,
+        vec![(p("192.0.2.9"), entry(action::DROP))],
+    )
+    .unwrap();
+    s.set(
+        "imp",
+        Kind::Block,
+        Origin::Import,
+        vec![(p("192.0.2.8"), entry(action::DROP))],
+    )
+    .unwrap();
+    for name in ["cli", "imp"] {
+        let e = s
+            .plan_replace(name, Kind::Block, Origin::Feed, Entries::default())
+            .err()
+            .unwrap_or_else(|| panic!("a feed took list {name} over"));
+        assert!(
+            e.to_string().contains("a feed may not take it over"),
+            "{name}: {e}"
+        );
+    }
+}

@@ -296,8 +296,9 @@ fn rbldnsd_exclusions() {
             skipped: &[],
         },
         Case {
+            // Two halves: a listed /0 itself fails its line.
             name: "the whole address space, cut at both ends",
-            input: "0/0 all\n!0.0.0.0/32\n!255.255.255.255/32\n0::/0\n!ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/1\n",
+            input: "0/1 all\n128/1 all\n!0.0.0.0/32\n!255.255.255.255/32\n0::/1\n",
             entries: &[
                 "0.0.0.1/32 all", "0.0.0.2/31 all", "0.0.0.4/30 all", "0.0.0.8/29 all", "0.0.0.16/28 all", "0.0.0.32/27 all",
                 "0.0.0.64/26 all", "0.0.0.128/25 all", "0.0.1.0/24 all", "0.0.2.0/23 all", "0.0.4.0/22 all", "0.0.8.0/21 all",
@@ -774,4 +775,46 @@ fn a_big_list_parsed_in_halves_keeps_order_and_line_numbers() {
         *bad.last().unwrap() > line / 2,
         "a bad line in the second half"
     );
+}
+
+/// A /0 in a list blocks every sender: a line of any format, a CSV score or a decision that
+/// says one fails that line, named; a zone's `0/0` with exclusions is not a /0 any more.
+#[test]
+fn a_prefix_of_everything_fails_its_line() {
+    const PLAIN: &str = "0.0.0.0/0 covers every address: refused in a list (`prefilter block add 0.0.0.0/0 --force` takes it on purpose)";
+    const PLAIN6: &str = "::/0 covers every address: refused in a list (`prefilter block add ::/0 --force` takes it on purpose)";
+    run(
+        Format::Plain,
+        &[Case {
+            name: "0.0.0.0/0, ::/0 and the IPv4-mapped /96 among good lines",
+            input: "192.0.2.1\n0.0.0.0/0\n::/0\n::ffff:0:0/96\n198.51.100.0/24\n",
+            entries: &["192.0.2.1/32", "198.51.100.0/24"],
+            errors: &[(2, PLAIN), (3, PLAIN6), (4, PLAIN)],
+            skipped: &[],
+        }],
+    );
+    run(
+        Format::SpamhausDrop,
+        &[Case {
+            name: "a DROP line and a JSON record",
+            input: "0.0.0.0/0 ; SBL1\n{\"cidr\":\"::/0\",\"sblid\":\"SBL2\"}\n203.0.113.0/24 ; SBL3\n",
+            entries: &["203.0.113.0/24 SBL3"],
+            errors: &[(1, PLAIN), (2, PLAIN6)],
+            skipped: &[],
+        }],
+    );
+    run(
+        Format::Rbldnsd,
+        &[Case {
+            name: "a bare 0/0 among entries",
+            input: "192.0.2.0/24\n0/0\n",
+            entries: &["192.0.2.0/24"],
+            errors: &[(2, PLAIN)],
+            skipped: &[],
+        }],
+    );
+    let csv = parse_csv("address,score\n0.0.0.0/0,99\n192.0.2.7,95\n");
+    assert_eq!(csv.entries.len(), 1, "only the address is scored");
+    assert_eq!(csv.errors.len(), 1, "the /0 line is bad");
+    assert_eq!(csv.errors[0].line, 2);
 }
