@@ -72,6 +72,20 @@ pub struct DeleteResult {
     /// Learned verdicts lifted (`block del ADDR` with nothing listed).
     #[serde(default)]
     pub lifted: usize,
+    /// Prefixes given that another list still blocks: a feed's, the config's, an import's.
+    #[serde(default)]
+    pub still_blocked: Vec<StillBlocked>,
+}
+
+/// A prefix `block del` was given that is still blocked, and by what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StillBlocked {
+    pub prefix: String,
+    pub list: String,
+    /// Who fills that list: config, cli, import, feed.
+    pub origin: String,
+    /// What lifts it there.
+    pub hint: String,
 }
 
 /// How many entries one list lost.

@@ -452,6 +452,14 @@ fn taking_a_feed_out_unblocks_and_no_feed_takes_an_imported_list() {
         CONNECT_TIMEOUT,
         "the feed lists it",
     );
+    // `block del` cannot lift a feed's entry, and says what does.
+    let out = d.cli(&["block", "del", &BLOCKED4.to_string()]);
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(
+        out.stderr.contains("still blocked by list drop (feed)"),
+        "{}",
+        out.both()
+    );
     let import = d.dir.join("imp.list");
     std::fs::write(&import, format!("{BIG4}\n")).unwrap();
     d.cli_ok(&["block", "import", import.to_str().unwrap(), "--list", "imp"]);
@@ -708,6 +716,13 @@ fn crowdsec_captchas_expiries_and_everything_ranges_are_taken_as_meant() {
         lapi.decisions()
     );
     lab.assert_dropped(&listener, BLOCKED4.into(), CONNECT_TIMEOUT, "still banned");
+    let out = d.cli(&["block", "del", &banned]);
+    assert!(
+        out.stderr
+            .contains(&format!("cscli decisions delete --ip {banned}")),
+        "block del names what lifts a LAPI decision: {}",
+        out.both()
+    );
 
     // No poll after the 8 s: the agent's own expiry ends the drop.
     let gone = poll(Duration::from_secs(20), || {

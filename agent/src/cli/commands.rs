@@ -350,11 +350,23 @@ fn del(
         &format!("/v1/{kind}/delete"),
         &api::DeleteBody { prefixes, list },
     )?;
+    let still: Vec<String> = r
+        .still_blocked
+        .iter()
+        .map(|s| {
+            format!(
+                "{} is still blocked by list {} ({}): {}",
+                s.prefix, s.list, s.origin, s.hint
+            )
+        })
+        .collect();
     if r.removed == 0 && r.lifted == 0 {
-        return Err(CliError::new(format!(
+        let mut e = CliError::new(format!(
             "no such entry: nothing removed (see `prefilter {kind} list`; the config \
              file's lists are edited there, then `prefilter reload`)"
-        )));
+        ));
+        e.details = still;
+        return Err(e);
     }
     for l in r.lists.iter().filter(|l| l.removed > 0) {
         out.line(format_args!("removed {} from list {}", l.removed, l.list))?;
@@ -364,6 +376,9 @@ fn del(
             "lifted {} learned verdict(s) (dynamic map)",
             r.lifted
         ))?;
+    }
+    for s in &still {
+        out.line(format_args!("{s}"))?;
     }
     Ok(())
 }

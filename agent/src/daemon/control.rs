@@ -406,8 +406,14 @@ fn delete(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
     let b: api::DeleteBody = json_body(body)?;
     let prefixes = parse_prefixes(&b.prefixes)?;
     let list = b.list.as_deref().map(list_name).transpose()?;
-    let (removed, lifted) = d.delete(kind, list, prefixes, "cli")?;
+    let (removed, lifted) = d.delete(kind, list, prefixes.clone(), "cli")?;
+    let still_blocked = if kind == Kind::Block {
+        still_blocked(d, &prefixes)
+    } else {
+        Vec::new()
+    };
     ok(&api::DeleteResult {
+        still_blocked,
         lifted,
         removed: removed.iter().map(|(_, n)| n).sum(),
         lists: removed
@@ -415,6 +421,43 @@ fn delete(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
             .map(|(list, removed)| api::ListRemoved { list, removed })
             .collect(),
     })
+}
+
+/// The prefixes of a `block del` that another list still blocks, and what lifts each
+/// there: deleting from the CLI's list does not unblock a sender a feed, the config or an
+/// import lists (a fleet's own report comes back as a CrowdSec decision).
+fn still_blocked(d: &Daemon, prefixes: &[Prefix]) -> Vec<api::StillBlocked> {
+    let store = d.store();
+    let now = crate::policy::store::now();
+    prefixes
+        .iter()
+        .filter_map(|p| {
+            let v = store.effective(p, Kind::Block, now)?;
+            let id = prefilter_common::verdict::list_id(v);
+            let (name, l) = store.lists().iter().find(|(_, l)| l.id == id)?;
+            let origin = super::metrics::origin_name(l.origin);
+            let hint = match l.origin {
+                Origin::Feed => match d.feeds.feed(name).map(|f| f.format) {
+                    Some(crate::config::FeedFormat::CrowdSec) => format!(
+                        "the LAPI holds a decision for it: `cscli decisions delete --ip {}` \
+                         lifts it on every gateway",
+                        p.first()
+                    ),
+                    _ => "the feed lists it: it goes when the feed's source drops it".to_owned(),
+                },
+                Origin::Config => {
+                    "the config file lists it: edit it, then `prefilter reload`".to_owned()
+                }
+                _ => format!("`prefilter block del {p} --list {name}`"),
+            };
+            Some(api::StillBlocked {
+                prefix: p.to_string(),
+                list: name.clone(),
+                origin: origin.to_owned(),
+                hint,
+            })
+        })
+        .collect()
 }
 
 /// Origin of list `name`, if it exists.

@@ -184,7 +184,7 @@ impl Feeds {
         self.wake.notify_one();
     }
 
-    fn feed(&self, name: &str) -> Option<Feed> {
+    pub(super) fn feed(&self, name: &str) -> Option<Feed> {
         lock(&self.config).iter().find(|f| f.name == name).cloned()
     }
 
