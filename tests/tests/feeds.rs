@@ -654,7 +654,7 @@ fn crowdsec_captchas_expiries_and_everything_ranges_are_taken_as_meant() {
         "[[feeds]]\nname = \"crowdsec\"\nsource = \"{}\"\nformat = \"crowdsec\"\napi_key = \"{key}\"\ninterval = \"1h\"\n",
         lapi.url()
     );
-    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
+    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
     d.feed_first_run("crowdsec");
     let cscli = |args: &[&str]| {
         let out = lapi.cscli(args);
@@ -736,6 +736,25 @@ fn crowdsec_captchas_expiries_and_everything_ranges_are_taken_as_meant() {
     );
     lab.assert_connects(&listener, short.parse().unwrap(), "its decision ran out");
     d.cli_ok(&["status", "--verify"]);
+
+    // Restarted with the LAPI down: the ban still drops, and the feed's last success is the
+    // poll before the restart, not "never" (which would fire the staleness alert).
+    let (_, r, _) = sync(&d, "crowdsec", &[]);
+    assert_eq!(r["outcome"], "updated", "{r}");
+    let before = d.feed_first_run("crowdsec")["last_success"].clone();
+    assert!(before.as_u64().is_some(), "{before}");
+    d.terminate();
+    drop(lapi);
+    d.start();
+    let f = d.feed_first_run("crowdsec");
+    assert_eq!(f["last_outcome"], "failed", "the LAPI is gone: {f}");
+    assert_eq!(f["last_success"], before, "{f}");
+    lab.assert_dropped(
+        &listener,
+        BLOCKED4.into(),
+        CONNECT_TIMEOUT,
+        "kept across the restart",
+    );
 }
 
 /// Two gateways and one LAPI: agent A (its own namespace, joined to the MX namespace by a

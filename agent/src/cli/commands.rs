@@ -795,8 +795,8 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
                 }
                 for b in &f.bad_lines {
                     out.line(format_args!(
-                        "  bad line {}: {} ({})",
-                        b.line,
+                        "  {}: {} ({})",
+                        bad_where(b.line),
                         b.message,
                         shown(&b.text)
                     ))?;
@@ -824,8 +824,8 @@ fn feeds(client: &Client, out: &mut Out, c: FeedsCmd) -> Result<(), CliError> {
                 ))?;
                 for b in &r.bad_lines {
                     out.line(format_args!(
-                        "  bad line {}: {} ({})",
-                        b.line,
+                        "  {}: {} ({})",
+                        bad_where(b.line),
                         b.message,
                         shown(&b.text)
                     ))?;
@@ -855,4 +855,13 @@ pub(crate) fn shown(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Where a bad feed entry was: its line, or for a CrowdSec decision (line 0) that.
+fn bad_where(line: usize) -> String {
+    if line == 0 {
+        "bad decision".to_owned()
+    } else {
+        format!("bad line {line}")
+    }
 }

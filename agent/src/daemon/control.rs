@@ -310,7 +310,10 @@ fn route_blocking(d: &Daemon, route: Route, q: &HashMap<String, String>, body: &
         }
         Route::Reload => ok(&api::ReloadResult {
             reloaded: true,
-            table_changes: d.reload()?,
+            table_changes: d.reload().inspect_err(|e| {
+                // Logged as a SIGHUP's refusal is: the admin may read the log, not the CLI.
+                tracing::error!(error = %e.message, "reload: config refused");
+            })?,
         }),
         Route::Detach => ok(&api::DetachResult {
             detached: d.detach(q.get("iface").map(String::as_str))?,

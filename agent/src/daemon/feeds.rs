@@ -184,6 +184,11 @@ impl Feeds {
         self.wake.notify_one();
     }
 
+    /// Forgets the disk copy of a feed taken out of the config.
+    pub(super) fn forget_copy(&self, name: &str) {
+        self.cache.remove(name);
+    }
+
     pub(super) fn feed(&self, name: &str) -> Option<Feed> {
         lock(&self.config).iter().find(|f| f.name == name).cloned()
     }
@@ -323,7 +328,17 @@ pub async fn sync(d: &Daemon, name: &str, force: bool) -> Result<api::FeedSyncRe
         FeedFormat::CrowdSec => sync_crowdsec(d, &feed, force).await,
         _ => sync_list(d, &feed, force).await,
     };
-    let next = store::now() + feed.interval.as_secs();
+    // A failure is tried again sooner than the interval, from a minute on, doubling: a
+    // gateway that booted before its network, or a source down for a moment, would
+    // otherwise wait an hour. A guard refusal waits for the admin or the next interval.
+    let failures = if r.outcome == api::FeedOutcome::Failed {
+        lock(&d.feeds.state)
+            .get(name)
+            .map_or(0, |s| s.consecutive_failures)
+    } else {
+        0
+    };
+    let next = store::now() + retry_after(feed.interval.as_secs(), failures);
     d.feeds.update(name, |s| {
         s.running = false;
         s.next_run = next;
@@ -529,9 +544,9 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
             prefix: p,
             action: feed.action,
             reason: Some(format!(
-                "crowdsec {} {}",
-                dec.origin.as_deref().unwrap_or(""),
-                dec.scenario.as_deref().unwrap_or("")
+                "crowdsec: {} ({})",
+                dec.scenario.as_deref().unwrap_or("no scenario"),
+                dec.origin.as_deref().unwrap_or("no origin")
             )),
             expires,
         })
@@ -608,10 +623,32 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
                 s.bad_lines = rejected.iter().take(BAD_LINES_SHOWN).cloned().collect();
             });
             let shown = rejected.into_iter().take(BAD_LINES_SHOWN).collect();
-            updated(d, feed, changes, n, shown, store::now())
+            let at = store::now();
+            // Its last success outlives a restart, as a list feed's does with its copy: a
+            // LAPI down at a restart must not look a day stale after a quarter of an hour.
+            let meta = CacheMeta {
+                validators: Validators::default(),
+                fetched: at,
+                source: feed.source.to_string(),
+                crc32: None,
+            };
+            if let Err(e) = d.feeds.cache.store_meta(&feed.name, &meta) {
+                warn!(feed = %feed.name, error = %e, "keeping the feed's last success on disk failed");
+            }
+            updated(d, feed, changes, n, shown, at)
         }
         Err(e) => failed(d, feed, refusal_or_failure(&e), e.message),
     }
+}
+
+/// Seconds until a feed's next run: its interval, or after `failures` failures in a row,
+/// 60 s doubling per failure up to the interval.
+fn retry_after(interval: u64, failures: u64) -> u64 {
+    if failures == 0 {
+        return interval;
+    }
+    let backoff = 60u64.saturating_mul(1 << (failures - 1).min(16));
+    backoff.min(interval)
 }
 
 /// How often a CrowdSec feed reads the LAPI's whole set again.
@@ -701,9 +738,21 @@ async fn load_cached(d: &Daemon) {
         })
         .await;
         match r {
-            Ok(Ok(_)) => info!(list = %name, "feed removed from the config: its list emptied"),
+            Ok(Ok(_)) => {
+                d.feeds.cache.remove(&name);
+                info!(list = %name, "feed removed from the config: its list emptied");
+            }
             Ok(Err(e)) => warn!(list = %name, error = %e, "emptying the list of a removed feed"),
             Err(e) => warn!(list = %name, error = %e, "emptying the list of a removed feed"),
+        }
+    }
+    for f in config.iter().filter(|f| f.format == FeedFormat::CrowdSec) {
+        if let Some(meta) = d.feeds.cache.load_meta(&f.name, &f.source.to_string()) {
+            LAST_SUCCESS
+                .with_label_values(&[&f.name])
+                .set(meta.fetched as i64);
+            d.feeds
+                .update(&f.name, |s| s.last_success = Some(meta.fetched));
         }
     }
     for f in config.iter().filter(|f| f.format != FeedFormat::CrowdSec) {
@@ -784,5 +833,23 @@ impl From<FetchError> for OpError {
             status: 502,
             message: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+
+    #[test]
+    fn failed_feeds_are_tried_again_sooner() {
+        let hour = 3600;
+        assert_eq!(retry_after(hour, 0), hour);
+        let waits: Vec<u64> = (1..=7).map(|f| retry_after(hour, f)).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600]);
+        assert_eq!(
+            retry_after(600, 40),
+            600,
+            "never past the interval, no overflow"
+        );
     }
 }

@@ -199,10 +199,23 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("plain structs serialize")
 }
 
+/// An error and its causes (`error sending request ...: connection refused`): reqwest's
+/// own text leaves out why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Why a batch was not delivered.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
-    #[error("{0}")]
+    #[error("{}", with_causes(.0))]
     Http(#[from] reqwest::Error),
     #[error("LAPI answered {status}: {body}")]
     Status { status: u16, body: String },

@@ -1081,7 +1081,7 @@ impl Daemon {
                 max,
             )
             .map_err(|e| OpError {
-                status: 409,
+                status: SHRINK_REFUSED,
                 message: e.to_string(),
             })?;
         }
@@ -1263,6 +1263,7 @@ impl Daemon {
             ) {
                 Ok(c) => {
                     n += c.len();
+                    self.feeds.forget_copy(&name);
                     info!(list = %name, "feed removed from the config: its list emptied");
                 }
                 Err(e) => {

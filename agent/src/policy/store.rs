@@ -125,7 +125,7 @@ pub enum StoreError {
         message: String,
     },
     /// A list of the other kind already has this name.
-    #[error("list {name} is a {existing} list")]
+    #[error("list {name} holds {existing} entries, not entries of this kind")]
     KindMismatch {
         name: String,
         existing: &'static str,

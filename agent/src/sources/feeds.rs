@@ -362,6 +362,22 @@ impl Cache {
         )
     }
 
+    /// The metadata alone (a CrowdSec feed keeps no body: its last success), if it is of
+    /// `source`.
+    pub fn load_meta(&self, name: &str, source: &str) -> Option<CacheMeta> {
+        let (_, meta) = self.paths(name);
+        let meta: CacheMeta = serde_json::from_slice(&std::fs::read(meta).ok()?).ok()?;
+        (meta.source == source).then_some(meta)
+    }
+
+    /// Forgets feed `name`'s copy: the feed left the config.
+    pub fn remove(&self, name: &str) {
+        let (body, meta) = self.paths(name);
+        for p in [body.with_extension("tmp"), body, meta] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
     /// The last good copy of feed `name` from `source`, if one is kept.
     pub fn load(&self, name: &str, source: &str) -> Option<(Vec<u8>, CacheMeta)> {
         let (body, meta) = self.paths(name);
