@@ -286,6 +286,13 @@ fn restart_without_the_server_filters_from_the_disk_copy() {
     let f = d.feed_first_run("drop");
     assert_eq!(f["last_outcome"], "failed", "the server is gone: {f}");
     assert_eq!(f["entries"], 6, "{f}");
+    // Tried again in a minute, not at the hour's interval.
+    let wait =
+        f["next_run"].as_u64().unwrap_or(0) as i64 - f["last_attempt"].as_u64().unwrap_or(0) as i64;
+    assert!(
+        (55..=70).contains(&wait),
+        "the next run {wait} s after the failure: {f}"
+    );
     assert_eq!(
         f["last_success"], before["last_success"],
         "the last success is the fetch before the restart: {f}"

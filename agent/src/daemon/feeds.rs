@@ -343,6 +343,8 @@ pub async fn sync(d: &Daemon, name: &str, force: bool) -> Result<api::FeedSyncRe
         s.running = false;
         s.next_run = next;
     });
+    // The scheduler sleeps until the time it knew when it started this run.
+    d.feeds.wake.notify_one();
     ENTRIES
         .with_label_values(&[name])
         .set(list_len(d, name) as i64);
