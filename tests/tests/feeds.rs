@@ -592,26 +592,33 @@ impl Drop for Fifo {
     }
 }
 
-/// A free port on 127.0.0.1 inside namespace `ns`.
-/// The CrowdSec LAPI's decision stream as a feed: a decision added with cscli reaches the
-/// kernel table (its SYN dropped, its expiry from the decision's duration), a deleted one
-/// leaves it and the sender connects again.
-#[test]
-fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
-    require_root();
+/// A lab with a real CrowdSec LAPI in the MX namespace and the daemon reading its decision
+/// stream as feed `crowdsec` every `interval`, its first run done: (lab, listener, LAPI,
+/// daemon), dropped daemon first.
+fn lapi_lab(interval: &str) -> (Lab, Listener, Lapi, Daemon) {
     let lab = Lab::new();
     let listener = Listener::start(&lab.mx);
     let port = free_port(&lab.mx.name);
     let lapi = Lapi::start(&lab.mx.name, (Ipv4Addr::LOCALHOST, port).into());
     let key = lapi.add_bouncer("prefilter-mx");
     let tail = format!(
-        "[[feeds]]\nname = \"crowdsec\"\nsource = \"{}\"\nformat = \"crowdsec\"\napi_key = \"{key}\"\ninterval = \"10s\"\n",
+        "[[feeds]]\nname = \"crowdsec\"\nsource = \"{}\"\nformat = \"crowdsec\"\napi_key = \"{key}\"\ninterval = \"{interval}\"\n",
         lapi.url()
     );
     let d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
     let f = d.feed_first_run("crowdsec");
     assert_eq!(f["last_outcome"], "updated", "{f}\n{}", d.log());
     assert_eq!(f["entries"], 0, "{f}");
+    (lab, listener, lapi, d)
+}
+
+/// The CrowdSec LAPI's decision stream as a feed: a decision added with cscli reaches the
+/// kernel table (its SYN dropped, its expiry from the decision's duration), a deleted one
+/// leaves it and the sender connects again.
+#[test]
+fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
+    require_root();
+    let (lab, listener, lapi, d) = lapi_lab("10s");
 
     lapi.add_decision(&BLOCKED4.to_string(), "1h");
     let (code, r, err) = sync(&d, "crowdsec", &[]);
@@ -652,17 +659,7 @@ fn crowdsec_decisions_reach_xdp_and_deleted_ones_leave() {
 #[test]
 fn crowdsec_captchas_expiries_and_everything_ranges_are_taken_as_meant() {
     require_root();
-    let lab = Lab::new();
-    let listener = Listener::start(&lab.mx);
-    let port = free_port(&lab.mx.name);
-    let lapi = Lapi::start(&lab.mx.name, (Ipv4Addr::LOCALHOST, port).into());
-    let key = lapi.add_bouncer("prefilter-mx");
-    let tail = format!(
-        "[[feeds]]\nname = \"crowdsec\"\nsource = \"{}\"\nformat = \"crowdsec\"\napi_key = \"{key}\"\ninterval = \"1h\"\n",
-        lapi.url()
-    );
-    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &tail);
-    d.feed_first_run("crowdsec");
+    let (lab, listener, lapi, mut d) = lapi_lab("1h");
     let cscli = |args: &[&str]| {
         let out = lapi.cscli(args);
         assert_eq!(out.code, 0, "cscli {args:?}: {}", out.both());
