@@ -34,6 +34,18 @@ fn server(lab: &Lab) -> FeedServer {
     FeedServer::start(l)
 }
 
+/// A lab with a feed server serving `list_text(n)` (ETag "v1") and the daemon reading it
+/// as feed `drop`: (lab, listener, server, its URL, daemon), dropped daemon first.
+fn feed_lab(n: usize) -> (Lab, Listener, FeedServer, String, Daemon) {
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.mx);
+    let srv = server(&lab);
+    srv.set(FEED, Reply::text(&list_text(n), "v1"));
+    let url = srv.url(FEED);
+    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
+    (lab, listener, srv, url, d)
+}
+
 /// `[[feeds]]` for `url` named `name` (interval long: the tests run feeds with `sync`).
 fn feed_toml(name: &str, url: &str, extra: &str) -> String {
     format!(
@@ -271,12 +283,7 @@ fn shrink_guard_refuses_until_forced() {
 #[test]
 fn restart_without_the_server_filters_from_the_disk_copy() {
     require_root();
-    let lab = Lab::new();
-    let listener = Listener::start(&lab.mx);
-    let srv = server(&lab);
-    srv.set(FEED, Reply::text(&list_text(5), "v1"));
-    let url = srv.url(FEED);
-    let mut d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
+    let (lab, listener, srv, _url, mut d) = feed_lab(5);
     let before = d.feed_first_run("drop");
     assert_eq!(before["entries"], 6);
     d.terminate();
@@ -410,12 +417,7 @@ fn bad_feed_config_is_named_by_key() {
 #[test]
 fn reload_with_a_changed_feed_applies_it_now() {
     require_root();
-    let lab = Lab::new();
-    let listener = Listener::start(&lab.mx);
-    let srv = server(&lab);
-    srv.set(FEED, Reply::text(&list_text(3), "v1"));
-    let url = srv.url(FEED);
-    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
+    let (lab, listener, srv, url, d) = feed_lab(3);
     assert_eq!(d.feed_first_run("drop")["entries"], 4);
     let fetches = srv.seen().len();
     let text = d.config_text(
@@ -446,12 +448,7 @@ fn reload_with_a_changed_feed_applies_it_now() {
 #[test]
 fn taking_a_feed_out_unblocks_and_no_feed_takes_an_imported_list() {
     require_root();
-    let lab = Lab::new();
-    let listener = Listener::start(&lab.mx);
-    let srv = server(&lab);
-    srv.set(FEED, Reply::text(&list_text(3), "v1"));
-    let url = srv.url(FEED);
-    let d = Daemon::start_new(&lab.mx, &lab.mx_if, &feed_toml("drop", &url, ""));
+    let (lab, listener, _srv, url, d) = feed_lab(3);
     assert_eq!(d.feed_first_run("drop")["entries"], 4);
     lab.assert_dropped(
         &listener,
