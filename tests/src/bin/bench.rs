@@ -70,6 +70,9 @@ fn rounds() -> usize {
 }
 /// Distinct frames per cold figure.
 const COLD_FRAMES: usize = 4096;
+/// Fresh threads the hot spread is taken from.
+const CALLING_THREADS: usize = 9;
+
 /// A cold row with fewer sources than this (one slice of the interleaving) is not reported.
 const MIN_COLD_SAMPLES: usize = 256;
 
@@ -327,6 +330,9 @@ struct Sized {
     /// Blocked /24 SYN, hot, with the shipped event budget and with events off,
     /// interleaved call by call: the figures of each.
     events: (Vec<f64>, Vec<f64>),
+    /// Hot figures from fresh calling threads, one (trivial, minimal, blocked /24 leaf)
+    /// triple per thread.
+    threads: Vec<(f64, f64, f64)>,
 }
 
 /// The shipped config, as the daemon reads it (interfaces not checked).
@@ -495,6 +501,32 @@ fn bench_table(table: Table, settings: &Settings, pass: BorrowedFd<'_>, floor1: 
         .zip(samples)
         .map(|((name, ..), v)| (*name, v))
         .collect();
+    // The same three programs from fresh threads: a thread's kernel stack (the BPF stack)
+    // and its frame buffer land anew against the maps, and that alone moves a hot figure
+    // by a third here; the rows above are one thread's.
+    let (leaf, clean) = (syn(LEAF4), syn(CLEAN4));
+    let threads: Vec<(f64, f64, f64)> = (0..CALLING_THREADS)
+        .map(|_| {
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    let ns = |p: BorrowedFd<'_>, f: &[u8]| {
+                        f64::from(
+                            test_run::run(p, f, REPEAT)
+                                .expect("BPF_PROG_TEST_RUN")
+                                .ns_per_run,
+                        )
+                    };
+                    (
+                        ns(pass, &clean),
+                        ns(min_prog.as_fd(), &leaf),
+                        ns(prog, &leaf),
+                    )
+                })
+                .join()
+                .expect("a calling thread")
+            })
+        })
+        .collect();
 
     // Cold: sources spread over the table.
     let mut rng = Rng(0xc01d + seed);
@@ -646,6 +678,7 @@ fn bench_table(table: Table, settings: &Settings, pass: BorrowedFd<'_>, floor1: 
         cold: cold_rows,
         v6_by_len,
         events,
+        threads,
     }
 }
 
@@ -1227,6 +1260,37 @@ fn main() -> ExitCode {
         .map(|s| format!("{:.1} %", s.hosts_in_groups * 100.0))
         .collect();
     let _ = writeln!(o, "| (host /32s held in a group) | {} |", cells.join(" | "));
+    let _ = writeln!(
+        o,
+        "\n### Hot, over calling threads: ratio to the trivial program, median (lowest–highest)\n\n\
+         The trivial program, the minimal filter and the blocked /24 SYN, called once each from \
+         {CALLING_THREADS} fresh threads in turn, each figure divided by the same thread's \
+         trivial one. Where a thread's kernel stack (the BPF stack) and frame buffer land \
+         against the maps moves every hot figure above by up to a third; this is the spread.\n"
+    );
+    let _ = writeln!(o, "| ratio | {} |", heads.join(" | "));
+    let _ = writeln!(o, "|---|{}", "---:|".repeat(n));
+    let spread = |f: &dyn Fn(&(f64, f64, f64)) -> f64| -> Vec<String> {
+        sized
+            .iter()
+            .map(|s| {
+                let v: Vec<f64> = s.threads.iter().map(f).collect();
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{} ({}–{})", num(median(v), 2), num(lo, 2), num(hi, 2))
+            })
+            .collect()
+    };
+    let _ = writeln!(
+        o,
+        "| blocked /24 SYN / trivial | {} |",
+        spread(&|t| t.2 / t.0).join(" | ")
+    );
+    let _ = writeln!(
+        o,
+        "| {MINIMAL} / trivial | {} |",
+        spread(&|t| t.1 / t.0).join(" | ")
+    );
     let _ = writeln!(
         o,
         "\n### Between program loads: blocked v6 /48 / blocked v4 /24, hot\n\n\
