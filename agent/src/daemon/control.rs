@@ -430,14 +430,26 @@ fn delete(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
 /// there: deleting from the CLI's list does not unblock a sender a feed, the config or an
 /// import lists (a fleet's own report comes back as a CrowdSec decision).
 fn still_blocked(d: &Daemon, prefixes: &[Prefix]) -> Vec<api::StillBlocked> {
-    let store = d.store();
     let now = crate::policy::store::now();
     prefixes
         .iter()
         .filter_map(|p| {
-            let v = store.effective(p, Kind::Block, now)?;
-            let id = prefilter_common::verdict::list_id(v);
-            let (name, l) = store.lists().iter().find(|(_, l)| l.id == id)?;
+            // A single address as `check` judges it (a feed's /24 covers it); a wider prefix
+            // by its own entries.
+            let name = if p.is_host_or_v6_64() {
+                let c = d.check(p.first());
+                if c.verdict == "pass" || c.verdict == "observe" {
+                    return None;
+                }
+                c.list?
+            } else {
+                let store = d.store();
+                let v = store.effective(p, Kind::Block, now)?;
+                let id = prefilter_common::verdict::list_id(v);
+                store.lists().iter().find(|(_, l)| l.id == id)?.0.clone()
+            };
+            let store = d.store();
+            let (name, l) = store.lists().get_key_value(&name)?;
             let origin = super::metrics::origin_name(l.origin);
             let hint = match l.origin {
                 Origin::Feed => match d.feeds.feed(name).map(|f| f.format) {
