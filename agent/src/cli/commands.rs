@@ -865,3 +865,19 @@ fn bad_where(line: usize) -> String {
         format!("bad line {line}")
     }
 }
+
+#[cfg(test)]
+mod shown_tests {
+    use super::shown;
+
+    /// A hostile list line cannot drive the admin's terminal: control characters come out
+    /// escaped, the rest as it was.
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            shown("\u{1b}[2J\u{1b}]0;owned\u{7}evil 192.0.2.1 é"),
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}evil 192.0.2.1 é"
+        );
+        assert_eq!(shown("a\tb\r"), "a\\tb\\r");
+    }
+}

@@ -516,42 +516,16 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
     BYTES.with_label_values(&[&feed.name]).inc_by(bytes);
     let now = store::now();
     let mut rejected = Vec::new();
-    let to_entry = |dec: &src::Decision, rejected: &mut Vec<api::BadLine>| {
-        let p = match src::decision_prefix(dec)? {
-            Ok(p) => p,
-            Err(message) => {
-                rejected.push(api::BadLine {
-                    line: 0,
-                    text: dec.value.clone(),
-                    message,
-                });
-                return None;
-            }
-        };
-        // A decision always has a duration: one missing or unreadable is refused, not
-        // taken as forever.
-        let Some(secs) = dec.duration.as_deref().and_then(src::go_duration_secs) else {
-            rejected.push(api::BadLine {
-                line: 0,
-                text: dec.value.clone(),
-                message: format!(
-                    "decision duration {:?} is not a duration: decision skipped",
-                    dec.duration.as_deref().unwrap_or("")
-                ),
-            });
-            return None;
-        };
-        let expires = Some(now + secs);
-        Some(FeedEntry {
-            prefix: p,
-            action: feed.action,
-            reason: Some(format!(
-                "crowdsec: {} ({})",
-                dec.scenario.as_deref().unwrap_or("no scenario"),
-                dec.origin.as_deref().unwrap_or("no origin")
-            )),
-            expires,
-        })
+    let to_entry = |dec: &src::Decision, rejected: &mut Vec<api::BadLine>| match decision_entry(
+        dec,
+        feed.action,
+        now,
+    )? {
+        Ok(e) => Some(e),
+        Err(bad) => {
+            rejected.push(bad);
+            None
+        }
     };
     // Only bans block; captcha and other remediations are for web bouncers.
     let is_ban = |dec: &&src::Decision| dec.kind.eq_ignore_ascii_case("ban");
@@ -641,6 +615,41 @@ async fn sync_crowdsec(d: &Daemon, feed: &Feed, force: bool) -> api::FeedSyncRes
         }
         Err(e) => failed(d, feed, refusal_or_failure(&e), e.message),
     }
+}
+
+/// The entry of one CrowdSec decision at `now`: None for a scope that is not an address
+/// (`Country`, `AS`), Err naming what was wrong (not an address, a /0, no readable
+/// duration: a decision always has one, and one taken as forever would never lift).
+fn decision_entry(
+    dec: &src::Decision,
+    action: crate::policy::Action,
+    now: u64,
+) -> Option<Result<FeedEntry, api::BadLine>> {
+    let bad = |message: String| api::BadLine {
+        line: 0,
+        text: dec.value.clone(),
+        message,
+    };
+    let p = match src::decision_prefix(dec)? {
+        Ok(p) => p,
+        Err(message) => return Some(Err(bad(message))),
+    };
+    let Some(secs) = dec.duration.as_deref().and_then(src::go_duration_secs) else {
+        return Some(Err(bad(format!(
+            "decision duration {:?} is not a duration: decision skipped",
+            dec.duration.as_deref().unwrap_or("")
+        ))));
+    };
+    Some(Ok(FeedEntry {
+        prefix: p,
+        action,
+        reason: Some(format!(
+            "crowdsec: {} ({})",
+            dec.scenario.as_deref().unwrap_or("no scenario"),
+            dec.origin.as_deref().unwrap_or("no origin")
+        )),
+        expires: Some(now + secs),
+    }))
 }
 
 /// Seconds until a feed's next run: its interval, or after `failures` failures in a row,
@@ -840,7 +849,53 @@ impl From<FetchError> for OpError {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_after;
+    use super::{decision_entry, retry_after, src};
+    use crate::policy::Action;
+
+    fn decision(json: &str) -> src::Decision {
+        serde_json::from_str(json).expect("a decision")
+    }
+
+    /// What a decision becomes: an entry with its expiry, nothing for a scope that is not an
+    /// address, a named refusal for the rest.
+    #[test]
+    fn decisions_become_entries_or_named_refusals() {
+        let now = 1_000_000;
+        let ok = decision(
+            r#"{"duration":"3h59m58.5s","scope":"Ip","value":"192.0.2.7","type":"ban","scenario":"crowdsecurity/ssh-bf","origin":"crowdsec"}"#,
+        );
+        let e = decision_entry(&ok, Action::Drop, now).unwrap().unwrap();
+        assert_eq!(e.prefix.to_string(), "192.0.2.7/32");
+        assert_eq!(e.expires, Some(now + 4 * 3600 - 1));
+        assert_eq!(
+            e.reason.as_deref(),
+            Some("crowdsec: crowdsecurity/ssh-bf (crowdsec)")
+        );
+        let country = decision(r#"{"duration":"1h","scope":"Country","value":"XX","type":"ban"}"#);
+        assert!(decision_entry(&country, Action::Drop, now).is_none());
+        for (json, why) in [
+            (
+                r#"{"duration":"bogus","scope":"Ip","value":"203.0.113.7","type":"ban"}"#,
+                "not a duration",
+            ),
+            (
+                r#"{"scope":"Ip","value":"203.0.113.8","type":"ban"}"#,
+                "not a duration",
+            ),
+            (
+                r#"{"duration":"1h","scope":"Range","value":"0.0.0.0/0","type":"ban"}"#,
+                "covers every address",
+            ),
+            (
+                r#"{"duration":"1h","scope":"Ip","value":"mx.example","type":"ban"}"#,
+                "decision value",
+            ),
+        ] {
+            let got = decision_entry(&decision(json), Action::Drop, now).unwrap();
+            let bad = got.err().unwrap_or_else(|| panic!("{json} taken"));
+            assert!(bad.message.contains(why), "{json}: {}", bad.message);
+        }
+    }
 
     #[test]
     fn failed_feeds_are_tried_again_sooner() {

@@ -119,6 +119,11 @@ mod tests {
                 expected: Err("import would remove 3 of 3 entries of list sbl and leave it empty (100%, limit 100%): nothing changed; add --force to apply it anyway"),
             },
             Case { name: "everything replaced under a 100% limit", current: 3, incoming: 2, removed: 3, max_share: 1.0, expected: Ok(()) },
+            Case {
+                // Rounded up, yet short of the whole list.
+                name: "almost everything", current: 1_500_000, incoming: 10, removed: 1_499_990, max_share: 0.5,
+                expected: Err("import would remove 1499990 of 1500000 entries of list sbl (99.9%, limit 50%): nothing changed; add --force to apply it anyway"),
+            },
         ];
         for c in cases {
             let got = check_replace("sbl", c.current, c.incoming, c.removed, c.max_share)
