@@ -184,11 +184,6 @@ impl Feeds {
         self.wake.notify_one();
     }
 
-    /// Forgets the disk copy of a feed taken out of the config.
-    pub(super) fn forget_copy(&self, name: &str) {
-        self.cache.remove(name);
-    }
-
     pub(super) fn feed(&self, name: &str) -> Option<Feed> {
         lock(&self.config).iter().find(|f| f.name == name).cloned()
     }
@@ -730,31 +725,15 @@ async fn load_cached(d: &Daemon) {
         .map(|(n, _)| n.clone())
         .collect();
     for name in stale {
-        // Emptied through the replace path (persisted like any update); the empty list
-        // stays, blocking nothing.
         let d2 = d.clone();
-        let n2 = name.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut st = d2.lock();
-            let r = d2.replace_list(
-                &mut st,
-                &n2,
-                Kind::Block,
-                Origin::Feed,
-                store::Entries::default(),
-                None,
-            );
+            empty_removed(&d2, &mut st, &name);
             d2.publish(&st);
-            r
         })
         .await;
-        match r {
-            Ok(Ok(_)) => {
-                d.feeds.cache.remove(&name);
-                info!(list = %name, "feed removed from the config: its list emptied");
-            }
-            Ok(Err(e)) => warn!(list = %name, error = %e, "emptying the list of a removed feed"),
-            Err(e) => warn!(list = %name, error = %e, "emptying the list of a removed feed"),
+        if let Err(e) = r {
+            warn!(error = %e, "emptying the list of a removed feed");
         }
     }
     for f in config.iter().filter(|f| f.format == FeedFormat::CrowdSec) {
@@ -795,6 +774,30 @@ async fn load_cached(d: &Daemon) {
             .with_label_values(&[&f.name])
             .set(list_len(d, &f.name) as i64);
         info!(feed = %f.name, entries = r.entries, fetched = meta.fetched, "feed's last good copy loaded from disk");
+    }
+}
+
+/// Empties the list of a feed taken out of the config, through the replace path (persisted
+/// like any update; the empty list stays, blocking nothing), and forgets its disk copy.
+/// Returns the table changes.
+pub(super) fn empty_removed(d: &Daemon, st: &mut super::State, name: &str) -> usize {
+    match d.replace_list(
+        st,
+        name,
+        Kind::Block,
+        Origin::Feed,
+        store::Entries::default(),
+        None,
+    ) {
+        Ok(c) => {
+            d.feeds.cache.remove(name);
+            info!(list = %name, "feed removed from the config: its list emptied");
+            c.len()
+        }
+        Err(e) => {
+            warn!(list = %name, error = %e.message, "emptying the list of a removed feed");
+            0
+        }
     }
 }
 

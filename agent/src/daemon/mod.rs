@@ -1253,23 +1253,7 @@ impl Daemon {
             })
             .collect();
         for name in removed {
-            match self.replace_list(
-                &mut st,
-                &name,
-                Kind::Block,
-                Origin::Feed,
-                Entries::default(),
-                None,
-            ) {
-                Ok(c) => {
-                    n += c.len();
-                    self.feeds.forget_copy(&name);
-                    info!(list = %name, "feed removed from the config: its list emptied");
-                }
-                Err(e) => {
-                    warn!(list = %name, error = %e.message, "emptying the list of a removed feed")
-                }
-            }
+            n += feeds::empty_removed(self, &mut st, &name);
         }
         self.publish(&st);
         self.feeds.set_config(st.settings.feeds.clone());

@@ -1650,8 +1650,6 @@ enum Persist {
     File,
 }
 
-/// The verdict of the strongest unexpired rule among `(list id, rule)` for one prefix:
-/// the most severe action, then the lowest list id; any allow for allow lists.
 /// Who filled a list, for messages.
 fn origin_label(o: Origin) -> &'static str {
     match o {
@@ -1670,6 +1668,8 @@ fn origin_label(o: Origin) -> &'static str {
 /// already gone, no change was emitted and the tables kept dropping its sender.
 const AS_IN_TABLES: u64 = 0;
 
+/// The verdict of the strongest unexpired rule among `(list id, rule)` for one prefix:
+/// the most severe action, then the lowest list id; any allow for allow lists.
 fn strongest(kind: Kind, at: u64, entries: impl Iterator<Item = (u16, Rule)>) -> Option<u16> {
     let mut best: Option<(u8, u16, u8)> = None; // (severity, list id, action)
     for (id, e) in entries {

@@ -778,7 +778,7 @@ fn a_big_list_parsed_in_halves_keeps_order_and_line_numbers() {
 }
 
 /// A /0 in a list blocks every sender: a line of any format, a CSV score or a decision that
-/// says one fails that line, named; a zone's `0/0` with exclusions is not a /0 any more.
+/// says one fails that line, named; an rbldnsd `0/0` too, exclusions or not.
 #[test]
 fn a_prefix_of_everything_fails_its_line() {
     const PLAIN: &str = "0.0.0.0/0 covers every address: refused in a list (`prefilter block add 0.0.0.0/0 --force` takes it on purpose)";
