@@ -7,10 +7,10 @@
 
 /// Layout version of every map below. Written into [`config::Config::abi`] when the maps are
 /// created, and part of the program's name, so a stale pinned program or map set is detected.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Name of the XDP program function; it carries the ABI so `bpftool prog` shows it too.
-pub const PROG_NAME: &str = "prefilter_v6";
+pub const PROG_NAME: &str = "prefilter_v7";
 
 /// Verdict actions, as stored in map values and used as counter indices.
 pub mod action {
@@ -114,9 +114,17 @@ pub mod verdict {
 
 /// Runtime settings the agent writes; the program reads them on every judged SYN.
 pub mod config {
-    /// Per-CPU array map with one [`Config`]: the agent writes the same settings for every
-    /// CPU; each CPU's copy also holds that CPU's event budget, which the program updates.
+    /// Array map with one [`Config`]: the agent's pinned record of the settings, which a
+    /// restarted agent adopts with the other pinned maps, and the ABI marker. The program
+    /// does not read it: it reads the copy in its global [`Settings`].
     pub const MAP: &str = "PF_CONFIG";
+    /// The program's global data section (an array map of one [`Settings`] that aya
+    /// creates for it): the settings and the judged ports, which the program reads with
+    /// plain loads from a fixed address. A map lookup passes its key through the stack and
+    /// returns a pointer to wait for; two of them (settings and ports) were a fifth of a
+    /// blocked SYN's cost. Not pinned: each loaded program has its own, written before any
+    /// link points at it.
+    pub const SETTINGS_MAP: &str = ".data";
 
     /// Per-source SYN rate limit is on.
     pub const FLAG_RATELIMIT: u32 = 1 << 0;
@@ -147,11 +155,6 @@ pub mod config {
         pub ev_cost_ns: u64,
         /// Event bucket capacity in ns of credit (burst * cost).
         pub ev_cap_ns: u64,
-        /// This CPU's event budget, the program's to update; the agent writes it zeroed
-        /// (a full budget). Here rather than in a map of its own: the program already holds
-        /// this value's pointer when it judges a SYN, and a second map lookup on every
-        /// sampling candidate cost 2–3 ns of a 25–35 ns blocked SYN (events on / off 1.08).
-        pub budget: crate::events::Budget,
     }
 
     impl Config {
@@ -170,16 +173,59 @@ pub mod config {
     }
 
     #[cfg(feature = "user")]
-    // SAFETY: repr(C), only integers, no implicit padding (4+4+8+8+4+4+8+8+16).
+    // SAFETY: repr(C), only integers, no implicit padding (4+4+8+8+4+4+8+8).
     unsafe impl aya::Pod for Config {}
+
+    /// The program's global settings: the config and the judged ports.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Settings {
+        pub config: Config,
+        /// Bit `port % 64` of word `port / 64` set: SYNs to that port are judged.
+        pub ports: [u64; crate::ports::WORDS],
+    }
+
+    impl Settings {
+        /// What a freshly loaded program holds until the agent writes it: nothing judged.
+        /// The ABI is set so that the value is not all zeros, which would put it in `.bss`
+        /// (a map of another name) instead of `.data`.
+        pub const INITIAL: Settings = Settings {
+            config: Config {
+                abi: crate::ABI_VERSION,
+                flags: 0,
+                rl_cost_ns: 0,
+                rl_cap_ns: 0,
+                events_per_sec: 0,
+                dyn_entries: 0,
+                ev_cost_ns: 0,
+                ev_cap_ns: 0,
+            },
+            ports: [0; crate::ports::WORDS],
+        };
+
+        /// Whether SYNs to `port` are judged.
+        pub const fn judged(&self, port: u16) -> bool {
+            self.ports[(port >> 6) as usize] >> (port & 63) & 1 != 0
+        }
+
+        /// Judges exactly the ports of `list`.
+        pub fn set_ports(&mut self, list: &[u16]) {
+            self.ports = [0; crate::ports::WORDS];
+            for &p in list {
+                self.ports[(p >> 6) as usize] |= 1 << (p & 63);
+            }
+        }
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), a Config and u64 words, no implicit padding.
+    unsafe impl aya::Pod for Settings {}
 }
 
-/// The judged destination ports.
+/// The judged destination ports: a bitmap in [`crate::config::Settings`].
 pub mod ports {
-    /// Array map of u8, indexed by destination port (host order); non-zero = judged.
-    pub const MAP: &str = "PF_PORTS";
-    /// One slot per port.
-    pub const ENTRIES: u32 = 65536;
+    /// 64-bit words of the bitmap, one bit per port.
+    pub const WORDS: usize = 65536 / 64;
     /// Judged by default: submission ports carry authenticated users on dynamic addresses.
     pub const DEFAULT: &[u16] = &[25];
 }
@@ -479,7 +525,8 @@ pub mod ratelimit {
 
 /// Per-CPU counters.
 pub mod counters {
-    /// PerCpuArray<u64>: `reason * action::COUNT + action`, then the extra slots below.
+    /// PerCpuArray of one [`Stats`] per CPU: the counter slots and the CPU's event budget
+    /// in one value, so that a judged SYN costs one lookup for all it counts and samples.
     pub const MAP: &str = "PF_COUNTERS";
     /// Events written to the ring buffer.
     pub const EVENTS_SENT: u32 = (super::reason::COUNT * super::action::COUNT) as u32;
@@ -487,6 +534,29 @@ pub mod counters {
     pub const EVENTS_LOST: u32 = EVENTS_SENT + 1;
     /// Number of slots.
     pub const SLOTS: u32 = EVENTS_LOST + 1;
+
+    /// One CPU's counters and event budget; the program's to update, the agent sums the
+    /// slots over CPUs.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Stats {
+        /// `reason * action::COUNT + action` ([`slot`]), then the event slots.
+        pub n: [u64; SLOTS as usize],
+        pub budget: super::events::Budget,
+    }
+
+    impl Default for Stats {
+        fn default() -> Self {
+            Stats {
+                n: [0; SLOTS as usize],
+                budget: Default::default(),
+            }
+        }
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), u64 slots and a Budget (8 + 4 + 4), no implicit padding.
+    unsafe impl aya::Pod for Stats {}
 
     /// Slot of a (reason, action) pair.
     pub const fn slot(reason: u8, action: u8) -> u32 {
@@ -522,7 +592,7 @@ pub mod events {
 
     /// Per-CPU event budget as a virtual scheduling clock (GCRA, the token bucket's
     /// equivalent): an event is allowed while `tat_ns` is at most `now + cap - cost`, and
-    /// moves it by `cost`. Held in each CPU's copy of [`crate::config::Config`].
+    /// moves it by `cost`. Held in each CPU's [`crate::counters::Stats`].
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct Budget {
@@ -571,3 +641,25 @@ pub mod events {
 /// Log level global of aya-log-ebpf; the agent patches it before load (0 = off), and the
 /// verifier then removes every disabled log site from the per-packet path.
 pub const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::config::Settings;
+    use std::vec::Vec;
+
+    #[test]
+    fn judged_ports_are_exactly_the_ones_set() {
+        let mut s = Settings::INITIAL;
+        assert!(
+            (0..=u16::MAX).all(|p| !s.judged(p)),
+            "a fresh program judges nothing"
+        );
+        s.set_ports(&[0, 25, 63, 64, 587, 65535]);
+        let judged: Vec<u16> = (0..=u16::MAX).filter(|&p| s.judged(p)).collect();
+        assert_eq!(judged, [0, 25, 63, 64, 587, 65535]);
+        s.set_ports(&[465]);
+        let judged: Vec<u16> = (0..=u16::MAX).filter(|&p| s.judged(p)).collect();
+        assert_eq!(judged, [465], "setting ports replaces the old ones");
+    }
+}

@@ -884,16 +884,16 @@ fn a_patch_the_tables_refuse_part_way_changes_nothing() {
     assert_eq!(d.check("241.0.1.65")["verdict"], "pass");
 }
 
-/// The pinned config map of daemon `d` (one copy per CPU).
+/// The pinned config map of daemon `d` (the agent's record; the ABI marker).
 fn pinned_config(
     d: &Daemon,
-) -> aya::maps::PerCpuArray<aya::maps::MapData, prefilter_common::config::Config> {
+) -> aya::maps::Array<aya::maps::MapData, prefilter_common::config::Config> {
     let pin = d
         .bpffs
         .join("prefilter")
         .join(prefilter_common::config::MAP);
     let data = aya::maps::MapData::from_pin(&pin).expect("pinned config map");
-    aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).unwrap()
+    aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap()
 }
 
 /// An upgrade: the pinned maps carry another ABI. The new agent must not reuse them, yet
@@ -909,13 +909,9 @@ fn upgrade_with_another_abi_keeps_filtering() {
         d.terminate();
         // Pretend an older agent of another map layout left its maps pinned.
         let mut cfg = pinned_config(&d);
-        let each: Vec<_> = cfg.get(&0, 0).unwrap().iter().copied().collect();
-        assert!(each.iter().all(|c| c.abi == prefilter_common::ABI_VERSION));
-        let old: Vec<_> = each
-            .iter()
-            .map(|&c| prefilter_common::config::Config { abi: 999, ..c })
-            .collect();
-        cfg.set(0, aya::maps::PerCpuValues::try_from(old).unwrap(), 0)
+        let c = cfg.get(&0, 0).unwrap();
+        assert_eq!(c.abi, prefilter_common::ABI_VERSION);
+        cfg.set(0, prefilter_common::config::Config { abi: 999, ..c }, 0)
             .unwrap();
         drop(cfg);
         d.start();
@@ -931,7 +927,7 @@ fn upgrade_with_another_abi_keeps_filtering() {
     );
     assert!(!listener.saw(BLOCKED4.into()), "{:?}", listener.peers());
     assert_eq!(
-        pinned_config(&d).get(&0, 0).unwrap()[0].abi,
+        pinned_config(&d).get(&0, 0).unwrap().abi,
         prefilter_common::ABI_VERSION,
         "the new maps are pinned in place of the old"
     );

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -21,8 +21,13 @@ use aya::{
     },
 };
 use prefilter_common::{
-    ABI_VERSION, AddrKey, LOG_LEVEL_GLOBAL, PROG_NAME, config, config::Config, counters, dynamic,
-    dynamic::DynVerdict, ports, v4, v6,
+    ABI_VERSION, AddrKey, LOG_LEVEL_GLOBAL, PROG_NAME, config,
+    config::{Config, Settings},
+    counters,
+    counters::Stats,
+    dynamic,
+    dynamic::DynVerdict,
+    ports, v4, v6,
 };
 
 use self::{mmap::Mmap, v4table::V4Table, v6table::V6Table};
@@ -112,7 +117,6 @@ impl Default for Options {
 /// force and no bookkeeping to recover from kernel memory.
 const PINNED_MAPS: &[&str] = &[
     config::MAP,
-    ports::MAP,
     dynamic::MAP,
     prefilter_common::ratelimit::MAP,
     counters::MAP,
@@ -130,8 +134,8 @@ pub struct Filter {
     pub v6: V6Table,
     config: Config,
     dynamic: HashMap<MapData, AddrKey, DynVerdict>,
-    /// The judged ports as last written; None while unknown (maps adopted from pins).
-    ports: Option<Vec<u16>>,
+    /// The judged ports as last written.
+    ports: Vec<u16>,
     /// Whether the maps were adopted from pins rather than created.
     pub adopted: bool,
     kernel_view: Option<KernelView>,
@@ -266,19 +270,21 @@ impl Filter {
             v6,
             config: Config::default(),
             dynamic,
-            // Fresh maps are zeroed: no port judged yet.
-            ports: (!adopted).then(Vec::new),
+            ports: ports::DEFAULT.to_vec(),
             adopted,
             kernel_view: Some(kernel_view),
         };
-        filter.config = filter.read_config()?;
-        if filter.config.abi == 0 {
-            filter.set_config(Config {
+        // The record a previous agent left (its dynamic entry count above all), or fresh
+        // defaults; either way copied into this program's settings.
+        let record = filter.read_config()?;
+        filter.set_config(if record.abi == 0 {
+            Config {
                 abi: ABI_VERSION,
                 ..Config::default()
-            })?;
-            filter.set_ports(ports::DEFAULT)?;
-        }
+            }
+        } else {
+            record
+        })?;
         Ok(filter)
     }
 
@@ -297,12 +303,12 @@ impl Filter {
         })
     }
 
-    fn config_map(&mut self) -> Result<PerCpuArray<&mut MapData, Config>, FilterError> {
+    fn config_map(&mut self) -> Result<Array<&mut MapData, Config>, FilterError> {
         self.typed(config::MAP)
     }
 
-    /// Every CPU's copy of the config: the same settings, each with its own event budget.
-    fn read_configs(&mut self) -> Result<PerCpuValues<Config>, FilterError> {
+    /// The pinned record of the settings (all zeros in fresh maps).
+    fn read_config(&mut self) -> Result<Config, FilterError> {
         self.config_map()?
             .get(&0, 0)
             .map_err(|source| FilterError::Map {
@@ -311,12 +317,17 @@ impl Filter {
             })
     }
 
-    /// The settings in force (the first CPU's copy; the budget is the program's).
-    fn read_config(&mut self) -> Result<Config, FilterError> {
-        let c = self.read_configs()?[0];
-        Ok(Config {
-            budget: Default::default(),
-            ..c
+    /// Writes the program's settings: the config and the ports as last set.
+    fn write_settings(&mut self) -> Result<(), FilterError> {
+        let mut s = Settings {
+            config: self.config,
+            ..Settings::INITIAL
+        };
+        s.set_ports(&self.ports);
+        let mut arr = self.typed::<Array<_, Settings>>(config::SETTINGS_MAP)?;
+        arr.set(0, s, 0).map_err(|source| FilterError::Map {
+            name: config::SETTINGS_MAP,
+            source,
         })
     }
 
@@ -433,55 +444,29 @@ impl Filter {
         self.config
     }
 
-    /// Replaces the runtime configuration. Each CPU keeps its event budget: this runs on
-    /// every new dynamic verdict, and a budget refilled each time would let a flood that
-    /// brings DNSBL hits report far more than its events per second. The program may spend
-    /// an event between the read and the write here; that event is then not counted.
+    /// Replaces the runtime configuration: the pinned record, then the program's copy.
+    /// Each CPU's event budget is in its stats, which this leaves alone: this runs on every
+    /// new dynamic verdict, and a budget refilled each time would let a flood that brings
+    /// DNSBL hits report far more than its events per second.
     pub fn set_config(&mut self, c: Config) -> Result<(), FilterError> {
         let c = Config {
             abi: ABI_VERSION,
-            budget: Default::default(),
             ..c
         };
-        let err = |source| FilterError::Map {
-            name: config::MAP,
-            source,
-        };
-        let each: Vec<Config> = self
-            .read_configs()?
-            .iter()
-            .map(|cpu| Config {
-                budget: cpu.budget,
-                ..c
-            })
-            .collect();
-        let values = PerCpuValues::try_from(each).map_err(|e| err(MapError::IoError(e)))?;
-        self.config_map()?.set(0, values, 0).map_err(err)?;
+        self.config_map()?
+            .set(0, c, 0)
+            .map_err(|source| FilterError::Map {
+                name: config::MAP,
+                source,
+            })?;
         self.config = c;
-        Ok(())
+        self.write_settings()
     }
 
     /// Sets the judged destination ports to exactly `list`.
     pub fn set_ports(&mut self, list: &[u16]) -> Result<(), FilterError> {
-        let known = self.ports.take();
-        let mut arr = self.typed::<Array<_, u8>>(ports::MAP)?;
-        let err = |source| FilterError::Map {
-            name: ports::MAP,
-            source,
-        };
-        // Only the difference when we know what is there; every slot after adopting maps.
-        let touch: Vec<u16> = match &known {
-            Some(old) => old.iter().chain(list).copied().collect(),
-            None => (0..=u16::MAX).collect(),
-        };
-        for p in touch {
-            let want = u8::from(list.contains(&p));
-            if arr.get(&u32::from(p), 0).map_err(err)? != want {
-                arr.set(u32::from(p), want, 0).map_err(err)?;
-            }
-        }
-        self.ports = Some(list.to_vec());
-        Ok(())
+        self.ports = list.to_vec();
+        self.write_settings()
     }
 
     /// Adds or replaces a dynamic verdict.
@@ -533,39 +518,36 @@ impl Filter {
         self.set_config(c)
     }
 
-    /// Every slot of a per-CPU u64 array, summed over CPUs.
-    fn summed(&self, name: &'static str) -> Result<Vec<u64>, FilterError> {
+    /// A per-CPU array of this object, typed.
+    fn per_cpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, FilterError> {
         let map = self
             .ebpf
             .map(name)
             .ok_or(FilterError::MissingMap { name, source: None })?;
-        let arr =
-            PerCpuArray::<&MapData, u64>::try_from(map).map_err(|e| FilterError::MissingMap {
-                name,
-                source: Some(e),
-            })?;
-        arr.iter()
-            .map(|v| {
-                v.map(|v| v.iter().sum())
-                    .map_err(|source| FilterError::Map { name, source })
-            })
-            .collect()
+        PerCpuArray::try_from(map).map_err(|e| FilterError::MissingMap {
+            name,
+            source: Some(e),
+        })
     }
 
     /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
     pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
-        self.summed(counters::MAP)
+        summed_stats(&self.per_cpu(counters::MAP)?)
     }
 
     /// Block hits per list id, summed over CPUs (only non-zero ones).
     pub fn list_hits(&self) -> Result<Vec<(u16, u64)>, FilterError> {
-        Ok(self
-            .summed(counters::LIST_HITS)?
-            .into_iter()
-            .enumerate()
-            .filter(|&(_, n)| n != 0)
-            .map(|(i, n)| (i as u16, n))
-            .collect())
+        Ok(
+            summed(&self.per_cpu(counters::LIST_HITS)?, counters::LIST_HITS)?
+                .into_iter()
+                .enumerate()
+                .filter(|&(_, n)| n != 0)
+                .map(|(i, n)| (i as u16, n))
+                .collect(),
+        )
     }
 
     /// A reader of the program's aya-log records (forwarded to the `log` facade), when the
@@ -623,7 +605,7 @@ impl Filter {
 
 /// What readers (metrics, `check`, events) see of the kernel, without the writer's lock.
 pub struct KernelView {
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Stats>,
     list_hits: PerCpuArray<MapData, u64>,
     dynamic: HashMap<MapData, AddrKey, DynVerdict>,
     /// The IPv4 table as the program reads it.
@@ -632,7 +614,11 @@ pub struct KernelView {
     pub v6: v6table::V6View,
 }
 
-fn summed(arr: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<Vec<u64>, FilterError> {
+/// Every slot of a per-CPU u64 array, summed over CPUs.
+fn summed<T: std::borrow::Borrow<MapData>>(
+    arr: &PerCpuArray<T, u64>,
+    name: &'static str,
+) -> Result<Vec<u64>, FilterError> {
     arr.iter()
         .map(|v| {
             v.map(|v| v.iter().sum())
@@ -641,10 +627,27 @@ fn summed(arr: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<Vec<u64
         .collect()
 }
 
+/// The counter slots of every CPU's stats, summed.
+fn summed_stats<T: std::borrow::Borrow<MapData>>(
+    arr: &PerCpuArray<T, Stats>,
+) -> Result<Vec<u64>, FilterError> {
+    let each = arr.get(&0, 0).map_err(|source| FilterError::Map {
+        name: counters::MAP,
+        source,
+    })?;
+    let mut sum = vec![0u64; counters::SLOTS as usize];
+    for cpu in each.iter() {
+        for (s, n) in sum.iter_mut().zip(cpu.n) {
+            *s += n;
+        }
+    }
+    Ok(sum)
+}
+
 impl KernelView {
     /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
     pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
-        summed(&self.counters, counters::MAP)
+        summed_stats(&self.counters)
     }
 
     /// Block hits per list id, summed over CPUs (all ids, zeros included).
@@ -730,17 +733,17 @@ fn check_pins(dir: &Path) -> Result<bool, FilterError> {
         name: config::MAP,
         source,
     })?;
-    // Maps of ABI 3 and older held the config in a plain array: another layout, found as 0.
+    // Maps of ABI 4 to 6 held the config in a per-CPU array with the event budget: another
+    // layout, found as 0 (as is any other).
     let found = if info.value_size() as usize == size_of::<Config>()
-        && matches!(info.map_type(), Ok(aya::maps::MapType::PerCpuArray))
+        && matches!(info.map_type(), Ok(aya::maps::MapType::Array))
     {
-        let arr = PerCpuArray::<_, Config>::try_from(Map::PerCpuArray(data)).map_err(|source| {
-            FilterError::Map {
+        let arr =
+            Array::<_, Config>::try_from(Map::Array(data)).map_err(|source| FilterError::Map {
                 name: config::MAP,
                 source,
-            }
-        })?;
-        arr.get(&0, 0).map(|c| c[0].abi).unwrap_or(0)
+            })?;
+        arr.get(&0, 0).map(|c| c.abi).unwrap_or(0)
     } else {
         0
     };
