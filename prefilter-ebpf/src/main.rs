@@ -591,7 +591,7 @@ fn fast(ctx: &XdpContext) -> Fast {
     let p = start as *const u8;
     // SAFETY: within the 54 bytes checked above.
     let ethertype = unsafe { u16::from_be_bytes([*p.add(12), *p.add(13)]) };
-    let (v6, l4, saddr) = if ethertype == ETH_P_IP {
+    if ethertype == ETH_P_IP {
         const L3: usize = ETH_HLEN;
         // SAFETY: within the 54 bytes checked above.
         let (vihl, total, frag, proto) = unsafe {
@@ -608,7 +608,7 @@ fn fast(ctx: &XdpContext) -> Fast {
         }
         // SAFETY: as above.
         let a = unsafe { frame_u32::<{ L3 + 12 }>(p) };
-        (false, (L3 + 20, L3 + total), Addr::v4(a))
+        fast_tcp::<false>(ctx, L3 + 20, L3 + total, Addr::v4(a))
     } else if ethertype == ETH_P_IPV6 {
         const L3: usize = ETH_HLEN;
         // Ethernet 14 + IPv6 40 + TCP 20.
@@ -630,11 +630,20 @@ fn fast(ctx: &XdpContext) -> Fast {
                 lo: frame_u64::<{ L3 + 16 }>(p),
             }
         };
-        (true, (L3 + 40, L3 + 40 + plen), a)
+        fast_tcp::<true>(ctx, L3 + 40, L3 + 40 + plen, a)
     } else {
-        return Fast::Other;
-    };
-    let (l4, end) = l4;
+        Fast::Other
+    }
+}
+
+/// [`fast`] from the TCP header at `l4` on (`end`: where the IP payload ends), a copy for
+/// each family: merged, the family and the IPv6 source's upper half were carried (and
+/// spilled to the stack) through the IPv4 path, and each step tested the family again.
+#[inline(always)]
+fn fast_tcp<const V6: bool>(ctx: &XdpContext, l4: usize, end: usize, saddr: Addr) -> Fast {
+    let v6 = V6;
+    let start = ctx.data();
+    let p = start as *const u8;
     if start + l4 + 20 > ctx.data_end() {
         return Fast::Other;
     }
