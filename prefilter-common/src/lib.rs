@@ -93,12 +93,15 @@ pub mod reason {
 
 /// A prefix-table verdict packed in 16 bits: action in the top 4, list id in the low 12.
 pub mod verdict {
-    /// Largest list id a verdict can carry.
-    pub const MAX_LIST_ID: u16 = 0x0fff;
+    /// The list id bits of a verdict.
+    pub const LIST_ID_MASK: u16 = 0x0fff;
+    /// Largest list id given out: short of what 12 bits hold, so that every list's hit
+    /// counter fits in one per-CPU value with the others ([`crate::counters::Stats`]).
+    pub const MAX_LIST_ID: u16 = crate::counters::LIST_SLOTS as u16 - 1;
 
     /// Packs an action and the id of the list or feed that set it.
     pub const fn pack(action: u8, list_id: u16) -> u16 {
-        ((action as u16) << 12) | (list_id & MAX_LIST_ID)
+        ((action as u16) << 12) | (list_id & LIST_ID_MASK)
     }
 
     /// The action of a packed verdict.
@@ -108,7 +111,7 @@ pub mod verdict {
 
     /// The list id of a packed verdict.
     pub const fn list_id(v: u16) -> u16 {
-        v & MAX_LIST_ID
+        v & LIST_ID_MASK
     }
 }
 
@@ -181,6 +184,11 @@ pub mod config {
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Settings {
         pub config: Config,
+        /// Non-zero when a judged SYN may need more than the prefix tables: rate limiting is
+        /// on or dynamic verdicts exist. Derived from `config` by the agent, so that the
+        /// common case costs the program one load and one branch.
+        pub slow: u32,
+        pub _pad: u32,
         /// Bit `port % 64` of word `port / 64` set: SYNs to that port are judged.
         pub ports: [u64; crate::ports::WORDS],
     }
@@ -200,8 +208,21 @@ pub mod config {
                 ev_cost_ns: 0,
                 ev_cap_ns: 0,
             },
+            slow: 0,
+            _pad: 0,
             ports: [0; crate::ports::WORDS],
         };
+
+        /// The settings for `config` and the judged ports of `list`.
+        pub fn new(config: Config, list: &[u16]) -> Settings {
+            let mut s = Settings {
+                config,
+                slow: u32::from(config.flags & FLAG_RATELIMIT != 0 || config.dyn_entries != 0),
+                ..Settings::INITIAL
+            };
+            s.set_ports(list);
+            s
+        }
 
         /// Whether SYNs to `port` are judged.
         pub const fn judged(&self, port: u16) -> bool {
@@ -218,7 +239,7 @@ pub mod config {
     }
 
     #[cfg(feature = "user")]
-    // SAFETY: repr(C), a Config and u64 words, no implicit padding.
+    // SAFETY: repr(C), a Config, two u32 and u64 words, no implicit padding.
     unsafe impl aya::Pod for Settings {}
 }
 
@@ -525,8 +546,9 @@ pub mod ratelimit {
 
 /// Per-CPU counters.
 pub mod counters {
-    /// PerCpuArray of one [`Stats`] per CPU: the counter slots and the CPU's event budget
-    /// in one value, so that a judged SYN costs one lookup for all it counts and samples.
+    /// PerCpuArray of one [`Stats`] per CPU: the counter slots, the lists' hits and the
+    /// CPU's event budget in one value, so that a judged SYN costs one lookup for all it
+    /// counts and samples.
     pub const MAP: &str = "PF_COUNTERS";
     /// Events written to the ring buffer.
     pub const EVENTS_SENT: u32 = (super::reason::COUNT * super::action::COUNT) as u32;
@@ -535,11 +557,15 @@ pub mod counters {
     /// Number of slots.
     pub const SLOTS: u32 = EVENTS_LOST + 1;
 
-    /// One CPU's counters and event budget; the program's to update, the agent sums the
-    /// slots over CPUs.
+    /// One CPU's counters, list hits and event budget; the program's to update, the agent
+    /// sums the slots over CPUs. 32 KiB, the most a per-CPU value may hold.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Stats {
+        /// SYNs judged by a block entry, by list id. First: the verifier bounds an index
+        /// by the list id's 12 bits (up to 4095 slots of 8 bytes), which must stay within
+        /// the value.
+        pub hits: [u64; LIST_SLOTS as usize],
         /// `reason * action::COUNT + action` ([`slot`]), then the event slots.
         pub n: [u64; SLOTS as usize],
         pub budget: super::events::Budget,
@@ -548,6 +574,7 @@ pub mod counters {
     impl Default for Stats {
         fn default() -> Self {
             Stats {
+                hits: [0; LIST_SLOTS as usize],
                 n: [0; SLOTS as usize],
                 budget: Default::default(),
             }
@@ -555,7 +582,7 @@ pub mod counters {
     }
 
     #[cfg(feature = "user")]
-    // SAFETY: repr(C), u64 slots and a Budget (8 + 4 + 4), no implicit padding.
+    // SAFETY: repr(C), u64 hits and slots and a Budget (8 + 4 + 4), no implicit padding.
     unsafe impl aya::Pod for Stats {}
 
     /// Slot of a (reason, action) pair.
@@ -563,10 +590,9 @@ pub mod counters {
         reason as u32 * super::action::COUNT as u32 + action as u32
     }
 
-    /// PerCpuArray<u64> indexed by list id: SYNs judged by a block entry of that list.
-    pub const LIST_HITS: &str = "PF_LIST_HITS";
-    /// One slot per possible list id.
-    pub const LIST_SLOTS: u32 = super::verdict::MAX_LIST_ID as u32 + 1;
+    /// List hit slots, one per list id (0 unused): what is left of a per-CPU value's
+    /// 32 KiB after the counter slots and the budget.
+    pub const LIST_SLOTS: u32 = (32768 - SLOTS * 8 - 16) / 8;
 }
 
 /// Ring buffer of verdict and first-seen events.

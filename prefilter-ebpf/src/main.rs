@@ -62,8 +62,6 @@ static PF_RATELIMIT: LruHashMap<AddrKey, Bucket> =
     LruHashMap::with_max_entries(ratelimit::DEFAULT_ENTRIES, 0);
 #[map(name = "PF_COUNTERS")]
 static PF_COUNTERS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
-#[map(name = "PF_LIST_HITS")]
-static PF_LIST_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LIST_SLOTS, 0);
 #[map(name = "PF_EVENTS")]
 static PF_EVENTS: RingBuf = RingBuf::with_byte_size(events::BYTES, 0);
 #[map(name = "PF_SEEN")]
@@ -235,6 +233,7 @@ macro_rules! frame_word {
         }
     };
 }
+frame_word!(frame_u16, u16, "u16");
 frame_word!(frame_u32, u32, "u32");
 frame_word!(frame_u64, u64, "u64");
 
@@ -520,10 +519,9 @@ fn count_in(st: &mut Stats, reason: u8, action: u8, list_id: u16) {
         *c += 1;
     }
     if reason == reason::BLOCK
-        && let Some(c) = PF_LIST_HITS.get_ptr_mut(list_id as u32)
+        && let Some(c) = st.hits.get_mut(list_id as usize)
     {
-        // SAFETY: as above.
-        unsafe { *c += 1 };
+        *c += 1;
     }
 }
 
@@ -537,7 +535,7 @@ fn count_in(st: &mut Stats, reason: u8, action: u8, list_id: u16) {
 fn judge_fast(ctx: &XdpContext, v6: bool, saddr: Addr, dport: u16) -> Fast {
     let cfg = &settings().config;
     let table = table_lookup(v6, saddr);
-    if cfg.flags & config::FLAG_RATELIMIT == 0 && cfg.dyn_entries == 0 {
+    if settings().slow == 0 {
         match verdict::action(table) {
             action::NONE => {
                 count(reason::NO_MATCH, action::PASS, 0);
@@ -589,18 +587,19 @@ fn fast(ctx: &XdpContext) -> Fast {
         return Fast::Other;
     }
     let p = start as *const u8;
+    // 16-bit fields with one load each (`frame_u16`): assembled from two byte loads they
+    // took five instructions apiece, a quarter of the parse.
     // SAFETY: within the 54 bytes checked above.
-    let ethertype = unsafe { u16::from_be_bytes([*p.add(12), *p.add(13)]) };
+    let ethertype = unsafe { frame_u16::<12>(p) };
     if ethertype == ETH_P_IP {
         const L3: usize = ETH_HLEN;
         // SAFETY: within the 54 bytes checked above.
         let (vihl, total, frag, proto) = unsafe {
-            let b = |o: usize| *p.add(L3 + o);
             (
-                b(0),
-                u16::from_be_bytes([b(2), b(3)]) as usize,
-                b(6) & 0x1f | b(7),
-                b(9),
+                *p.add(L3),
+                frame_u16::<{ L3 + 2 }>(p) as usize,
+                frame_u16::<{ L3 + 6 }>(p) & 0x1fff,
+                *p.add(L3 + 9),
             )
         };
         if vihl != 0x45 || frag != 0 || proto != IPPROTO_TCP || L3 + total > frame_len(ctx) {
@@ -617,8 +616,11 @@ fn fast(ctx: &XdpContext) -> Fast {
         }
         // SAFETY: within the 74 bytes checked just above.
         let (ver, plen, nh) = unsafe {
-            let b = |o: usize| *p.add(L3 + o);
-            (b(0) >> 4, u16::from_be_bytes([b(4), b(5)]) as usize, b(6))
+            (
+                *p.add(L3) >> 4,
+                frame_u16::<{ L3 + 4 }>(p) as usize,
+                *p.add(L3 + 6),
+            )
         };
         if ver != 6 || nh != IPPROTO_TCP || L3 + 40 + plen > frame_len(ctx) {
             return Fast::Other;
@@ -649,11 +651,11 @@ fn fast_tcp<const V6: bool>(ctx: &XdpContext, l4: usize, end: usize, saddr: Addr
     }
     // SAFETY: within the 20 bytes of TCP header checked just above.
     let (flags, doff, dport) = unsafe {
-        let b = |o: usize| *p.add(l4 + o);
+        let tcp = p.add(l4);
         (
-            b(13),
-            ((b(12) >> 4) as usize) << 2,
-            u16::from_be_bytes([b(2), b(3)]),
+            *tcp.add(13),
+            ((*tcp.add(12) >> 4) as usize) << 2,
+            frame_u16::<2>(tcp),
         )
     };
     let masked = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
@@ -680,11 +682,10 @@ fn fast_tcp<const V6: bool>(ctx: &XdpContext, l4: usize, end: usize, saddr: Addr
         return Fast::Other;
     }
     if !settings().judged(dport) {
-        return Fast::Judged(Outcome {
-            reason: reason::NOT_JUDGED,
-            action: action::PASS,
-            list_id: 0,
-        });
+        // Counted here rather than returned: an outcome returned is set up before the
+        // branch, on the judged SYN's path too.
+        count(reason::NOT_JUDGED, action::PASS, 0);
+        return Fast::Done(xdp_action::XDP_PASS);
     }
     judge_fast(ctx, v6, saddr, dport)
 }

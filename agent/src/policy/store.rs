@@ -147,7 +147,7 @@ pub enum StoreError {
         "list {name} holds dynamic verdicts (block add ADDR --ttl) or another kind of entries; use another list"
     )]
     DynamicOnly { name: String },
-    /// All 4095 list ids are taken.
+    /// All list ids (1 to `verdict::MAX_LIST_ID`, 4035) are taken.
     #[error("too many lists (at most {})", verdict::MAX_LIST_ID)]
     TooManyLists,
     /// A list name that cannot be a file name.

@@ -120,7 +120,6 @@ const PINNED_MAPS: &[&str] = &[
     dynamic::MAP,
     prefilter_common::ratelimit::MAP,
     counters::MAP,
-    counters::LIST_HITS,
     prefilter_common::events::MAP,
     prefilter_common::events::SEEN,
 ];
@@ -246,7 +245,6 @@ impl Filter {
         )?);
         let kernel_view = KernelView {
             counters: typed_dup(&ebpf, counters::MAP, Map::PerCpuArray)?,
-            list_hits: typed_dup(&ebpf, counters::LIST_HITS, Map::PerCpuArray)?,
             dynamic: typed_dup(&ebpf, dynamic::MAP, Map::LruHashMap)?,
             v4: v4.view(),
             v6: v6table::V6View::new(v6table::V6Maps::new(
@@ -319,11 +317,7 @@ impl Filter {
 
     /// Writes the program's settings: the config and the ports as last set.
     fn write_settings(&mut self) -> Result<(), FilterError> {
-        let mut s = Settings {
-            config: self.config,
-            ..Settings::INITIAL
-        };
-        s.set_ports(&self.ports);
+        let s = Settings::new(self.config, &self.ports);
         let mut arr = self.typed::<Array<_, Settings>>(config::SETTINGS_MAP)?;
         arr.set(0, s, 0).map_err(|source| FilterError::Map {
             name: config::SETTINGS_MAP,
@@ -540,14 +534,12 @@ impl Filter {
 
     /// Block hits per list id, summed over CPUs (only non-zero ones).
     pub fn list_hits(&self) -> Result<Vec<(u16, u64)>, FilterError> {
-        Ok(
-            summed(&self.per_cpu(counters::LIST_HITS)?, counters::LIST_HITS)?
-                .into_iter()
-                .enumerate()
-                .filter(|&(_, n)| n != 0)
-                .map(|(i, n)| (i as u16, n))
-                .collect(),
-        )
+        Ok(summed_hits(&self.per_cpu(counters::MAP)?)?
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, n)| n != 0)
+            .map(|(i, n)| (i as u16, n))
+            .collect())
     }
 
     /// A reader of the program's aya-log records (forwarded to the `log` facade), when the
@@ -606,7 +598,6 @@ impl Filter {
 /// What readers (metrics, `check`, events) see of the kernel, without the writer's lock.
 pub struct KernelView {
     counters: PerCpuArray<MapData, Stats>,
-    list_hits: PerCpuArray<MapData, u64>,
     dynamic: HashMap<MapData, AddrKey, DynVerdict>,
     /// The IPv4 table as the program reads it.
     pub v4: v4table::V4View,
@@ -614,34 +605,38 @@ pub struct KernelView {
     pub v6: v6table::V6View,
 }
 
-/// Every slot of a per-CPU u64 array, summed over CPUs.
-fn summed<T: std::borrow::Borrow<MapData>>(
-    arr: &PerCpuArray<T, u64>,
-    name: &'static str,
+/// A slice of every CPU's stats (`part`), summed slot by slot.
+fn summed_part<T: std::borrow::Borrow<MapData>>(
+    arr: &PerCpuArray<T, Stats>,
+    part: fn(&Stats) -> &[u64],
 ) -> Result<Vec<u64>, FilterError> {
-    arr.iter()
-        .map(|v| {
-            v.map(|v| v.iter().sum())
-                .map_err(|source| FilterError::Map { name, source })
-        })
-        .collect()
+    let each = arr.get(&0, 0).map_err(|source| FilterError::Map {
+        name: counters::MAP,
+        source,
+    })?;
+    let mut sum: Vec<u64> = Vec::new();
+    for cpu in each.iter() {
+        let slots = part(cpu);
+        sum.resize(slots.len(), 0);
+        for (s, n) in sum.iter_mut().zip(slots) {
+            *s += n;
+        }
+    }
+    Ok(sum)
 }
 
 /// The counter slots of every CPU's stats, summed.
 fn summed_stats<T: std::borrow::Borrow<MapData>>(
     arr: &PerCpuArray<T, Stats>,
 ) -> Result<Vec<u64>, FilterError> {
-    let each = arr.get(&0, 0).map_err(|source| FilterError::Map {
-        name: counters::MAP,
-        source,
-    })?;
-    let mut sum = vec![0u64; counters::SLOTS as usize];
-    for cpu in each.iter() {
-        for (s, n) in sum.iter_mut().zip(cpu.n) {
-            *s += n;
-        }
-    }
-    Ok(sum)
+    summed_part(arr, |s| &s.n)
+}
+
+/// The list hits of every CPU's stats, summed: indexed by list id.
+fn summed_hits<T: std::borrow::Borrow<MapData>>(
+    arr: &PerCpuArray<T, Stats>,
+) -> Result<Vec<u64>, FilterError> {
+    summed_part(arr, |s| &s.hits)
 }
 
 impl KernelView {
@@ -652,7 +647,7 @@ impl KernelView {
 
     /// Block hits per list id, summed over CPUs (all ids, zeros included).
     pub fn list_hits(&self) -> Result<Vec<u64>, FilterError> {
-        summed(&self.list_hits, counters::LIST_HITS)
+        summed_hits(&self.counters)
     }
 
     /// The dynamic verdict for a key, as the kernel holds it.
