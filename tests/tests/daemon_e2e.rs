@@ -913,9 +913,18 @@ fn upgrade_with_another_abi_keeps_filtering() {
         assert_eq!(c.abi, prefilter_common::ABI_VERSION);
         cfg.set(0, prefilter_common::config::Config { abi: 999, ..c }, 0)
             .unwrap();
-        drop(cfg);
+        // And a map this ABI no longer has (the judged ports were one until ABI 7).
+        let dir = d.bpffs.join("prefilter");
+        let retired = aya::maps::MapData::from_pin(dir.join(prefilter_common::config::MAP))
+            .expect("pinned config map");
+        retired.pin(dir.join("PF_PORTS")).expect("pin a stand-in");
+        drop((cfg, retired));
         d.start();
     });
+    assert!(
+        !d.bpffs.join("prefilter").join("PF_PORTS").exists(),
+        "the retired map's pin is removed with the others"
+    );
     assert!(
         d.log().contains("another version"),
         "the agent said it replaced the maps: {}",

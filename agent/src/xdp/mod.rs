@@ -684,10 +684,15 @@ pub fn detach_pinned(pin: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Maps earlier ABIs pinned that this one no longer has (the judged ports, until ABI 7 a
+/// map; the list hits, now in the counters' value): removed with the others at an upgrade,
+/// or their pins would hold the kernel memory for good.
+const RETIRED_PINS: &[&str] = &["PF_PORTS", "PF_LIST_HITS"];
+
 /// Removes pinned maps of another ABI. The program still attached keeps its own maps
 /// alive through its link until the link is switched to the new program.
 pub fn remove_map_pins(dir: &Path) -> std::io::Result<()> {
-    for name in PINNED_MAPS {
+    for name in PINNED_MAPS.iter().chain(RETIRED_PINS) {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
