@@ -1010,23 +1010,20 @@ fn v6_lookup(a: Addr) -> u16 {
 #[inline(always)]
 fn judge_source(v6: bool, saddr: Addr) -> Outcome {
     let table = table_lookup(v6, saddr);
-    let mut out = match &settings().config {
-        cfg if verdict::action(table) != action::ALLOW => decide(cfg, v6, saddr, table, false),
-        _ => Outcome {
-            reason: reason::MALFORMED,
-            action: action::PASS,
-            list_id: 0,
-        },
-    };
-    match out.action {
-        action::DROP | action::RESET => out.action = action::DROP,
-        _ => {
-            out.reason = reason::MALFORMED;
-            out.action = action::PASS;
-            out.list_id = 0;
+    if verdict::action(table) != action::ALLOW {
+        let out = decide(&settings().config, v6, saddr, table, false);
+        if matches!(out.action, action::DROP | action::RESET) {
+            return Outcome {
+                action: action::DROP,
+                ..out
+            };
         }
     }
-    out
+    Outcome {
+        reason: reason::MALFORMED,
+        action: action::PASS,
+        list_id: 0,
+    }
 }
 
 #[inline(always)]

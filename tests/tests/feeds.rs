@@ -81,6 +81,17 @@ fn verdict(d: &Daemon, ip: &str) -> (String, String) {
 }
 
 /// `n` addresses in 203.0.113.0/24 beside the lab's `BLOCKED4`, as a plain list.
+/// Since request `from`, the server sent a whole body to a request without a validator.
+fn assert_fetched_whole(srv: &FeedServer, from: usize, what: &str) {
+    let refetch = srv.seen()[from..].to_vec();
+    assert!(
+        refetch
+            .iter()
+            .any(|r| r.status == 200 && r.header("if-none-match").is_none()),
+        "{what}: {refetch:?}"
+    );
+}
+
 fn list_text(n: usize) -> String {
     let mut s = String::from("# test feed\n");
     s.push_str(&format!("{BLOCKED4}\n"));
@@ -431,13 +442,7 @@ fn reload_with_a_changed_feed_applies_it_now() {
         (v.0 == "reset").then_some(v)
     });
     assert_eq!(got, Some(("reset".into(), "drop".into())), "{}", d.log());
-    let refetch = srv.seen()[fetches..].to_vec();
-    assert!(
-        refetch
-            .iter()
-            .any(|r| r.status == 200 && r.header("if-none-match").is_none()),
-        "the changed feed was not fetched whole: {refetch:?}"
-    );
+    assert_fetched_whole(&srv, fetches, "the changed feed was not fetched whole");
     lab.assert_refused(&listener, BLOCKED4.into(), "the feed's new action");
 }
 
@@ -551,13 +556,7 @@ fn a_damaged_disk_copy_is_not_applied_and_a_fifo_is_no_feed() {
         "{}",
         d.log()
     );
-    let refetch = srv.seen()[fetches..].to_vec();
-    assert!(
-        refetch
-            .iter()
-            .any(|r| r.status == 200 && r.header("if-none-match").is_none()),
-        "fetched whole after the damaged copy: {refetch:?}"
-    );
+    assert_fetched_whole(&srv, fetches, "fetched whole after the damaged copy");
     lab.assert_dropped(&listener, BLOCKED4.into(), CONNECT_TIMEOUT, "still listed");
     d.cli_ok(&["status", "--verify"]);
 }

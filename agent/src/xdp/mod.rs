@@ -512,11 +512,9 @@ impl Filter {
         self.set_config(c)
     }
 
-    /// A per-CPU array of this object, typed.
-    fn per_cpu<V: aya::Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<PerCpuArray<&MapData, V>, FilterError> {
+    /// Every CPU's stats (counters, list hits, event budget).
+    fn stats_map(&self) -> Result<PerCpuArray<&MapData, Stats>, FilterError> {
+        let name = counters::MAP;
         let map = self
             .ebpf
             .map(name)
@@ -529,12 +527,12 @@ impl Filter {
 
     /// Counters summed over CPUs: the (reason, action) matrix plus the event slots.
     pub fn counters(&self) -> Result<Vec<u64>, FilterError> {
-        summed_stats(&self.per_cpu(counters::MAP)?)
+        summed_stats(&self.stats_map()?)
     }
 
     /// Block hits per list id, summed over CPUs (only non-zero ones).
     pub fn list_hits(&self) -> Result<Vec<(u16, u64)>, FilterError> {
-        Ok(summed_hits(&self.per_cpu(counters::MAP)?)?
+        Ok(summed_hits(&self.stats_map()?)?
             .into_iter()
             .enumerate()
             .filter(|&(_, n)| n != 0)
