@@ -1150,7 +1150,7 @@ impl Validator<'_> {
         Limits {
             // A group index must fit the 24 bits beside the EXT flag of a TBL24 entry.
             v4_long_groups: self.int("limits.v4_long_groups", r.v4_long_groups, 1, v4::GROUP_MASK),
-            v6_entries: self.int("limits.v6_entries", r.v6_entries, 1, u32::MAX),
+            v6_entries: self.int("limits.v6_entries", r.v6_entries, 1, v6::MAX_ENTRIES),
             dynamic_entries: self.int("limits.dynamic_entries", r.dynamic_entries, 1, u32::MAX),
             max_shrink_percent: self.int("limits.max_shrink_percent", r.max_shrink_percent, 0, 100),
         }

@@ -7,10 +7,10 @@
 
 /// Layout version of every map below. Written into [`config::Config::abi`] when the maps are
 /// created, and part of the program's name, so a stale pinned program or map set is detected.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Name of the XDP program function; it carries the ABI so `bpftool prog` shows it too.
-pub const PROG_NAME: &str = "prefilter_v7";
+pub const PROG_NAME: &str = "prefilter_v8";
 
 /// Verdict actions, as stored in map values and used as counter indices.
 pub mod action {
@@ -361,6 +361,10 @@ pub mod v6 {
     pub const TOP_ENTRIES: u32 = 1 << 16;
     /// Default capacity: entries of HX (all its lengths together), of HH and of the trie.
     pub const DEFAULT_ENTRIES: u32 = 1 << 18;
+    /// The most `[limits] v6_entries` may ask: the program reads HX and HH as global data
+    /// of its own, and the verifier takes no offset into one of 512 MiB or more (HH has a
+    /// 64-byte bucket per entry).
+    pub const MAX_ENTRIES: u32 = 1 << 23;
     /// The lengths with entries; TOP is the first.
     pub const LEVELS: [u8; 6] = [16, 32, 48, 56, 64, 128];
     /// A prefix up to this many bits shorter than a level (other than /128) is written as

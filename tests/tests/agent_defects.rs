@@ -807,7 +807,9 @@ fn attached_prog_id(lab: &Lab) -> u32 {
 /// Sets the TBL24 entry of `addr`'s /24 in the v4 table of the program attached to the
 /// lab's MX veth, behind the daemon's back.
 fn corrupt_tbl24(lab: &Lab, addr: Ipv4Addr, value: u32) {
-    use aya::maps::{Array, Map, MapData};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use aya::maps::MapData;
     let prog = attached_prog_id(lab);
     let info = aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -825,13 +827,25 @@ fn corrupt_tbl24(lab: &Lab, addr: Ipv4Addr, value: u32) {
                 .is_ok_and(|i| i.name_as_str() == Some(prefilter_common::v4::TBL24))
         })
         .unwrap_or_else(|| panic!("program {prog} has no {} map", prefilter_common::v4::TBL24));
-    let mut tbl: Array<MapData, prefilter_common::v4::Chunk24> =
-        Array::try_from(Map::Array(data)).expect("TBL24 is an array of chunks");
-    let a = u32::from(addr);
-    let (chunk, slot) = (a >> 16, ((a >> 8) & 0xff) as usize);
-    let mut c = tbl.get(&chunk, 0).expect("read the chunk");
-    c[slot] = u64::from(value);
-    tbl.set(chunk, c, 0).expect("write the chunk");
+    // TBL24 is the program's global data: one value of 2^24 entries, written through mmap
+    // as the agent writes it.
+    let len =
+        (prefilter_common::v4::TBL24_CHUNKS as usize) * size_of::<prefilter_common::v4::Chunk24>();
+    // SAFETY: a shared mapping of the map's value, unmapped below; nothing else holds it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap {}", prefilter_common::v4::TBL24);
+        let entry = p.cast::<u64>().add((u32::from(addr) >> 8) as usize);
+        std::ptr::write_volatile(entry, u64::from(value));
+        libc::munmap(p, len);
+    }
 }
 
 /// `status --verify` is what an administrator runs when the filter misbehaves: in text

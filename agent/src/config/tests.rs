@@ -299,7 +299,7 @@ fn refusals() {
             toml: "[xdp]\ninterfaces = [\"eth0\"]\n[limits]\nv4_long_groups = 16777216\nv6_entries = 0\ndynamic_entries = 4294967296\n",
             expected: &[
                 (Some(4), "limits.v4_long_groups", "16777216 is out of range (1-16777215)"),
-                (Some(5), "limits.v6_entries", "0 is out of range (1-4294967295)"),
+                (Some(5), "limits.v6_entries", "0 is out of range (1-8388608)"),
                 (Some(6), "limits.dynamic_entries", "4294967296 is out of range (1-4294967295)"),
             ],
         },

@@ -181,6 +181,12 @@ where
     })
 }
 
+/// Bytes of a table of `1 << bits` `T`s, as a map size: at most 512 MiB, as
+/// `v6::MAX_ENTRIES` bounds it.
+fn map_bytes<T>(bits: u32) -> u32 {
+    u32::try_from((1usize << bits) * size_of::<T>()).expect("table size bounded by MAX_ENTRIES")
+}
+
 fn mmap_of(ebpf: &Ebpf, name: &'static str, len: usize) -> Result<Mmap, FilterError> {
     let Some(Map::Array(data)) = ebpf.map(name) else {
         return Err(FilterError::MissingMap { name, source: None });
@@ -192,15 +198,23 @@ impl Filter {
     /// Loads the embedded object: creates (or, with `pin_dir`, adopts) the maps and loads
     /// the program into the kernel, not attached anywhere yet.
     pub fn load(opts: &Options) -> Result<Self, FilterError> {
+        Self::load_object(opts, crate::EBPF_OBJECT)
+    }
+
+    /// [`Filter::load`] with another build of the program (same map ABI): the bench's
+    /// side-by-side comparison of two builds (`bench --ab`).
+    pub fn load_object(opts: &Options, object: &[u8]) -> Result<Self, FilterError> {
         let hx_bits = v6::hx_bits(opts.v6_entries);
         let hh_bits = v6::hh_bits(opts.v6_entries);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(v4::GROUPS, v4::group_slots(opts.v4_long_groups))
             .map_max_entries(v4::RUNS, v4::runs_entries(opts.v4_long_groups))
-            .map_max_entries(v6::HX, 1 << hx_bits)
+            // HX and HH are the program's global data (one value each): their size is
+            // given in bytes (vendor/README.md).
+            .map_max_entries(v6::HX, map_bytes::<v6::Bucket>(hx_bits))
             .override_global(v6::HX_BITS_GLOBAL, &hx_bits, true)
-            .map_max_entries(v6::HH, 1 << hh_bits)
+            .map_max_entries(v6::HH, map_bytes::<v6::HostBucket>(hh_bits))
             .override_global(v6::HH_BITS_GLOBAL, &hh_bits, true)
             .map_max_entries(v6::LPM, opts.v6_entries)
             .map_max_entries(dynamic::MAP, opts.dynamic_entries)
@@ -213,7 +227,7 @@ impl Filter {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(FilterError::Load)?;
+        let mut ebpf = loader.load(object).map_err(FilterError::Load)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
             .expect("the object defines the program")
@@ -243,23 +257,24 @@ impl Filter {
             v6::HH,
             (1usize << hh_bits) * size_of::<v6::HostBucket>(),
         )?);
+        let top = std::sync::Arc::new(mmap_of(
+            &ebpf,
+            v6::TOP,
+            v6::TOP_ENTRIES as usize * size_of::<v6::Entry>(),
+        )?);
         let kernel_view = KernelView {
             counters: typed_dup(&ebpf, counters::MAP, Map::PerCpuArray)?,
             dynamic: typed_dup(&ebpf, dynamic::MAP, Map::LruHashMap)?,
             v4: v4.view(),
             v6: v6table::V6View::new(v6table::V6Maps::new(
-                typed_dup(&ebpf, v6::TOP, Map::Array)?,
+                top.clone(),
                 (hx.clone(), hx_bits),
                 (hh.clone(), hh_bits),
                 typed_dup(&ebpf, v6::LPM, Map::LpmTrie)?,
             )),
         };
-        let v6_maps = v6table::V6Maps::new(
-            take(&mut ebpf, v6::TOP)?,
-            (hx, hx_bits),
-            (hh, hh_bits),
-            take(&mut ebpf, v6::LPM)?,
-        );
+        let v6_maps =
+            v6table::V6Maps::new(top, (hx, hx_bits), (hh, hh_bits), take(&mut ebpf, v6::LPM)?);
         let v6 = V6Table::new(v6_maps, opts.v6_entries);
         let dynamic = take(&mut ebpf, dynamic::MAP)?;
         let mut filter = Self {

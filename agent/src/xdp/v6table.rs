@@ -31,12 +31,12 @@ use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
 use prefilter_common::{
     action,
     v6::{
@@ -238,9 +238,29 @@ fn free_slot(
     None
 }
 
+/// TOP, the /16 entries, mapped: the program reads it as global data of its own.
+struct TopView {
+    map: Arc<Mmap>,
+}
+
+impl TopView {
+    fn entries(&self) -> &[AtomicU32] {
+        self.map.as_slice()
+    }
+
+    fn get(&self, i: usize) -> u32 {
+        self.entries()[i].load(Ordering::Acquire)
+    }
+
+    /// One 32-bit store: the program sees the old entry or the new one.
+    fn set(&self, i: usize, e: u32) {
+        self.entries()[i].store(e, Ordering::Release);
+    }
+}
+
 /// The kernel side of the table, for the walk the program does.
 pub struct V6Maps {
-    top: Array<MapData, u32>,
+    top: TopView,
     hx: HxView,
     hh: HhView,
     trie: LpmTrie<MapData, [u8; 16], u32>,
@@ -248,13 +268,13 @@ pub struct V6Maps {
 
 impl V6Maps {
     pub(crate) fn new(
-        top: Array<MapData, u32>,
+        top: Arc<Mmap>,
         (hx, hx_bits): (Arc<Mmap>, u32),
         (hh, hh_bits): (Arc<Mmap>, u32),
         trie: LpmTrie<MapData, [u8; 16], u32>,
     ) -> Self {
         Self {
-            top,
+            top: TopView { map: top },
             hx: HxView {
                 map: hx,
                 bits: hx_bits,
@@ -269,7 +289,7 @@ impl V6Maps {
 
     /// What the program answers for `addr`: the same walk (0 = no match).
     pub fn lookup(&self, addr: u128) -> u16 {
-        let mut e = self.top.get(&((addr >> 112) as u32), 0).unwrap_or(0);
+        let mut e = self.top.get((addr >> 112) as usize);
         let mut level = 16;
         let mut trie = e & TRIE != 0;
         let hi = (addr >> 64) as u64;
@@ -671,7 +691,7 @@ impl V6Table {
             let idx = (k >> 112) as usize;
             let n = new.unwrap_or_default();
             if self.top[idx].entry(0) != n.entry(0) {
-                self.maps.top.set(idx as u32, n.entry(0), 0)?;
+                self.maps.top.set(idx, n.entry(0));
             }
             self.top[idx] = n;
             return Ok(());

@@ -5,7 +5,8 @@
 //! (`deploy/prefilter.toml`: map sizes, ports, events on), and its event ring is read
 //! between calls as the daemon reads it. `--quick` measures the 1M and 5M+1M tables only,
 //! with fewer rounds and program loads, and skips aya-log and xdp-filter; `--table N` (0–3) measures table N
-//! alone the same way, for a quick look while working on the program.
+//! alone the same way, for a quick look while working on the program. `--ab A B [LOADS]`
+//! compares two builds of the program (their object files) side by side instead: see [`ab`].
 //!
 //! - hot: one frame run `REPEAT` times in the kernel, median of `ROUNDS` rounds: the cost of
 //!   the code path with every table line in cache;
@@ -344,16 +345,29 @@ fn shipped() -> Settings {
 /// Loads the program and sets its runtime config as the daemon does with `s`; the event
 /// ring is returned for the caller to read as the daemon would.
 fn load_as_daemon(s: &Settings, v6_prefixes: usize) -> (Filter, RingBuf<MapData>) {
+    load_object_as_daemon(s, v6_prefixes, None)
+}
+
+/// [`load_as_daemon`] with another build of the program (`--ab`).
+fn load_object_as_daemon(
+    s: &Settings,
+    v6_prefixes: usize,
+    object: Option<&[u8]>,
+) -> (Filter, RingBuf<MapData>) {
     // A list past the shipped IPv6 limit needs `[limits] v6_entries` raised, as the README
     // says: random prefixes share no /32 (a marker each) and /44, /52, /60 take 16 entries.
     let v6_entries = (4 * v6_prefixes as u32).next_power_of_two().max(s.limits.1);
-    let mut f = Filter::load(&Options {
+    let opts = Options {
         v4_long_groups: s.limits.0,
         v6_entries,
         dynamic_entries: s.limits.2,
         log_level: s.log_level,
         pin_dir: None,
-    })
+    };
+    let mut f = match object {
+        Some(o) => Filter::load_object(&opts, o),
+        None => Filter::load(&opts),
+    }
     .expect("load the XDP program");
     let mut c = f.config();
     if let Some((cost, cap)) = s.ratelimit {
@@ -964,6 +978,111 @@ fn between_loads(s: &Settings, n6: usize, loads: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `bench --ab A B [LOADS]`: two builds of the program (their object files,
+/// `target/*/build/prefilter-*/out/prefilter-xdp` of each) side by side, for a change worth
+/// a few percent: one run of one build moves by a third with where its program, maps and
+/// the calling thread's stack land, so figures from two runs cannot tell such a change.
+/// Each round loads both afresh with the same tables (1k random IPv6 prefixes, a /24 and a
+/// /48 blocked), then calls them alternately from fresh threads; the ratio B ÷ A of each
+/// thread's medians, per frame, summarized over rounds and threads.
+fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
+    let objects = paths.map(|p| match std::fs::read(p) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: cannot read the object {p}: {e}");
+            std::process::exit(2);
+        }
+    });
+    let mut rng = Rng(0x5eed_00ab);
+    let mut v6 = random_v6(&mut rng, 999);
+    v6.sort_unstable_by_key(|&(a, l)| (l, a));
+    let drop = verdict::pack(action::DROP, 1);
+    let frames: [(&str, Vec<u8>, u32); 4] = [
+        ("blocked SYN v4, /24 leaf", syn(LEAF4), XDP_DROP),
+        ("blocked SYN v6, /48", syn(DROP6), XDP_DROP),
+        ("clean SYN v4", syn(CLEAN4), XDP_PASS),
+        ("clean SYN v6", syn(CLEAN6), XDP_PASS),
+    ];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
+    let mut ns: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; frames.len()];
+    for round in 0..loads {
+        let mut loaded: Vec<(Filter, RingBuf<MapData>)> = Vec::new();
+        // Alternate which build loads first: the first gets the first free memory.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
+        for i in order {
+            let (mut f, ring) = load_object_as_daemon(s, v6.len(), Some(&objects[i]));
+            f.v4.set_batch(vec![(u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop)])
+                .expect("v4 prefix");
+            fill_v6(&mut f, &v6, drop);
+            slots[i] = Some((f, ring));
+        }
+        loaded.extend(slots.into_iter().flatten());
+        let fds = [loaded[0].0.program_fd(), loaded[1].0.program_fd()];
+        for _ in 0..CALLING_THREADS {
+            let per_thread = std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    frames
+                        .iter()
+                        .map(|(_, frame, want)| {
+                            let (mut a, mut b) = (Vec::new(), Vec::new());
+                            for _ in 0..rounds() {
+                                for (fd, v) in [(fds[0], &mut a), (fds[1], &mut b)] {
+                                    let r = test_run::run(fd, frame, REPEAT / 4)
+                                        .expect("BPF_PROG_TEST_RUN");
+                                    assert_eq!(r.action, *want, "action of a compared frame");
+                                    v.push(f64::from(r.ns_per_run));
+                                }
+                            }
+                            // Means: the kernel gives whole ns per call, which a median
+                            // keeps and a mean of several calls refines.
+                            let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+                            (mean(a), mean(b))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .join()
+                .expect("calling thread")
+            });
+            for (i, (a, b)) in per_thread.into_iter().enumerate() {
+                ratios[i].push(b / a);
+                ns[i][0].push(a);
+                ns[i][1].push(b);
+            }
+        }
+        for (_, ring) in &mut loaded {
+            drain(ring);
+        }
+        eprintln!("bench: --ab round {}/{loads}", round + 1);
+    }
+    println!("A: {}\nB: {}\n", paths[0], paths[1]);
+    println!(
+        "| frame | A ns | B ns | B ÷ A median | geometric mean (95 % interval) | lowest | highest |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (i, (name, _, _)) in frames.iter().enumerate() {
+        let r = &ratios[i];
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(0.0, f64::max);
+        // The ratios' logs are about symmetric: their mean and its standard error.
+        let logs: Vec<f64> = r.iter().map(|x| x.ln()).collect();
+        let n = logs.len() as f64;
+        let m = logs.iter().sum::<f64>() / n;
+        let sd = (logs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let half = 1.96 * sd / n.sqrt();
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.3} | {:.3} ({:.3}–{:.3}) | {lo:.2} | {hi:.2} |",
+            median(ns[i][0].clone()),
+            median(ns[i][1].clone()),
+            median(r.clone()),
+            m.exp(),
+            (m - half).exp(),
+            (m + half).exp(),
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     if !is_root() {
         eprintln!("bench: needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN)");
@@ -985,6 +1104,16 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| "?".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
 
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--ab") {
+        let (Some(a), Some(b)) = (args.get(i + 1), args.get(i + 2)) else {
+            eprintln!("bench: --ab needs two object files: --ab A B [LOADS]");
+            return ExitCode::from(2);
+        };
+        let loads = args.get(i + 3).and_then(|n| n.parse().ok()).unwrap_or(8);
+        ROUNDS.store(7, std::sync::atomic::Ordering::Relaxed);
+        return ab(&shipped(), [a, b], loads);
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     // `--table N` (an index into TABLES) measures that table alone, for a quick look.
     let only = std::env::args()
