@@ -1005,6 +1005,8 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
     ];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
     let mut ns: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; frames.len()];
+    let mut within: [[Vec<f64>; 2]; 2] = Default::default();
+    let pass = xdp_pass_program().expect("load a trivial XDP program");
     for round in 0..loads {
         let mut loaded: Vec<(Filter, RingBuf<MapData>)> = Vec::new();
         // Alternate which build loads first: the first gets the first free memory.
@@ -1022,7 +1024,15 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
         for _ in 0..CALLING_THREADS {
             let per_thread = std::thread::scope(|sc| {
                 sc.spawn(|| {
-                    frames
+                    let floor = (0..rounds())
+                        .map(|_| {
+                            let r = test_run::run(pass.as_fd(), &frames[0].1, REPEAT / 4)
+                                .expect("BPF_PROG_TEST_RUN");
+                            f64::from(r.ns_per_run)
+                        })
+                        .sum::<f64>()
+                        / rounds() as f64;
+                    let row = frames
                         .iter()
                         .map(|(_, frame, want)| {
                             let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -1039,11 +1049,20 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
                             let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
                             (mean(a), mean(b))
                         })
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    (floor, row)
                 })
                 .join()
                 .expect("calling thread")
             });
+            let (floor, per_thread) = per_thread;
+            // Within each build, this thread's: blocked v4 ÷ trivial, blocked v6 ÷ v4.
+            for (k, side) in [(0, 0usize), (1, 1)] {
+                let (v4, v6) = (per_thread[0], per_thread[1]);
+                let pick = |p: (f64, f64)| if side == 0 { p.0 } else { p.1 };
+                within[k][0].push(pick(v4) / floor);
+                within[k][1].push(pick(v6) / pick(v4));
+            }
             for (i, (a, b)) in per_thread.into_iter().enumerate() {
                 ratios[i].push(b / a);
                 ns[i][0].push(a);
@@ -1064,23 +1083,41 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
         let r = &ratios[i];
         let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = r.iter().copied().fold(0.0, f64::max);
-        // The ratios' logs are about symmetric: their mean and its standard error.
-        let logs: Vec<f64> = r.iter().map(|x| x.ln()).collect();
-        let n = logs.len() as f64;
-        let m = logs.iter().sum::<f64>() / n;
-        let sd = (logs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-        let half = 1.96 * sd / n.sqrt();
         println!(
-            "| {name} | {:.1} | {:.1} | {:.3} | {:.3} ({:.3}–{:.3}) | {lo:.2} | {hi:.2} |",
+            "| {name} | {:.1} | {:.1} | {:.3} | {} | {lo:.2} | {hi:.2} |",
             median(ns[i][0].clone()),
             median(ns[i][1].clone()),
             median(r.clone()),
-            m.exp(),
-            (m - half).exp(),
-            (m + half).exp(),
+            geomean(r),
+        );
+    }
+    println!("\n| within a build, per thread | A | B |\n|---|---:|---:|");
+    for (j, what) in ["blocked SYN v4 /24 ÷ trivial", "blocked SYN v6 /48 ÷ v4 /24"]
+        .iter()
+        .enumerate()
+    {
+        println!(
+            "| {what} | {} | {} |",
+            geomean(&within[0][j]),
+            geomean(&within[1][j])
         );
     }
     ExitCode::SUCCESS
+}
+
+/// Geometric mean of ratios and its 95 % interval: the ratios' logs are about symmetric.
+fn geomean(r: &[f64]) -> String {
+    let logs: Vec<f64> = r.iter().map(|x| x.ln()).collect();
+    let n = logs.len() as f64;
+    let m = logs.iter().sum::<f64>() / n;
+    let sd = (logs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let half = 1.96 * sd / n.sqrt();
+    format!(
+        "{:.3} ({:.3}–{:.3})",
+        m.exp(),
+        (m - half).exp(),
+        (m + half).exp()
+    )
 }
 
 fn main() -> ExitCode {
