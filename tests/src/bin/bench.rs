@@ -1092,9 +1092,12 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
         );
     }
     println!("\n| within a build, per thread | A | B |\n|---|---:|---:|");
-    for (j, what) in ["blocked SYN v4 /24 ÷ trivial", "blocked SYN v6 /48 ÷ v4 /24"]
-        .iter()
-        .enumerate()
+    for (j, what) in [
+        "blocked SYN v4 /24 ÷ trivial",
+        "blocked SYN v6 /48 ÷ v4 /24",
+    ]
+    .iter()
+    .enumerate()
     {
         println!(
             "| {what} | {} | {} |",
