@@ -511,3 +511,66 @@ fn a_list_replaced_near_capacity_fits() {
         check(&f, &rules, &probes, &format!("round {round}"));
     }
 }
+
+/// The tables the program reads as global data (`.bss.NAME` sections, vendor/aya-obj) are
+/// maps of one value each, created mmapable, and HX and HH as large as `v6_entries` asks:
+/// not the most the sections declare (256 and 512 MiB), which would put every gateway's
+/// IPv6 tables at 768 MiB of kernel memory.
+#[test]
+fn global_data_tables_are_sized_from_the_config() {
+    require_root();
+    use prefilter_common::{v4, v6};
+    const MMAPABLE: u32 = 1 << 10;
+    for entries in [1000, v6::DEFAULT_ENTRIES] {
+        let mut f = Filter::load(&Options {
+            v6_entries: entries,
+            ..Options::default()
+        })
+        .expect("load");
+        let ids = f
+            .program()
+            .info()
+            .expect("program info")
+            .map_ids()
+            .expect("map ids")
+            .expect("the kernel reports map ids");
+        let mut sizes = HashMap::new();
+        for id in ids {
+            let info = aya::maps::MapData::from_id(id)
+                .expect("map by id")
+                .info()
+                .expect("map info");
+            let Some(name) = info.name_as_str().map(str::to_owned) else {
+                continue;
+            };
+            sizes.insert(
+                name,
+                (info.max_entries(), info.value_size(), info.map_flags()),
+            );
+        }
+        let want = [
+            (v4::TBL24, 1usize << 27),
+            (v6::TOP, (v6::TOP_ENTRIES as usize) * 4),
+            (
+                v6::HX,
+                (1usize << v6::hx_bits(entries)) * size_of::<v6::Bucket>(),
+            ),
+            (
+                v6::HH,
+                (1usize << v6::hh_bits(entries)) * size_of::<v6::HostBucket>(),
+            ),
+        ];
+        for (name, bytes) in want {
+            let (max, value, flags) = sizes
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| panic!("the program has no map {name}: {sizes:?}"));
+            assert_eq!(
+                (max, value as usize),
+                (1, bytes),
+                "{name} at v6_entries {entries}: one value of {bytes} bytes"
+            );
+            assert_ne!(flags & MMAPABLE, 0, "{name} is mmapable");
+        }
+    }
+}

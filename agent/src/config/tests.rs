@@ -304,6 +304,12 @@ fn refusals() {
             ],
         },
         Case {
+            // The XDP program's verifier bounds each IPv6 table at 512 MiB.
+            name: "IPv6 table past what the program can index",
+            toml: "[xdp]\ninterfaces = [\"eth0\"]\n[limits]\nv6_entries = 8388609\n",
+            expected: &[(Some(4), "limits.v6_entries", "8388609 is out of range (1-8388608)")],
+        },
+        Case {
             name: "bad metrics address and relative paths",
             toml: "[daemon]\nstate_dir = \"state\"\n[xdp]\ninterfaces = [\"eth0\"]\n[metrics]\nlisten = \"localhost:9750\"\n",
             expected: &[
