@@ -874,7 +874,7 @@ static PF_V6_HX_BITS: u32 = v6::hx_bits(v6::DEFAULT_ENTRIES);
 #[unsafe(no_mangle)]
 static PF_V6_HH_BITS: u32 = v6::hh_bits(v6::DEFAULT_ENTRIES);
 
-/// The entry of /128 `hi`, `lo` in HH, if any: as [`hx_find_from`], two slots a bucket.
+/// The entry of /128 `hi`, `lo` in HH, if any: as [`hx_find`], two slots a bucket.
 #[inline(always)]
 fn hh_find(hi: u64, lo: u64) -> Option<u32> {
     // SAFETY: a global the loader froze; volatile so it is read, not folded.
@@ -919,14 +919,6 @@ fn hx_bits() -> u32 {
     unsafe { core::ptr::read_volatile(&PF_V6_HX_BITS) }
 }
 
-/// The HX slot word (entry, and tag above it) of `key` masked to `tag` bits, if any, from
-/// its home bucket on: linear probing, one cache line per bucket, stopping at the first
-/// never-used slot.
-#[inline(always)]
-fn hx_find(key: u64, tag: u32, home: u32, bits: u32) -> Option<u64> {
-    hx_find_from(key, tag, home, bits)
-}
-
 /// Bucket `i` of HX; `i` masked to its size by the caller.
 #[inline(always)]
 fn hx_bucket_ptr(i: u32) -> *const v6::Bucket {
@@ -938,8 +930,11 @@ fn hx_bucket_ptr(i: u32) -> *const v6::Bucket {
     }
 }
 
+/// The HX slot word (entry, and tag above it) of `key` masked to `tag` bits, if any, from
+/// its home bucket on: linear probing, one cache line per bucket, stopping at the first
+/// never-used slot.
 #[inline(always)]
-fn hx_find_from(key: u64, tag: u32, home: u32, bits: u32) -> Option<u64> {
+fn hx_find(key: u64, tag: u32, home: u32, bits: u32) -> Option<u64> {
     let mask = (1u32 << bits) - 1;
     for p in 0..v6::MAX_PROBE {
         let b = hx_bucket_ptr(home.wrapping_add(p) & mask);
