@@ -401,6 +401,15 @@ pub mod v6 {
         pub tag: u32,
     }
 
+    impl Slot {
+        /// Never used ([`TAG_EMPTY`]): what a table starts as.
+        pub const EMPTY: Slot = Slot {
+            key: 0,
+            val: 0,
+            tag: TAG_EMPTY,
+        };
+    }
+
     /// The prefix length of a slot's tag.
     #[inline(always)]
     pub const fn tag_len(tag: u32) -> u32 {
@@ -464,6 +473,17 @@ pub mod v6 {
         pub val: Entry,
         pub tag: u32,
         pub _pad: u64,
+    }
+
+    impl HostSlot {
+        /// Never used ([`TAG_EMPTY`]): what a table starts as.
+        pub const EMPTY: HostSlot = HostSlot {
+            hi: 0,
+            lo: 0,
+            val: 0,
+            tag: TAG_EMPTY,
+            _pad: 0,
+        };
     }
 
     /// HH slots per bucket: 2 × 32 bytes, one cache line.

@@ -59,23 +59,13 @@ static mut PF_V6_TOP: [v6::Entry; v6::TOP_ENTRIES as usize] = [0; v6::TOP_ENTRIE
 /// [`PF_V6_HX_BITS`], which the verifier reads as the constant the agent froze.
 #[unsafe(link_section = ".bss.PF_V6_HX")]
 #[unsafe(no_mangle)]
-static mut PF_V6_HX: [v6::Bucket; 1 << v6::hx_bits(v6::MAX_ENTRIES)] = [[v6::Slot {
-    key: 0,
-    val: 0,
-    tag: 0,
-}; v6::BUCKET_SLOTS];
-    1 << v6::hx_bits(v6::MAX_ENTRIES)];
+static mut PF_V6_HX: [v6::Bucket; 1 << v6::hx_bits(v6::MAX_ENTRIES)] =
+    [[v6::Slot::EMPTY; v6::BUCKET_SLOTS]; 1 << v6::hx_bits(v6::MAX_ENTRIES)];
 /// HH, as [`PF_V6_HX`].
 #[unsafe(link_section = ".bss.PF_V6_HH")]
 #[unsafe(no_mangle)]
-static mut PF_V6_HH: [v6::HostBucket; 1 << v6::hh_bits(v6::MAX_ENTRIES)] = [[v6::HostSlot {
-    hi: 0,
-    lo: 0,
-    val: 0,
-    tag: 0,
-    _pad: 0,
-}; v6::HOST_SLOTS];
-    1 << v6::hh_bits(v6::MAX_ENTRIES)];
+static mut PF_V6_HH: [v6::HostBucket; 1 << v6::hh_bits(v6::MAX_ENTRIES)] =
+    [[v6::HostSlot::EMPTY; v6::HOST_SLOTS]; 1 << v6::hh_bits(v6::MAX_ENTRIES)];
 #[map(name = "PF_V6_LPM")]
 static PF_V6_LPM: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
