@@ -19,7 +19,8 @@ use crate::{
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Arguments for the bench binaries (`--quick` for a short run).
+    /// Arguments for the bench binaries (`--quick` for a short run; `--ab A B [LOADS]` compares
+    /// two builds of the XDP program, their object files, and runs nothing else).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
 }
@@ -55,6 +56,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for bench")?;
+    // `--ab A B`: two builds of the program compared, nothing else; no report is written.
+    if args.args.iter().any(|a| a == "--ab") {
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("bench --ab failed: {status}"))
+        };
+    }
     let first = if status.success() {
         fs::write(&captured, &text).with_context(|| format!("writing {}", captured.display()))?;
         Ok(())
