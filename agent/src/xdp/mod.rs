@@ -38,6 +38,9 @@ pub enum FilterError {
     /// The object did not load (verifier, map creation, permissions).
     #[error("loading the XDP program failed")]
     Load(#[source] aya::EbpfError),
+    /// The object has no XDP program of this agent's map ABI (another build's object).
+    #[error("the XDP object has no program {PROG_NAME} (an object of another map ABI?)")]
+    MissingProgram,
     /// A map the object must have is missing or of another type.
     #[error("the XDP object has no usable map {name}")]
     MissingMap {
@@ -230,7 +233,7 @@ impl Filter {
         let mut ebpf = loader.load(object).map_err(FilterError::Load)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
-            .expect("the object defines the program")
+            .ok_or(FilterError::MissingProgram)?
             .try_into()?;
         prog.load()?;
 

@@ -345,7 +345,7 @@ fn shipped() -> Settings {
 /// Loads the program and sets its runtime config as the daemon does with `s`; the event
 /// ring is returned for the caller to read as the daemon would.
 fn load_as_daemon(s: &Settings, v6_prefixes: usize) -> (Filter, RingBuf<MapData>) {
-    load_object_as_daemon(s, v6_prefixes, None)
+    load_object_as_daemon(s, v6_prefixes, None).expect("load the XDP program")
 }
 
 /// [`load_as_daemon`] with another build of the program (`--ab`).
@@ -353,7 +353,7 @@ fn load_object_as_daemon(
     s: &Settings,
     v6_prefixes: usize,
     object: Option<&[u8]>,
-) -> (Filter, RingBuf<MapData>) {
+) -> Result<(Filter, RingBuf<MapData>), prefilter::xdp::FilterError> {
     // A list past the shipped IPv6 limit needs `[limits] v6_entries` raised, as the README
     // says: random prefixes share no /32 (a marker each) and /44, /52, /60 take 16 entries.
     let v6_entries = (4 * v6_prefixes as u32).next_power_of_two().max(s.limits.1);
@@ -367,8 +367,7 @@ fn load_object_as_daemon(
     let mut f = match object {
         Some(o) => Filter::load_object(&opts, o),
         None => Filter::load(&opts),
-    }
-    .expect("load the XDP program");
+    }?;
     let mut c = f.config();
     if let Some((cost, cap)) = s.ratelimit {
         c.flags |= FLAG_RATELIMIT;
@@ -379,7 +378,7 @@ fn load_object_as_daemon(
     f.set_config(c).expect("runtime config");
     f.set_ports(&s.ports).expect("ports");
     let ring = f.take_events().expect("event ring");
-    (f, ring)
+    Ok((f, ring))
 }
 
 /// `frame` hot with the configured event budget and with events off, alternating calls so
@@ -1008,12 +1007,23 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
     let mut within: [[Vec<f64>; 2]; 2] = Default::default();
     let pass = xdp_pass_program().expect("load a trivial XDP program");
     for round in 0..loads {
-        let mut loaded: Vec<(Filter, RingBuf<MapData>)> = Vec::new();
         // Alternate which build loads first: the first gets the first free memory.
+        let mut loaded: Vec<(Filter, RingBuf<MapData>)> = Vec::new();
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
         for i in order {
-            let (mut f, ring) = load_object_as_daemon(s, v6.len(), Some(&objects[i]));
+            let (mut f, ring) = match load_object_as_daemon(s, v6.len(), Some(&objects[i])) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("bench: cannot load {}: {e}", paths[i]);
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(inner) = source {
+                        eprintln!("  caused by: {inner}");
+                        source = inner.source();
+                    }
+                    std::process::exit(2);
+                }
+            };
             f.v4.set_batch(vec![(u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop)])
                 .expect("v4 prefix");
             fill_v6(&mut f, &v6, drop);
