@@ -256,7 +256,8 @@ pub mod ports {
 /// the agent. One array load for most sources, three for a /24 holding several verdicts,
 /// whatever the number of prefixes; bulk writes through mmap instead of a syscall per prefix.
 pub mod v4 {
-    /// Array map of [`Chunk24`]: index `addr >> 16`, then `(addr >> 8) & 0xff`.
+    /// The program's global data (`.bss.PF_V4_TBL24`: a map of one value, mmapable):
+    /// [`TBL24_CHUNKS`] [`Chunk24`]s, one 64-bit entry per /24, index `addr >> 8`.
     pub const TBL24: &str = "PF_V4_TBL24";
     /// Array map of [`Group`]: one per /24 that holds several verdicts.
     pub const GROUPS: &str = "PF_V4_GROUPS";
@@ -343,11 +344,13 @@ pub mod v6 {
     //! longest match down to its length (leaf pushing) and flags saying which longer lengths
     //! have entries inside it, so the walk probes only those.
 
-    /// Array of 65536 [`Entry`] values, index: the address's first 16 bits.
+    /// The program's global data (a map of one value, mmapable): 65536 [`Entry`] values,
+    /// index: the address's first 16 bits.
     pub const TOP: &str = "PF_V6_TOP";
-    /// Array of [`Bucket`]s: the /32, /48, /56 and /64 entries.
+    /// The program's global data, sized at load: [`Bucket`]s, the /32, /48, /56 and /64
+    /// entries.
     pub const HX: &str = "PF_V6_HX";
-    /// Array of [`HostBucket`]s: the /128 entries.
+    /// The program's global data, sized at load: [`HostBucket`]s, the /128 entries.
     pub const HH: &str = "PF_V6_HH";
     /// LpmTrie<[u8; 16], u32>: prefixes of /17–/23, /33–/39 and /65–/127; value: the
     /// verdict, and the prefix length in bits 24–31 (the walk must know which is longer).

@@ -209,15 +209,17 @@ impl Filter {
     pub fn load_object(opts: &Options, object: &[u8]) -> Result<Self, FilterError> {
         let hx_bits = v6::hx_bits(opts.v6_entries);
         let hh_bits = v6::hh_bits(opts.v6_entries);
+        // HX and HH are the program's global data (one value each): their size is given in
+        // bytes (vendor/README.md), and mapped whole.
+        let hx_bytes = map_bytes::<v6::Bucket>(hx_bits);
+        let hh_bytes = map_bytes::<v6::HostBucket>(hh_bits);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(v4::GROUPS, v4::group_slots(opts.v4_long_groups))
             .map_max_entries(v4::RUNS, v4::runs_entries(opts.v4_long_groups))
-            // HX and HH are the program's global data (one value each): their size is
-            // given in bytes (vendor/README.md).
-            .map_max_entries(v6::HX, map_bytes::<v6::Bucket>(hx_bits))
+            .map_max_entries(v6::HX, hx_bytes)
             .override_global(v6::HX_BITS_GLOBAL, &hx_bits, true)
-            .map_max_entries(v6::HH, map_bytes::<v6::HostBucket>(hh_bits))
+            .map_max_entries(v6::HH, hh_bytes)
             .override_global(v6::HH_BITS_GLOBAL, &hh_bits, true)
             .map_max_entries(v6::LPM, opts.v6_entries)
             .map_max_entries(dynamic::MAP, opts.dynamic_entries)
@@ -250,16 +252,8 @@ impl Filter {
             v4::runs_entries(opts.v4_long_groups) as usize * size_of::<v4::Runs>(),
         )?;
         let v4 = V4Table::new(tbl24, groups, runs, opts.v4_long_groups, slots);
-        let hx = std::sync::Arc::new(mmap_of(
-            &ebpf,
-            v6::HX,
-            (1usize << hx_bits) * size_of::<v6::Bucket>(),
-        )?);
-        let hh = std::sync::Arc::new(mmap_of(
-            &ebpf,
-            v6::HH,
-            (1usize << hh_bits) * size_of::<v6::HostBucket>(),
-        )?);
+        let hx = std::sync::Arc::new(mmap_of(&ebpf, v6::HX, hx_bytes as usize)?);
+        let hh = std::sync::Arc::new(mmap_of(&ebpf, v6::HH, hh_bytes as usize)?);
         let top = std::sync::Arc::new(mmap_of(
             &ebpf,
             v6::TOP,

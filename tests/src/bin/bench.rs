@@ -1008,7 +1008,6 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
     let pass = xdp_pass_program().expect("load a trivial XDP program");
     for round in 0..loads {
         // Alternate which build loads first: the first gets the first free memory.
-        let mut loaded: Vec<(Filter, RingBuf<MapData>)> = Vec::new();
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
         for i in order {
@@ -1029,7 +1028,7 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
             fill_v6(&mut f, &v6, drop);
             slots[i] = Some((f, ring));
         }
-        loaded.extend(slots.into_iter().flatten());
+        let mut loaded: Vec<(Filter, RingBuf<MapData>)> = slots.into_iter().flatten().collect();
         let fds = [loaded[0].0.program_fd(), loaded[1].0.program_fd()];
         for _ in 0..CALLING_THREADS {
             let per_thread = std::thread::scope(|sc| {
