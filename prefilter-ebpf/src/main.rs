@@ -56,7 +56,7 @@ static mut PF_V6_TOP: [v6::Entry; v6::TOP_ENTRIES as usize] = [0; v6::TOP_ENTRIE
 /// HX, global data of its own: declared as large as `v6::MAX_ENTRIES` makes it, created
 /// as large as `[limits] v6_entries` asks (the agent sets the map's size, in bytes,
 /// through aya's max-entries override: vendor/README.md); every index is masked with
-/// [`PF_V6_HX_BITS`], which the verifier reads as the constant the agent froze.
+/// the mask of [`PF_V6_HX_SHAPE`], which the verifier reads as the constant the agent froze.
 #[unsafe(link_section = ".bss.PF_V6_HX")]
 #[unsafe(no_mangle)]
 static mut PF_V6_HX: [v6::Bucket; 1 << v6::hx_bits(v6::MAX_ENTRIES)] =
@@ -856,21 +856,29 @@ fn table_lookup(v6: bool, saddr: Addr) -> u16 {
     }
 }
 
-/// log2 of PF_V6_HX's buckets; the agent sets it with the map's size before loading.
+/// PF_V6_HX's shape; the agent sets it with the map's size before loading.
 #[unsafe(no_mangle)]
-static PF_V6_HX_BITS: u32 = v6::hx_bits(v6::DEFAULT_ENTRIES);
+static PF_V6_HX_SHAPE: v6::Shape = v6::Shape::of(v6::hx_bits(v6::DEFAULT_ENTRIES));
 
-/// log2 of PF_V6_HH's buckets; the agent sets it with the map's size before loading.
+/// PF_V6_HH's shape; the agent sets it with the map's size before loading.
 #[unsafe(no_mangle)]
-static PF_V6_HH_BITS: u32 = v6::hh_bits(v6::DEFAULT_ENTRIES);
+static PF_V6_HH_SHAPE: v6::Shape = v6::Shape::of(v6::hh_bits(v6::DEFAULT_ENTRIES));
+
+/// The top bits of `hash` that [`v6::Shape`] `shape` says are a bucket index.
+#[inline(always)]
+fn top_bits(hash: u64, shape: v6::Shape) -> u32 {
+    // SAFETY: the shift is 64 - bits, and bits is 8 to 30 (`hx_bits`, `hh_bits`): below 64,
+    // so the shift needs no masking (Rust's `>>` would add an instruction for it).
+    (unsafe { hash.unchecked_shr(shape.shift) }) as u32
+}
 
 /// The entry of /128 `hi`, `lo` in HH, if any: as [`hx_find`], two slots a bucket.
 #[inline(always)]
 fn hh_find(hi: u64, lo: u64) -> Option<u32> {
     // SAFETY: a global the loader froze; volatile so it is read, not folded.
-    let bits = unsafe { core::ptr::read_volatile(&PF_V6_HH_BITS) };
-    let mask = (1u32 << bits) - 1;
-    let home = v6::hh_bucket(hi, lo, bits);
+    let shape = unsafe { core::ptr::read_volatile(&PF_V6_HH_SHAPE) };
+    let mask = shape.mask;
+    let home = top_bits(v6::hh_hash(hi, lo), shape);
     for p in 0..v6::MAX_PROBE {
         // SAFETY: masked to the buckets the map holds.
         let b = unsafe {
@@ -902,11 +910,17 @@ fn hh_find(hi: u64, lo: u64) -> Option<u32> {
     None
 }
 
-/// log2 of the HX buckets, read once per lookup.
+/// The shape of HX, read once per lookup.
 #[inline(always)]
-fn hx_bits() -> u32 {
+fn hx_shape() -> v6::Shape {
     // SAFETY: a global the loader froze; volatile so it is read, not folded.
-    unsafe { core::ptr::read_volatile(&PF_V6_HX_BITS) }
+    unsafe { core::ptr::read_volatile(&PF_V6_HX_SHAPE) }
+}
+
+/// The home bucket of `key` masked to `tag` bits.
+#[inline(always)]
+fn hx_home(key: u64, tag: u32, shape: v6::Shape) -> u32 {
+    top_bits(v6::hx_hash(key, tag), shape)
 }
 
 /// Bucket `i` of HX; `i` masked to its size by the caller.
@@ -924,8 +938,8 @@ fn hx_bucket_ptr(i: u32) -> *const v6::Bucket {
 /// its home bucket on: linear probing, one cache line per bucket, stopping at the first
 /// never-used slot.
 #[inline(always)]
-fn hx_find(key: u64, tag: u32, home: u32, bits: u32) -> Option<u64> {
-    let mask = (1u32 << bits) - 1;
+fn hx_find(key: u64, tag: u32, home: u32, shape: v6::Shape) -> Option<u64> {
+    let mask = shape.mask;
     for p in 0..v6::MAX_PROBE {
         let b = hx_bucket_ptr(home.wrapping_add(p) & mask);
         for i in 0..v6::BUCKET_SLOTS {
@@ -952,8 +966,8 @@ fn hx_find(key: u64, tag: u32, home: u32, bits: u32) -> Option<u64> {
 /// Reads the first word of a bucket and drops it: the load is issued and nothing waits for
 /// it (BPF has no prefetch instruction).
 #[inline(always)]
-fn hx_touch(home: u32, bits: u32) {
-    let b = hx_bucket_ptr(home & ((1u32 << bits) - 1));
+fn hx_touch(home: u32, shape: v6::Shape) {
+    let b = hx_bucket_ptr(home & shape.mask);
     // SAFETY: within the map.
     unsafe { core::ptr::read_volatile(b as *const u64) };
 }
@@ -976,43 +990,47 @@ fn v6_lookup(a: Addr) -> u16 {
     let mut trie = e & v6::TRIE != 0;
     if e & v6::inside(1) != 0 {
         let hi = a.hi;
-        let bits = hx_bits();
+        let shape = hx_shape();
         let k32 = hi & 0xffff_ffff_0000_0000;
         // Cold, each probe below is a cache miss waiting for the one before it. Loading the
         // /64's home bucket first lets the CPU fetch it while the /32's arrives (a listed
         // /64 is as common as a /48, and unlike a /48 never held by its /32). Only the
         // /64's: the /48's too cost ~3 ns hot for every source (blocked /48 v6 ÷ v4 /24,
         // median of 10 loads: 1.39 with both, 1.23 with the /64's alone; map lookups then).
-        let h64 = v6::hx_bucket(hi, 64, bits);
-        hx_touch(h64, bits);
-        if let Some(w) = hx_find(k32, 32, v6::hx_bucket(k32, 32, bits), bits) {
+        let h64 = hx_home(hi, 64, shape);
+        hx_touch(h64, shape);
+        if let Some(w) = hx_find(k32, 32, hx_home(k32, 32, shape), shape) {
             e = w as u32;
-            level = 32;
-            trie = e & v6::TRIE != 0;
             if e & v6::INLINE != 0 {
                 // The /32's only content, a /48, is in its word (no flags, no trie): a
-                // listed /48 alone in its /32 costs this one probe.
+                // listed /48 alone in its /32 costs this one probe, and nothing is left
+                // to look for.
                 let (key16, child) = v6::inline_child(w);
-                if key16 == (hi >> 16) as u16 {
-                    (e, level) = (child as u32, 48);
-                }
-            } else {
+                return if key16 == (hi >> 16) as u16 {
+                    child
+                } else {
+                    e as u16
+                };
+            }
+            level = 32;
+            trie = e & v6::TRIE != 0;
+            {
                 let mut flags = e;
                 let (k48, k56) = (hi & 0xffff_ffff_ffff_0000, hi & 0xffff_ffff_ffff_ff00);
                 if flags & v6::inside(2) != 0
-                    && let Some(x) = hx_find(k48, 48, v6::hx_bucket(k48, 48, bits), bits)
+                    && let Some(x) = hx_find(k48, 48, hx_home(k48, 48, shape), shape)
                 {
                     let x = x as u32;
                     (e, level, flags) = (x, 48, x);
                 }
                 if flags & v6::inside(3) != 0
-                    && let Some(x) = hx_find(k56, 56, v6::hx_bucket(k56, 56, bits), bits)
+                    && let Some(x) = hx_find(k56, 56, hx_home(k56, 56, shape), shape)
                 {
                     let x = x as u32;
                     (e, level, flags) = (x, 56, x);
                 }
                 if flags & v6::inside(4) != 0
-                    && let Some(x) = hx_find(hi, 64, h64, bits)
+                    && let Some(x) = hx_find(hi, 64, h64, shape)
                 {
                     let x = x as u32;
                     (e, level, flags) = (x, 64, x);

@@ -213,14 +213,15 @@ impl Filter {
         // bytes (vendor/README.md), and mapped whole.
         let hx_bytes = map_bytes::<v6::Bucket>(hx_bits);
         let hh_bytes = map_bytes::<v6::HostBucket>(hh_bits);
+        let (hx_shape, hh_shape) = (v6::Shape::of(hx_bits), v6::Shape::of(hh_bits));
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(v4::GROUPS, v4::group_slots(opts.v4_long_groups))
             .map_max_entries(v4::RUNS, v4::runs_entries(opts.v4_long_groups))
             .map_max_entries(v6::HX, hx_bytes)
-            .override_global(v6::HX_BITS_GLOBAL, &hx_bits, true)
+            .override_global(v6::HX_SHAPE_GLOBAL, &hx_shape, true)
             .map_max_entries(v6::HH, hh_bytes)
-            .override_global(v6::HH_BITS_GLOBAL, &hh_bits, true)
+            .override_global(v6::HH_SHAPE_GLOBAL, &hh_shape, true)
             .map_max_entries(v6::LPM, opts.v6_entries)
             .map_max_entries(dynamic::MAP, opts.dynamic_entries)
             .override_global(LOG_LEVEL_GLOBAL, &opts.log_level, true);
