@@ -866,10 +866,10 @@ static PF_V6_HH_SHAPE: v6::Shape = v6::Shape::of(v6::hh_bits(v6::DEFAULT_ENTRIES
 
 /// The top bits of `hash` that [`v6::Shape`] `shape` says are a bucket index.
 #[inline(always)]
-fn top_bits(hash: u64, shape: v6::Shape) -> u32 {
+fn top_bits(hash: u64, shape: v6::Shape) -> u64 {
     // SAFETY: the shift is 64 - bits, and bits is 8 to 30 (`hx_bits`, `hh_bits`): below 64,
     // so the shift needs no masking (Rust's `>>` would add an instruction for it).
-    (unsafe { hash.unchecked_shr(shape.shift) }) as u32
+    unsafe { hash.unchecked_shr(shape.shift) }
 }
 
 /// The entry of /128 `hi`, `lo` in HH, if any: as [`hx_find`], two slots a bucket.
@@ -877,14 +877,14 @@ fn top_bits(hash: u64, shape: v6::Shape) -> u32 {
 fn hh_find(hi: u64, lo: u64) -> Option<u32> {
     // SAFETY: a global the loader froze; volatile so it is read, not folded.
     let shape = unsafe { core::ptr::read_volatile(&PF_V6_HH_SHAPE) };
-    let mask = shape.mask;
+    let mask = shape.mask as u64;
     let home = top_bits(v6::hh_hash(hi, lo), shape);
     for p in 0..v6::MAX_PROBE {
         // SAFETY: masked to the buckets the map holds.
         let b = unsafe {
             core::ptr::addr_of!(PF_V6_HH)
                 .cast::<v6::HostBucket>()
-                .add((home.wrapping_add(p) & mask) as usize)
+                .add((home.wrapping_add(p as u64) & mask) as usize)
         };
         for i in 0..v6::HOST_SLOTS {
             // SAFETY: a valid value pointer of the array. The tag (with the value) is read
@@ -919,13 +919,13 @@ fn hx_shape() -> v6::Shape {
 
 /// The home bucket of `key` masked to `tag` bits.
 #[inline(always)]
-fn hx_home(key: u64, tag: u32, shape: v6::Shape) -> u32 {
+fn hx_home(key: u64, tag: u32, shape: v6::Shape) -> u64 {
     top_bits(v6::hx_hash(key, tag), shape)
 }
 
 /// Bucket `i` of HX; `i` masked to its size by the caller.
 #[inline(always)]
-fn hx_bucket_ptr(i: u32) -> *const v6::Bucket {
+fn hx_bucket_ptr(i: u64) -> *const v6::Bucket {
     // SAFETY: within the map, as the caller masks `i` to the buckets it holds.
     unsafe {
         core::ptr::addr_of!(PF_V6_HX)
@@ -938,10 +938,10 @@ fn hx_bucket_ptr(i: u32) -> *const v6::Bucket {
 /// its home bucket on: linear probing, one cache line per bucket, stopping at the first
 /// never-used slot.
 #[inline(always)]
-fn hx_find(key: u64, tag: u32, home: u32, shape: v6::Shape) -> Option<u64> {
-    let mask = shape.mask;
+fn hx_find(key: u64, tag: u32, home: u64, shape: v6::Shape) -> Option<u64> {
+    let mask = shape.mask as u64;
     for p in 0..v6::MAX_PROBE {
-        let b = hx_bucket_ptr(home.wrapping_add(p) & mask);
+        let b = hx_bucket_ptr(home.wrapping_add(p as u64) & mask);
         for i in 0..v6::BUCKET_SLOTS {
             // SAFETY: a valid value pointer of the array. The tag (with the value) is read
             // before the key: the agent writes the key first, so a tag seen means its key
@@ -966,8 +966,8 @@ fn hx_find(key: u64, tag: u32, home: u32, shape: v6::Shape) -> Option<u64> {
 /// Reads the first word of a bucket and drops it: the load is issued and nothing waits for
 /// it (BPF has no prefetch instruction).
 #[inline(always)]
-fn hx_touch(home: u32, shape: v6::Shape) {
-    let b = hx_bucket_ptr(home & shape.mask);
+fn hx_touch(home: u64, shape: v6::Shape) {
+    let b = hx_bucket_ptr(home & shape.mask as u64);
     // SAFETY: within the map.
     unsafe { core::ptr::read_volatile(b as *const u64) };
 }
