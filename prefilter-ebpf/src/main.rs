@@ -934,33 +934,68 @@ fn hx_bucket_ptr(i: u64) -> *const v6::Bucket {
     }
 }
 
+/// What a probe of one HX bucket found.
+enum Probe {
+    Found(u64),
+    Absent,
+    /// The bucket is full of other keys: the next one may hold it.
+    Full,
+}
+
+/// Looks for `key` masked to `tag` bits in HX bucket `i` (masked by the caller).
+#[inline(always)]
+fn hx_probe(key: u64, tag: u32, i: u64) -> Probe {
+    let b = hx_bucket_ptr(i);
+    for i in 0..v6::BUCKET_SLOTS {
+        // SAFETY: a valid value pointer of the array. The tag (with the value) is read
+        // before the key: the agent writes the key first, so a tag seen means its key
+        // is in place.
+        let (word, k) = unsafe {
+            let s = (b as *const v6::Slot).add(i);
+            let w = core::ptr::read_volatile((s as *const u64).add(1));
+            (w, core::ptr::read_volatile(s as *const u64))
+        };
+        let t = (word >> 32) as u32;
+        if v6::tag_len(t) == tag && k == key {
+            return Probe::Found(word);
+        }
+        if t == v6::TAG_EMPTY {
+            return Probe::Absent;
+        }
+    }
+    Probe::Full
+}
+
 /// The HX slot word (entry, and tag above it) of `key` masked to `tag` bits, if any, from
 /// its home bucket on: linear probing, one cache line per bucket, stopping at the first
-/// never-used slot.
+/// never-used slot. The home bucket is probed inline; the rare key past it (a table at most
+/// half full) in a function of its own, whose loop, inlined, held its constants in
+/// registers along every lookup's path and pushed other values to the stack.
 #[inline(always)]
 fn hx_find(key: u64, tag: u32, home: u64, shape: v6::Shape) -> Option<u64> {
     let mask = shape.mask as u64;
-    for p in 0..v6::MAX_PROBE {
-        let b = hx_bucket_ptr(home.wrapping_add(p as u64) & mask);
-        for i in 0..v6::BUCKET_SLOTS {
-            // SAFETY: a valid value pointer of the array. The tag (with the value) is read
-            // before the key: the agent writes the key first, so a tag seen means its key
-            // is in place.
-            let (word, k) = unsafe {
-                let s = (b as *const v6::Slot).add(i);
-                let w = core::ptr::read_volatile((s as *const u64).add(1));
-                (w, core::ptr::read_volatile(s as *const u64))
-            };
-            let t = (word >> 32) as u32;
-            if v6::tag_len(t) == tag && k == key {
-                return Some(word);
-            }
-            if t == v6::TAG_EMPTY {
-                return None;
-            }
+    match hx_probe(key, tag, home & mask) {
+        Probe::Found(w) => Some(w),
+        Probe::Absent => None,
+        Probe::Full => match hx_find_past(key, tag, home, mask) {
+            0 => None,
+            w => Some(w),
+        },
+    }
+}
+
+/// [`hx_find`] past the home bucket: the slot word, or 0 (never a used slot's: its tag is
+/// not zero).
+#[inline(never)]
+fn hx_find_past(key: u64, tag: u32, home: u64, mask: u64) -> u64 {
+    for p in 1..v6::MAX_PROBE {
+        match hx_probe(key, tag, home.wrapping_add(p as u64) & mask) {
+            Probe::Found(w) => return w,
+            Probe::Absent => return 0,
+            Probe::Full => {}
         }
     }
-    None
+    0
 }
 
 /// Reads the first word of a bucket and drops it: the load is issued and nothing waits for

@@ -471,6 +471,52 @@ fn hosts_sharing_a_bucket_are_told_apart() {
     assert_eq!(f.v6.entries(), [0; 7]);
 }
 
+/// /48s (HX entries) whose home bucket is one and the same: the first four fill it, the
+/// program finds the next ones in the buckets after it (probed past the home bucket, a path
+/// of its own in the program), and tells the unlisted ones of the same home apart; one
+/// removed from the full home bucket, the others are still found past it.
+#[test]
+fn prefixes_past_their_home_bucket_are_found() {
+    require_root();
+    let opts = Options::default();
+    let bits = prefilter_common::v6::hx_bits(opts.v6_entries);
+    let mut f = Filter::load(&opts).expect("load");
+    let k48 = |x: u64| 0x2001_0db8_0000_0000u64 | x << 16;
+    let home = prefilter_common::v6::hx_bucket(k48(1), 48, bits);
+    let nets: Vec<u128> = (1u64..)
+        .map(k48)
+        .filter(|&k| prefilter_common::v6::hx_bucket(k, 48, bits) == home)
+        .take(8)
+        .map(|k| u128::from(k) << 64)
+        .collect();
+    // Probe inside each /48, not its first address only.
+    let probes: Vec<u128> = nets.iter().map(|&n| n | 0x1234_5678).collect();
+    let mut rules: HashMap<(u128, u8, Kind), u16> = HashMap::new();
+    let drop = |l: u16| verdict::pack(action::DROP, l);
+    // Listed: six (a full home bucket and two past it); the last two share the home and
+    // stay unlisted.
+    for (i, &n) in nets.iter().take(6).enumerate() {
+        f.v6.set(n, 48, Kind::Block, drop(i as u16 + 1))
+            .expect("set");
+        rules.insert((n, 48, Kind::Block), drop(i as u16 + 1));
+    }
+    check(&f, &rules, &probes, "six /48s of one home bucket");
+    for &a in &probes[4..6] {
+        assert_eq!(
+            program(&f, a),
+            1,
+            "{} past its home bucket",
+            Ipv6Addr::from(a)
+        );
+    }
+    for &a in &probes[6..] {
+        assert_eq!(program(&f, a), 2, "{} unlisted", Ipv6Addr::from(a));
+    }
+    assert!(f.v6.remove(nets[1], 48, Kind::Block).expect("remove"));
+    rules.remove(&(nets[1], 48, Kind::Block));
+    check(&f, &rules, &probes, "one removed from the home bucket");
+}
+
 /// A list replaced near the table's capacity: 1000 /64s and 1000 /128s (of 1024 entries
 /// each part holds) removed, then 1000 others added at once. The removed entries' slots
 /// are not reused for a second (a program run may still be reading them), so the additions
