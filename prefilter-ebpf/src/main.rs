@@ -1049,32 +1049,30 @@ fn v6_lookup(a: Addr) -> u16 {
             }
             level = 32;
             trie = e & v6::TRIE != 0;
+            let mut flags = e;
+            let (k48, k56) = (hi & 0xffff_ffff_ffff_0000, hi & 0xffff_ffff_ffff_ff00);
+            if flags & v6::inside(2) != 0
+                && let Some(x) = hx_find(k48, 48, hx_home(k48, 48, shape), shape)
             {
-                let mut flags = e;
-                let (k48, k56) = (hi & 0xffff_ffff_ffff_0000, hi & 0xffff_ffff_ffff_ff00);
-                if flags & v6::inside(2) != 0
-                    && let Some(x) = hx_find(k48, 48, hx_home(k48, 48, shape), shape)
-                {
-                    let x = x as u32;
-                    (e, level, flags) = (x, 48, x);
-                }
-                if flags & v6::inside(3) != 0
-                    && let Some(x) = hx_find(k56, 56, hx_home(k56, 56, shape), shape)
-                {
-                    let x = x as u32;
-                    (e, level, flags) = (x, 56, x);
-                }
-                if flags & v6::inside(4) != 0
-                    && let Some(x) = hx_find(hi, 64, h64, shape)
-                {
-                    let x = x as u32;
-                    (e, level, flags) = (x, 64, x);
-                }
-                if flags & v6::inside(5) != 0
-                    && let Some(x) = hh_find(hi, a.lo)
-                {
-                    (e, level) = (x, 128);
-                }
+                let x = x as u32;
+                (e, level, flags) = (x, 48, x);
+            }
+            if flags & v6::inside(3) != 0
+                && let Some(x) = hx_find(k56, 56, hx_home(k56, 56, shape), shape)
+            {
+                let x = x as u32;
+                (e, level, flags) = (x, 56, x);
+            }
+            if flags & v6::inside(4) != 0
+                && let Some(x) = hx_find(hi, 64, h64, shape)
+            {
+                let x = x as u32;
+                (e, level, flags) = (x, 64, x);
+            }
+            if flags & v6::inside(5) != 0
+                && let Some(x) = hh_find(hi, a.lo)
+            {
+                (e, level) = (x, 128);
             }
         }
     }
