@@ -299,7 +299,7 @@ pub struct Maps {
     pub v4_long_groups: Usage,
     pub v6_block: usize,
     pub v6_allow: usize,
-    /// Entries of the fullest part of the IPv6 table (/32–/64 hash, /128 hash, trie)
+    /// Entries of the fullest part of the IPv6 table (/17–/64 hash, /65–/128 hash)
     /// against `[limits] v6_entries`.
     pub v6_entries: Usage,
     /// The maps were taken over from a previous agent.

@@ -228,7 +228,7 @@ impl RateLimit {
 pub struct Limits {
     /// IPv4 groups for /24s holding several verdicts (40 bytes each plus shared verdicts).
     pub v4_long_groups: u32,
-    /// IPv6 trie capacity.
+    /// IPv6 table capacity: entries of each of its two hashes.
     pub v6_entries: u32,
     /// Dynamic verdict map capacity.
     pub dynamic_entries: u32,

@@ -339,10 +339,12 @@ pub mod v6 {
     //! IPv6 prefixes by exact match on a few lengths instead of the kernel LPM trie: the /16
     //! in an array, the /32, /48, /56 and /64 in one open-addressing hash of our own (one
     //! cache line per probe, written by the agent through mmap), the /128 in a second one
-    //! with slots wide enough for the whole address, and the kernel trie only for the
-    //! lengths between that expansion would blow up. Every entry holds the verdict of the
-    //! longest match down to its length (leaf pushing) and flags saying which longer lengths
-    //! have entries inside it, so the walk probes only those.
+    //! with slots wide enough for the whole address. The lengths between that expansion
+    //! would blow up (/17–/23, /33–/39, /65–/127: "odd") are entries of their own length in
+    //! the same two hashes, probed only where a flag says one lies inside, and only at the
+    //! lengths in use ([`OddLengths`]). Every entry holds the verdict of the longest match
+    //! down to its length (leaf pushing) and flags saying which longer lengths have entries
+    //! inside it, so the walk probes only those.
 
     /// The program's global data (a map of one value, mmapable): 65536 [`Entry`] values,
     /// index: the address's first 16 bits.
@@ -352,9 +354,8 @@ pub mod v6 {
     pub const HX: &str = "PF_V6_HX";
     /// The program's global data, sized at load: [`HostBucket`]s, the /128 entries.
     pub const HH: &str = "PF_V6_HH";
-    /// LpmTrie<[u8; 16], u32>: prefixes of /17–/23, /33–/39 and /65–/127; value: the
-    /// verdict, and the prefix length in bits 24–31 (the walk must know which is longer).
-    pub const LPM: &str = "PF_V6_LPM";
+    /// The program's global data (a map of one value, mmapable): the [`OddLengths`] in use.
+    pub const ODD: &str = "PF_V6_ODD";
     /// Global (read-only data) of the program: the [`Shape`] of HX, set by the agent at load
     /// time with the map's size.
     pub const HX_SHAPE_GLOBAL: &str = "PF_V6_HX_SHAPE";
@@ -401,6 +402,12 @@ pub mod v6 {
     /// buckets (128 slots) make a failed placement practically impossible, while a lookup
     /// almost always ends in its first bucket.
     pub const MAX_PROBE: u32 = 32;
+    /// Buckets probed at most for an odd-length entry, which the agent places no further:
+    /// the program probes up to 15 odd lengths, each with this loop inlined, and at
+    /// [`MAX_PROBE`] the verifier followed more than its million instructions. At the
+    /// tables' fullest (half the slots), 1 placement in 30,000 needs more in HH and
+    /// practically none in HX; the agent then refuses the entry, naming the limit.
+    pub const ODD_PROBE: u32 = 12;
 
     /// An entry: the verdict (low 16 bits) and flags.
     pub type Entry = u32;
@@ -408,8 +415,48 @@ pub mod v6 {
     pub const fn inside(i: usize) -> u32 {
         1 << (15 + i)
     }
-    /// Trie prefixes lie inside this one (TOP: /17–/23; a /32: /33–/39, /65–/127).
-    pub const TRIE: u32 = 1 << 21;
+    /// Odd-length entries of /17–/23 lie inside this TOP entry.
+    pub const ODD_TOP: u32 = 1 << 21;
+    /// Odd-length entries of /33–/39 lie inside this /32 entry.
+    pub const ODD_MID: u32 = 1 << 24;
+    /// Odd-length entries of /65–/127 (in HH) lie inside this /32, /48, /56 or /64 entry.
+    pub const ODD_H: u32 = 1 << 23;
+
+    /// The odd lengths that have entries, as bitmaps the walk reads where an entry's
+    /// [`ODD_TOP`], [`ODD_MID`] or [`ODD_H`] says one lies inside: from the longest length
+    /// set down, it
+    /// probes those longer than the entry it found and stops at the first found, the
+    /// longest match (odd entries hold the verdict of the longest match down to their
+    /// length too). Bitmaps, so that the agent adds or removes a length with one store the
+    /// program sees whole; a list rewritten in place could hide a length from a reader.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct OddLengths {
+        /// Bit `l - 17` for /17–/23 ([`ODD_TOP_BITS`]) and /33–/39 ([`ODD_MID_BITS`]),
+        /// both in HX.
+        pub short: u64,
+        /// Bit `l - 64` for /65–/127 (a /32's [`ODD_H`]), in HH.
+        pub host: u64,
+    }
+
+    /// Distinct /65–/127 lengths held at once: each is one more probe (and one more
+    /// verified copy of it) for a source in a /32 that holds any. Real lists have none or
+    /// one or two (/96, /112); /17–/23 and /33–/39 are seven each, all of which fit.
+    pub const ODD_HOST_MAX: u32 = 8;
+
+    /// The /17–/23 bits of [`OddLengths::short`].
+    pub const ODD_TOP_BITS: u64 = 0x7f;
+    /// The /33–/39 bits of [`OddLengths::short`].
+    pub const ODD_MID_BITS: u64 = 0x7f << 16;
+
+    /// Where odd length `len` is in [`OddLengths`]: (true for `host`, its bit).
+    pub const fn odd_bit(len: u8) -> Option<(bool, u32)> {
+        match len {
+            17..=23 | 33..=39 => Some((false, len as u32 - 17)),
+            65..=127 => Some((true, len as u32 - 64)),
+            _ => None,
+        }
+    }
 
     /// A /32 entry that holds the only thing inside it, a /48 with nothing inside, in its
     /// own slot ([`inline_word`]): a listed /48 alone in its /32 costs one probe, not two.
@@ -493,8 +540,9 @@ pub mod v6 {
     }
 
     /// One HH slot: a /128 (`hi`, `lo`: the address's halves) and its entry. `val` and `tag`
-    /// share one 64-bit word as in [`Slot`], written after the address; `tag` is 128, or
-    /// [`TAG_EMPTY`] or [`TAG_GONE`]. It replaced a kernel hash map, whose lookup (a helper
+    /// share one 64-bit word as in [`Slot`], written after the address; `tag` is 128, the
+    /// length of an odd /65–/127 entry (`lo` masked to it), or [`TAG_EMPTY`] or
+    /// [`TAG_GONE`]. It replaced a kernel hash map, whose lookup (a helper
     /// call, jhash, a bucket, then an element) cost a /128 source one more cache miss cold
     /// than any other length.
     #[repr(C)]

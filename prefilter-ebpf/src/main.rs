@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail},
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -26,8 +26,6 @@ use prefilter_common::{
 
 /// BPF_F_MMAPABLE: the agent writes the v4 tables through mmap, not a syscall per entry.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
-/// Required by the kernel for LPM tries.
-const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
 /// The agent's record of the settings (see [`config::MAP`]); never read here.
 #[map(name = "PF_CONFIG")]
@@ -66,9 +64,11 @@ static mut PF_V6_HX: [v6::Bucket; 1 << v6::hx_bits(v6::MAX_ENTRIES)] =
 #[unsafe(no_mangle)]
 static mut PF_V6_HH: [v6::HostBucket; 1 << v6::hh_bits(v6::MAX_ENTRIES)] =
     [[v6::HostSlot::EMPTY; v6::HOST_SLOTS]; 1 << v6::hh_bits(v6::MAX_ENTRIES)];
-#[map(name = "PF_V6_LPM")]
-static PF_V6_LPM: LpmTrie<[u8; 16], u32> =
-    LpmTrie::with_max_entries(v6::DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+/// The odd lengths in use, global data of its own as [`PF_V6_TOP`]: the agent rewrites
+/// it as lengths come and go.
+#[unsafe(link_section = ".bss.PF_V6_ODD")]
+#[unsafe(no_mangle)]
+static mut PF_V6_ODD: v6::OddLengths = v6::OddLengths { short: 0, host: 0 };
 #[map(name = "PF_DYNAMIC")]
 static PF_DYNAMIC: LruHashMap<AddrKey, DynVerdict> =
     LruHashMap::with_max_entries(dynamic::DEFAULT_ENTRIES, 0);
@@ -872,39 +872,101 @@ fn top_bits(hash: u64, shape: v6::Shape) -> u64 {
     unsafe { hash.unchecked_shr(shape.shift) }
 }
 
-/// The entry of /128 `hi`, `lo` in HH, if any: as [`hx_find`], two slots a bucket.
+/// HH's shape, read once per lookup.
 #[inline(always)]
-fn hh_find(hi: u64, lo: u64) -> Option<u32> {
+fn hh_shape() -> v6::Shape {
     // SAFETY: a global the loader froze; volatile so it is read, not folded.
-    let shape = unsafe { core::ptr::read_volatile(&PF_V6_HH_SHAPE) };
+    unsafe { core::ptr::read_volatile(&PF_V6_HH_SHAPE) }
+}
+
+/// Looks for `hi`, `lo` with tag `tag` in HH bucket `i` (masked by the caller).
+#[inline(always)]
+fn hh_probe(hi: u64, lo: u64, tag: u32, i: u64) -> Probe {
+    // SAFETY: within the map, as the caller masks `i` to the buckets it holds.
+    let b = unsafe {
+        core::ptr::addr_of!(PF_V6_HH)
+            .cast::<v6::HostBucket>()
+            .add(i as usize)
+    };
+    for i in 0..v6::HOST_SLOTS {
+        // SAFETY: a valid value pointer of the array. The tag (with the value) is read
+        // before the address: the agent writes the address first.
+        let (word, h, l) = unsafe {
+            let s = (b as *const v6::HostSlot).add(i) as *const u64;
+            let w = core::ptr::read_volatile(s.add(2));
+            (
+                w,
+                core::ptr::read_volatile(s),
+                core::ptr::read_volatile(s.add(1)),
+            )
+        };
+        let t = (word >> 32) as u32;
+        if t == tag && h == hi && l == lo {
+            return Probe::Found(word);
+        }
+        if t == v6::TAG_EMPTY {
+            return Probe::Absent;
+        }
+    }
+    Probe::Full
+}
+
+/// The entry of /128 `hi`, `lo` (tag `tag`) in HH, if any: as [`hx_find`], two slots a
+/// bucket, buckets past the home one in a function of their own ([`hh_find_past`]).
+#[inline(always)]
+fn hh_find(hi: u64, lo: u64, tag: u32) -> Option<u32> {
+    let shape = hh_shape();
     let mask = shape.mask as u64;
     let home = top_bits(v6::hh_hash(hi, lo), shape);
-    for p in 0..v6::MAX_PROBE {
-        // SAFETY: masked to the buckets the map holds.
-        let b = unsafe {
-            core::ptr::addr_of!(PF_V6_HH)
-                .cast::<v6::HostBucket>()
-                .add((home.wrapping_add(p as u64) & mask) as usize)
-        };
-        for i in 0..v6::HOST_SLOTS {
-            // SAFETY: a valid value pointer of the array. The tag (with the value) is read
-            // before the address: the agent writes the address first.
-            let (word, h, l) = unsafe {
-                let s = (b as *const v6::HostSlot).add(i) as *const u64;
-                let w = core::ptr::read_volatile(s.add(2));
-                (
-                    w,
-                    core::ptr::read_volatile(s),
-                    core::ptr::read_volatile(s.add(1)),
-                )
-            };
-            let t = (word >> 32) as u32;
-            if t == v6::TAG_HOST && h == hi && l == lo {
-                return Some(word as u32);
-            }
-            if t == v6::TAG_EMPTY {
-                return None;
-            }
+    match hh_probe(hi, lo, tag, home & mask) {
+        Probe::Found(w) => Some(w as u32),
+        Probe::Absent => None,
+        Probe::Full => match hh_find_past(hi, lo, tag, home, mask) {
+            0 => None,
+            w => Some(w as u32),
+        },
+    }
+}
+
+/// [`hh_find`] past the home bucket: the slot word, or 0 (never a used slot's: its tag is
+/// not zero).
+#[inline(never)]
+fn hh_find_past(hi: u64, lo: u64, tag: u32, home: u64, mask: u64) -> u64 {
+    for p in 1..v6::MAX_PROBE {
+        match hh_probe(hi, lo, tag, home.wrapping_add(p as u64) & mask) {
+            Probe::Found(w) => return w,
+            Probe::Absent => return 0,
+            Probe::Full => {}
+        }
+    }
+    0
+}
+
+/// An odd /65–/127 entry in HH: as [`hh_find`], over [`v6::ODD_PROBE`] buckets.
+#[inline(always)]
+fn hh_find_near(hi: u64, lo: u64, tag: u32) -> Option<u32> {
+    let shape = hh_shape();
+    let mask = shape.mask as u64;
+    let home = top_bits(v6::hh_hash(hi, lo), shape);
+    for p in 0..v6::ODD_PROBE {
+        match hh_probe(hi, lo, tag, home.wrapping_add(p as u64) & mask) {
+            Probe::Found(w) => return Some(w as u32),
+            Probe::Absent => return None,
+            Probe::Full => {}
+        }
+    }
+    None
+}
+
+/// An odd /17–/23 or /33–/39 entry in HX: as [`hx_find`], over [`v6::ODD_PROBE`] buckets.
+#[inline(always)]
+fn hx_find_near(key: u64, tag: u32, home: u64, shape: v6::Shape) -> Option<u64> {
+    let mask = shape.mask as u64;
+    for p in 0..v6::ODD_PROBE {
+        match hx_probe(key, tag, home.wrapping_add(p as u64) & mask) {
+            Probe::Found(w) => return Some(w),
+            Probe::Absent => return None,
+            Probe::Full => {}
         }
     }
     None
@@ -1009,8 +1071,7 @@ fn hx_touch(home: u64, shape: v6::Shape) {
 
 /// IPv6: the /16 entry, then the /32 (which may hold its only /48 itself), then only the
 /// longer lengths its flags name (and that the last entry found still names), keeping the
-/// last verdict found; the trie only where a flag says a prefix of an odd length lies
-/// inside.
+/// last verdict found; odd lengths ([`odd_lookup`]) only where a flag says one lies inside.
 #[inline(always)]
 fn v6_lookup(a: Addr) -> u16 {
     // SAFETY: the index is 16 bits, TOP's size; read volatile as the agent writes it.
@@ -1021,8 +1082,8 @@ fn v6_lookup(a: Addr) -> u16 {
                 .add((a.hi >> 48) as usize),
         )
     };
-    let mut level = 16u32;
-    let mut trie = e & v6::TRIE != 0;
+    // The odd lengths inside the last entry found: TOP's, or past its /32 the deepest one's.
+    let mut odd = e & v6::ODD_TOP;
     if e & v6::inside(1) != 0 {
         let hi = a.hi;
         let shape = hx_shape();
@@ -1047,46 +1108,98 @@ fn v6_lookup(a: Addr) -> u16 {
                     e as u16
                 };
             }
-            level = 32;
-            trie = e & v6::TRIE != 0;
             let mut flags = e;
             let (k48, k56) = (hi & 0xffff_ffff_ffff_0000, hi & 0xffff_ffff_ffff_ff00);
             if flags & v6::inside(2) != 0
                 && let Some(x) = hx_find(k48, 48, hx_home(k48, 48, shape), shape)
             {
                 let x = x as u32;
-                (e, level, flags) = (x, 48, x);
+                (e, flags) = (x, x);
             }
             if flags & v6::inside(3) != 0
                 && let Some(x) = hx_find(k56, 56, hx_home(k56, 56, shape), shape)
             {
                 let x = x as u32;
-                (e, level, flags) = (x, 56, x);
+                (e, flags) = (x, x);
             }
             if flags & v6::inside(4) != 0
                 && let Some(x) = hx_find(hi, 64, h64, shape)
             {
                 let x = x as u32;
-                (e, level, flags) = (x, 64, x);
+                (e, flags) = (x, x);
             }
             if flags & v6::inside(5) != 0
-                && let Some(x) = hh_find(hi, a.lo)
+                && let Some(x) = hh_find(hi, a.lo, v6::TAG_HOST)
             {
-                (e, level) = (x, 128);
+                // Nothing is longer than a /128.
+                (e, flags) = (x, 0);
+            }
+            odd = flags & (v6::ODD_MID | v6::ODD_H);
+        }
+    }
+    if odd != 0 {
+        // Only the verdict goes on: `e`, with what the walk's tests taught the verifier
+        // about its flags, would make each path a state of its own there.
+        return odd_lookup(a.hi, a.lo, odd, e & 0xffff);
+    }
+    e as u16
+}
+
+/// The verdict of the longest odd-length entry `hi`, `lo` is in among those inside the
+/// last entry the walk found (whose flags `odd` names them, and whose verdict `found` is
+/// the answer otherwise): each length in use probed from the longest down, the first found
+/// returned. A function of its own: rare (real lists hold few such prefixes), and its
+/// loops inlined would cost every lookup registers. It takes no level: the entry's own
+/// flags say what lies inside it, so the walk's paths reach it in one state or two and the
+/// verifier follows it that often, not once per path.
+#[inline(never)]
+fn odd_lookup(hi: u64, lo: u64, odd: u32, found: u32) -> u16 {
+    // SAFETY: global data the agent changes a whole word at a time; read volatile.
+    let (short, host) = unsafe {
+        let p = core::ptr::addr_of!(PF_V6_ODD);
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*p).short)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*p).host)),
+        )
+    };
+    if odd & v6::ODD_H != 0 {
+        let mut bits = host;
+        // The agent holds at most ODD_HOST_MAX lengths here.
+        for _ in 0..v6::ODD_HOST_MAX {
+            if bits == 0 {
+                break;
+            }
+            let b = 63 - bits.leading_zeros();
+            bits ^= 1 << b;
+            // b is 1 to 63: /65 to /127, and the mask of lo's first b bits.
+            let m = u64::MAX << (64 - b);
+            if let Some(x) = hh_find_near(hi, lo & m, 64 + b) {
+                return x as u16;
             }
         }
     }
-    if trie {
-        let key = Key::new(128, *a.key().get());
-        // A trie prefix wins only where it is longer than the entry found: shorter ones
-        // are already pushed into that entry.
-        if let Some(&t) = PF_V6_LPM.get(&key)
-            && t >> 24 > level
-        {
-            return t as u16;
+    // TOP's /17–/23 or a /32's /33–/39: one entry's flags, so one set.
+    let mut bits = 0;
+    if odd & v6::ODD_TOP != 0 {
+        bits = short & v6::ODD_TOP_BITS;
+    }
+    if odd & v6::ODD_MID != 0 {
+        bits = short & v6::ODD_MID_BITS;
+    }
+    let shape = hx_shape();
+    for _ in 0..7 {
+        if bits == 0 {
+            break;
+        }
+        let b = 63 - bits.leading_zeros();
+        bits ^= 1 << b;
+        let l = 17 + b;
+        let key = hi & (u64::MAX << (64 - l));
+        if let Some(w) = hx_find_near(key, l, hx_home(key, l, shape), shape) {
+            return w as u16;
         }
     }
-    e as u16
+    found as u16
 }
 
 /// The verdict for a frame we could not read to the TCP flags: what its source would get,

@@ -1,4 +1,4 @@
-//! The IPv6 table (levels /16, /32, /48, /56, /64, /128 plus the trie for the lengths between)
+//! The IPv6 table (levels /16, /32, /48, /56, /64, /128 plus odd-length entries between)
 //! against a brute-force longest match, through random additions and removals of nested
 //! prefixes of every length, read back from the kernel maps as the program walks them and
 //! through the program itself; then at a real list's size (1M prefixes) with memory and a
@@ -278,6 +278,96 @@ fn full_table_refuses_cleanly() {
     assert_eq!(f.v6.lookup(host | 1), accepted[&(host, 48, Kind::Block)]);
 }
 
+/// Prefixes of the lengths between the levels (/17–/23, /33–/39, /65–/127) are entries of
+/// their own, probed at the lengths in use: nested in one another and in level entries,
+/// each source gets its longest match through the program; a ninth distinct /65–/127
+/// length is refused by name with nothing written, and fits once a length is given up.
+#[test]
+fn odd_lengths_nest_and_their_number_is_bounded() {
+    require_root();
+    let mut f = Filter::load(&Options::default()).expect("load");
+    let a = |s: &str| u128::from(s.parse::<Ipv6Addr>().unwrap());
+    let mut rules: HashMap<(u128, u8, Kind), u16> = HashMap::new();
+    let drop = |l: u16| verdict::pack(action::DROP, l);
+    let allow = verdict::pack(action::ALLOW, 9);
+    let base = a("2001:db8:4000::");
+    // Nested odd prefixes in one /32 and a /48 level entry between them, an allow hole in
+    // a /96, and a /20 above all of it.
+    let nest: &[(u128, u8, Kind, u16)] = &[
+        (base & mask(20), 20, Kind::Block, drop(1)),
+        (base, 34, Kind::Block, drop(2)),
+        (base, 36, Kind::Block, drop(3)),
+        (base | 5 << 80, 48, Kind::Block, drop(4)),
+        (base | 5 << 80 | 1 << 64, 80, Kind::Block, drop(5)),
+        (base | 5 << 80 | 1 << 64, 96, Kind::Allow, allow),
+        (
+            base | 5 << 80 | 1 << 64 | 1 << 16,
+            112,
+            Kind::Block,
+            drop(6),
+        ),
+        (base | 3 << 80, 127, Kind::Block, drop(7)),
+    ];
+    for &(n, l, k, v) in nest {
+        f.v6.set(n, l, k, v).expect("set");
+        rules.insert((n, l, k), v);
+    }
+    // Each prefix's first, second, middle and last address, and the addresses just past
+    // it.
+    let mut probes: Vec<u128> = nest
+        .iter()
+        .flat_map(|&(n, l, _, _)| {
+            let last = n | !mask(l);
+            [
+                n,
+                n + 1,
+                n | 1u128 << (127 - l),
+                last,
+                last.wrapping_add(1),
+                n.wrapping_sub(1),
+            ]
+        })
+        .collect();
+    probes.push(a("2001:db8:8000::1"));
+    check(&f, &rules, &probes, "nested odd prefixes");
+
+    // Eight /65–/127 lengths in use (80, 96, 112, 127 above, four more), then a ninth.
+    let host = a("2001:db8:9::");
+    for l in [70u8, 90, 100, 120] {
+        f.v6.set(host, l, Kind::Block, drop(u16::from(l)))
+            .expect("set");
+        rules.insert((host, l, Kind::Block), drop(u16::from(l)));
+    }
+    let before = f.v6.entries();
+    let err =
+        f.v6.set(host | 1 << 40, 88, Kind::Block, drop(88))
+            .expect_err("a ninth /65–/127 length");
+    let msg = err.to_string();
+    assert!(msg.contains("/88") && msg.contains("/65 and /127"), "{msg}");
+    assert_eq!(
+        f.v6.entries(),
+        before,
+        "nothing written for the refused prefix"
+    );
+    probes.extend([host | 1, host | 1 << 40 | 1, host | 1 << 60]);
+    check(&f, &rules, &probes, "after the refusal");
+    // One length given up makes room for it.
+    assert!(f.v6.remove(host, 70, Kind::Block).expect("remove"));
+    rules.remove(&(host, 70, Kind::Block));
+    f.v6.set(host | 1 << 40, 88, Kind::Block, drop(88))
+        .expect("room for /88");
+    rules.insert((host | 1 << 40, 88, Kind::Block), drop(88));
+    check(&f, &rules, &probes, "a length given up, /88 in");
+    for (n, l, k) in rules.keys().copied().collect::<Vec<_>>() {
+        assert!(f.v6.remove(n, l, k).expect("remove"));
+    }
+    assert_eq!(
+        f.v6.entries(),
+        [0; 7],
+        "entries left after removing every rule"
+    );
+}
+
 /// Checks every address of `probes` against the reference, in the kernel maps and through
 /// the program.
 fn check(f: &Filter, rules: &HashMap<(u128, u8, Kind), u16>, probes: &[u128], step: &str) {
@@ -299,8 +389,8 @@ fn check(f: &Filter, rules: &HashMap<(u128, u8, Kind), u16>, probes: &[u128], st
 }
 
 /// A /48 alone in its /32 lives in the /32's slot (one probe instead of two): it moves out
-/// when anything else appears inside the /32 (another /48, something inside it, a trie
-/// prefix) and back in when that goes, answering right at every step; then random changes
+/// when anything else appears inside the /32 (another /48, something inside it, an
+/// odd-length prefix) and back in when that goes, answering right at every step; then random changes
 /// confined to two /48s, so that the /32 keeps passing through "one /48 alone".
 #[test]
 fn a_48_alone_in_its_32_is_held_by_its_slot() {
@@ -339,9 +429,12 @@ fn a_48_alone_in_its_32_is_held_by_its_slot() {
         (false, "2001:db8:1:5::", 64, Kind::Block, 0, 2, 1),
         (true, "2001:db8:1:ff::1", 128, Kind::Block, drop(5), 2, 0),
         (false, "2001:db8:1:ff::1", 128, Kind::Block, 0, 2, 1),
-        // A trie prefix (/33–/39) in the /32.
-        (true, "2001:db8:4000::", 36, Kind::Block, drop(6), 2, 0),
+        // An odd-length prefix (/33–/39: an HX entry of its own) in the /32.
+        (true, "2001:db8:4000::", 36, Kind::Block, drop(6), 3, 0),
         (false, "2001:db8:4000::", 36, Kind::Block, 0, 2, 1),
+        // One of /65–/127 (an HH entry of its own) inside the /48.
+        (true, "2001:db8:1:ff::", 96, Kind::Block, drop(10), 2, 0),
+        (false, "2001:db8:1:ff::", 96, Kind::Block, 0, 2, 1),
         // A /47 expands into two /48s.
         (true, "2001:db8::", 47, Kind::Block, drop(7), 3, 0),
         (false, "2001:db8::", 47, Kind::Block, 0, 2, 1),

@@ -92,7 +92,7 @@ pub struct Options {
     /// Groups for IPv4 /24s holding several verdicts (40 bytes each, plus their share of
     /// the run verdicts); a /24 with one host in otherwise unlisted space needs none.
     pub v4_long_groups: u32,
-    /// Capacity of the IPv6 table's parts: /32–/64 entries, /128 entries, trie prefixes.
+    /// Capacity of each of the IPv6 table's two hashes: /17–/64 entries, /65–/128 entries.
     pub v6_entries: u32,
     /// Capacity of the dynamic verdict map.
     pub dynamic_entries: u32,
@@ -163,7 +163,6 @@ fn dup_map(ebpf: &Ebpf, name: &'static str) -> Result<MapData, FilterError> {
         .ok_or(FilterError::MissingMap { name, source: None })?;
     let data = match map {
         Map::PerCpuArray(d) | Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) => d,
-        Map::LpmTrie(d) => d,
         _ => return Err(FilterError::MissingMap { name, source: None }),
     };
     let fd = data
@@ -222,7 +221,6 @@ impl Filter {
             .override_global(v6::HX_SHAPE_GLOBAL, &hx_shape, true)
             .map_max_entries(v6::HH, hh_bytes)
             .override_global(v6::HH_SHAPE_GLOBAL, &hh_shape, true)
-            .map_max_entries(v6::LPM, opts.v6_entries)
             .map_max_entries(dynamic::MAP, opts.dynamic_entries)
             .override_global(LOG_LEVEL_GLOBAL, &opts.log_level, true);
         let mut adopted = false;
@@ -260,6 +258,7 @@ impl Filter {
             v6::TOP,
             v6::TOP_ENTRIES as usize * size_of::<v6::Entry>(),
         )?);
+        let odd = std::sync::Arc::new(mmap_of(&ebpf, v6::ODD, size_of::<v6::OddLengths>())?);
         let kernel_view = KernelView {
             counters: typed_dup(&ebpf, counters::MAP, Map::PerCpuArray)?,
             dynamic: typed_dup(&ebpf, dynamic::MAP, Map::LruHashMap)?,
@@ -268,11 +267,10 @@ impl Filter {
                 top.clone(),
                 (hx.clone(), hx_bits),
                 (hh.clone(), hh_bits),
-                typed_dup(&ebpf, v6::LPM, Map::LpmTrie)?,
+                odd.clone(),
             )),
         };
-        let v6_maps =
-            v6table::V6Maps::new(top, (hx, hx_bits), (hh, hh_bits), take(&mut ebpf, v6::LPM)?);
+        let v6_maps = v6table::V6Maps::new(top, (hx, hx_bits), (hh, hh_bits), odd);
         let v6 = V6Table::new(v6_maps, opts.v6_entries);
         let dynamic = take(&mut ebpf, dynamic::MAP)?;
         let mut filter = Self {

@@ -1,6 +1,6 @@
 //! The IPv6 prefix table: exact matches on a few lengths instead of the kernel LPM trie,
 //! whose walk of up to 128 nodes cost 2–4× an IPv4 lookup hot and 1–2 µs cold at 100k–1M
-//! prefixes.
+//! prefixes; no trie is left.
 //!
 //! Real IPv6 lists are /32 (allocations), /48 (sites), /56 (homes, RFC 6177), /64
 //! (subscribers) and /128 (hosts), so each of those is one entry: the /16 in an array
@@ -16,11 +16,13 @@
 //! Placement of a rule of length `l`: a level's own length is written there; up to
 //! [`MAX_EXPAND_BITS`] shorter is expanded into entries of the next level (/24–/31 → /32s,
 //! /40–/47 → /48s, /49–/55 → /56s, /57–/63 → /64s, /0–/15 → the /16 array); the rest
-//! (/17–/23, /33–/39, /65–/127, rare in real lists) goes to the kernel trie, asked only
-//! under a /16 or /32 entry flagged `TRIE`. A /32 entry also exists, as a marker, wherever
-//! something longer does; when that is one /48 and nothing else, the /32's slot holds the
-//! /48 too ([`holds_inline`]), so it costs one probe, not two. The trie's value carries its
-//! prefix length: the walk keeps the longer of the trie's match and the entry found.
+//! ("odd": /17–/23, /33–/39, /65–/127, rare in real lists) is an entry of its own length,
+//! in HX up to /39 and in HH past /64, probed only under a /16 or /32 entry flagged
+//! `ODD_X` or `ODD_H`, and only at the lengths in use ([`OddLengths`]: a few bytes the
+//! program reads). Odd entries are leaf-pushed like the others, so the walk keeps the
+//! longest odd entry found past the level it reached. A /32 entry also exists, as a marker,
+//! wherever something longer does; when that is one /48 and nothing else, the /32's slot
+//! holds the /48 too ([`holds_inline`]), so it costs one probe, not two.
 //!
 //! Concurrency: the program reads HX while the agent writes it. A slot's key is written
 //! before its tag and value (one 64-bit store), so a reader that sees the tag sees the key;
@@ -29,6 +31,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
+    mem::offset_of,
     sync::{
         Arc,
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -36,12 +39,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::MapError;
 use prefilter_common::{
     action,
     v6::{
-        BUCKET_SLOTS, HOST_SLOTS, INLINE, LEVELS, MAX_EXPAND_BITS, MAX_PROBE, TAG_EMPTY, TAG_GONE,
-        TAG_HOST, TRIE, hh_bucket, hx_bucket, inline_child, inline_word, inside, tag_len,
+        BUCKET_SLOTS, HOST_SLOTS, INLINE, LEVELS, MAX_EXPAND_BITS, MAX_PROBE, ODD_H, ODD_HOST_MAX,
+        ODD_MID, ODD_PROBE, ODD_TOP, OddLengths, TAG_EMPTY, TAG_GONE, TAG_HOST, hh_bucket,
+        hx_bucket, inline_child, inline_word, inside, odd_bit, tag_len,
     },
     verdict,
 };
@@ -58,10 +62,19 @@ pub enum V6Error {
     /// A part of the table has no room left.
     #[error("IPv6 table full: the {what} holds {capacity} entries (raise [limits] v6_entries)")]
     Full {
-        /// Which part, e.g. "/32–/64 hash".
+        /// Which part, e.g. "/17–/64 hash".
         what: &'static str,
         /// Its capacity.
         capacity: u32,
+    },
+    /// One more /65–/127 length than the program probes.
+    #[error(
+        "IPv6 table: /{len} would be one more prefix length between /65 and /127 than the \
+         {ODD_HOST_MAX} held at once (list such prefixes as /64s or /128s, or fewer lengths)"
+    )]
+    Lengths {
+        /// The length refused.
+        len: u8,
     },
     /// A map operation failed.
     #[error("IPv6 table: {0}")]
@@ -92,8 +105,8 @@ fn bump(c: &mut u32, added: bool) {
 enum Place {
     /// Entries of level `LEVELS[i]`.
     Level(usize),
-    /// The trie.
-    Trie,
+    /// An odd-length entry of its own.
+    Odd,
 }
 
 fn place(len: u8) -> Place {
@@ -102,8 +115,14 @@ fn place(len: u8) -> Place {
     if i == 0 || lv == len || (lv != 128 && lv - len <= MAX_EXPAND_BITS) {
         Place::Level(i)
     } else {
-        Place::Trie
+        debug_assert!(odd_bit(len).is_some());
+        Place::Odd
     }
+}
+
+/// A mask of the first `len` bits of a 64-bit half (`len` 0 to 64).
+fn mask64(len: u32) -> u64 {
+    if len == 0 { 0 } else { u64::MAX << (64 - len) }
 }
 
 /// HX as the program reads it.
@@ -162,9 +181,9 @@ impl HhView {
         self.map.as_slice()
     }
 
-    /// The slot holding /128 `addr`: the program's probe sequence.
-    fn find(&self, addr: u128) -> Option<usize> {
-        let (hi, lo) = ((addr >> 64) as u64, addr as u64);
+    /// The slot holding `hi`, `lo` with tag `tag` (128, or an odd length with `lo` masked
+    /// to it): the program's probe sequence.
+    fn find(&self, hi: u64, lo: u64, tag: u32) -> Option<usize> {
         let w = self.words();
         let home = hh_bucket(hi, lo, self.bits) as usize;
         for p in 0..MAX_PROBE as usize {
@@ -173,7 +192,7 @@ impl HhView {
                 let s = b * HOST_SLOTS + i;
                 let word = w[HH_WORDS * s + 2].load(Ordering::Acquire);
                 let t = (word >> 32) as u32;
-                if t == TAG_HOST
+                if t == tag
                     && w[HH_WORDS * s].load(Ordering::Relaxed) == hi
                     && w[HH_WORDS * s + 1].load(Ordering::Relaxed) == lo
                 {
@@ -187,8 +206,8 @@ impl HhView {
         None
     }
 
-    fn get(&self, addr: u128) -> Option<u32> {
-        self.find(addr)
+    fn get(&self, hi: u64, lo: u64, tag: u32) -> Option<u32> {
+        self.find(hi, lo, tag)
             .map(|s| self.words()[HH_WORDS * s + 2].load(Ordering::Acquire) as u32)
     }
 }
@@ -201,16 +220,15 @@ impl HhView {
 /// program keeps reading.
 fn free_slot(
     gone: &StdHashMap<usize, Instant>,
-    bits: u32,
-    per_bucket: usize,
-    home: usize,
+    (bits, per_bucket): (u32, usize),
+    (home, window): (usize, u32),
     tag: impl Fn(usize) -> u32,
 ) -> Option<usize> {
     for waited in [false, true] {
         // Read only where a gone slot is met: a clock read per insert showed in profiles.
         let mut now = None;
         let mut soonest: Option<Duration> = None;
-        for p in 0..MAX_PROBE as usize {
+        for p in 0..window as usize {
             let b = (home + p) & ((1 << bits) - 1);
             for i in 0..per_bucket {
                 let s = b * per_bucket + i;
@@ -258,12 +276,51 @@ impl TopView {
     }
 }
 
+/// [`OddLengths`], mapped: the odd lengths in use, as bitmaps.
+struct OddView {
+    map: Arc<Mmap>,
+}
+
+impl OddView {
+    /// The bitmap of `short` (false) or `host` (true).
+    fn word(&self, host: bool) -> &AtomicU64 {
+        let words: &[AtomicU64] = self.map.as_slice();
+        let at = if host {
+            offset_of!(OddLengths, host)
+        } else {
+            offset_of!(OddLengths, short)
+        };
+        &words[at / 8]
+    }
+
+    /// Whether length `len` is listed.
+    fn has(&self, len: u8) -> bool {
+        odd_bit(len).is_some_and(|(host, b)| self.word(host).load(Ordering::Acquire) >> b & 1 != 0)
+    }
+
+    /// The /65–/127 lengths listed.
+    fn host_lens(&self) -> u32 {
+        self.word(true).load(Ordering::Acquire).count_ones()
+    }
+
+    /// Lists or unlists `len`: one store the program sees whole.
+    fn set(&self, len: u8, on: bool) {
+        let (host, b) = odd_bit(len).expect("an odd length");
+        let w = self.word(host);
+        if on {
+            w.fetch_or(1 << b, Ordering::Release);
+        } else {
+            w.fetch_and(!(1 << b), Ordering::Release);
+        }
+    }
+}
+
 /// The kernel side of the table, for the walk the program does.
 pub struct V6Maps {
     top: TopView,
     hx: HxView,
     hh: HhView,
-    trie: LpmTrie<MapData, [u8; 16], u32>,
+    odd: OddView,
 }
 
 impl V6Maps {
@@ -271,7 +328,7 @@ impl V6Maps {
         top: Arc<Mmap>,
         (hx, hx_bits): (Arc<Mmap>, u32),
         (hh, hh_bits): (Arc<Mmap>, u32),
-        trie: LpmTrie<MapData, [u8; 16], u32>,
+        odd: Arc<Mmap>,
     ) -> Self {
         Self {
             top: TopView { map: top },
@@ -283,49 +340,75 @@ impl V6Maps {
                 map: hh,
                 bits: hh_bits,
             },
-            trie,
+            odd: OddView { map: odd },
         }
     }
 
     /// What the program answers for `addr`: the same walk (0 = no match).
     pub fn lookup(&self, addr: u128) -> u16 {
         let mut e = self.top.get((addr >> 112) as usize);
-        let mut level = 16;
-        let mut trie = e & TRIE != 0;
-        let hi = (addr >> 64) as u64;
+        let mut odd = e & ODD_TOP;
+        let (hi, lo) = ((addr >> 64) as u64, addr as u64);
         if e & inside(1) != 0
             && let Some(w) = self.hx.get(hi & (u64::MAX << 32), 32)
         {
             let x = w as u32;
-            (e, level, trie) = (x, 32, x & TRIE != 0);
+            e = x;
             let mut flags = x;
             if x & INLINE != 0 {
                 let (key16, child) = inline_child(w);
                 if key16 == (hi >> 16) as u16 {
-                    (e, level) = (u32::from(child), 48);
+                    e = u32::from(child);
                 }
+                // Nothing else inside: no flags.
+                flags = 0;
             }
             for (i, len) in [(2, 48u8), (3, 56), (4, 64)] {
                 if flags & inside(i) != 0
                     && let Some(x) = self.hx.get(hi & (u64::MAX << (64 - len)), u32::from(len))
                 {
                     let x = x as u32;
-                    (e, level, flags) = (x, len, x);
+                    (e, flags) = (x, x);
                 }
             }
             if flags & inside(5) != 0
-                && let Some(x) = self.hh.get(addr)
+                && let Some(x) = self.hh.get(hi, lo, TAG_HOST)
             {
-                (e, level) = (x, 128);
+                (e, flags) = (x, 0);
             }
+            odd = flags & (ODD_MID | ODD_H);
         }
-        if trie
-            && let Ok(t) = self.trie.get(&Key::new(128, addr.to_be_bytes()), 0)
-            && t >> 24 > u32::from(level)
+        if odd != 0
+            && let Some(v) = self.odd_lookup(hi, lo, odd)
         {
-            return t as u16;
+            return v;
         }
         e as u16
+    }
+
+    /// The program's `odd_lookup`: the longest odd entry inside the entry whose flags are
+    /// `odd`.
+    fn odd_lookup(&self, hi: u64, lo: u64, odd: u32) -> Option<u16> {
+        if odd & ODD_H != 0 {
+            for l in (65..=127u8).rev().filter(|&l| self.odd.has(l)) {
+                let tag = u32::from(l);
+                if let Some(v) = self.hh.get(hi, lo & mask64(tag - 64), tag) {
+                    return Some(v as u16);
+                }
+            }
+        }
+        let lens = match () {
+            () if odd & ODD_TOP != 0 => 17..=23u8,
+            () if odd & ODD_MID != 0 => 33..=39,
+            () => return None,
+        };
+        for l in lens.rev().filter(|&l| self.odd.has(l)) {
+            let tag = u32::from(l);
+            if let Some(w) = self.hx.get(hi & mask64(tag), tag) {
+                return Some(w as u16);
+            }
+        }
+        None
     }
 }
 
@@ -353,8 +436,9 @@ struct Node {
     own: bool,
     /// Entries of each longer level inside it (TOP counts only the /32s).
     inside: [u32; 6],
-    /// Trie prefixes inside it (TOP: /17–/23; a /32: the longer ones).
-    trie: u32,
+    /// Odd entries inside it: in HX (TOP: /17–/23; a /32: /33–/39), and in HH (/65–/127,
+    /// counted by each /32, /48, /56 and /64 entry they lie in).
+    odd: [u32; 2],
     /// Its HX slot (/32–/64) or HH slot (/128); [`NO_SLOT`] for a /48 held in its /32's
     /// slot.
     slot: u32,
@@ -368,7 +452,7 @@ const NO_SLOT: u32 = u32::MAX;
 /// Whether a /32 holds its /48 in its own slot: that /48 is all it has inside. A /48 alone
 /// in its /32 is most of a list of random /48s, and the program then stops at the /32.
 fn holds_inline(n: &Node) -> bool {
-    n.inside[2] == 1 && n.inside[3..].iter().all(|&c| c == 0) && n.trie == 0
+    n.inside[2] == 1 && n.inside[3..].iter().all(|&c| c == 0) && n.odd == [0; 2]
 }
 
 impl Node {
@@ -380,15 +464,18 @@ impl Node {
                 e |= inside(j);
             }
         }
-        if self.trie > 0 {
-            e |= TRIE;
+        if self.odd[0] > 0 {
+            e |= if i == 0 { ODD_TOP } else { ODD_MID };
+        }
+        if self.odd[1] > 0 {
+            e |= ODD_H;
         }
         e
     }
 
     /// Whether level `i` needs it: a /32 also as the way to anything longer inside.
     fn needed(&self, i: usize) -> bool {
-        self.own || (i == 1 && (self.trie > 0 || self.inside.iter().any(|&n| n > 0)))
+        self.own || (i == 1 && (self.odd != [0; 2] || self.inside.iter().any(|&n| n > 0)))
     }
 }
 
@@ -416,8 +503,19 @@ pub struct V6Table {
     top: Vec<Node>,
     /// The other levels' entries (index 0 unused), ordered for the ones inside a prefix.
     levels: [BTreeMap<u128, Node>; 6],
-    /// What the trie holds.
-    trie: BTreeMap<(u128, u8), u32>,
+    /// The odd-length entries, ordered for the ones inside a prefix.
+    odd: BTreeMap<(u128, u8), OddEntry>,
+    /// Odd entries per length: a length is listed for the program while it has any.
+    odd_per_len: [u32; 129],
+    /// Odd entries in HH (/65–/127), which share its capacity with the /128s.
+    hh_odd: usize,
+}
+
+/// An odd-length entry: its verdict and its HX or HH slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct OddEntry {
+    verdict: u16,
+    slot: u32,
 }
 
 impl V6Table {
@@ -435,16 +533,21 @@ impl V6Table {
             lens: [Vec::new(), Vec::new()],
             top: vec![Node::default(); 1 << 16],
             levels: Default::default(),
-            trie: BTreeMap::new(),
+            odd: BTreeMap::new(),
+            odd_per_len: [0; 129],
+            hh_odd: 0,
         }
     }
 
-    /// Entries of the fullest part (/32–/64 hash, /128 hash, trie), each of which holds
-    /// `[limits] v6_entries`.
+    /// Entries of the fullest part (the HX hash: /17–/64, the HH hash: /65–/128), each of
+    /// which holds `[limits] v6_entries`.
     pub fn fullest(&self) -> usize {
-        (self.hx_used + self.held)
-            .max(self.levels[5].len())
-            .max(self.trie.len())
+        (self.hx_used + self.held).max(self.hh_used())
+    }
+
+    /// Entries in HH: /128s and odd /65–/127s.
+    fn hh_used(&self) -> usize {
+        self.levels[5].len() + self.hh_odd
     }
 
     /// /48s held in their /32's slot (each alone in its /32).
@@ -457,9 +560,10 @@ impl V6Table {
         self.counts[kind as usize]
     }
 
-    /// Entries the kernel holds: /16 (non-empty), /32, /48, /56, /64, /128, then the trie.
+    /// Entries the kernel holds: /16 (non-empty), /32, /48, /56, /64, /128, then the odd
+    /// lengths (/17–/23, /33–/39, /65–/127).
     pub fn entries(&self) -> [usize; 7] {
-        let mut out = [self.trie.len(); 7];
+        let mut out = [self.odd.len(); 7];
         out[0] = self.top.iter().filter(|n| n.entry(0) != 0).count();
         for (o, l) in out.iter_mut().zip(&self.levels).skip(1) {
             *o = l.len();
@@ -544,6 +648,13 @@ impl V6Table {
                 n.inside[j] = self.levels[j].range(k..=end).count() as u32;
             }
         }
+        if above.odd[1] > 0 {
+            n.odd[1] = self
+                .odd
+                .range((k, 0)..=(end, 128))
+                .filter(|&(&(_, l), _)| l > 64)
+                .count() as u32;
+        }
         n
     }
 
@@ -584,18 +695,23 @@ impl V6Table {
     /// Places a new HX entry (`word`: its entry, and its tag above it): the first
     /// never-used or long-gone slot of its probe sequence.
     fn hx_insert(&mut self, key: u64, word: u64) -> Result<u32, V6Error> {
+        self.hx_insert_within(key, word, MAX_PROBE)
+    }
+
+    /// [`Self::hx_insert`] within the first `window` buckets of the probe sequence.
+    fn hx_insert_within(&mut self, key: u64, word: u64, window: u32) -> Result<u32, V6Error> {
         let tag = tag_len((word >> 32) as u32);
         if self.hx_used + self.held >= self.capacity as usize {
-            return Err(self.full("/32–/64 hash"));
+            return Err(self.full("/17–/64 hash"));
         }
         let bits = self.maps.hx.bits;
         let home = hx_bucket(key, tag, bits) as usize;
         let w = self.hx_words();
-        let found = free_slot(&self.gone, bits, BUCKET_SLOTS, home, |s| {
+        let found = free_slot(&self.gone, (bits, BUCKET_SLOTS), (home, window), |s| {
             (w[2 * s + 1].load(Ordering::Relaxed) >> 32) as u32
         });
         let Some(s) = found else {
-            return Err(self.full("/32–/64 hash (no free slot near this key)"));
+            return Err(self.full("/17–/64 hash (no free slot near this key)"));
         };
         self.gone.remove(&s);
         let w = self.hx_words();
@@ -605,30 +721,40 @@ impl V6Table {
         Ok(s as u32)
     }
 
-    /// Places /128 `addr` with entry `e` in HH: the first free slot of its probe sequence,
-    /// the address written before the word that makes it visible.
-    fn hh_insert(&mut self, addr: u128, e: u32) -> Result<u32, V6Error> {
+    /// Places `addr` (a /128, or an odd /65–/127 masked to its length `tag`) with entry `e`
+    /// in HH: the first free slot of its probe sequence, the address written before the
+    /// word that makes it visible.
+    /// An odd entry only within [`ODD_PROBE`] buckets, as far as the program looks.
+    fn hh_insert(&mut self, addr: u128, tag: u32, e: u32) -> Result<u32, V6Error> {
+        if self.hh_used() >= self.capacity as usize {
+            return Err(self.full("/65–/128 hash"));
+        }
         let hh = &self.maps.hh;
         let (hi, lo) = ((addr >> 64) as u64, addr as u64);
         let w = hh.words();
         let home = hh_bucket(hi, lo, hh.bits) as usize;
-        let found = free_slot(&self.hh_gone, hh.bits, HOST_SLOTS, home, |s| {
+        let window = if tag == TAG_HOST {
+            MAX_PROBE
+        } else {
+            ODD_PROBE
+        };
+        let found = free_slot(&self.hh_gone, (hh.bits, HOST_SLOTS), (home, window), |s| {
             (w[HH_WORDS * s + 2].load(Ordering::Relaxed) >> 32) as u32
         });
         let Some(s) = found else {
-            return Err(self.full("/128 hash (no free slot near this address)"));
+            return Err(self.full("/65–/128 hash (no free slot near this address)"));
         };
         w[HH_WORDS * s].store(hi, Ordering::Release);
         w[HH_WORDS * s + 1].store(lo, Ordering::Release);
-        w[HH_WORDS * s + 2].store(u64::from(TAG_HOST) << 32 | u64::from(e), Ordering::Release);
+        w[HH_WORDS * s + 2].store(u64::from(tag) << 32 | u64::from(e), Ordering::Release);
         self.hh_gone.remove(&s);
         Ok(s as u32)
     }
 
-    /// HH slot `s`'s entry, in place.
-    fn hh_set(&self, s: u32, e: u32) {
+    /// HH slot `s`'s entry (its tag `tag`), in place.
+    fn hh_set(&self, s: u32, tag: u32, e: u32) {
         self.maps.hh.words()[HH_WORDS * s as usize + 2]
-            .store(u64::from(TAG_HOST) << 32 | u64::from(e), Ordering::Release);
+            .store(u64::from(tag) << 32 | u64::from(e), Ordering::Release);
     }
 
     /// Marks HH slot `s` deleted.
@@ -704,10 +830,7 @@ impl V6Table {
             (None, Some(mut n)) => {
                 let k32 = k & mask(32);
                 if i == 5 {
-                    if self.levels[5].len() >= self.capacity as usize {
-                        return Err(self.full("/128 hash"));
-                    }
-                    n.slot = self.hh_insert(k, n.entry(i))?;
+                    n.slot = self.hh_insert(k, TAG_HOST, n.entry(i))?;
                 } else if i == 1 {
                     let (word, _) = self.word32(k, &mut n)?;
                     n.slot = self.hx_insert(hi, word)?;
@@ -721,7 +844,7 @@ impl V6Table {
                     // Its /32 will hold nothing else: it goes in that /32's word, written
                     // when counted() below updates the /32.
                     if self.hx_used + self.held >= self.capacity as usize {
-                        return Err(self.full("/32–/64 hash"));
+                        return Err(self.full("/17–/64 hash"));
                     }
                     self.held += 1;
                     n.slot = NO_SLOT;
@@ -755,7 +878,7 @@ impl V6Table {
                     self.levels[i].insert(k, n);
                 } else if o.entry(i) != n.entry(i) {
                     if i == 5 {
-                        self.hh_set(n.slot, n.entry(i));
+                        self.hh_set(n.slot, TAG_HOST, n.entry(i));
                         self.levels[i].insert(k, n);
                     } else if n.slot == NO_SLOT {
                         // Held by its /32: that word is rewritten.
@@ -824,82 +947,144 @@ impl V6Table {
         res
     }
 
-    fn write_trie(&mut self, addr: u128, len: u8) -> Result<(), V6Error> {
+    /// Writes the odd-length entry of rule `addr/len` as the rules say (there with its
+    /// effective verdict while the rule exists), then the count of the entry above that
+    /// flags it. A new length is listed for the program before its first entry is written;
+    /// a length unlisted after its last entry is gone.
+    fn write_odd(&mut self, addr: u128, len: u8) -> Result<(), V6Error> {
         let want = self
             .rules
             .contains_key(&(addr, len))
-            .then(|| u32::from(self.effective(addr, len)) | u32::from(len) << 24);
-        let have = self.trie.get(&(addr, len)).copied();
-        if have == want {
+            .then(|| self.effective(addr, len));
+        let have = self.odd.get(&(addr, len)).copied();
+        if have.map(|o| o.verdict) == want {
             return Ok(());
         }
-        let key = Key::new(u32::from(len), addr.to_be_bytes());
-        match want {
-            Some(v) => {
-                if have.is_none() && self.trie.len() >= self.capacity as usize {
-                    return Err(self.full("trie (/17–/23, /33–/39, /65–/127)"));
-                }
-                self.maps.trie.insert(&key, v, 0)?;
-                self.trie.insert((addr, len), v);
-            }
-            None => {
-                match self.maps.trie.remove(&key) {
-                    Err(MapError::KeyNotFound) | Ok(()) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.trie.remove(&(addr, len));
-            }
-        }
-        if have.is_some() != want.is_some() {
-            // The entry above it, TOP or its /32, flags it.
-            let added = want.is_some();
-            if len < 32 {
-                let mut t = self.top[(addr >> 112) as usize];
-                bump(&mut t.trie, added);
-                self.write_node(0, addr, Some(t))?;
-            } else {
-                let a = addr & mask(32);
-                let n = match self.levels[1].get(&a).copied() {
-                    Some(mut n) => {
-                        bump(&mut n.trie, added);
-                        n
+        let host = len > 64;
+        let tag = u32::from(len);
+        let hi = (addr >> 64) as u64;
+        match (have, want) {
+            (None, Some(v)) => {
+                let first = self.odd_per_len[len as usize] == 0;
+                if first {
+                    if host && self.maps.odd.host_lens() >= ODD_HOST_MAX {
+                        return Err(V6Error::Lengths { len });
                     }
-                    None if added => {
-                        let mut n = self.fresh(1, a, self.effective(a, 32));
-                        n.trie = 1;
-                        n
-                    }
-                    None => return Ok(()),
+                    self.maps.odd.set(len, true);
+                }
+                let slot = if host {
+                    self.hh_insert(addr, tag, u32::from(v))
+                } else {
+                    self.hx_insert_within(hi, u64::from(tag) << 32 | u64::from(v), ODD_PROBE)
                 };
+                let slot = match slot {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if first {
+                            self.maps.odd.set(len, false);
+                        }
+                        return Err(e);
+                    }
+                };
+                self.odd_per_len[len as usize] += 1;
+                if host {
+                    self.hh_odd += 1;
+                }
+                self.odd.insert((addr, len), OddEntry { verdict: v, slot });
+            }
+            (Some(o), Some(v)) => {
+                if host {
+                    self.hh_set(o.slot, tag, u32::from(v));
+                } else {
+                    self.hx_words()[2 * o.slot as usize + 1]
+                        .store(u64::from(tag) << 32 | u64::from(v), Ordering::Release);
+                }
+                self.odd.insert((addr, len), OddEntry { verdict: v, ..o });
+                return Ok(());
+            }
+            (Some(o), None) => {
+                if host {
+                    self.hh_free(o.slot);
+                    self.hh_odd -= 1;
+                } else {
+                    self.hx_free(o.slot);
+                }
+                self.odd.remove(&(addr, len));
+                self.odd_per_len[len as usize] -= 1;
+                if self.odd_per_len[len as usize] == 0 {
+                    self.maps.odd.set(len, false);
+                }
+            }
+            (None, None) => return Ok(()),
+        }
+        // The entries it lies in flag it: TOP, or its /32 (made if need be) and, for a
+        // /65–/127, each /48, /56 and /64 there is.
+        let added = want.is_some();
+        if len < 32 {
+            let mut t = self.top[(addr >> 112) as usize];
+            bump(&mut t.odd[0], added);
+            return self.write_node(0, addr, Some(t));
+        }
+        let set = usize::from(host);
+        let a = addr & mask(32);
+        let n = match self.levels[1].get(&a).copied() {
+            Some(mut n) => {
+                bump(&mut n.odd[set], added);
+                Some(n)
+            }
+            None if added => {
+                let mut n = self.fresh(1, a, self.effective(a, 32));
+                n.odd[set] = 1;
+                Some(n)
+            }
+            None => None,
+        };
+        // Every entry is counted even when a write fails: the rollback that follows an
+        // error uncounts them all.
+        let mut res = match n {
+            Some(n) => {
                 let keep = n.needed(1);
-                self.write_node(1, a, keep.then_some(n))?;
+                self.write_node(1, a, keep.then_some(n))
+            }
+            None => Ok(()),
+        };
+        if host {
+            for (i, &lv) in LEVELS.iter().enumerate().take(5).skip(2) {
+                let k = addr & mask(lv);
+                if let Some(mut n) = self.levels[i].get(&k).copied() {
+                    bump(&mut n.odd[1], added);
+                    let r = self.write_node(i, k, Some(n));
+                    if res.is_ok() {
+                        res = r;
+                    }
+                }
             }
         }
-        Ok(())
+        res
     }
 
-    /// Rewrites everything a change of the rule `addr/len` can affect: trie prefixes and
+    /// Rewrites everything a change of the rule `addr/len` can affect: odd entries and
     /// entries inside it (inherited verdicts), and its own entries (with the /32 markers
     /// and flags above them).
     fn sync(&mut self, addr: u128, len: u8, kind: Kind) -> Result<(), V6Error> {
         let end = addr | !mask(len);
         let placed = place(len);
-        // A trie prefix's verdict is its own rule's, or an allow above it: only an allow
+        // An odd entry's verdict is its own rule's, or an allow above it: only an allow
         // changes those inside.
-        let mut trie: Vec<(u128, u8)> = Vec::new();
+        let mut odd: Vec<(u128, u8)> = Vec::new();
         if kind == Kind::Allow {
-            trie.extend(
-                self.trie
+            odd.extend(
+                self.odd
                     .range((addr, len)..=(end, 128))
                     .map(|(&p, _)| p)
                     .filter(|&(_, l)| l > len),
             );
         }
-        if placed == Place::Trie {
-            trie.push((addr, len));
+        if placed == Place::Odd {
+            odd.push((addr, len));
         }
-        for (a, l) in trie {
-            self.write_trie(a, l)?;
+        for (a, l) in odd {
+            self.write_odd(a, l)?;
         }
         // Entries inside inherit from the rule: a new verdict (its own are rewritten below).
         // Inside a /32 or longer, its /32's counts say which levels have any.
@@ -1026,19 +1211,19 @@ mod tests {
     fn placement() {
         assert_eq!(place(0), Place::Level(0));
         assert_eq!(place(16), Place::Level(0));
-        assert_eq!(place(17), Place::Trie);
-        assert_eq!(place(23), Place::Trie);
+        assert_eq!(place(17), Place::Odd);
+        assert_eq!(place(23), Place::Odd);
         assert_eq!(place(24), Place::Level(1));
         assert_eq!(place(32), Place::Level(1));
-        assert_eq!(place(39), Place::Trie);
+        assert_eq!(place(39), Place::Odd);
         assert_eq!(place(40), Place::Level(2));
         assert_eq!(place(48), Place::Level(2));
         assert_eq!(place(49), Place::Level(3));
         assert_eq!(place(56), Place::Level(3));
         assert_eq!(place(57), Place::Level(4));
         assert_eq!(place(64), Place::Level(4));
-        assert_eq!(place(65), Place::Trie);
-        assert_eq!(place(127), Place::Trie);
+        assert_eq!(place(65), Place::Odd);
+        assert_eq!(place(127), Place::Odd);
         assert_eq!(place(128), Place::Level(5));
     }
 }
