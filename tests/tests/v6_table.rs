@@ -191,7 +191,7 @@ fn a_million_prefixes() {
     let load = t.elapsed();
     let memlock = f.map_memlock().expect("map memory") - before;
     eprintln!(
-        "1M IPv6 prefixes loaded in {:.2} s; entries per level /16 /32 /48 /64 /128 trie: {:?}; {:.1} MiB of map memory",
+        "1M IPv6 prefixes loaded in {:.2} s; entries per level /16 /32 /48 /56 /64 /128 odd: {:?}; {:.1} MiB of map memory",
         load.as_secs_f64(),
         f.v6.entries(),
         memlock as f64 / f64::from(1 << 20)

@@ -1322,8 +1322,8 @@ fn main() -> ExitCode {
         "\n#### Cold blocked IPv6 SYN by the length of the listed prefix the source is in\n\n\
          Median ns above the trivial program, up to 256 sources each (rows above: the same \
          list mix, sources drawn over all of it). /32–/64 and /128 are exact-match entries \
-         (/29, /44, /52, /60 are expanded into them); /36 and /96 sit in the kernel's LPM \
-         trie, which a lookup walks node by node.\n"
+         (/29, /44, /52, /60 are expanded into them); /36 and /96 are entries of their own \
+         length, probed where the /32 (or deeper entry) found flags one inside.\n"
     );
     let _ = writeln!(o, "| prefix length | {} |", heads.join(" | "));
     let _ = writeln!(o, "|---:|{}", "---:|".repeat(n));
