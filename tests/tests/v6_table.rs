@@ -142,15 +142,7 @@ fn random_changes_match_a_longest_match_reference() {
             assert_eq!(program(&f, a), want, "round {round}: {}", Ipv6Addr::from(a));
         }
     }
-    // Removing every rule leaves nothing behind in any level or the trie.
-    for (n, l, k) in rules.keys().copied().collect::<Vec<_>>() {
-        assert!(f.v6.remove(n, l, k).expect("remove"));
-    }
-    assert_eq!(
-        f.v6.entries(),
-        [0; 7],
-        "entries left after removing every rule"
-    );
+    remove_all(&mut f, &rules);
     assert_eq!(f.v6.lookup(0x2001_0db8u128 << 96), 0);
 }
 
@@ -358,7 +350,12 @@ fn odd_lengths_nest_and_their_number_is_bounded() {
         .expect("room for /88");
     rules.insert((host | 1 << 40, 88, Kind::Block), drop(88));
     check(&f, &rules, &probes, "a length given up, /88 in");
-    for (n, l, k) in rules.keys().copied().collect::<Vec<_>>() {
+    remove_all(&mut f, &rules);
+}
+
+/// Removes every rule of `rules`: nothing may be left behind in any level or odd entry.
+fn remove_all(f: &mut Filter, rules: &HashMap<(u128, u8, Kind), u16>) {
+    for &(n, l, k) in rules.keys() {
         assert!(f.v6.remove(n, l, k).expect("remove"));
     }
     assert_eq!(
