@@ -911,17 +911,17 @@ fn hh_probe(hi: u64, lo: u64, tag: u32, i: u64) -> Probe {
     Probe::Full
 }
 
-/// The entry of /128 `hi`, `lo` (tag `tag`) in HH, if any: as [`hx_find`], two slots a
-/// bucket, buckets past the home one in a function of their own ([`hh_find_past`]).
+/// The entry of /128 `hi`, `lo` in HH, if any: as [`hx_find`], two slots a bucket,
+/// buckets past the home one in a function of their own ([`hh_find_past`]).
 #[inline(always)]
-fn hh_find(hi: u64, lo: u64, tag: u32) -> Option<u32> {
+fn hh_find(hi: u64, lo: u64) -> Option<u32> {
     let shape = hh_shape();
     let mask = shape.mask as u64;
     let home = top_bits(v6::hh_hash(hi, lo), shape);
-    match hh_probe(hi, lo, tag, home & mask) {
+    match hh_probe(hi, lo, v6::TAG_HOST, home & mask) {
         Probe::Found(w) => Some(w as u32),
         Probe::Absent => None,
-        Probe::Full => match hh_find_past(hi, lo, tag, home, mask) {
+        Probe::Full => match hh_find_past(hi, lo, home, mask) {
             0 => None,
             w => Some(w as u32),
         },
@@ -931,45 +931,31 @@ fn hh_find(hi: u64, lo: u64, tag: u32) -> Option<u32> {
 /// [`hh_find`] past the home bucket: the slot word, or 0 (never a used slot's: its tag is
 /// not zero).
 #[inline(never)]
-fn hh_find_past(hi: u64, lo: u64, tag: u32, home: u64, mask: u64) -> u64 {
-    for p in 1..v6::MAX_PROBE {
-        match hh_probe(hi, lo, tag, home.wrapping_add(p as u64) & mask) {
-            Probe::Found(w) => return w,
-            Probe::Absent => return 0,
-            Probe::Full => {}
-        }
-    }
-    0
+fn hh_find_past(hi: u64, lo: u64, home: u64, mask: u64) -> u64 {
+    probe_seq(home, mask, 1..v6::MAX_PROBE, |i| {
+        hh_probe(hi, lo, v6::TAG_HOST, i)
+    })
+    .unwrap_or(0)
 }
 
-/// An odd /65–/127 entry in HH: as [`hh_find`], over [`v6::ODD_PROBE`] buckets.
+/// An odd /65–/127 entry (`lo` masked to its length `tag`) in HH: over
+/// [`v6::ODD_PROBE`] buckets, inlined.
 #[inline(always)]
 fn hh_find_near(hi: u64, lo: u64, tag: u32) -> Option<u32> {
     let shape = hh_shape();
-    let mask = shape.mask as u64;
     let home = top_bits(v6::hh_hash(hi, lo), shape);
-    for p in 0..v6::ODD_PROBE {
-        match hh_probe(hi, lo, tag, home.wrapping_add(p as u64) & mask) {
-            Probe::Found(w) => return Some(w as u32),
-            Probe::Absent => return None,
-            Probe::Full => {}
-        }
-    }
-    None
+    probe_seq(home, shape.mask as u64, 0..v6::ODD_PROBE, |i| {
+        hh_probe(hi, lo, tag, i)
+    })
+    .map(|w| w as u32)
 }
 
-/// An odd /17–/23 or /33–/39 entry in HX: as [`hx_find`], over [`v6::ODD_PROBE`] buckets.
+/// An odd /17–/23 or /33–/39 entry in HX: over [`v6::ODD_PROBE`] buckets, inlined.
 #[inline(always)]
 fn hx_find_near(key: u64, tag: u32, home: u64, shape: v6::Shape) -> Option<u64> {
-    let mask = shape.mask as u64;
-    for p in 0..v6::ODD_PROBE {
-        match hx_probe(key, tag, home.wrapping_add(p as u64) & mask) {
-            Probe::Found(w) => return Some(w),
-            Probe::Absent => return None,
-            Probe::Full => {}
-        }
-    }
-    None
+    probe_seq(home, shape.mask as u64, 0..v6::ODD_PROBE, |i| {
+        hx_probe(key, tag, i)
+    })
 }
 
 /// The shape of HX, read once per lookup.
@@ -1050,14 +1036,26 @@ fn hx_find(key: u64, tag: u32, home: u64, shape: v6::Shape) -> Option<u64> {
 /// not zero).
 #[inline(never)]
 fn hx_find_past(key: u64, tag: u32, home: u64, mask: u64) -> u64 {
-    for p in 1..v6::MAX_PROBE {
-        match hx_probe(key, tag, home.wrapping_add(p as u64) & mask) {
-            Probe::Found(w) => return w,
-            Probe::Absent => return 0,
+    probe_seq(home, mask, 1..v6::MAX_PROBE, |i| hx_probe(key, tag, i)).unwrap_or(0)
+}
+
+/// Buckets `steps` of the probe sequence from `home` (masked by `mask`), each looked at by
+/// `probe`: the slot word found, or None at a never-used slot or the sequence's end.
+#[inline(always)]
+fn probe_seq(
+    home: u64,
+    mask: u64,
+    steps: core::ops::Range<u32>,
+    probe: impl Fn(u64) -> Probe,
+) -> Option<u64> {
+    for p in steps {
+        match probe(home.wrapping_add(p as u64) & mask) {
+            Probe::Found(w) => return Some(w),
+            Probe::Absent => return None,
             Probe::Full => {}
         }
     }
-    0
+    None
 }
 
 /// Reads the first word of a bucket and drops it: the load is issued and nothing waits for
@@ -1129,7 +1127,7 @@ fn v6_lookup(a: Addr) -> u16 {
                 (e, flags) = (x, x);
             }
             if flags & v6::inside(5) != 0
-                && let Some(x) = hh_find(hi, a.lo, v6::TAG_HOST)
+                && let Some(x) = hh_find(hi, a.lo)
             {
                 // Nothing is longer than a /128.
                 (e, flags) = (x, 0);

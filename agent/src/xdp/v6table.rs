@@ -397,10 +397,12 @@ impl V6Maps {
                 }
             }
         }
-        let lens = match () {
-            () if odd & ODD_TOP != 0 => 17..=23u8,
-            () if odd & ODD_MID != 0 => 33..=39,
-            () => return None,
+        let lens = if odd & ODD_TOP != 0 {
+            17..=23u8
+        } else if odd & ODD_MID != 0 {
+            33..=39
+        } else {
+            return None;
         };
         for l in lens.rev().filter(|&l| self.odd.has(l)) {
             let tag = u32::from(l);
