@@ -6,7 +6,8 @@
 //! between calls as the daemon reads it. `--quick` measures the 1M and 5M+1M tables only,
 //! with fewer rounds and program loads, and skips aya-log and xdp-filter; `--table N` (0–3) measures table N
 //! alone the same way, for a quick look while working on the program. `--ab A B [LOADS]`
-//! compares two builds of the program (their object files) side by side instead: see [`ab`].
+//! compares two builds of the program (their object files) side by side instead, hot: see
+//! [`ab`]; `--ab-cold A B N [LOADS]` cold, with N prefixes of each family: see [`ab_cold`].
 //!
 //! - hot: one frame run `REPEAT` times in the kernel, median of `ROUNDS` rounds: the cost of
 //!   the code path with every table line in cache;
@@ -18,8 +19,9 @@
 //!   128 MiB array, drop), hot and cold: the least any filter costs on the machine; and the
 //!   same with one per-CPU counter bumped per drop, hot: what counting a verdict costs;
 //! - cold blocked IPv6 SYNs by the length of the listed prefix the source is in;
-//! - between loads: the blocked v6 /48 ÷ v4 /24 hot ratio over several fresh loads of
-//!   the program (a ratio moves with where a load lands; one load per table hides that);
+//! - between loads: blocked v6 ÷ v4, hot (/48 ÷ /24) and cold (random sources in each
+//!   table), over several fresh loads of the program (a ratio moves with where a load
+//!   lands; one load per table hides that);
 //! - loading the prefixes into the maps (v4 and v6 separately);
 //! - aya-log: the same frames with logging compiled out (level 0) and on (level 5);
 //! - xdp-filter (xdp-tools) on the same frames, when it is installed.
@@ -946,20 +948,39 @@ fn fill_v6(f: &mut Filter, v6: &[(u128, u8)], drop: u16) {
         .expect("v6 prefix");
 }
 
-/// Blocked v6 /48 ÷ blocked v4 /24 hot, per program load: each load places the program and
-/// its maps elsewhere, and a hot ratio moves with that by ±0.1 here, which one load per
-/// table cannot show. `loads` fresh loads with `n6` random IPv6 prefixes (the tables'
-/// generator) and the named /24 and /48; the paired ratio of each.
-fn between_loads(s: &Settings, n6: usize, loads: usize) -> Vec<f64> {
-    let mut rng = Rng(0x5eed_0000 + n6 as u64);
-    let mut v6 = random_v6(&mut rng, n6 - 1);
+/// Blocked v6 ÷ blocked v4 per program load, hot and cold: each load places the program
+/// and its maps elsewhere (and on a VM, host memory of another kind behind them), and a
+/// ratio moves with that by ±0.1 hot and by more cold, which one load per table cannot show.
+/// `loads` fresh loads with `n` random IPv4 and `n` random IPv6 prefixes (the tables'
+/// generators) and the named /24 and /48; per load, the paired hot ratio of the /48 to the
+/// /24, and the ratio of the cold medians of random sources in each table (interleaved by
+/// 256 as in [`bench_table`], `floor1` subtracted).
+fn between_loads(s: &Settings, n: usize, loads: usize, floor1: f64) -> Vec<(f64, f64)> {
+    let mut rng = Rng(0x5eed_0000 + n as u64);
+    let mut v6 = random_v6(&mut rng, n - 1);
     v6.sort_unstable_by_key(|&(a, l)| (l, a));
+    let v4 = random_v4(&mut rng, n - 1);
     let drop = verdict::pack(action::DROP, 1);
+    let blocked4: Vec<Vec<u8>> = (0..COLD_FRAMES / 2)
+        .map(|_| {
+            let (a, l) = v4[rng.below(v4.len() as u64) as usize];
+            syn(Ipv4Addr::from(a | (rng.next() as u32 & !mask4(l))))
+        })
+        .collect();
+    let blocked6: Vec<Vec<u8>> = (0..COLD_FRAMES / 2)
+        .map(|_| {
+            let (a, l) = v6[rng.below(v6.len() as u64) as usize];
+            let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            syn(Ipv6Addr::from(a | (raw & !mask6(l))))
+        })
+        .collect();
     (0..loads)
         .map(|_| {
-            let (mut f, mut ring) = load_as_daemon(s, n6);
-            f.v4.set_batch(vec![(u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop)])
-                .expect("v4 prefix");
+            let (mut f, mut ring) = load_as_daemon(s, n);
+            let mut rules: Vec<(u32, u8, Kind, u16)> =
+                v4.iter().map(|&(a, l)| (a, l, Kind::Block, drop)).collect();
+            rules.push((u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop));
+            f.v4.set_batch(rules).expect("v4 prefixes");
             fill_v6(&mut f, &v6, drop);
             let prog = f.program_fd();
             let (v4, v6) = (syn(LEAF4), syn(DROP6));
@@ -972,7 +993,21 @@ fn between_loads(s: &Settings, n6: usize, loads: usize) -> Vec<f64> {
                 }
                 drain(&mut ring);
             }
-            paired_ratio(&a, &b)
+            let (mut c6, mut c4) = (Vec::new(), Vec::new());
+            for chunk in 0..blocked4.len() / 256 {
+                for (frames, v) in [(&blocked6, &mut c6), (&blocked4, &mut c4)] {
+                    for frame in frames.iter().skip(chunk * 256).take(256) {
+                        let r = test_run::run(prog, frame, 1).expect("BPF_PROG_TEST_RUN");
+                        assert_eq!(r.action, XDP_DROP, "action of a cold frame");
+                        v.push(f64::from(r.ns_per_run));
+                    }
+                }
+                drain(&mut ring);
+            }
+            (
+                paired_ratio(&a, &b),
+                (median(c6) - floor1) / (median(c4) - floor1),
+            )
         })
         .collect()
 }
@@ -1117,6 +1152,102 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `bench --ab-cold A B N [LOADS]`: two builds side by side cold, loaded alike with `n`
+/// random IPv4 and IPv6 prefixes each round: random sources in each table (and IPv6 ones
+/// by listed length), one run each, the four rows interleaved by 256. Per row, each
+/// build's median over rounds and the median of the per-round B ÷ A ratio.
+fn ab_cold(s: &Settings, paths: [&str; 2], n: usize, loads: usize) -> ExitCode {
+    let objects = paths.map(|p| std::fs::read(p).expect("read the object file"));
+    let mut rng = Rng(0x5eed_0000 + n as u64);
+    let mut v6 = random_v6(&mut rng, n - 1);
+    v6.sort_unstable_by_key(|&(a, l)| (l, a));
+    let v4 = random_v4(&mut rng, n - 1);
+    let drop = verdict::pack(action::DROP, 1);
+    let src6 = |rng: &mut Rng, want: Option<u8>| -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while out.len() < 1024 {
+            let (a, l) = v6[rng.below(v6.len() as u64) as usize];
+            if want.is_some_and(|w| w != l) {
+                continue;
+            }
+            let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            out.push(syn(Ipv6Addr::from(a | (raw & !mask6(l)))));
+        }
+        out
+    };
+    let mut rows: Vec<(String, Vec<Vec<u8>>)> = vec![(
+        "blocked v4, random in table".into(),
+        (0..1024)
+            .map(|_| {
+                let (a, l) = v4[rng.below(v4.len() as u64) as usize];
+                syn(Ipv4Addr::from(a | (rng.next() as u32 & !mask4(l))))
+            })
+            .collect(),
+    )];
+    rows.push(("blocked v6, random in table".into(), src6(&mut rng, None)));
+    for l in [32, 48, 64, 128, 36, 96] {
+        rows.push((format!("blocked v6, in a /{l}"), src6(&mut rng, Some(l))));
+    }
+    let pass = xdp_pass_program().expect("load a trivial XDP program");
+    let mut med: Vec<[Vec<f64>; 2]> = vec![Default::default(); rows.len()];
+    for round in 0..loads {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
+        for i in order {
+            let (mut f, ring) =
+                load_object_as_daemon(s, n, Some(&objects[i])).expect("load the object");
+            f.v4.set_batch(v4.iter().map(|&(a, l)| (a, l, Kind::Block, drop)).collect())
+                .expect("v4 prefixes");
+            fill_v6(&mut f, &v6, drop);
+            slots[i] = Some((f, ring));
+        }
+        let (filters, mut rings): (Vec<Filter>, Vec<RingBuf<MapData>>) =
+            slots.into_iter().flatten().unzip();
+        let fds = [filters[0].program_fd(), filters[1].program_fd()];
+        let floor = cold(pass.as_fd(), &vec![syn(CLEAN4); 1024], XDP_PASS);
+        let mut v: Vec<[Vec<f64>; 2]> = vec![Default::default(); rows.len()];
+        for chunk in 0..4 {
+            for (r, (_, frames)) in rows.iter().enumerate() {
+                for (k, fd) in fds.iter().enumerate() {
+                    for frame in frames.iter().skip(chunk * 256).take(256) {
+                        let t = test_run::run(*fd, frame, 1).expect("BPF_PROG_TEST_RUN");
+                        assert_eq!(t.action, XDP_DROP, "action of a cold frame");
+                        v[r][k].push(f64::from(t.ns_per_run));
+                    }
+                }
+            }
+            for ring in &mut rings {
+                drain(ring);
+            }
+        }
+        for (r, pair) in v.into_iter().enumerate() {
+            for (k, x) in pair.into_iter().enumerate() {
+                med[r][k].push(median(x) - floor);
+            }
+        }
+        eprintln!("bench: --ab-cold round {}/{loads}", round + 1);
+    }
+    println!("A: {}\nB: {}\n", paths[0], paths[1]);
+    println!("| cold row | A ns | B ns | B ÷ A median | lowest | highest |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (r, (name, _)) in rows.iter().enumerate() {
+        let ratios: Vec<f64> = med[r][0]
+            .iter()
+            .zip(&med[r][1])
+            .map(|(a, b)| b / a)
+            .collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.3} | {lo:.2} | {hi:.2} |",
+            median(med[r][0].clone()),
+            median(med[r][1].clone()),
+            median(ratios),
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 /// Geometric mean of ratios and its 95 % interval: the ratios' logs are about symmetric.
 fn geomean(r: &[f64]) -> String {
     let logs: Vec<f64> = r.iter().map(|x| x.ln()).collect();
@@ -1163,6 +1294,20 @@ fn main() -> ExitCode {
         ROUNDS.store(7, std::sync::atomic::Ordering::Relaxed);
         return ab(&shipped(), [a, b], loads);
     }
+    if let Some(i) = args.iter().position(|a| a == "--ab-cold") {
+        let (Some(a), Some(b), Some(n)) = (
+            args.get(i + 1),
+            args.get(i + 2),
+            args.get(i + 3).and_then(|n| n.parse().ok()),
+        ) else {
+            eprintln!(
+                "bench: --ab-cold needs two object files and a table size: --ab-cold A B N [LOADS]"
+            );
+            return ExitCode::from(2);
+        };
+        let loads = args.get(i + 4).and_then(|n| n.parse().ok()).unwrap_or(4);
+        return ab_cold(&shipped(), [a, b], n, loads);
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     // `--table N` (an index into TABLES) measures that table alone, for a quick look.
     let only = std::env::args()
@@ -1202,11 +1347,11 @@ fn main() -> ExitCode {
     } else {
         &[(1_000, 10), (100_000, 6), (1_000_000, 4)]
     };
-    let loads: Vec<(usize, Vec<f64>)> = load_sets
+    let loads: Vec<(usize, Vec<(f64, f64)>)> = load_sets
         .iter()
         .map(|&(n6, k)| {
-            eprintln!("bench: {k} program loads with {n6} IPv6 prefixes...");
-            (n6, between_loads(&settings, n6, k))
+            eprintln!("bench: {k} program loads with {n6} IPv4 and {n6} IPv6 prefixes...");
+            (n6, between_loads(&settings, n6, k, floor1))
         })
         .collect();
     let xdpf = if quick {
@@ -1471,23 +1616,36 @@ fn main() -> ExitCode {
     );
     let _ = writeln!(
         o,
-        "\n### Between program loads: blocked v6 /48 / blocked v4 /24, hot\n\n\
+        "\n### Between program loads: blocked v6 / blocked v4, hot and cold\n\n\
          A ratio of one load above moves with where that load's program and maps landed. \
-         Here the program is loaded afresh each time with N random IPv6 prefixes (the \
-         generator above), the named /24 and /48; each load gives the median of {} paired \
-         calls; the median over loads and the spread.\n",
-        rounds()
+         Here the program is loaded afresh each time with N random IPv4 and N random IPv6 \
+         prefixes (the generators above), the named /24 and /48. Hot: each load gives the \
+         median of {} paired calls of the /48 and the /24. Cold: each load gives the ratio \
+         of the medians of {} random sources in the IPv6 table and {} in the IPv4 table, \
+         interleaved by 256, the trivial program's one-run figure subtracted. The median \
+         over loads and the spread.\n",
+        rounds(),
+        COLD_FRAMES / 2,
+        COLD_FRAMES / 2
     );
-    let _ = writeln!(o, "| IPv6 prefixes | loads | median | lowest | highest |");
-    let _ = writeln!(o, "|---:|---:|---:|---:|---:|");
-    for (n6, r) in &loads {
-        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let _ = writeln!(
+        o,
+        "| prefixes (each family) | loads | hot median | hot lowest | hot highest | cold median | cold lowest | cold highest |"
+    );
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, r) in &loads {
+        let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
+            let v: Vec<f64> = r.iter().map(f).collect();
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:.2} | {lo:.2} | {hi:.2}", median(v))
+        };
         let _ = writeln!(
             o,
-            "| {n6} | {} | {:.2} | {lo:.2} | {hi:.2} |",
+            "| {n} | {} | {} | {} |",
             r.len(),
-            median(r.clone())
+            spread(&|p| p.0),
+            spread(&|p| p.1)
         );
     }
     let _ = writeln!(o, "\n### Loading the tables\n");
