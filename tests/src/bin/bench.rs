@@ -1012,6 +1012,49 @@ fn between_loads(s: &Settings, n: usize, loads: usize, floor1: f64) -> Vec<(f64,
         .collect()
 }
 
+/// The object files of `--ab` and `--ab-cold`; exits naming the one it cannot read.
+fn read_objects(paths: [&str; 2]) -> [Vec<u8>; 2] {
+    paths.map(|p| match std::fs::read(p) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: cannot read the object {p}: {e}");
+            std::process::exit(2);
+        }
+    })
+}
+
+/// Both builds loaded as the daemon would with room for `n6` IPv6 prefixes, each filled
+/// by `fill`, returned in the order A, B; the one loaded first alternates with `round`, as
+/// the first gets the first free memory. Exits naming a build that does not load.
+fn load_both(
+    s: &Settings,
+    paths: [&str; 2],
+    objects: &[Vec<u8>; 2],
+    n6: usize,
+    round: usize,
+    fill: impl Fn(&mut Filter),
+) -> (Vec<Filter>, Vec<RingBuf<MapData>>) {
+    let order = if round.is_multiple_of(2) { [0, 1] } else { [1, 0] };
+    let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
+    for i in order {
+        let (mut f, ring) = match load_object_as_daemon(s, n6, Some(&objects[i])) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("bench: cannot load {}: {e}", paths[i]);
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    eprintln!("  caused by: {inner}");
+                    source = inner.source();
+                }
+                std::process::exit(2);
+            }
+        };
+        fill(&mut f);
+        slots[i] = Some((f, ring));
+    }
+    slots.into_iter().flatten().unzip()
+}
+
 /// `bench --ab A B [LOADS]`: two builds of the program (their object files,
 /// `target/*/build/prefilter-*/out/prefilter-xdp` of each) side by side, for a change worth
 /// a few percent: one run of one build moves by a third with where its program, maps and
@@ -1020,13 +1063,7 @@ fn between_loads(s: &Settings, n: usize, loads: usize, floor1: f64) -> Vec<(f64,
 /// /48 blocked), then calls them alternately from fresh threads; the ratio B ÷ A of each
 /// thread's medians, per frame, summarized over rounds and threads.
 fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
-    let objects = paths.map(|p| match std::fs::read(p) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("bench: cannot read the object {p}: {e}");
-            std::process::exit(2);
-        }
-    });
+    let objects = read_objects(paths);
     let mut rng = Rng(0x5eed_00ab);
     let mut v6 = random_v6(&mut rng, 999);
     v6.sort_unstable_by_key(|&(a, l)| (l, a));
@@ -1042,29 +1079,12 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
     let mut within: [[Vec<f64>; 2]; 2] = Default::default();
     let pass = xdp_pass_program().expect("load a trivial XDP program");
     for round in 0..loads {
-        // Alternate which build loads first: the first gets the first free memory.
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
-        for i in order {
-            let (mut f, ring) = match load_object_as_daemon(s, v6.len(), Some(&objects[i])) {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    eprintln!("bench: cannot load {}: {e}", paths[i]);
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(inner) = source {
-                        eprintln!("  caused by: {inner}");
-                        source = inner.source();
-                    }
-                    std::process::exit(2);
-                }
-            };
+        let (filters, mut rings) = load_both(s, paths, &objects, v6.len(), round, |f| {
             f.v4.set_batch(vec![(u32::from(LEAF4) & mask4(24), 24, Kind::Block, drop)])
                 .expect("v4 prefix");
-            fill_v6(&mut f, &v6, drop);
-            slots[i] = Some((f, ring));
-        }
-        let mut loaded: Vec<(Filter, RingBuf<MapData>)> = slots.into_iter().flatten().collect();
-        let fds = [loaded[0].0.program_fd(), loaded[1].0.program_fd()];
+            fill_v6(f, &v6, drop);
+        });
+        let fds = [filters[0].program_fd(), filters[1].program_fd()];
         for _ in 0..CALLING_THREADS {
             let per_thread = std::thread::scope(|sc| {
                 sc.spawn(|| {
@@ -1113,7 +1133,7 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
                 ns[i][1].push(b);
             }
         }
-        for (_, ring) in &mut loaded {
+        for ring in &mut rings {
             drain(ring);
         }
         eprintln!("bench: --ab round {}/{loads}", round + 1);
@@ -1157,7 +1177,7 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
 /// by listed length), one run each, the four rows interleaved by 256. Per row, each
 /// build's median over rounds and the median of the per-round B ÷ A ratio.
 fn ab_cold(s: &Settings, paths: [&str; 2], n: usize, loads: usize) -> ExitCode {
-    let objects = paths.map(|p| std::fs::read(p).expect("read the object file"));
+    let objects = read_objects(paths);
     let mut rng = Rng(0x5eed_0000 + n as u64);
     let mut v6 = random_v6(&mut rng, n - 1);
     v6.sort_unstable_by_key(|&(a, l)| (l, a));
@@ -1191,18 +1211,11 @@ fn ab_cold(s: &Settings, paths: [&str; 2], n: usize, loads: usize) -> ExitCode {
     let pass = xdp_pass_program().expect("load a trivial XDP program");
     let mut med: Vec<[Vec<f64>; 2]> = vec![Default::default(); rows.len()];
     for round in 0..loads {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
-        for i in order {
-            let (mut f, ring) =
-                load_object_as_daemon(s, n, Some(&objects[i])).expect("load the object");
+        let (filters, mut rings) = load_both(s, paths, &objects, n, round, |f| {
             f.v4.set_batch(v4.iter().map(|&(a, l)| (a, l, Kind::Block, drop)).collect())
                 .expect("v4 prefixes");
-            fill_v6(&mut f, &v6, drop);
-            slots[i] = Some((f, ring));
-        }
-        let (filters, mut rings): (Vec<Filter>, Vec<RingBuf<MapData>>) =
-            slots.into_iter().flatten().unzip();
+            fill_v6(f, &v6, drop);
+        });
         let fds = [filters[0].program_fd(), filters[1].program_fd()];
         let floor = cold(pass.as_fd(), &vec![syn(CLEAN4); 1024], XDP_PASS);
         let mut v: Vec<[Vec<f64>; 2]> = vec![Default::default(); rows.len()];
