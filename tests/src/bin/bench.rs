@@ -262,6 +262,13 @@ fn malformed() -> Vec<u8> {
     f
 }
 
+/// The lowest and highest of a sample.
+fn lowest_highest(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
 /// Median of a sample.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -1034,7 +1041,11 @@ fn load_both(
     round: usize,
     fill: impl Fn(&mut Filter),
 ) -> (Vec<Filter>, Vec<RingBuf<MapData>>) {
-    let order = if round.is_multiple_of(2) { [0, 1] } else { [1, 0] };
+    let order = if round.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    };
     let mut slots: [Option<(Filter, RingBuf<MapData>)>; 2] = [None, None];
     for i in order {
         let (mut f, ring) = match load_object_as_daemon(s, n6, Some(&objects[i])) {
@@ -1145,8 +1156,7 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, (name, _, _)) in frames.iter().enumerate() {
         let r = &ratios[i];
-        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = r.iter().copied().fold(0.0, f64::max);
+        let (lo, hi) = lowest_highest(r);
         println!(
             "| {name} | {:.1} | {:.1} | {:.3} | {} | {lo:.2} | {hi:.2} |",
             median(ns[i][0].clone()),
@@ -1249,8 +1259,7 @@ fn ab_cold(s: &Settings, paths: [&str; 2], n: usize, loads: usize) -> ExitCode {
             .zip(&med[r][1])
             .map(|(a, b)| b / a)
             .collect();
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(0.0, f64::max);
+        let (lo, hi) = lowest_highest(&ratios);
         println!(
             "| {name} | {:.0} | {:.0} | {:.3} | {lo:.2} | {hi:.2} |",
             median(med[r][0].clone()),
@@ -1611,8 +1620,7 @@ fn main() -> ExitCode {
             .iter()
             .map(|s| {
                 let v: Vec<f64> = s.threads.iter().map(f).collect();
-                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let (lo, hi) = lowest_highest(&v);
                 format!("{} ({}–{})", num(median(v), 2), num(lo, 2), num(hi, 2))
             })
             .collect()
@@ -1649,8 +1657,7 @@ fn main() -> ExitCode {
     for (n, r) in &loads {
         let spread = |f: &dyn Fn(&(f64, f64)) -> f64| {
             let v: Vec<f64> = r.iter().map(f).collect();
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = lowest_highest(&v);
             format!("{:.2} | {lo:.2} | {hi:.2}", median(v))
         };
         let _ = writeln!(
