@@ -1184,7 +1184,7 @@ fn ab(s: &Settings, paths: [&str; 2], loads: usize) -> ExitCode {
 
 /// `bench --ab-cold A B N [LOADS]`: two builds side by side cold, loaded alike with `n`
 /// random IPv4 and IPv6 prefixes each round: random sources in each table (and IPv6 ones
-/// by listed length), one run each, the four rows interleaved by 256. Per row, each
+/// by listed length), one run each, the rows interleaved by 256. Per row, each
 /// build's median over rounds and the median of the per-round B ÷ A ratio.
 fn ab_cold(s: &Settings, paths: [&str; 2], n: usize, loads: usize) -> ExitCode {
     let objects = read_objects(paths);
