@@ -216,6 +216,10 @@ fn assert_tables_match_store(d: &Daemon) {
     assert!(x["addresses_checked"].as_u64().unwrap() > 0, "{x:#}");
 }
 
+/// The SYN sender's bounds: connects, and time.
+const SENDER_MAX_CONNECTS: u64 = 4000;
+const SENDER_MAX_TIME: Duration = Duration::from_secs(30);
+
 /// Runs `during` while a sender fires SYNs from `src`: 20 before, 20 after, bounded.
 fn syns_around<T>(lab: &Lab, src: IpAddr, during: impl FnOnce() -> T) -> (Burst, T) {
     let stop = AtomicBool::new(false);
@@ -226,7 +230,13 @@ fn syns_around<T>(lab: &Lab, src: IpAddr, during: impl FnOnce() -> T) -> (Burst,
             poll(Duration::from_secs(5), || {
                 (sent.load(Ordering::Relaxed) >= n).then_some(())
             })
-            .expect("the sender is sending");
+            .unwrap_or_else(|| {
+                panic!(
+                    "the sender stopped at {} SYNs (it stops at {SENDER_MAX_CONNECTS} or after \
+                     {SENDER_MAX_TIME:?}): what it wraps took too long",
+                    sent.load(Ordering::Relaxed)
+                )
+            });
         };
         wait_sent(20);
         let r = during();
@@ -274,9 +284,11 @@ fn syn_sender(lab: &Lab, src: IpAddr, stop: &AtomicBool, sent: &AtomicU64) -> Bu
                 }
             }
         };
+        // Bounded, but far past a restart: the tests of this binary run side by side, and
+        // under their load a restart took longer than 400 connects (5 ms apart) once.
         while !stop.load(Ordering::Relaxed)
-            && b.connects < 400
-            && start.elapsed() < Duration::from_secs(10)
+            && b.connects < SENDER_MAX_CONNECTS
+            && start.elapsed() < SENDER_MAX_TIME
         {
             let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
                 .expect("socket");
