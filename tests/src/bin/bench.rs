@@ -262,6 +262,23 @@ fn malformed() -> Vec<u8> {
     f
 }
 
+/// A random address in a random prefix of `v4`.
+fn random_in4(rng: &mut Rng, v4: &[(u32, u8)]) -> u32 {
+    let (a, l) = v4[rng.below(v4.len() as u64) as usize];
+    a | (rng.next() as u32 & !mask4(l))
+}
+
+/// A random prefix of `v6`.
+fn random_prefix6(rng: &mut Rng, v6: &[(u128, u8)]) -> (u128, u8) {
+    v6[rng.below(v6.len() as u64) as usize]
+}
+
+/// A random address in IPv6 prefix `a`/`l`.
+fn random_in6(rng: &mut Rng, a: u128, l: u8) -> Ipv6Addr {
+    let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+    Ipv6Addr::from(a | (raw & !mask6(l)))
+}
+
 /// The lowest and highest of a sample.
 fn lowest_highest(v: &[f64]) -> (f64, f64) {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -558,8 +575,7 @@ fn bench_table(table: Table, settings: &Settings, pass: BorrowedFd<'_>, floor1: 
             if out.len() == COLD_FRAMES {
                 break;
             }
-            let (a, l) = v4[rng.below(v4.len() as u64) as usize];
-            let a = a | (rng.next() as u32 & !mask4(l));
+            let a = random_in4(rng, &v4);
             if ok(a) {
                 out.push(syn(Ipv4Addr::from(a)));
             }
@@ -596,19 +612,18 @@ fn bench_table(table: Table, settings: &Settings, pass: BorrowedFd<'_>, floor1: 
     }
     let blocked6: Vec<Vec<u8>> = (0..COLD_FRAMES)
         .map(|_| {
-            let (a, l) = v6[rng.below(v6.len() as u64) as usize];
-            let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
-            syn(Ipv6Addr::from(a | (raw & !mask6(l))))
+            let (a, l) = random_prefix6(&mut rng, &v6);
+            syn(random_in6(&mut rng, a, l))
         })
         .collect();
     // The same, by the length of the listed prefix the source is in (up to 256 each).
     let mut by_len: std::collections::BTreeMap<u8, Vec<Vec<u8>>> = Default::default();
     for _ in 0..COLD_FRAMES * 4 {
-        let (a, l) = v6[rng.below(v6.len() as u64) as usize];
-        let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+        let (a, l) = random_prefix6(&mut rng, &v6);
+        let src = random_in6(&mut rng, a, l);
         let frames = by_len.entry(l).or_default();
         if frames.len() < 256 {
-            frames.push(syn(Ipv6Addr::from(a | (raw & !mask6(l)))));
+            frames.push(syn(src));
         }
     }
     let v6_by_len: Vec<(u8, f64)> = by_len
@@ -969,16 +984,12 @@ fn between_loads(s: &Settings, n: usize, loads: usize, floor1: f64) -> Vec<(f64,
     let v4 = random_v4(&mut rng, n - 1);
     let drop = verdict::pack(action::DROP, 1);
     let blocked4: Vec<Vec<u8>> = (0..COLD_FRAMES / 2)
-        .map(|_| {
-            let (a, l) = v4[rng.below(v4.len() as u64) as usize];
-            syn(Ipv4Addr::from(a | (rng.next() as u32 & !mask4(l))))
-        })
+        .map(|_| syn(Ipv4Addr::from(random_in4(&mut rng, &v4))))
         .collect();
     let blocked6: Vec<Vec<u8>> = (0..COLD_FRAMES / 2)
         .map(|_| {
-            let (a, l) = v6[rng.below(v6.len() as u64) as usize];
-            let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
-            syn(Ipv6Addr::from(a | (raw & !mask6(l))))
+            let (a, l) = random_prefix6(&mut rng, &v6);
+            syn(random_in6(&mut rng, a, l))
         })
         .collect();
     (0..loads)
@@ -1200,22 +1211,18 @@ fn ab_cold(s: &Settings, paths: [&str; 2], n: usize, loads: usize) -> ExitCode {
             if out.len() == 1024 {
                 break;
             }
-            let (a, l) = v6[rng.below(v6.len() as u64) as usize];
+            let (a, l) = random_prefix6(rng, &v6);
             if want.is_some_and(|w| w != l) {
                 continue;
             }
-            let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
-            out.push(syn(Ipv6Addr::from(a | (raw & !mask6(l)))));
+            out.push(syn(random_in6(rng, a, l)));
         }
         out
     };
     let mut rows: Vec<(String, Vec<Vec<u8>>)> = vec![(
         "blocked v4, random in table".into(),
         (0..1024)
-            .map(|_| {
-                let (a, l) = v4[rng.below(v4.len() as u64) as usize];
-                syn(Ipv4Addr::from(a | (rng.next() as u32 & !mask4(l))))
-            })
+            .map(|_| syn(Ipv4Addr::from(random_in4(&mut rng, &v4))))
             .collect(),
     )];
     rows.push(("blocked v6, random in table".into(), src6(&mut rng, None)));
