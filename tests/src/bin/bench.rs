@@ -1406,7 +1406,7 @@ fn main() -> ExitCode {
     let load_sets: &[(usize, usize)] = if quick {
         &[(1_000, 4), (100_000, 3)]
     } else {
-        &[(1_000, 10), (100_000, 6), (1_000_000, 4)]
+        &[(1_000, 10), (100_000, 6), (1_000_000, 8)]
     };
     let loads: Vec<(usize, Vec<(f64, f64)>)> = load_sets
         .iter()
