@@ -411,7 +411,9 @@ pub mod v6 {
 
     /// An entry: the verdict (low 16 bits) and flags.
     pub type Entry = u32;
-    /// Entries of level `LEVELS[i]` lie inside this one: `1 << (15 + i)`.
+    /// Entries of level `LEVELS[i]` lie inside this one: `1 << (15 + i)`. TOP sets it for
+    /// the /32s (the walk's way in) and the /64s (the program then loads the /64's bucket
+    /// early).
     pub const fn inside(i: usize) -> u32 {
         1 << (15 + i)
     }

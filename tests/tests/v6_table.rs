@@ -11,7 +11,7 @@ use std::{
 };
 
 use prefilter::xdp::{Filter, Options, v4table::Kind};
-use prefilter_common::{action, verdict};
+use prefilter_common::{action, v6, verdict};
 use prefilter_tests::{Rng, packet::Frame, require_root};
 
 fn mask(len: u8) -> u128 {
@@ -115,6 +115,7 @@ fn random_changes_match_a_longest_match_reference() {
                 set_random(&mut f, &mut rules, &mut rng, (net, len, kind), 200);
             }
         }
+        top_flags_64s(&f, &rules, &format!("round {round}"));
         // Every rule's first and last address, and random ones near them.
         let mut sample: Vec<u128> = rules
             .keys()
@@ -457,6 +458,7 @@ fn a_48_alone_in_its_32_is_held_by_its_slot() {
             if add { "add" } else { "remove" }
         );
         check(&f, &rules, &probes, &what);
+        top_flags_64s(&f, &rules, &what);
         assert_eq!(f.v6.fullest(), used, "{what}: entries in use");
         assert_eq!(f.v6.held_in_32(), held, "{what}: /48s held by their /32");
     }
@@ -490,7 +492,17 @@ fn a_48_alone_in_its_32_is_held_by_its_slot() {
             set_random(&mut f, &mut rules, &mut rng, (n, len, kind), 50);
         }
         check(&f, &rules, &probes, &format!("random change {i}"));
+        top_flags_64s(&f, &rules, &format!("random change {i}"));
     }
+}
+
+/// TOP flags a /16 holding a /64 (or a /57–/63, written as /64s), and only such a /16:
+/// the program loads the /64's bucket early there and nowhere else. Every rule of the
+/// caller lies in 2001::/16.
+fn top_flags_64s(f: &Filter, rules: &HashMap<(u128, u8, Kind), u16>, step: &str) {
+    let want = rules.keys().any(|&(_, l, _)| (57..=64).contains(&l));
+    let top = f.v6.top_entry(0x2001 << 112);
+    assert_eq!(top & v6::inside(4) != 0, want, "{step}: TOP's /64 flag");
 }
 
 /// /128s are found by their whole address, however many share a home bucket: hosts with

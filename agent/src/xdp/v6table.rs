@@ -436,7 +436,8 @@ struct Node {
     verdict: u16,
     /// A rule is placed on it (not only a /32 marker).
     own: bool,
-    /// Entries of each longer level inside it (TOP counts only the /32s).
+    /// Entries of each longer level inside it (TOP counts only the /32s, and the /64s: its
+    /// flag for them tells the program whether loading the /64's bucket early can pay).
     inside: [u32; 6],
     /// Odd entries inside it: in HX (TOP: /17–/23; a /32: /33–/39), and in HH (/65–/127,
     /// counted by each /32, /48, /56 and /64 entry they lie in).
@@ -555,6 +556,11 @@ impl V6Table {
     /// /48s held in their /32's slot (each alone in its /32).
     pub fn held_in_32(&self) -> usize {
         self.held
+    }
+
+    /// The TOP entry of `addr`'s /16 as the program reads it from the map.
+    pub fn top_entry(&self, addr: u128) -> u32 {
+        self.maps.top.get((addr >> 112) as usize)
     }
 
     /// Number of rules of `kind`.
@@ -918,14 +924,17 @@ impl V6Table {
     /// Entry `k` of level `j` appeared (or went): the entries above it count it; a /32
     /// marker appears for it, or goes with the last thing inside it.
     fn counted(&mut self, j: usize, k: u128, added: bool) -> Result<(), V6Error> {
-        if j == 1 {
-            let mut t = self.top[(k >> 112) as usize];
-            bump(&mut t.inside[1], added);
-            return self.write_node(0, k, Some(t));
-        }
         // Every entry above is counted even when a write fails: the rollback that follows
         // an error uncounts them all.
         let mut res = Ok(());
+        if j == 1 || j == 4 {
+            let mut t = self.top[(k >> 112) as usize];
+            bump(&mut t.inside[j], added);
+            res = self.write_node(0, k, Some(t));
+            if j == 1 {
+                return res;
+            }
+        }
         for (i, &lv) in LEVELS.iter().enumerate().take(j).skip(1) {
             let a = k & mask(lv);
             let r = match self.levels[i].get(&a).copied() {
