@@ -497,8 +497,8 @@ fn a_48_alone_in_its_32_is_held_by_its_slot() {
 }
 
 /// TOP flags a /16 holding a /64 (or a /57–/63, written as /64s), and only such a /16:
-/// the program loads the /64's bucket early there and nowhere else. Every rule of the
-/// caller lies in 2001::/16.
+/// the program loads the /64's bucket early there and nowhere else. The callers' rules of
+/// /57–/64 all lie in 2001::/16.
 fn top_flags_64s(f: &Filter, rules: &HashMap<(u128, u8, Kind), u16>, step: &str) {
     let want = rules.keys().any(|&(_, l, _)| (57..=64).contains(&l));
     let top = f.v6.top_entry(0x2001 << 112);
