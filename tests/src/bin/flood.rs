@@ -1118,6 +1118,8 @@ struct SetupInfo {
     load: Option<Duration>,
     /// How long a 1 % change of the list took to apply ([`delta_lines`]), as shown.
     delta: Option<String>,
+    /// How long replacing the whole list by [`REPLACEMENT`] lines took, as shown.
+    replace: Option<String>,
     rss_kib: Option<u64>,
     memlock: Option<(u64, usize)>,
     note: String,
@@ -1172,6 +1174,7 @@ impl Prefilter {
                 String::new()
             },
             delta: None,
+            replace: None,
         };
         (
             Self {
@@ -1227,6 +1230,41 @@ impl Prefilter {
 
 /// Patches applied by [`Prefilter::delta`]: the delta and its undoing, alternately.
 const DELTA_ROUNDS: usize = 8;
+
+/// Lines of the list that replaces a whole one: a feed that shrank to almost nothing, the
+/// worst case of a replacement (everything goes, each removal undone in the tables).
+const REPLACEMENT: usize = 10;
+
+/// The [`REPLACEMENT`] lines, hosts in 192.0.2.0/24 (the lab's test net, never a source of
+/// the floods).
+fn replacement_lines() -> Vec<String> {
+    (0..REPLACEMENT)
+        .map(|i| format!("192.0.2.{}", 100 + i))
+        .collect()
+}
+
+impl Prefilter {
+    /// Replaces the whole list by [`replacement_lines`] (`--replace --force`: the shrink
+    /// guard would refuse it otherwise), timed from the command's start to its end.
+    fn replace(&self, dir: &Path) -> String {
+        let path = dir.join("replacement.txt");
+        fs::write(&path, replacement_lines().join("\n") + "\n").expect("write the replacement");
+        let out = self.daemon.cli(&[
+            "block",
+            "import",
+            path.to_str().expect("path"),
+            "--list",
+            "bench",
+            "--format",
+            "plain",
+            "--replace",
+            "--force",
+        ]);
+        let _ = fs::remove_file(&path);
+        assert_eq!(out.code, 0, "import --replace: {}", out.both());
+        format!("{:.2} s", out.took.as_secs_f64())
+    }
+}
 
 impl Contender for Prefilter {
     fn label(&self) -> String {
@@ -1398,6 +1436,31 @@ impl Nft<'_> {
             None => Ok(format!("over {} s (stopped)", NFT_DELTA_WITHIN.as_secs())),
             Some(out) if out.code != 0 => Err(format!("nft -f: {}", out.both())),
             Some(_) => Ok(format!("{:.0} ms", start.elapsed().as_secs_f64() * 1e3)),
+        }
+    }
+}
+
+impl Nft<'_> {
+    /// Replaces the whole set by [`replacement_lines`] in one transaction (`flush set`, then
+    /// `add element`), stopped after [`NFT_DELTA_WITHIN`].
+    fn replace(&self, dir: &Path) -> Result<String, String> {
+        let path = dir.join("replace.nft");
+        let table = &self.table;
+        let text = format!(
+            "flush set netdev {table} blocked\nadd element netdev {table} blocked {{ {} }}\n",
+            replacement_lines().join(", ")
+        );
+        fs::write(&path, text).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.mx.name, "nft", "-f"])
+            .arg(&path);
+        let start = Instant::now();
+        let done = try_run_bounded(cmd, NFT_DELTA_WITHIN);
+        let _ = fs::remove_file(&path);
+        match done {
+            None => Ok(format!("over {} s (stopped)", NFT_DELTA_WITHIN.as_secs())),
+            Some(out) if out.code != 0 => Err(format!("nft -f: {}", out.both())),
+            Some(_) => Ok(format!("{:.2} s", start.elapsed().as_secs_f64())),
         }
     }
 }
@@ -1669,6 +1732,7 @@ fn run_all(plan: &Plan, res: &mut Results) {
             res.setups.insert(c.label(), info.clone());
             standard_floods(res, &lab, &c, &cfgs, plan, true, true);
             info.delta = Some(c.delta(&tmp.0));
+            info.replace = Some(c.replace(&tmp.0));
             res.setups.insert(c.label(), info);
         });
     }
@@ -1683,6 +1747,7 @@ fn run_all(plan: &Plan, res: &mut Results) {
              them takes {:.1} s until the daemon answers (the old program filters meanwhile)",
             restart.as_secs_f64()
         );
+        info.replace = Some(c.replace(&tmp.0));
         res.setups.insert(DNSBL_SETUP.into(), info);
         let _ = fs::remove_file(list);
     });
@@ -1704,6 +1769,7 @@ fn run_all(plan: &Plan, res: &mut Results) {
         res.setups.insert(c.label(), info.clone());
         standard_floods(res, &lab, &c, &cfgs, plan, true, true);
         info.delta = Some(c.delta(&tmp.0).expect("nftables delta"));
+        info.replace = Some(c.replace(&tmp.0).expect("nftables replacement"));
         res.setups.insert(c.label(), info);
     });
     // Cost against list size: random sources over the list, full speed.
@@ -2026,16 +2092,17 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
     let _ = writeln!(o, "## Control plane\n");
     let _ = writeln!(
         o,
-        "| contender | load time | 1 % delta | agent RSS | kernel map memory (memlock, maps) | note |"
+        "| contender | load time | 1 % delta | replaced by {REPLACEMENT} lines | agent RSS | kernel map memory (memlock, maps) | note |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---|");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|");
     for (name, s) in &res.setups {
         let _ = writeln!(
             o,
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} |",
             s.load
                 .map_or("—".into(), |d| format!("{:.2} s", d.as_secs_f64())),
             s.delta.as_deref().unwrap_or("—"),
+            s.replace.as_deref().unwrap_or("—"),
             s.rss_kib
                 .map_or("—".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
             s.memlock.map_or("—".into(), |(b, n)| format!(
@@ -2070,7 +2137,10 @@ fn report(plan: &Plan, res: &Results, opts: &Opts, started: Instant, load0: &str
          `-`/`+` lines (what `diff -u` of the old and new list gives), `nft -f` with one \
          `delete element` and one `add element`. Timed from the command's start to its end; \
          for prefilter the median of {DELTA_ROUNDS} patches, the delta and its undoing in turn \
-         (the first after the load in brackets).",
+         (the first after the load in brackets). *Replaced by {REPLACEMENT} lines*: then the \
+         whole list replaced by {REPLACEMENT} host addresses, everything else removed \
+         (`prefilter block import --replace --force`; `nft -f` with `flush set` and `add \
+         element` in one transaction).",
         FULL / 100 + 1
     );
     if let Some(d) = res.setups.get(DNSBL_SETUP).and_then(|s| s.load) {
