@@ -109,7 +109,7 @@ impl Out {
     fn json<T: Serialize>(&mut self, v: &T) -> Result<(), CliError> {
         let text = serde_json::to_string_pretty(v)
             .map_err(|e| CliError::new(format!("encoding the output: {e}")))?;
-        self.line(text)
+        self.line(json_c1_escaped(&text))
     }
 }
 
@@ -857,6 +857,27 @@ pub(crate) fn shown(text: &str) -> String {
         .collect()
 }
 
+/// `text` (serde_json's output) with DEL and the C1 controls (U+007F–U+009F) written as
+/// `\u00XX`: serde_json escapes only the C0 ones, and a feed's bad line shown by `--json`
+/// piped to a terminal could carry a CSI (U+009B). The same JSON value: outside strings
+/// JSON text holds no such character.
+fn json_c1_escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    let c1 = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
+    if !text.contains(c1) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c1(c) {
+                format!("\\u{:04x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Where a bad feed entry was: its line, or for a CrowdSec decision (line 0) that.
 fn bad_where(line: usize) -> String {
     if line == 0 {
@@ -879,5 +900,22 @@ mod shown_tests {
             "\\u{1b}[2J\\u{1b}]0;owned\\u{7}evil 192.0.2.1 é"
         );
         assert_eq!(shown("a\tb\r"), "a\\tb\\r");
+    }
+
+    /// `--json` carries a bad line's text escaped where a terminal would act on it (C1
+    /// CSI, DEL), and still decodes to the very same text.
+    #[test]
+    fn json_output_escapes_c1_controls() {
+        let line = "\u{9b}2J\u{7f}évil 192.0.2.1\u{1b}";
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "text": line })).unwrap();
+        assert!(text.contains('\u{9b}'), "serde_json leaves C1 as it is");
+        let out = super::json_c1_escaped(&text);
+        assert!(
+            !out.contains(|c: char| c.is_control() && c != '\n'),
+            "{out}"
+        );
+        assert!(out.contains("\\u009b2J\\u007févil"), "{out}");
+        let back: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back["text"], line);
     }
 }

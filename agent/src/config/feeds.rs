@@ -45,6 +45,21 @@ impl FeedFormat {
     }
 }
 
+impl Feed {
+    /// What the feed's entries get, as `feeds list` shows it: the action, or for a csv
+    /// feed its thresholds (`score>=90 drop, score>=50 tempfail`), which decide instead.
+    pub fn action_label(&self) -> String {
+        if self.format != FeedFormat::Csv {
+            return self.action.name().to_owned();
+        }
+        self.thresholds
+            .iter()
+            .map(|(score, a)| format!("score>={score} {}", a.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Where a feed is fetched from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedSource {
@@ -70,6 +85,9 @@ pub struct Feed {
     pub name: String,
     pub source: FeedSource,
     pub format: FeedFormat,
+    /// The format as the config spells it (`spamhaus-drop-json` parses as
+    /// `spamhaus-drop`): what `feeds list` shows.
+    pub format_name: &'static str,
     /// What a listed address gets (csv: the thresholds decide instead).
     pub action: Action,
     /// Time between fetches.
@@ -434,6 +452,10 @@ impl Validator<'_> {
                 name: r.name,
                 source,
                 format,
+                format_name: FeedFormat::NAMES
+                    .iter()
+                    .find(|(_, n)| *n == r.format)
+                    .map_or(format.name(), |(_, n)| n),
                 action,
                 interval: Duration::from_secs(interval),
                 timeout: Duration::from_secs(timeout),

@@ -417,7 +417,8 @@ format = "rbldnsd"
     assert_eq!(c.lists[0].format, None);
     // Detected as Spamhaus DROP.
     assert_eq!(entries(1), ["198.51.100.0/24 SBL1"]);
-    assert_eq!(entries(2), ["10.1.2.0/24 -"]);
+    // The zone's `:A:TXT` default text is its entries' reason.
+    assert_eq!(entries(2), ["10.1.2.0/24 listed"]);
     assert_eq!(c.lists[2].format, Some(Format::Rbldnsd));
 
     let text = "[xdp]\ninterfaces = [\"eth0\"]\n[[block]]\nname = \"a\"\nfile = \"bad.list\"\n[[allow]]\nname = \"b\"\nfile = \"bad1.list\"\n";
@@ -760,8 +761,10 @@ report = ["dnsbl", "cli"]
     assert_eq!(c.feeds.len(), 3);
     let f = &c.feeds[0];
     assert_eq!(f.format, FeedFormat::List(Format::SpamhausDrop));
+    assert_eq!(f.format_name, "spamhaus-drop-json", "shown as configured");
     assert_eq!(f.interval, std::time::Duration::from_secs(3600));
     assert_eq!(f.action, Action::Drop);
+    assert_eq!(f.action_label(), "drop");
     assert!((f.max_shrink - 0.3).abs() < 1e-9, "the [limits] default");
     let f = &c.feeds[1];
     assert_eq!(
@@ -772,6 +775,8 @@ report = ["dnsbl", "cli"]
         f.thresholds,
         [(90.0, Action::Drop), (50.0, Action::Tempfail)]
     );
+    // Not the unused `action` default: the thresholds decide.
+    assert_eq!(f.action_label(), "score>=90 drop, score>=50 tempfail");
     assert_eq!(f.max_entries, Some(1000));
     assert!((f.max_shrink - 0.1).abs() < 1e-9);
     let f = &c.feeds[2];

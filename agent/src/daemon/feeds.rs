@@ -174,10 +174,7 @@ impl Feeds {
             // 0 (1970) until the first success: a feed that never worked is the stalest.
             LAST_SUCCESS.with_label_values(&[&f.name]);
             if !changed && s.validators.is_none() {
-                s.validators = self
-                    .cache
-                    .load(&f.name, &f.source.to_string())
-                    .map(|(_, m)| m.validators);
+                s.validators = self.cache.validators(&f.name, &f.source.to_string());
             }
         }
         *lock(&self.config) = feeds;
@@ -684,8 +681,8 @@ pub fn list(d: &Daemon) -> api::FeedList {
             api::FeedInfo {
                 name: f.name.clone(),
                 source: f.source.to_string(),
-                format: f.format.name().to_owned(),
-                action: f.action.name().to_owned(),
+                format: f.format_name.to_owned(),
+                action: f.action_label(),
                 interval_secs: f.interval.as_secs(),
                 entries: list_len(d, &f.name),
                 last_attempt: s.last_attempt,

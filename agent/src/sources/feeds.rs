@@ -378,8 +378,20 @@ impl Cache {
         }
     }
 
-    /// The last good copy of feed `name` from `source`, if one is kept.
+    /// The last good copy of feed `name` from `source`, if one is kept; a damaged one is
+    /// logged.
     pub fn load(&self, name: &str, source: &str) -> Option<(Vec<u8>, CacheMeta)> {
+        self.read(name, source, true)
+    }
+
+    /// The validators of feed `name`'s last good copy, if one is kept and whole. Silent
+    /// about a damaged copy: a start reads the copy twice (these for the scheduler, then
+    /// the body to apply), and [`Self::load`] reports it once.
+    pub fn validators(&self, name: &str, source: &str) -> Option<Validators> {
+        self.read(name, source, false).map(|(_, m)| m.validators)
+    }
+
+    fn read(&self, name: &str, source: &str, report: bool) -> Option<(Vec<u8>, CacheMeta)> {
         let (body, meta) = self.paths(name);
         // What a write cut short by a crash left; the pair it was replacing is whole.
         let _ = std::fs::remove_file(body.with_extension("tmp"));
@@ -389,6 +401,9 @@ impl Cache {
         }
         let body = std::fs::read(body).ok()?;
         if meta.crc32.is_some_and(|c| c != crc32fast::hash(&body)) {
+            if !report {
+                return None;
+            }
             tracing::warn!(
                 feed = name,
                 "the feed's last good copy on disk does not match its metadata (damaged or \
@@ -510,7 +525,7 @@ pub fn decision_prefix(d: &Decision) -> Option<Result<Prefix, String>> {
             d.value
                 .parse::<Prefix>()
                 .map_err(|e| e.to_string())
-                .and_then(super::formats::not_everything)
+                .and_then(|p| super::formats::not_everything(p, &d.value))
                 .map_err(|e| format!("decision value: {e}")),
         ),
         _ => None,
@@ -606,6 +621,7 @@ mod tests {
             name: "t".into(),
             source: FeedSource::Http("http://192.0.2.1/x".into()),
             format,
+            format_name: format.name(),
             action: Action::Drop,
             interval: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),

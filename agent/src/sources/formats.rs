@@ -340,7 +340,7 @@ pub fn parse_csv(text: &str) -> Scored {
         let score = fields.next();
         let was_first = std::mem::replace(&mut first, false);
         let res = match (addr.parse::<Prefix>(), score.map(str::parse::<f64>)) {
-            (Ok(p), Some(Ok(s))) if s.is_finite() => not_everything(p).map(|p| (p, s)),
+            (Ok(p), Some(Ok(s))) if s.is_finite() => not_everything(p, addr).map(|p| (p, s)),
             (Ok(_), Some(_)) => Err(format!("score {:?} is not a number", score.unwrap_or(""))),
             (Ok(_), None) => Err("no score: expected address,score".to_owned()),
             // A first line naming its columns is a header.
@@ -378,10 +378,18 @@ type LineResult = Result<(), String>;
 /// Refuses a /0: in a list it blocks every sender, and a list is where a typo or a broken
 /// generator puts one (`0.0.0.0/0`, `::/0`, `::ffff:0:0/96`); `block add PREFIX --force`
 /// takes it on purpose.
-pub fn not_everything(p: Prefix) -> Result<Prefix, String> {
+/// `written` is the text `p` was parsed from: named as written where that is not `p`
+/// (`::ffff:0:0/96` is 0.0.0.0/0, rbldnsd's `0/0` too).
+pub fn not_everything(p: Prefix, written: &str) -> Result<Prefix, String> {
     if p.prefix_len() == 0 {
+        let written = written.trim();
+        let what = if written == p.to_string() {
+            p.to_string()
+        } else {
+            format!("{written} ({p})")
+        };
         Err(format!(
-            "{p} covers every address: refused in a list (`prefilter block add {p} --force` \
+            "{what} covers every address: refused in a list (`prefilter block add {p} --force` \
              takes it on purpose)"
         ))
     } else {
@@ -396,7 +404,7 @@ fn plain_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
     }
     match data.parse::<Prefix>() {
         Ok(prefix) => {
-            let prefix = not_everything(prefix)?;
+            let prefix = not_everything(prefix, data)?;
             out.push(ImportEntry {
                 prefix,
                 reason: None,
@@ -438,7 +446,7 @@ fn spamhaus_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
             return Ok(());
         }
         let cidr = rec.cidr.ok_or("JSON record has no \"cidr\"")?;
-        let prefix = not_everything(cidr.parse::<Prefix>().map_err(|e| e.to_string())?)?;
+        let prefix = not_everything(cidr.parse::<Prefix>().map_err(|e| e.to_string())?, &cidr)?;
         out.push(ImportEntry {
             prefix,
             reason: rec.sblid.map(|s| s.into_owned()).filter(|s| !s.is_empty()),
@@ -449,7 +457,7 @@ fn spamhaus_line(line: &str, out: &mut Vec<ImportEntry>) -> LineResult {
         Some((d, r)) => (d.trim(), Some(r.trim()).filter(|r| !r.is_empty())),
         None => (t, None),
     };
-    let prefix = not_everything(data.parse::<Prefix>().map_err(|e| e.to_string())?)?;
+    let prefix = not_everything(data.parse::<Prefix>().map_err(|e| e.to_string())?, data)?;
     out.push(ImportEntry {
         prefix,
         reason: reason.map(str::to_owned),
@@ -476,6 +484,8 @@ struct Rule {
 
 /// What one data line says.
 struct RbldnsdEntry<'a> {
+    /// The key as written (`0/0`, a range, an address).
+    key: &'a str,
     prefixes: Vec<Prefix>,
     exclude: bool,
     a: u32,
@@ -485,9 +495,9 @@ struct RbldnsdEntry<'a> {
 fn rbldnsd(text: &str) -> Parsed {
     let mut out = Parsed::default();
     let mut rules = Vec::new();
-    let mut default_a = DEFAULT_A;
+    let mut default = (DEFAULT_A, None);
     for (i, line) in text.lines().enumerate() {
-        let e = match rbldnsd_line(line, &mut default_a) {
+        let e = match rbldnsd_line(line, &mut default) {
             Ok(Some(e)) => e,
             Ok(None) => continue,
             Err(message) => {
@@ -519,7 +529,7 @@ fn rbldnsd(text: &str) -> Parsed {
             out.errors.push(LineError {
                 line: i + 1,
                 text: cut(line),
-                message: not_everything(p).expect_err("a /0"),
+                message: not_everything(p, e.key).expect_err("a /0"),
             });
             continue;
         }
@@ -533,10 +543,13 @@ fn rbldnsd(text: &str) -> Parsed {
     out
 }
 
-/// One line of an rbldnsd data file; `None` for lines that list nothing.
+/// One line of an rbldnsd data file; `None` for lines that list nothing. `default`: the
+/// A value and text a `:A:TXT` line set, for the entries after it that give none (the
+/// text is the reason a listing shows, as rbldnsd answers it to a TXT query; its `$`,
+/// the queried address there, is kept as written).
 fn rbldnsd_line<'a>(
     line: &'a str,
-    default_a: &mut u32,
+    default: &mut (u32, Option<&'a str>),
 ) -> Result<Option<RbldnsdEntry<'a>>, String> {
     let t = line.trim();
     // `$` lines (also `#$`, `:$`) are specials such as $SOA, $TTL or $DATASET.
@@ -545,9 +558,8 @@ fn rbldnsd_line<'a>(
     }
     // A `:` line sets the default value; "::" starts an IPv6 address, as in ip6trie.
     if t.starts_with(':') && !t.starts_with("::") {
-        let (a, _txt) = rbldnsd_value(t, *default_a)
+        *default = rbldnsd_value(t, default.0)
             .map_err(|why| format!("invalid default value {:?}: {why}", shown(t)))?;
-        *default_a = a;
         return Ok(None);
     }
     let (exclude, rest) = match t.strip_prefix('!') {
@@ -567,10 +579,12 @@ fn rbldnsd_line<'a>(
     let (a, txt) = if exclude {
         (0, None)
     } else {
-        rbldnsd_value(value, *default_a)
-            .map_err(|why| format!("invalid value {:?}: {why}", shown(value)))?
+        let (a, txt) = rbldnsd_value(value, default.0)
+            .map_err(|why| format!("invalid value {:?}: {why}", shown(value)))?;
+        (a, txt.or(default.1))
     };
     Ok(Some(RbldnsdEntry {
+        key,
         prefixes,
         exclude,
         a,

@@ -177,6 +177,13 @@ fn rbldnsd() {
             skipped: &[],
         },
         Case {
+            name: "a `:A:TXT` line's text is the reason of the entries after it that give none",
+            input: "192.0.2.1\n:127.0.0.2:Listed as a spam source, see $\n192.0.2.3\n192.0.2.5 :4\n192.0.2.7 own text\n:3\n192.0.2.9\n",
+            entries: &["192.0.2.1/32", "192.0.2.3/32 Listed as a spam source, see $", "192.0.2.5/32 Listed as a spam source, see $", "192.0.2.7/32 own text", "192.0.2.9/32"],
+            errors: &[],
+            skipped: &[],
+        },
+        Case {
             name: "a range keeps its value on every piece",
             input: "192.0.2.1-2 :2:range\n",
             entries: &["192.0.2.1/32 range", "192.0.2.2/32 range"],
@@ -664,13 +671,18 @@ fn csv_scores() {
 
 #[test]
 fn rbldnsd_ip4tset_is_read_as_ip4set() {
-    // ip4tset: one address per line, a single value (the `:` line) for the whole zone.
+    // ip4tset: one address per line, a single value (the `:` line) for the whole zone; its
+    // text is every entry's reason, as rbldnsd answers it to a TXT query.
     let text = "$SOA 1h ns.example.net hostmaster.example.net 0 1h 1h 1w 1h\n$TTL 300\n:127.0.0.2:Listed in tset\n192.0.2.1\n192.0.2.9\n# gone\n198.51.100.77\n";
     let got = parse(text, Format::Rbldnsd);
     assert!(got.errors.is_empty(), "{:?}", got.errors);
     assert_eq!(
         entries(&got),
-        ["192.0.2.1/32", "192.0.2.9/32", "198.51.100.77/32"]
+        [
+            "192.0.2.1/32 Listed in tset",
+            "192.0.2.9/32 Listed in tset",
+            "198.51.100.77/32 Listed in tset"
+        ]
     );
 }
 
@@ -783,13 +795,15 @@ fn a_big_list_parsed_in_halves_keeps_order_and_line_numbers() {
 fn a_prefix_of_everything_fails_its_line() {
     const PLAIN: &str = "0.0.0.0/0 covers every address: refused in a list (`prefilter block add 0.0.0.0/0 --force` takes it on purpose)";
     const PLAIN6: &str = "::/0 covers every address: refused in a list (`prefilter block add ::/0 --force` takes it on purpose)";
+    const MAPPED: &str = "::ffff:0:0/96 (0.0.0.0/0) covers every address: refused in a list (`prefilter block add 0.0.0.0/0 --force` takes it on purpose)";
+    const RBLDNSD: &str = "0/0 (0.0.0.0/0) covers every address: refused in a list (`prefilter block add 0.0.0.0/0 --force` takes it on purpose)";
     run(
         Format::Plain,
         &[Case {
             name: "0.0.0.0/0, ::/0 and the IPv4-mapped /96 among good lines",
             input: "192.0.2.1\n0.0.0.0/0\n::/0\n::ffff:0:0/96\n198.51.100.0/24\n",
             entries: &["192.0.2.1/32", "198.51.100.0/24"],
-            errors: &[(2, PLAIN), (3, PLAIN6), (4, PLAIN)],
+            errors: &[(2, PLAIN), (3, PLAIN6), (4, MAPPED)],
             skipped: &[],
         }],
     );
@@ -809,7 +823,7 @@ fn a_prefix_of_everything_fails_its_line() {
             name: "a bare 0/0 among entries",
             input: "192.0.2.0/24\n0/0\n",
             entries: &["192.0.2.0/24"],
-            errors: &[(2, PLAIN)],
+            errors: &[(2, RBLDNSD)],
             skipped: &[],
         }],
     );
