@@ -447,7 +447,8 @@ fn reload_with_a_changed_feed_applies_it_now() {
 }
 
 /// Taking a bad feed out of the config and reloading unblocks what it listed at once (it
-/// can no longer be synced or edited), its metric series go; a feed may not take over a
+/// can no longer be synced or edited; `block del` of its hosts, or of a prefix around
+/// them, names the feed), its metric series go; a feed may not take over a
 /// list an import filled, nor be named like the CLI's lists: the reload is refused and the
 /// import's entries stay.
 #[test]
@@ -466,6 +467,16 @@ fn taking_a_feed_out_unblocks_and_no_feed_takes_an_imported_list() {
     assert_ne!(out.code, 0, "{}", out.both());
     assert!(
         out.stderr.contains("still blocked by list drop (feed)"),
+        "{}",
+        out.both()
+    );
+    // Nor the /24 around the feed's hosts, which no entry covers whole: the hosts inside
+    // that still block are named, with their list.
+    let out = d.cli(&["block", "del", "203.0.113.0/24"]);
+    assert_ne!(out.code, 0, "{}", out.both());
+    assert!(
+        out.stderr
+            .contains("203.0.113.100/32 is still blocked by list drop (feed)"),
         "{}",
         out.both()
     );

@@ -431,23 +431,33 @@ fn delete(d: &Daemon, kind: Kind, body: &[u8]) -> Answer {
 /// import lists (a fleet's own report comes back as a CrowdSec decision).
 fn still_blocked(d: &Daemon, prefixes: &[Prefix]) -> Vec<api::StillBlocked> {
     let now = crate::policy::store::now();
-    prefixes
-        .iter()
-        .filter_map(|p| {
-            // A single address as `check` judges it (a feed's /24 covers it); a wider prefix
-            // by its own entries.
-            let name = if p.is_host_or_v6_64() {
-                let c = d.check(p.first());
-                if c.verdict == "pass" || c.verdict == "observe" {
-                    return None;
-                }
-                c.list?
-            } else {
-                let store = d.store();
-                let v = store.effective(p, Kind::Block, now)?;
+    // A few of the entries inside a wider prefix are enough to say why it still blocks.
+    const INSIDE_SHOWN: usize = 3;
+    let blocking = prefixes.iter().flat_map(|p| -> Vec<(Prefix, String)> {
+        // A single address as `check` judges it (a feed's /24 covers it); a wider prefix
+        // by the entry that covers it, or else by entries inside it.
+        if p.is_host_or_v6_64() {
+            let c = d.check(p.first());
+            if c.verdict == "pass" || c.verdict == "observe" {
+                return Vec::new();
+            }
+            return c.list.map(|l| (*p, l)).into_iter().collect();
+        }
+        let store = d.store();
+        match store.effective(p, Kind::Block, now) {
+            Some(v) => {
                 let id = prefilter_common::verdict::list_id(v);
-                store.lists().iter().find(|(_, l)| l.id == id)?.0.clone()
-            };
+                let name = store.lists().iter().find(|(_, l)| l.id == id);
+                name.map(|(n, _)| (*p, n.clone())).into_iter().collect()
+            }
+            None => store.blocked_inside(p, now, INSIDE_SHOWN),
+        }
+    });
+    blocking
+        .collect::<Vec<_>>()
+        .into_iter()
+        .filter_map(|(p, name)| {
+            let p = &p;
             let store = d.store();
             let (name, l) = store.lists().get_key_value(&name)?;
             let origin = super::metrics::origin_name(l.origin);

@@ -646,6 +646,33 @@ impl Store {
         strongest(kind, at, entries)
     }
 
+    /// Up to `max` block entries inside `prefix` and longer than it, in force at `at` and
+    /// blocking (not `observe`), with their list's name: what still blocks part of a prefix
+    /// that no entry covers whole (`block del 198.51.100.0/24` where a feed lists hosts of
+    /// it). A walk over every block entry: for a `block del` that found nothing to lift.
+    pub fn blocked_inside(&self, prefix: &Prefix, at: u64, max: usize) -> Vec<(Prefix, String)> {
+        let mut out = Vec::new();
+        for (name, l) in self
+            .lists
+            .iter()
+            .filter(|(_, l)| l.kind == Kind::Block && l.origin != Origin::Dynamic)
+        {
+            let inside = l.entries.rules().filter(|(q, r)| {
+                q.prefix_len() > prefix.prefix_len()
+                    && prefix.contains_prefix(q)
+                    && r.action != action::OBSERVE
+                    && r.expires.is_none_or(|x| x > at)
+            });
+            for (q, _) in inside {
+                if out.len() == max {
+                    return out;
+                }
+                out.push((q, name.clone()));
+            }
+        }
+        out
+    }
+
     /// Every (prefix, kind, verdict) the tables must hold now.
     pub fn compiled(&self, at: u64) -> Vec<Change> {
         // Largest lists first, and a prefix is compiled in the first list that holds it: only
