@@ -286,8 +286,24 @@ pub fn parse_body(feed: &Feed, body: &[u8]) -> Result<ParsedFeed, ParseRefused> 
         FeedFormat::Csv => {
             let p = formats::parse_csv(&text);
             out.errors = p.errors;
-            out.entries = p
-                .entries
+            // An address listed twice (feeds concatenated upstream) keeps its highest
+            // score, as the strongest action wins between lists; not the last line's,
+            // which a store applying the batch in order would keep.
+            let mut best: std::collections::HashMap<Prefix, usize> = Default::default();
+            let mut scored: Vec<(Prefix, f64)> = Vec::with_capacity(p.entries.len());
+            for (prefix, score) in p.entries {
+                match best.entry(prefix) {
+                    std::collections::hash_map::Entry::Occupied(at) => {
+                        let s = &mut scored[*at.get()].1;
+                        *s = s.max(score);
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(scored.len());
+                        scored.push((prefix, score));
+                    }
+                }
+            }
+            out.entries = scored
                 .into_iter()
                 .filter_map(|(prefix, score)| {
                     // Highest threshold reached wins; below the lowest, not listed.
@@ -651,6 +667,33 @@ mod tests {
             [
                 ("192.0.2.1/32".to_owned(), Action::Drop),
                 ("192.0.2.2/32".to_owned(), Action::Tempfail)
+            ]
+        );
+    }
+
+    /// An address listed twice keeps its highest score, whichever line comes last: one
+    /// entry each, in first-seen order.
+    #[test]
+    fn csv_duplicates_keep_the_highest_score() {
+        let p = parse_body(
+            &feed(FeedFormat::Csv),
+            b"192.0.2.1,95\n192.0.2.2,10\n192.0.2.1,60\n192.0.2.2,55\n192.0.2.3,20\n192.0.2.3,5\n",
+        )
+        .unwrap();
+        let got: Vec<(String, Action, Option<&str>)> = p
+            .entries
+            .iter()
+            .map(|e| (e.prefix.to_string(), e.action, e.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("192.0.2.1/32".to_owned(), Action::Drop, Some("score 95")),
+                (
+                    "192.0.2.2/32".to_owned(),
+                    Action::Tempfail,
+                    Some("score 55")
+                ),
             ]
         );
     }
