@@ -433,31 +433,37 @@ fn still_blocked(d: &Daemon, prefixes: &[Prefix]) -> Vec<api::StillBlocked> {
     let now = crate::policy::store::now();
     // A few of the entries inside a wider prefix are enough to say why it still blocks.
     const INSIDE_SHOWN: usize = 3;
-    let blocking = prefixes.iter().flat_map(|p| -> Vec<(Prefix, String)> {
-        // A single address as `check` judges it (a feed's /24 covers it); a wider prefix
-        // by the entry that covers it, or else by entries inside it.
-        if p.is_host_or_v6_64() {
-            let c = d.check(p.first());
-            if c.verdict == "pass" || c.verdict == "observe" {
-                return Vec::new();
+    // A single address as `check` judges it (a feed's /24 covers it); a wider prefix by
+    // the entry that covers it, or else (one walk for all such) by entries inside it.
+    let mut uncovered = Vec::new();
+    let found: Vec<Option<(Prefix, String)>> = prefixes
+        .iter()
+        .map(|p| {
+            if p.is_host_or_v6_64() {
+                let c = d.check(p.first());
+                if c.verdict == "pass" || c.verdict == "observe" {
+                    return None;
+                }
+                return c.list.map(|l| (*p, l));
             }
-            return c.list.map(|l| (*p, l)).into_iter().collect();
-        }
-        let store = d.store();
-        match store.effective(p, Kind::Block, now) {
-            Some(v) => {
-                let id = prefilter_common::verdict::list_id(v);
-                let name = store.lists().iter().find(|(_, l)| l.id == id);
-                name.map(|(n, _)| (*p, n.clone())).into_iter().collect()
-            }
-            None => store.blocked_inside(p, now, INSIDE_SHOWN),
-        }
-    });
-    blocking
-        .collect::<Vec<_>>()
-        .into_iter()
+            let store = d.store();
+            let Some(v) = store.effective(p, Kind::Block, now) else {
+                uncovered.push(*p);
+                return None;
+            };
+            let name = store.list_name(prefilter_common::verdict::list_id(v))?;
+            Some((*p, name.to_owned()))
+        })
+        .collect();
+    let inside = d.store().blocked_inside(&uncovered, now, INSIDE_SHOWN);
+    prefixes
+        .iter()
+        .zip(found)
+        .flat_map(|(p, f)| match f {
+            Some(f) => vec![f],
+            None => inside.get(p).cloned().unwrap_or_default(),
+        })
         .filter_map(|(p, name)| {
-            let p = &p;
             let store = d.store();
             let (name, l) = store.lists().get_key_value(&name)?;
             let origin = super::metrics::origin_name(l.origin);

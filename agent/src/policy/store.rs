@@ -22,7 +22,7 @@
 //! damaged ones, so a full or failing disk never stops the next start.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::{self, File},
     io::{self, BufRead, BufReader, BufWriter, Write},
     path::{Path, PathBuf},
@@ -646,28 +646,55 @@ impl Store {
         strongest(kind, at, entries)
     }
 
-    /// Up to `max` block entries inside `prefix` and longer than it, in force at `at` and
-    /// blocking (not `observe`), with their list's name: what still blocks part of a prefix
-    /// that no entry covers whole (`block del 198.51.100.0/24` where a feed lists hosts of
-    /// it). A walk over every block entry: for a `block del` that found nothing to lift.
-    pub fn blocked_inside(&self, prefix: &Prefix, at: u64, max: usize) -> Vec<(Prefix, String)> {
-        let mut out = Vec::new();
+    /// For each of `prefixes`, up to `max_each` block entries inside it and longer than it,
+    /// in force at `at` and blocking (not `observe`), with their list's name: what still
+    /// blocks part of a prefix that no entry covers whole (`block del 198.51.100.0/24`
+    /// where a feed lists hosts of it). One walk over every block entry for all of them,
+    /// each entry masked to the prefixes' lengths and looked up: a `block del` of thousands
+    /// of /24s must not walk a store of millions once per /24.
+    pub fn blocked_inside(
+        &self,
+        prefixes: &[Prefix],
+        at: u64,
+        max_each: usize,
+    ) -> HashMap<Prefix, Vec<(Prefix, String)>> {
+        let mut out: HashMap<Prefix, Vec<(Prefix, String)>> =
+            prefixes.iter().map(|p| (*p, Vec::new())).collect();
+        let mut lens: Vec<(bool, u8)> = prefixes
+            .iter()
+            .map(|p| (p.is_v4(), p.prefix_len()))
+            .collect();
+        lens.sort_unstable();
+        lens.dedup();
+        // Prefixes still short of `max_each`: the walk ends when none is.
+        let mut open = out.len();
         for (name, l) in self
             .lists
             .iter()
             .filter(|(_, l)| l.kind == Kind::Block && l.origin != Origin::Dynamic)
         {
-            let inside = l.entries.rules().filter(|(q, r)| {
-                q.prefix_len() > prefix.prefix_len()
-                    && prefix.contains_prefix(q)
-                    && r.action != action::OBSERVE
-                    && r.expires.is_none_or(|x| x > at)
-            });
-            for (q, _) in inside {
-                if out.len() == max {
+            let blocking = l
+                .entries
+                .rules()
+                .filter(|(_, r)| r.action != action::OBSERVE && r.expires.is_none_or(|x| x > at));
+            for (q, _) in blocking {
+                if open == 0 {
                     return out;
                 }
-                out.push((q, name.clone()));
+                for &(v4, len) in &lens {
+                    if v4 != q.is_v4() || len >= q.prefix_len() {
+                        continue;
+                    }
+                    let Ok(around) = Prefix::new(q.first(), len) else {
+                        continue;
+                    };
+                    if let Some(found) = out.get_mut(&around)
+                        && found.len() < max_each
+                    {
+                        found.push((q, name.clone()));
+                        open -= usize::from(found.len() == max_each);
+                    }
+                }
             }
         }
         out

@@ -1275,3 +1275,53 @@ fn a_feed_may_not_write_a_cli_or_import_list() {
         );
     }
 }
+
+/// What still blocks inside prefixes no entry covers whole, for many prefixes in one walk:
+/// up to `max_each` per prefix, longer entries only, not observe, not expired, not an
+/// allow list's.
+#[test]
+fn blocked_inside_names_entries_within_each_prefix() {
+    let mut s = Store::in_memory();
+    let hosts: Vec<(Prefix, Entry)> = (1..=5)
+        .map(|i| (p(&format!("203.0.113.{i}")), entry(action::DROP)))
+        .chain([
+            (p("198.51.100.7"), entry(action::OBSERVE)),
+            (
+                p("198.51.100.8"),
+                Entry {
+                    expires: Some(50),
+                    ..entry(action::DROP)
+                },
+            ),
+            (p("2001:db8:1::/48"), entry(action::RESET)),
+        ])
+        .collect();
+    s.set("feed", Kind::Block, Origin::Feed, hosts).unwrap();
+    s.set(
+        "ok",
+        Kind::Allow,
+        Origin::Cli,
+        vec![(p("192.0.2.9"), entry(action::ALLOW))],
+    )
+    .unwrap();
+    let asked = [
+        p("203.0.113.0/24"),
+        p("203.0.0.0/16"),
+        p("198.51.100.0/24"),
+        p("192.0.2.0/24"),
+        p("2001:db8::/32"),
+    ];
+    let got = s.blocked_inside(&asked, 100, 3);
+    let shown = |q: &str| -> Vec<String> {
+        got[&p(q)]
+            .iter()
+            .map(|(e, list)| format!("{e} {list}"))
+            .collect()
+    };
+    assert_eq!(shown("203.0.113.0/24").len(), 3, "capped at max_each");
+    assert_eq!(shown("203.0.0.0/16").len(), 3);
+    assert!(shown("203.0.113.0/24").iter().all(|e| e.ends_with(" feed")));
+    assert!(shown("198.51.100.0/24").is_empty(), "observe and expired");
+    assert!(shown("192.0.2.0/24").is_empty(), "an allow entry");
+    assert_eq!(shown("2001:db8::/32"), ["2001:db8:1::/48 feed"]);
+}
